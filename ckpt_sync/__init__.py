@@ -1,0 +1,12 @@
+"""ckpt-sync: keep PyTorch training checkpoints safe off-machine.
+
+The sync core imports without torch; only the training-side manager needs it.
+"""
+
+from __future__ import annotations
+
+from .api import open_repository, pull, push
+from .errors import CkptSyncError
+
+__version__ = "0.1.0"
+__all__ = ["CkptSyncError", "__version__", "open_repository", "pull", "push"]

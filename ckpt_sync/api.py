@@ -1,0 +1,87 @@
+"""The library surface: what the CLI verbs and a training loop call.
+
+``push(path)`` after your own ``torch.save``; ``pull(to=...)`` on a fresh host. Both resolve the
+repository (argument, ``$CKPT_SYNC_REPO``, embedded default) and keys (argument, key file,
+``$BACKUP_ENCRYPTION_KEY``, default key file) the same way the CLI does.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .chunking import ChunkPolicy
+from .crypto import KeyRing
+from .keys import load_keyring
+from .locations import resolve_repo_url
+from .manifest import Manifest
+from .providers import RetryPolicy, open_provider
+from .push import push_path
+from .repository import Repository
+from .restore import pull as _pull
+from .transfer import TransferStats
+
+
+def open_repository(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    keys: KeyRing | None = None,
+    create: bool = False,
+    retry: RetryPolicy | None = RetryPolicy(),
+    **provider_options: Any,
+) -> Repository:
+    """Resolve URL and keys, build the provider and open the repository (checking the key first)."""
+    url = resolve_repo_url(repo)
+    ring = keys or load_keyring(key_file)
+    provider = open_provider(url, retry=retry, **provider_options)
+    try:
+        return Repository.open(provider, ring, create=create)
+    except BaseException:
+        provider.close()
+        raise
+
+
+def push(
+    path: str | os.PathLike[str],
+    repo: str | Repository | None = None,
+    *,
+    tags: tuple[str, ...] | list[str] = (),
+    key_file: str | os.PathLike[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    workers: int | None = None,
+) -> str:
+    """Commit ``path`` (a file, or a directory as one checkpoint) and return the checkpoint's id."""
+    return push_with_stats(
+        path, repo, tags=tags, key_file=key_file, metadata=metadata, chunk_size=chunk_size, workers=workers
+    )[0].id
+
+
+def push_with_stats(
+    path: str | os.PathLike[str],
+    repo: str | Repository | None = None,
+    *,
+    tags: tuple[str, ...] | list[str] = (),
+    key_file: str | os.PathLike[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    workers: int | None = None,
+    progress: Any = None,
+) -> tuple[Manifest, TransferStats]:
+    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file, create=True)
+    policy = ChunkPolicy(chunk_size=chunk_size, min_size=min(chunk_size, ChunkPolicy.min_size)) if chunk_size else ChunkPolicy()
+    return push_path(r, path, tags=tags, metadata=metadata, policy=policy, workers=workers, progress=progress)
+
+
+def pull(
+    to: str | os.PathLike[str] = ".",
+    repo: str | Repository | None = None,
+    *,
+    checkpoint: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+) -> Manifest:
+    """Restore ``checkpoint`` (id or name), or the newest valid one, into ``to``; returns its manifest."""
+    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
+    return _pull(r, to, selector=checkpoint, workers=workers)[0]

@@ -1,0 +1,296 @@
+"""The ``ckpt-sync`` command: each verb parses options, calls the library, renders the result.
+
+Exit codes and error lines are decided here only: 0 ok, 1 an operation failed, 2 usage or
+configuration; one line on stderr per error, a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .api import open_repository, push_with_stats
+from .errors import EXIT_FAILED, EXIT_OK, CkptSyncError, UsageError
+from .keys import generate_key, write_key_file
+from .manifest import Manifest
+from .push import total_size
+from .restore import pull
+from .units import format_bytes, parse_size
+from .verify import verify
+
+log = logging.getLogger("ckpt_sync")
+
+
+# --- output helpers ------------------------------------------------------------------------------
+
+
+def _err(msg: str) -> None:
+    print(f"ckpt-sync: error: {msg}", file=sys.stderr)
+
+
+def _warn(msg: str) -> None:
+    print(f"ckpt-sync: warning: {msg}", file=sys.stderr)
+
+
+@contextmanager
+def _progress(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A tqdm bar on a terminal; nothing at all otherwise."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
+        yield bar.update
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _manifest_row(m: Manifest) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "name": m.name,
+        "session": m.session_id,
+        "step": m.global_step,
+        "epoch": m.epoch,
+        "loss": m.loss,
+        "files": len(m.files),
+        "size": m.size,
+        "created": datetime.fromtimestamp(m.created).astimezone().isoformat(timespec="seconds"),
+        "host": m.host,
+        "tags": list(m.tags),
+    }
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+# --- verbs ---------------------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = generate_key()
+    if args.out:
+        path = write_key_file(args.out, key)
+        print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe: without it the backups are unreadable")
+    else:
+        print(key)
+    return EXIT_OK
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    repo = open_repository(args.repo, key_file=args.key_file, create=True)
+    chunk_size = parse_size(args.chunk_size) if args.chunk_size else None
+    results = []
+    for path in args.paths:
+        with _progress(total_size(path), f"push {Path(path).name}", not args.json) as bar:
+            m, stats = push_with_stats(
+                path, repo, tags=args.tag, chunk_size=chunk_size, workers=args.workers, progress=bar
+            )
+        results.append({**_manifest_row(m), "stats": stats.to_json()})
+        if not args.json:
+            print(
+                f"committed {m.name} as {m.id}: {len(m.files)} file(s), {format_bytes(m.size)} read, "
+                f"{format_bytes(stats.bytes_new)} new, {format_bytes(stats.bytes_sent)} sent "
+                f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_OK
+
+
+def _load_all(repo: Any) -> list[Manifest]:
+    out = []
+    for mid in repo.manifest_ids():
+        try:
+            out.append(repo.load_manifest(mid))
+        except CkptSyncError as err:
+            _warn(f"skipping unreadable checkpoint {mid}: {err}")
+    return out
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    repo = open_repository(args.repo, key_file=args.key_file)
+    manifests = _load_all(repo)
+    if args.json:
+        print(json.dumps([_manifest_row(m) for m in manifests], indent=2))
+        return EXIT_OK
+    if not manifests:
+        print(f"no checkpoints in {repo.url}")
+        return EXIT_OK
+    rows = [
+        [
+            m.id,
+            m.name,
+            m.session_id or "-",
+            "-" if m.global_step is None else str(m.global_step),
+            str(len(m.files)),
+            format_bytes(m.size),
+            _when(m.created),
+            ",".join(m.tags) or "-",
+        ]
+        for m in manifests
+    ]
+    print(_table(rows, ["ID", "NAME", "SESSION", "STEP", "FILES", "SIZE", "CREATED", "TAGS"]))
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    if args.latest == bool(args.checkpoint):
+        raise UsageError("pull needs exactly one of --latest or a checkpoint ID_OR_NAME")
+    repo = open_repository(args.repo, key_file=args.key_file)
+    bar_ctx: dict[str, Any] = {}
+
+    def on_start(m: Manifest) -> None:
+        if "cm" in bar_ctx:
+            bar_ctx["cm"].__exit__(None, None, None)
+        bar_ctx["cm"] = _progress(m.size, f"pull {m.name}", True)
+        bar_ctx["fn"] = bar_ctx["cm"].__enter__()
+
+    def progress(n: int) -> None:
+        if bar_ctx.get("fn"):
+            bar_ctx["fn"](n)
+
+    try:
+        m, stats = pull(
+            repo, args.to, selector=args.checkpoint, workers=args.workers,
+            progress=progress, warn=_warn, on_start=on_start,
+        )
+    finally:
+        if "cm" in bar_ctx:
+            bar_ctx["cm"].__exit__(None, None, None)
+    print(
+        f"restored {m.name} ({m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
+        f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
+    )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    repo = open_repository(args.repo, key_file=args.key_file)
+    started = time.monotonic()
+    results = verify(repo, read_data=args.read_data, workers=args.workers)
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for r in bad:
+            print(f"DAMAGED {r.name} ({r.id}): {'; '.join(r.problems[:3])}"
+                  + (f" (+{len(r.problems) - 3} more)" if len(r.problems) > 3 else ""))
+        what = "data read and verified" if args.read_data else "structure and chunk presence checked"
+        print(f"{len(results) - len(bad)} of {len(results)} checkpoint(s) sound ({what}, "
+              f"{time.monotonic() - started:.1f}s)")
+    for r in bad:
+        _err(f"checkpoint {r.name} ({r.id}) is damaged")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def add_repo_option(p: argparse.ArgumentParser, alias: str) -> None:
+    """``--repo`` everywhere; ``--to`` where we write (push, watch), ``--from`` where we read."""
+    p.add_argument("--repo", alias, dest="repo", metavar="URL",
+                   help="repository URL (file:///path or a folder, s3://, az://, gs://); default $CKPT_SYNC_REPO, "
+                   "else the embedded local repository")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--key-file", metavar="PATH", help="Fernet key file (default $BACKUP_ENCRYPTION_KEY, "
+                        "else ~/.config/ckpt-sync/key)")
+    common.add_argument("--workers", type=int, metavar="N", help="parallel chunk workers")
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+    parser = argparse.ArgumentParser(
+        prog="ckpt-sync", description="Keep PyTorch training checkpoints safe off-machine (encrypted).",
+    )
+    parser.add_argument("--version", action="version", version=f"ckpt-sync {__version__}")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("keygen", help="print a new Fernet key (or write it with --out)")
+    p.add_argument("--out", metavar="PATH", help="write the key to PATH with mode 0600")
+    p.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("push", parents=[common], help="commit files or checkpoint folders to the repository")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a checkpoint file, or a folder pushed as one checkpoint")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the checkpoint (e.g. best)")
+    p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_repo_option(p, "--to")
+    p.set_defaults(func=cmd_push)
+
+    p = sub.add_parser("ls", parents=[common], help="list committed checkpoints, newest first")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=cmd_ls)
+
+    p = sub.add_parser("pull", parents=[common], help="restore a checkpoint into a folder")
+    p.add_argument("checkpoint", nargs="?", metavar="ID_OR_NAME", help="checkpoint id (or unique prefix) or name")
+    p.add_argument("--latest", action="store_true", help="the newest checkpoint that fully verifies")
+    p.add_argument("--to", "--dest", dest="to", default=".", metavar="DIR", help="target folder (default .)")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("verify", parents=[common], help="check that every checkpoint is restorable")
+    p.add_argument("--read-data", action="store_true", help="download, authenticate and re-hash everything")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="ckpt-sync: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.debug:
+        for noisy in ("botocore", "boto3", "urllib3", "azure", "google"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+    try:
+        return args.func(args)
+    except CkptSyncError as err:
+        if args.debug:
+            log.exception("failed")
+        _err(str(err))
+        return err.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+    except OSError as err:
+        if args.debug:
+            log.exception("failed")
+        if err.errno == errno.ENOSPC:
+            _err(f"no space left on device ({err.filename or 'disk'}): free some space and re-run")
+        else:
+            _err(f"{err.strerror or err}{f': {err.filename}' if err.filename else ''}")
+        return EXIT_FAILED
+    except Exception as err:  # a bug: still one line, unless --debug
+        if args.debug:
+            log.exception("unexpected error")
+        _err(f"unexpected {type(err).__name__}: {err} (re-run with --debug for a traceback)")
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Binary Fernet tokens.
+
+A stored object is a standard Fernet token in binary form (the base64url-decoded token):
+
+    0x80 | timestamp (8, big-endian) | IV (16) | AES-128-CBC(PKCS7(plaintext)) | HMAC-SHA256 (32)
+
+so ``Fernet(key).decrypt(base64.urlsafe_b64encode(obj))`` returns the plaintext. Building the token
+ourselves skips base64 on the hot path (Fernet.encrypt is ~10x slower on 8 MiB here) and lets the
+ciphertext be written straight into the output buffer.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import os
+import struct
+import time
+from collections.abc import Sequence
+
+from cryptography.fernet import Fernet
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from .errors import IntegrityError
+
+VERSION = 0x80
+HEADER = 1 + 8 + 16
+MAC = 32
+BLOCK = 16
+# AES holds the GIL; feeding it in slices lets hashing threads run in between.
+_SLICE = 1 << 20
+
+
+def token_size(plain_size: int) -> int:
+    """Size of the binary token for a plaintext of ``plain_size`` bytes."""
+    return HEADER + (plain_size // BLOCK + 1) * BLOCK + MAC
+
+
+class FernetKey:
+    """One 32-byte Fernet key split into its signing and encryption halves."""
+
+    __slots__ = ("encryption", "signing")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != 32:
+            raise ValueError("a Fernet key is 32 bytes")
+        self.signing = raw[:16]
+        self.encryption = raw[16:]
+
+    def encrypt(self, plaintext: bytes | memoryview, *, iv: bytes | None = None) -> bytearray:
+        data = memoryview(plaintext).cast("B")
+        n = len(data)
+        body = (n // BLOCK + 1) * BLOCK
+        out = bytearray(HEADER + body + MAC)
+        iv = iv or os.urandom(16)
+        out[0] = VERSION
+        struct.pack_into(">Q", out, 1, int(time.time()))
+        out[9:HEADER] = iv
+        enc = Cipher(algorithms.AES(self.encryption), modes.CBC(iv)).encryptor()
+        view = memoryview(out)
+        pos = HEADER
+        full = n - n % BLOCK
+        for start in range(0, full, _SLICE):
+            piece = data[start : min(start + _SLICE, full)]
+            pos += enc.update_into(piece, view[pos : pos + len(piece) + BLOCK])
+        pad = BLOCK - n % BLOCK
+        tail = bytes(data[full:]) + bytes([pad]) * pad
+        pos += enc.update_into(tail, view[pos : pos + 2 * BLOCK])
+        enc.finalize()
+        view[pos:] = hmac.digest(self.signing, view[:pos], "sha256")
+        return out
+
+    def decrypt(self, token: bytes | memoryview) -> bytearray:
+        """Authenticate and decrypt; raises IntegrityError on any mismatch."""
+        view = memoryview(token).cast("B")
+        if len(view) < HEADER + BLOCK + MAC or view[0] != VERSION or (len(view) - HEADER - MAC) % BLOCK:
+            raise IntegrityError("not a Fernet token (truncated or foreign object)")
+        mac = hmac.digest(self.signing, view[:-MAC], "sha256")
+        if not hmac.compare_digest(mac, view[-MAC:]):
+            raise IntegrityError("authentication failed (wrong key, or the object was altered)")
+        dec = Cipher(algorithms.AES(self.encryption), modes.CBC(bytes(view[9:HEADER]))).decryptor()
+        body = view[HEADER:-MAC]
+        out = bytearray(len(body) + BLOCK)
+        n = dec.update_into(body, out)
+        dec.finalize()
+        pad = out[n - 1]
+        if not 1 <= pad <= BLOCK or out[n - pad : n] != bytes([pad]) * pad:
+            raise IntegrityError("bad padding after authentication (corrupt token)")
+        del out[n - pad :]
+        return out
+
+
+class KeyRing:
+    """Keys in priority order: the first encrypts, all decrypt (MultiFernet semantics)."""
+
+    def __init__(self, raw_keys: Sequence[bytes]) -> None:
+        if not raw_keys:
+            raise ValueError("a key ring needs at least one key")
+        self._raw = list(raw_keys)
+        self._keys = [FernetKey(k) for k in raw_keys]
+
+    @property
+    def primary(self) -> FernetKey:
+        return self._keys[0]
+
+    def fingerprints(self) -> list[str]:
+        return [fingerprint(k) for k in self._raw]
+
+    def encrypt(self, plaintext: bytes | memoryview) -> bytearray:
+        return self.primary.encrypt(plaintext)
+
+    def decrypt(self, token: bytes | memoryview) -> bytearray:
+        last: IntegrityError | None = None
+        for key in self._keys:
+            try:
+                return key.decrypt(token)
+            except IntegrityError as err:
+                last = err
+        assert last is not None
+        raise last
+
+    def fernet(self, fp: str | None = None) -> Fernet:
+        """A standard ``Fernet`` for the key with fingerprint ``fp`` (default: the primary key)."""
+        for raw in self._raw:
+            if fp is None or fingerprint(raw) == fp:
+                return Fernet(base64.urlsafe_b64encode(raw))
+        raise KeyError(fp)
+
+    def key_for(self, fp: str) -> FernetKey | None:
+        for raw, key in zip(self._raw, self._keys, strict=True):
+            if fingerprint(raw) == fp:
+                return key
+        return None
+
+
+def fingerprint(raw_key: bytes) -> str:
+    """A public, one-way name for a key (HMAC of a constant under the key)."""
+    return hmac.digest(raw_key, b"ckpt-sync key fingerprint v1", "sha256")[:16].hex()

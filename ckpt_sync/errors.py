@@ -1,0 +1,65 @@
+"""Error types and the exit codes they map to.
+
+Every failure a user can cause or meet is one of these, so the CLI can print one clear line and
+choose the exit code in one place: 2 for usage/configuration (bad URL, missing or wrong key),
+1 for an operation that failed (verification, nothing valid to pull, storage failures).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CkptSyncError(Exception):
+    """Base class: ``str(err)`` is the one line shown to the user."""
+
+    exit_code = EXIT_FAILED
+
+
+class UsageError(CkptSyncError):
+    """Bad arguments, malformed URL, unknown scheme."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConfigError(CkptSyncError):
+    """Missing key, missing repository, bad settings: fix the configuration and re-run."""
+
+    exit_code = EXIT_USAGE
+
+
+class KeyMismatchError(ConfigError):
+    """The key(s) given do not open this repository."""
+
+
+class OperationFailed(CkptSyncError):
+    """The operation ran and failed (verification failed, nothing valid to restore)."""
+
+    exit_code = EXIT_FAILED
+
+
+class IntegrityError(OperationFailed):
+    """Stored data failed authentication, hashing or size checks."""
+
+
+# --- storage errors, raised by providers after classifying their SDK's exceptions ---------------
+
+
+class StorageError(CkptSyncError):
+    """A provider call failed."""
+
+
+class NotFound(StorageError):  # noqa: N818 - reads better at call sites than NotFoundError
+    """The object does not exist."""
+
+
+class PermanentStorageError(StorageError):
+    """Retrying will not help: no such bucket, access denied, bad credentials."""
+
+    exit_code = EXIT_USAGE
+
+
+class TransientStorageError(StorageError):
+    """Worth retrying: timeouts, connection resets, 5xx, throttling."""

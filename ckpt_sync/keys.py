@@ -1,0 +1,83 @@
+"""Where keys come from.
+
+First found wins: ``--key-file PATH``, env ``BACKUP_ENCRYPTION_KEY`` (comma-separated: the first
+encrypts, all decrypt), then the default key file in the user's config folder. A key file holds one
+key per line in the same order. Keys are never logged; errors name the source, never the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+from cryptography.fernet import Fernet
+
+from .crypto import KeyRing
+from .errors import ConfigError, UsageError
+from .locations import default_key_file
+
+ENV_KEY = "BACKUP_ENCRYPTION_KEY"
+
+
+def parse_keys(text: str, source: str) -> list[bytes]:
+    """Decode Fernet keys separated by commas or newlines; the error names ``source`` only."""
+    items = [t.strip() for t in text.replace(",", "\n").splitlines()]
+    items = [t for t in items if t and not t.startswith("#")]
+    if not items:
+        raise ConfigError(f"no key found in {source}; create one with `ckpt-sync keygen`")
+    raw: list[bytes] = []
+    for i, item in enumerate(items, 1):
+        try:
+            key = base64.urlsafe_b64decode(item.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            key = b""
+        if len(key) != 32:
+            raise ConfigError(
+                f"key #{i} in {source} is not a Fernet key (expected 44 url-safe base64 characters, "
+                "as printed by `ckpt-sync keygen`)"
+            )
+        raw.append(key)
+    return raw
+
+
+def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
+    """Find the keys by the documented precedence, or raise ConfigError saying how to provide one."""
+    if key_file is not None:
+        path = Path(key_file).expanduser()
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"key file {path} does not exist; create one with `ckpt-sync keygen --out {path}`")
+        except OSError as err:
+            raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
+        return KeyRing(parse_keys(text, f"key file {path}"))
+    env = os.environ.get(ENV_KEY)
+    if env:
+        return KeyRing(parse_keys(env, f"${ENV_KEY}"))
+    default = default_key_file()
+    if default.is_file():
+        return KeyRing(parse_keys(default.read_text(), f"key file {default}"))
+    raise ConfigError(
+        f"no encryption key: pass --key-file, set {ENV_KEY}, or run `ckpt-sync keygen --out {default}`"
+    )
+
+
+def generate_key() -> str:
+    return Fernet.generate_key().decode("ascii")
+
+
+def write_key_file(path: str | os.PathLike[str], key: str) -> Path:
+    """Write a new key file with mode 0600; refuses to overwrite (losing a key loses the data)."""
+    p = Path(path).expanduser()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{p} already exists; refusing to overwrite a key (choose another --out)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return p

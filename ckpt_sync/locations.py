@@ -1,0 +1,32 @@
+"""Default places on the user's machine (XDG folders)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_REPO = "CKPT_SYNC_REPO"
+
+
+def config_dir() -> Path:
+    """``$XDG_CONFIG_HOME/ckpt-sync`` (default ``~/.config/ckpt-sync``): the default key lives here."""
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "ckpt-sync"
+
+
+def data_dir() -> Path:
+    """``$XDG_DATA_HOME/ckpt-sync`` (default ``~/.local/share/ckpt-sync``)."""
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ckpt-sync"
+
+
+def default_key_file() -> Path:
+    return config_dir() / "key"
+
+
+def default_repo_url() -> str:
+    """The embedded default repository: a local folder, so everything works with no cloud account."""
+    return (data_dir() / "repo").as_uri()
+
+
+def resolve_repo_url(flag: str | None) -> str:
+    """``--repo`` wins, then ``$CKPT_SYNC_REPO``, then the embedded default."""
+    return flag or os.environ.get(ENV_REPO) or default_repo_url()

@@ -1,0 +1,128 @@
+"""The manifest: what one committed checkpoint is.
+
+Frozen dataclasses with explicit, versioned to/from-JSON; nothing else touches the JSON shape.
+Documented in docs/FORMAT.md.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+from .errors import IntegrityError
+
+MANIFEST_VERSION = 1
+SEED_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    id: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str  # relative POSIX path inside the checkpoint
+    size: int
+    sha256: str
+    chunks: tuple[ChunkRef, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "chunks": [[c.id, c.size] for c in self.chunks],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> FileEntry:
+        chunks = tuple(ChunkRef(str(i), int(s)) for i, s in d["chunks"])
+        entry = cls(str(d["path"]), int(d["size"]), str(d["sha256"]), chunks)
+        if sum(c.size for c in chunks) != entry.size:
+            raise IntegrityError(f"manifest entry {entry.path!r}: chunk sizes do not add up to the file size")
+        return entry
+
+
+@dataclass(frozen=True)
+class Manifest:
+    id: str  # object name under manifests/ (time-sortable, opaque)
+    name: str  # file or directory name the user pushed
+    created: float  # unix seconds
+    host: str
+    files: tuple[FileEntry, ...]
+    kind: str = "file"  # "file" or "dir"
+    session_id: str | None = None
+    global_step: int | None = None
+    epoch: int | None = None
+    loss: float | None = None
+    tags: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def chunk_ids(self) -> set[str]:
+        return {c.id for f in self.files for c in f.chunks}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": MANIFEST_VERSION,
+            "id": self.id,
+            "name": self.name,
+            "kind": self.kind,
+            "created": self.created,
+            "host": self.host,
+            "session_id": self.session_id,
+            "global_step": self.global_step,
+            "epoch": self.epoch,
+            "loss": self.loss,
+            "tags": list(self.tags),
+            "extra": self.extra,
+            "files": [f.to_json() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], *, expected_id: str | None = None) -> Manifest:
+        if d.get("version") != MANIFEST_VERSION:
+            raise IntegrityError(f"unsupported manifest version {d.get('version')!r}; upgrade ckpt-sync")
+        m = cls(
+            id=str(d["id"]),
+            name=str(d["name"]),
+            kind=str(d.get("kind", "file")),
+            created=float(d["created"]),
+            host=str(d.get("host", "")),
+            session_id=d.get("session_id"),
+            global_step=d.get("global_step"),
+            epoch=d.get("epoch"),
+            loss=d.get("loss"),
+            tags=tuple(d.get("tags", ())),
+            extra=dict(d.get("extra") or {}),
+            files=tuple(FileEntry.from_json(f) for f in d["files"]),
+        )
+        # A manifest copied to another name would otherwise replay an old checkpoint as new.
+        if expected_id is not None and m.id != expected_id:
+            raise IntegrityError(f"manifest {expected_id} claims to be {m.id} (moved or replayed object)")
+        return m
+
+
+def parse_seed_name(name: str) -> tuple[str | None, int | None]:
+    """``checkpoint_{session_id}_{global_step}.pt`` -> (session_id, global_step), else (None, None)."""
+    m = SEED_NAME.match(name)
+    if not m:
+        return None, None
+    return m.group("session"), int(m.group("step"))
+
+
+def safe_relative_path(path: str) -> PurePosixPath:
+    """Validate a manifest path: relative, no ``..``, no empty or ``.`` parts, no backslashes/drives."""
+    if not path or "\\" in path or "\x00" in path:
+        raise IntegrityError(f"unsafe path in manifest: {path!r}")
+    p = PurePosixPath(path)
+    if p.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")) or ":" in p.parts[0]:
+        raise IntegrityError(f"unsafe path in manifest: {path!r} (absolute or escaping the target folder)")
+    return p

@@ -1,0 +1,143 @@
+"""Push: turn a checkpoint (one file, or a directory of files) into chunks and a committed manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from .chunking import ChunkPolicy, plan_chunks
+from .errors import OperationFailed, UsageError
+from .manifest import ChunkRef, FileEntry, Manifest, parse_seed_name
+from .pipeline import default_workers, ordered_map
+from .repository import Repository, hostname, new_manifest_id
+from .transfer import TransferStats
+
+ProgressFn = Callable[[int], None]
+
+
+def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
+    """("file", [(name, path)]) or ("dir", [(relative posix path, path), ...]) sorted by path.
+
+    Symlinks inside a directory are followed to regular files; other special files are refused.
+    """
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist") from None
+    except PermissionError:
+        raise UsageError(f"cannot read {path}: permission denied") from None
+    if stat.S_ISREG(st.st_mode):
+        return "file", [(path.name, path)]
+    if not stat.S_ISDIR(st.st_mode):
+        raise UsageError(f"{path} is neither a file nor a directory")
+    files: list[tuple[str, Path]] = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        dirnames.sort()
+        for name in filenames:
+            p = Path(dirpath) / name
+            if p.is_file():
+                files.append((p.relative_to(path).as_posix(), p))
+    if not files:
+        raise UsageError(f"{path} is an empty directory: nothing to push")
+    return "dir", sorted(files)
+
+
+def _read_spans(fd: int, spans: list[tuple[int, int]], sha: Any, stats: TransferStats) -> Iterator[bytes]:
+    for off, length in spans:
+        data = os.pread(fd, length, off)
+        if len(data) != length:
+            raise OperationFailed("file shrank while it was being read")
+        sha.update(data)  # sequential whole-file hash; hashlib releases the GIL
+        stats.bytes_read += length
+        yield data
+
+
+def push_file(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    rel: str,
+    path: Path,
+    stats: TransferStats,
+    *,
+    policy: ChunkPolicy,
+    window: int,
+    progress: ProgressFn | None = None,
+) -> FileEntry:
+    with open(path, "rb") as f:
+        before = os.fstat(f.fileno())
+        spans = plan_chunks(f, before.st_size, policy)
+        sha = hashlib.sha256()
+        refs: list[ChunkRef] = []
+        for ref, sent in ordered_map(
+            pool, repo.store_chunk, _read_spans(f.fileno(), spans, sha, stats), window
+        ):
+            refs.append(ref)
+            stats.chunks += 1
+            if sent:
+                stats.chunks_new += 1
+                stats.bytes_new += ref.size
+                stats.bytes_sent += sent
+            if progress:
+                progress(ref.size)
+        after = os.fstat(f.fileno())
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise OperationFailed(f"{path} changed while it was being read; push it again once it is fully written")
+    stats.files += 1
+    return FileEntry(rel, before.st_size, sha.hexdigest(), tuple(refs))
+
+
+def push_path(
+    repo: Repository,
+    path: str | os.PathLike[str],
+    *,
+    tags: tuple[str, ...] | list[str] = (),
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    policy: ChunkPolicy = ChunkPolicy(),
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> tuple[Manifest, TransferStats]:
+    """Upload ``path`` and commit it as one checkpoint. The manifest is written last (the commit point).
+
+    ``metadata`` may carry ``session_id``, ``global_step``, ``epoch``, ``loss`` (else parsed from the
+    seed's file name) and anything else JSON-serialisable, kept under ``extra``.
+    """
+    p = Path(path)
+    kind, files = collect_files(p)
+    meta = dict(metadata or {})
+    name = name or p.name
+    session_id, step = parse_seed_name(name)
+    workers = workers or default_workers()
+    stats = TransferStats()
+    with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
+        entries = [
+            push_file(repo, pool, rel, fp, stats, policy=policy, window=workers + 2, progress=progress)
+            for rel, fp in files
+        ]
+    manifest = Manifest(
+        id=new_manifest_id(),
+        name=name,
+        kind=kind,
+        created=time.time(),
+        host=hostname(),
+        files=tuple(entries),
+        session_id=meta.pop("session_id", session_id),
+        global_step=meta.pop("global_step", step),
+        epoch=meta.pop("epoch", None),
+        loss=meta.pop("loss", None),
+        tags=tuple(dict.fromkeys(tags)),
+        extra=meta,
+    )
+    repo.commit(manifest)
+    return manifest, stats.finish()
+
+
+def total_size(path: str | os.PathLike[str]) -> int:
+    _, files = collect_files(Path(path))
+    return sum(fp.stat().st_size for _, fp in files)

@@ -1,0 +1,238 @@
+"""The repository: layout, key check, chunks and manifests on top of one provider.
+
+Layout (docs/FORMAT.md)::
+
+    config                 plaintext JSON: format version, and the chunk-id key wrapped per key
+    chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = HMAC-SHA256(id_key, plaintext)
+    manifests/<mid>        binary Fernet token of one manifest's JSON; mid is time-sortable
+
+A checkpoint exists iff its manifest exists; manifests are written last and never overwrite.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterable
+
+from cryptography.fernet import InvalidToken
+
+from .crypto import KeyRing, token_size
+from .errors import ConfigError, IntegrityError, KeyMismatchError, NotFound, OperationFailed
+from .manifest import ChunkRef, Manifest
+from .providers import Provider
+
+FORMAT_NAME = "ckpt-sync"
+FORMAT_VERSION = 1
+CONFIG_KEY = "config"
+CHUNKS = "chunks/"
+MANIFESTS = "manifests/"
+
+
+def chunk_key(chunk_id: str) -> str:
+    return f"{CHUNKS}{chunk_id[:2]}/{chunk_id}"
+
+
+def manifest_key(manifest_id: str) -> str:
+    return f"{MANIFESTS}{manifest_id}"
+
+
+def new_manifest_id(now: float | None = None) -> str:
+    """Milliseconds since the epoch (13 digits, sorts by time) and 64 random bits."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:013d}-{secrets.token_hex(8)}"
+
+
+class Repository:
+    def __init__(self, provider: Provider, keys: KeyRing, id_key: bytes, config: dict) -> None:
+        self.provider = provider
+        self.keys = keys
+        self.url = provider.url
+        self.config = config
+        self._id_key = id_key
+        self._known: set[str] | None = None
+        self._lock = threading.Lock()
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, provider: Provider, keys: KeyRing, *, create: bool = False) -> Repository:
+        """Open (or with ``create``, initialise) the repository and check the key before touching data.
+
+        Raises ConfigError when there is no repository and ``create`` is false, and
+        KeyMismatchError when none of ``keys`` is one of the repository's keys.
+        """
+        try:
+            raw = provider.get(CONFIG_KEY)
+        except NotFound:
+            if not create:
+                raise ConfigError(
+                    f"no ckpt-sync repository at {provider.url}: check the URL (nothing was pushed there yet)"
+                ) from None
+            provider.check()
+            raw = cls._initialise(provider, keys)
+        config = cls._parse_config(raw, provider.url)
+        wrapped: dict[str, str] = config["keys"]
+        for fp in keys.fingerprints():
+            if fp in wrapped:
+                id_key = cls._unwrap(keys, fp, wrapped[fp], provider.url)
+                break
+        else:
+            raise KeyMismatchError(
+                f"the key does not match the repository at {provider.url}: use the key it was created with "
+                "(--key-file or BACKUP_ENCRYPTION_KEY)"
+            )
+        repo = cls(provider, keys, id_key, config)
+        if create and keys.fingerprints()[0] not in wrapped:
+            repo._add_primary_key()
+        return repo
+
+    @staticmethod
+    def _initialise(provider: Provider, keys: KeyRing) -> bytes:
+        id_key = os.urandom(32)
+        config = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "created": time.time(),
+            "chunk_id": "hmac-sha256",
+            "keys": {keys.fingerprints()[0]: keys.fernet().encrypt(id_key).decode("ascii")},
+        }
+        raw = json.dumps(config, indent=1).encode()
+        if provider.put_if_absent(CONFIG_KEY, raw):
+            return raw
+        return provider.get(CONFIG_KEY)  # another writer initialised it first: use theirs
+
+    @staticmethod
+    def _unwrap(keys: KeyRing, fp: str, token: str, url: str) -> bytes:
+        try:
+            return keys.fernet(fp).decrypt(token.encode())
+        except InvalidToken:
+            raise IntegrityError(f"the repository config at {url} is damaged (key entry fails to decrypt)") from None
+
+    @staticmethod
+    def _parse_config(raw: bytes, url: str) -> dict:
+        try:
+            config = json.loads(raw)
+            assert isinstance(config, dict) and isinstance(config.get("keys"), dict)
+        except (ValueError, AssertionError):
+            raise ConfigError(f"{url} is not a ckpt-sync repository (its config object is not readable)") from None
+        if config.get("format") != FORMAT_NAME:
+            raise ConfigError(f"{url} is not a ckpt-sync repository (format {config.get('format')!r})")
+        if not isinstance(config.get("version"), int) or config["version"] > FORMAT_VERSION:
+            raise ConfigError(
+                f"the repository at {url} uses format version {config.get('version')}, newer than this "
+                f"ckpt-sync ({FORMAT_VERSION}): upgrade ckpt-sync"
+            )
+        return config
+
+    def _add_primary_key(self) -> None:
+        """Key rotation: the first key is new to the repository, an older one opened it; record the new one.
+
+        Rewrites the small config object (stores have no compare-and-swap on overwrite for all
+        providers); re-reading first keeps entries other writers added meanwhile.
+        """
+        latest = self._parse_config(self.provider.get(CONFIG_KEY), self.url)
+        latest["keys"][self.keys.fingerprints()[0]] = self.keys.fernet().encrypt(self._id_key).decode("ascii")
+        self.provider.put(CONFIG_KEY, json.dumps(latest, indent=1).encode())
+        self.config = latest
+
+    # --- chunks ----------------------------------------------------------------------------------
+
+    def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> str:
+        return hmac.digest(self._id_key, plaintext, "sha256").hex()
+
+    def list_chunks(self) -> dict[str, int]:
+        """Stored chunk ids and their object sizes."""
+        out: dict[str, int] = {}
+        for info in self.provider.list(CHUNKS):
+            cid = info.key.rsplit("/", 1)[-1]
+            if len(cid) == 64:
+                out[cid] = info.size
+        return out
+
+    def known_chunks(self) -> set[str]:
+        """Chunk ids present remotely, listed once per Repository and extended as we store more."""
+        with self._lock:
+            if self._known is None:
+                self._known = set(self.list_chunks())
+            return self._known
+
+    def store_chunk(self, plaintext: bytes | bytearray | memoryview) -> tuple[ChunkRef, int]:
+        """Encrypt and upload unless already stored. Returns the ref and the bytes sent (0 if deduplicated)."""
+        cid = self.chunk_id(plaintext)
+        ref = ChunkRef(cid, len(plaintext))
+        known = self.known_chunks()
+        with self._lock:
+            if cid in known:
+                return ref, 0
+            known.add(cid)  # claimed: a duplicate chunk in flight elsewhere in this push is skipped
+        try:
+            token = self.keys.encrypt(plaintext)
+            self.provider.put(chunk_key(cid), token)
+        except BaseException:
+            with self._lock:
+                known.discard(cid)
+            raise
+        return ref, len(token)
+
+    def load_chunk(self, ref: ChunkRef) -> bytearray:
+        """Fetch, authenticate, decrypt and check a chunk against its id and size."""
+        token = self.provider.get(chunk_key(ref.id))
+        if len(token) != token_size(ref.size):
+            raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
+        plain = self.keys.decrypt(token)
+        if len(plain) != ref.size or not hmac.compare_digest(self.chunk_id(plain), ref.id):
+            raise IntegrityError(f"chunk {ref.id[:16]} does not match its id (swapped or substituted object)")
+        return plain
+
+    def missing_chunks(self, refs: Iterable[ChunkRef]) -> list[str]:
+        """Ids among ``refs`` with no stored object of the right size (fresh listing)."""
+        stored = self.list_chunks()
+        return sorted({r.id for r in refs if stored.get(r.id) != token_size(r.size)})
+
+    # --- manifests -------------------------------------------------------------------------------
+
+    def manifest_ids(self) -> list[str]:
+        """Committed manifest ids, newest first."""
+        ids = [i.key[len(MANIFESTS) :] for i in self.provider.list(MANIFESTS)]
+        return sorted((i for i in ids if i and "/" not in i), reverse=True)
+
+    def load_manifest(self, manifest_id: str) -> Manifest:
+        token = self.provider.get(manifest_key(manifest_id))
+        try:
+            data = json.loads(self.keys.decrypt(token))
+        except IntegrityError as err:
+            raise IntegrityError(f"manifest {manifest_id}: {err}") from None
+        except ValueError:
+            raise IntegrityError(f"manifest {manifest_id} is not valid JSON") from None
+        try:
+            return Manifest.from_json(data, expected_id=manifest_id)
+        except (KeyError, TypeError, ValueError) as err:
+            raise IntegrityError(f"manifest {manifest_id} is malformed ({err})") from None
+
+    def commit(self, manifest: Manifest) -> None:
+        """The commit point: verify every chunk is stored, then write the manifest without overwriting."""
+        missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)
+        if missing:
+            raise OperationFailed(
+                f"not committing {manifest.name}: {len(missing)} chunk(s) are not in {self.url} "
+                "(removed by a concurrent prune?); push again"
+            )
+        token = self.keys.encrypt(json.dumps(manifest.to_json(), separators=(",", ":")).encode())
+        if not self.provider.put_if_absent(manifest_key(manifest.id), token):
+            # Either a retry found our own earlier successful write, or a true id collision.
+            try:
+                if self.load_manifest(manifest.id) == manifest:
+                    return
+            except IntegrityError:
+                pass
+            raise OperationFailed(f"manifest id {manifest.id} already exists in {self.url}; push again")
+
+
+def hostname() -> str:
+    return socket.gethostname()

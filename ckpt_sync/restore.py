@@ -1,0 +1,185 @@
+"""Pull: rebuild a committed checkpoint into a folder, verified, with no partial file under a final name.
+
+Every file of the checkpoint is written to a hidden temp name beside its destination, checked
+against its whole-file hash, and only when all files are sound are they renamed into place.
+``pull_latest`` walks from the newest manifest back to the first one that fully verifies.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
+from .manifest import FileEntry, Manifest, safe_relative_path
+from .pipeline import default_workers, ordered_map
+from .repository import Repository
+from .transfer import TransferStats
+
+ProgressFn = Callable[[int], None]
+WarnFn = Callable[[str], None]
+
+
+def iter_plaintext(
+    repo: Repository, pool: ThreadPoolExecutor, entry: FileEntry, window: int
+) -> Iterator[bytearray]:
+    """The file's verified plaintext, chunk by chunk, in order; raises IntegrityError or NotFound."""
+    return ordered_map(pool, repo.load_chunk, entry.chunks, window)
+
+
+def read_verified(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    entry: FileEntry,
+    sink: Callable[[bytearray], None],
+    *,
+    window: int,
+    progress: ProgressFn | None = None,
+) -> None:
+    """Stream ``entry`` through ``sink`` and check its whole-file hash at the end."""
+    sha = hashlib.sha256()
+    for plain in iter_plaintext(repo, pool, entry, window):
+        sha.update(plain)
+        sink(plain)
+        if progress:
+            progress(len(plain))
+    if sha.hexdigest() != entry.sha256:
+        raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
+
+
+def _destination(dest: Path, rel: str) -> Path:
+    """Where ``rel`` goes under ``dest``; refuses anything that could land outside it."""
+    parts = safe_relative_path(rel).parts
+    target = dest
+    for part in parts[:-1]:
+        target = target / part
+        if target.is_symlink():
+            raise IntegrityError(f"refusing to write through the symlink {target}")
+        target.mkdir(exist_ok=True)
+    final = target / parts[-1]
+    if final.is_dir() and not final.is_symlink():
+        raise UsageError(f"{final} is a directory; cannot restore a file there")
+    real_dest = dest.resolve()
+    if not final.parent.resolve().is_relative_to(real_dest):
+        raise IntegrityError(f"refusing to write {rel!r} outside {dest}")
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def restore(
+    repo: Repository,
+    manifest: Manifest,
+    dest: str | os.PathLike[str],
+    *,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+) -> TransferStats:
+    """Write every file of ``manifest`` under ``dest``; on any failure leave nothing new behind."""
+    dest = Path(dest)
+    for f in manifest.files:  # validate every path before writing anything
+        safe_relative_path(f.path)
+    dest.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(dest).free
+    if free < manifest.size:
+        raise OperationFailed(
+            f"not enough space in {dest}: {manifest.name} needs {manifest.size / 2**20:.1f} MiB, "
+            f"{free / 2**20:.1f} MiB free; free some space and re-run"
+        )
+    workers = workers or default_workers()
+    stats = TransferStats()
+    staged: list[tuple[Path, Path]] = []
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-pull") as pool:
+            for entry in manifest.files:
+                final = _destination(dest, entry.path)
+                tmp = final.with_name(f".{final.name}.ckpt-sync-{secrets.token_hex(4)}.part")
+                staged.append((tmp, final))
+                with open(tmp, "xb") as out:
+                    read_verified(repo, pool, entry, out.write, window=workers + 2, progress=progress)
+                    out.flush()
+                    os.fsync(out.fileno())
+                stats.files += 1
+                stats.chunks += len(entry.chunks)
+                stats.bytes_read += entry.size
+        for tmp, final in staged:
+            os.replace(tmp, final)
+        for parent in {final.parent for _, final in staged}:
+            _fsync_dir(parent)
+    except OSError as err:
+        _discard(staged)
+        if err.errno == errno.ENOSPC:
+            raise OperationFailed(f"no space left on device in {dest}: free some space and re-run") from err
+        raise
+    except BaseException:
+        _discard(staged)
+        raise
+    return stats.finish()
+
+
+def _discard(staged: list[tuple[Path, Path]]) -> None:
+    for tmp, _ in staged:
+        tmp.unlink(missing_ok=True)
+
+
+def find_manifest(repo: Repository, selector: str) -> Manifest:
+    """A checkpoint by manifest id (or a unique id prefix), else the newest with that name."""
+    ids = repo.manifest_ids()
+    matches = [i for i in ids if i.startswith(selector)]
+    if len(matches) == 1:
+        return repo.load_manifest(matches[0])
+    if len(matches) > 1:
+        raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
+    for mid in ids:
+        try:
+            m = repo.load_manifest(mid)
+        except IntegrityError:
+            continue
+        if m.name == selector:
+            return m
+    raise OperationFailed(f"no checkpoint with id or name {selector!r} in {repo.url}")
+
+
+def pull(
+    repo: Repository,
+    dest: str | os.PathLike[str],
+    *,
+    selector: str | None = None,
+    workers: int | None = None,
+    progress: ProgressFn | None = None,
+    warn: WarnFn | None = None,
+    on_start: Callable[[Manifest], None] | None = None,
+) -> tuple[Manifest, TransferStats]:
+    """Restore one checkpoint: ``selector`` names it, or None for the newest that fully verifies."""
+    if selector is not None:
+        m = find_manifest(repo, selector)
+        if on_start:
+            on_start(m)
+        return m, restore(repo, m, dest, workers=workers, progress=progress)
+    ids = repo.manifest_ids()
+    if not ids:
+        raise OperationFailed(f"no checkpoints in {repo.url}")
+    for mid in ids:
+        try:
+            m = repo.load_manifest(mid)
+            if on_start:
+                on_start(m)
+            return m, restore(repo, m, dest, workers=workers, progress=progress)
+        except (IntegrityError, NotFound) as err:
+            if warn:
+                warn(f"checkpoint {mid} is damaged ({err}); falling back to the previous one")
+        except CkptSyncError:
+            raise
+    raise OperationFailed(f"no valid checkpoint in {repo.url}: all {len(ids)} are damaged")

@@ -1,0 +1,66 @@
+"""Storage back-ends, chosen by the repository URL's scheme.
+
+Built in: ``file`` (and plain paths), ``s3``, ``az``, ``gs``. Third parties register a class under
+the entry-point group ``ckpt_sync.providers`` with the scheme as the entry's name; the class needs a
+``from_url(url, **options)`` classmethod returning a Provider (see docs/PROVIDERS.md).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from importlib.metadata import entry_points
+from typing import Any
+
+from ckpt_sync.errors import ConfigError, UsageError
+
+from .base import ObjectInfo, Provider
+from .retry import RetryingProvider, RetryPolicy
+
+ENTRY_POINT_GROUP = "ckpt_sync.providers"
+
+# scheme -> ("module:Class", pip extra that brings its SDK)
+BUILTIN: dict[str, tuple[str, str | None]] = {
+    "file": ("ckpt_sync.providers.local:LocalProvider", None),
+    "s3": ("ckpt_sync.providers.s3:S3Provider", "s3"),
+    "az": ("ckpt_sync.providers.azure:AzureBlobProvider", "azure"),
+    "gs": ("ckpt_sync.providers.gcs:GCSProvider", "gcs"),
+}
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def scheme_of(url: str) -> str:
+    if not url or not url.strip():
+        raise UsageError("empty repository URL")
+    m = _SCHEME.match(url)
+    if m:
+        return m.group(1).lower()
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:[^\\/]", url) and not re.match(r"^[a-zA-Z]:[\\/]", url):
+        raise UsageError(f"malformed repository URL {url!r}: expected SCHEME://... or a folder path")
+    return "file"
+
+
+def _load_class(scheme: str) -> Any:
+    if scheme in BUILTIN:
+        target, extra = BUILTIN[scheme]
+        module, _, cls = target.partition(":")
+        try:
+            return getattr(importlib.import_module(module), cls)
+        except ImportError as err:
+            hint = f"pip install 'ckpt-sync[{extra}]'" if extra else "reinstall ckpt-sync"
+            raise ConfigError(f"{scheme}:// needs a library that is not installed ({err.name}): {hint}") from None
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == scheme:
+            return ep.load()
+    known = ", ".join(sorted({*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))}))
+    raise UsageError(f"unknown repository URL scheme {scheme}:// (known: {known})")
+
+
+def open_provider(url: str, *, retry: RetryPolicy | None = RetryPolicy(), **options: Any) -> Provider:
+    """Build the provider for ``url``, wrapped in retries unless ``retry`` is None."""
+    provider = _load_class(scheme_of(url)).from_url(url, **options)
+    return RetryingProvider(provider, retry) if retry is not None else provider
+
+
+__all__ = ["ENTRY_POINT_GROUP", "ObjectInfo", "Provider", "RetryPolicy", "RetryingProvider", "open_provider"]

@@ -1,0 +1,51 @@
+"""The provider interface: a small object-store adapter.
+
+Every store implements only these calls and classifies its SDK's errors into
+``NotFound`` / ``PermanentStorageError`` / ``TransientStorageError`` (ckpt_sync.errors), so
+cross-cutting behaviour (retries, fault injection, bandwidth limits) lives in wrappers that work
+with any provider. Keys are relative, '/'-separated object names below the repository's prefix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float  # unix seconds
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """What the repository needs from a store. ``url`` names the repository for error messages."""
+
+    url: str
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """Store ``data`` under ``key`` (replacing it). A reader sees the old or new object, never a part."""
+
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        """Store only if ``key`` does not exist; True if written, False if it already existed."""
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        """Read the object (or ``length`` bytes from ``start``). Raises NotFound."""
+
+    def size(self, key: str) -> int | None:
+        """The object's size, or None if it does not exist."""
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (all pages), in no particular order."""
+
+    def delete(self, key: str) -> None:
+        """Remove the object; removing a missing object is not an error."""
+
+    def check(self) -> None:
+        """Fail fast with PermanentStorageError if the store cannot be used (no bucket, no access)."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,163 @@
+"""Local-folder provider: the embedded default repository (``file:///abs/path`` or a plain path).
+
+Objects are files below the root; writes go to a hidden temp file in the same folder, are fsynced,
+then renamed, so a reader (or a crash) never sees a partial object. ``put_if_absent`` uses
+``link()``, which fails atomically when the name exists.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
+
+from .base import ObjectInfo
+
+_TMP = ".tmp-"
+
+
+def path_from_url(url: str) -> Path:
+    if "://" not in url:
+        return Path(url).expanduser().absolute()
+    parsed = urlparse(url)
+    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+        raise UsageError(f"not a local folder URL: {url} (use file:///absolute/path or a plain path)")
+    if not parsed.path:
+        raise UsageError(f"{url} names no folder (use file:///absolute/path)")
+    return Path(unquote(parsed.path))
+
+
+class LocalProvider:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root)
+        self.url = self.root.as_uri()
+        self._fsync = fsync
+
+    @classmethod
+    def from_url(cls, url: str, **_options: object) -> LocalProvider:
+        return cls(path_from_url(url))
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad object key {key!r}")
+        return self.root / key
+
+    def _error(self, err: OSError, what: str) -> StorageError:
+        if err.errno == errno.ENOSPC:
+            return StorageError(f"no space left on device writing {what}: free space in {self.root} and re-run")
+        if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return PermanentStorageError(f"permission denied for {what}: check access to {self.root}")
+        return StorageError(f"{what}: {err.strerror or err}")
+
+    def _write_temp(self, path: Path, data: bytes | bytearray | memoryview) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP}{path.name}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+            if self._fsync:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _sync_dir(self, path: Path) -> None:
+        if self._fsync:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # --- Provider --------------------------------------------------------------------------------
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        path = self._path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            os.replace(tmp, path)
+            self._sync_dir(path.parent)
+        except OSError as err:
+            raise self._error(err, f"{self.url}/{key}") from err
+
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        path = self._path(key)
+        try:
+            tmp = self._write_temp(path, data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            self._sync_dir(path.parent)
+            return True
+        except OSError as err:
+            raise self._error(err, f"{self.url}/{key}") from err
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if start:
+                    f.seek(start)
+                return f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"{self.url}/{key} does not exist") from None
+        except OSError as err:
+            raise self._error(err, f"{self.url}/{key}") from err
+
+    def size(self, key: str) -> int | None:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the folder the prefix names, then filter by the rest of the prefix.
+        folder, _, _ = prefix.rpartition("/")
+        base = self.root / folder if folder else self.root
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = [d for d in dirnames if not d.startswith(_TMP)]
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith(_TMP):
+                    continue
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, name))
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as err:
+            raise self._error(err, f"{self.url}/{key}") from err
+
+    def check(self) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise PermanentStorageError(f"{self.url} is not a folder")
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise PermanentStorageError(f"cannot write to {probe}: choose a repository folder you can write")
+
+    def close(self) -> None:
+        pass
