@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .api import open_repository, push_with_stats
+from .api import open_repository as _open_repository
+from .api import push_with_stats
 from .errors import EXIT_FAILED, EXIT_OK, CkptSyncError, UsageError
 from .keys import generate_key, write_key_file
 from .manifest import Manifest
+from .providers import RetryPolicy
 from .push import total_size
 from .restore import pull
 from .units import format_bytes, parse_size
@@ -87,14 +89,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     key = generate_key()
     if args.out:
         path = write_key_file(args.out, key)
-        print(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe: without it the backups are unreadable")
+        print(
+            f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe: without it the backups are unreadable"
+        )
     else:
         print(key)
     return EXIT_OK
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    repo = open_repository(args.repo, key_file=args.key_file, create=True)
+    repo = open_repository(args, create=True)
     chunk_size = parse_size(args.chunk_size) if args.chunk_size else None
     results = []
     for path in args.paths:
@@ -114,6 +118,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The repository the verb's options name, with their retry budget and endpoint."""
+    options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    retry = RetryPolicy(attempts=max(1, args.retry_attempts), max_seconds=args.retry_time)
+    return _open_repository(args.repo, key_file=args.key_file, create=create, retry=retry, **options)
+
+
 def _load_all(repo: Any) -> list[Manifest]:
     out = []
     for mid in repo.manifest_ids():
@@ -125,7 +136,7 @@ def _load_all(repo: Any) -> list[Manifest]:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
-    repo = open_repository(args.repo, key_file=args.key_file)
+    repo = open_repository(args)
     manifests = _load_all(repo)
     if args.json:
         print(json.dumps([_manifest_row(m) for m in manifests], indent=2))
@@ -153,7 +164,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     if args.latest == bool(args.checkpoint):
         raise UsageError("pull needs exactly one of --latest or a checkpoint ID_OR_NAME")
-    repo = open_repository(args.repo, key_file=args.key_file)
+    repo = open_repository(args)
     bar_ctx: dict[str, Any] = {}
 
     def on_start(m: Manifest) -> None:
@@ -168,8 +179,13 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     try:
         m, stats = pull(
-            repo, args.to, selector=args.checkpoint, workers=args.workers,
-            progress=progress, warn=_warn, on_start=on_start,
+            repo,
+            args.to,
+            selector=args.checkpoint,
+            workers=args.workers,
+            progress=progress,
+            warn=_warn,
+            on_start=on_start,
         )
     finally:
         if "cm" in bar_ctx:
@@ -182,7 +198,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    repo = open_repository(args.repo, key_file=args.key_file)
+    repo = open_repository(args)
     started = time.monotonic()
     results = verify(repo, read_data=args.read_data, workers=args.workers)
     bad = [r for r in results if not r.ok]
@@ -190,11 +206,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:
         for r in bad:
-            print(f"DAMAGED {r.name} ({r.id}): {'; '.join(r.problems[:3])}"
-                  + (f" (+{len(r.problems) - 3} more)" if len(r.problems) > 3 else ""))
+            print(
+                f"DAMAGED {r.name} ({r.id}): {'; '.join(r.problems[:3])}"
+                + (f" (+{len(r.problems) - 3} more)" if len(r.problems) > 3 else "")
+            )
         what = "data read and verified" if args.read_data else "structure and chunk presence checked"
-        print(f"{len(results) - len(bad)} of {len(results)} checkpoint(s) sound ({what}, "
-              f"{time.monotonic() - started:.1f}s)")
+        print(
+            f"{len(results) - len(bad)} of {len(results)} checkpoint(s) sound ({what}, "
+            f"{time.monotonic() - started:.1f}s)"
+        )
     for r in bad:
         _err(f"checkpoint {r.name} ({r.id}) is damaged")
     return EXIT_FAILED if bad else EXIT_OK
@@ -205,20 +225,48 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def add_repo_option(p: argparse.ArgumentParser, alias: str) -> None:
     """``--repo`` everywhere; ``--to`` where we write (push, watch), ``--from`` where we read."""
-    p.add_argument("--repo", alias, dest="repo", metavar="URL",
-                   help="repository URL (file:///path or a folder, s3://, az://, gs://); default $CKPT_SYNC_REPO, "
-                   "else the embedded local repository")
+    p.add_argument(
+        "--repo",
+        alias,
+        dest="repo",
+        metavar="URL",
+        help="repository URL (file:///path or a folder, s3://, az://, gs://); default $CKPT_SYNC_REPO, "
+        "else the embedded local repository",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--key-file", metavar="PATH", help="Fernet key file (default $BACKUP_ENCRYPTION_KEY, "
-                        "else ~/.config/ckpt-sync/key)")
+    common.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="Fernet key file (default $BACKUP_ENCRYPTION_KEY, else ~/.config/ckpt-sync/key)",
+    )
     common.add_argument("--workers", type=int, metavar="N", help="parallel chunk workers")
+    common.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="object store endpoint (S3-compatible stores, emulators); default from the environment",
+    )
+    common.add_argument(
+        "--retry-attempts",
+        type=int,
+        default=RetryPolicy.attempts,
+        metavar="N",
+        help=f"attempts per storage call on transient errors (default {RetryPolicy.attempts})",
+    )
+    common.add_argument(
+        "--retry-time",
+        type=float,
+        default=RetryPolicy.max_seconds,
+        metavar="SECONDS",
+        help=f"give up retrying a storage call after this long (default {RetryPolicy.max_seconds:.0f})",
+    )
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
     parser = argparse.ArgumentParser(
-        prog="ckpt-sync", description="Keep PyTorch training checkpoints safe off-machine (encrypted).",
+        prog="ckpt-sync",
+        description="Keep PyTorch training checkpoints safe off-machine (encrypted).",
     )
     parser.add_argument("--version", action="version", version=f"ckpt-sync {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

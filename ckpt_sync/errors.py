@@ -51,7 +51,7 @@ class StorageError(CkptSyncError):
     """A provider call failed."""
 
 
-class NotFound(StorageError):  # noqa: N818 - reads better at call sites than NotFoundError
+class NotFound(StorageError):
     """The object does not exist."""
 
 

@@ -49,7 +49,9 @@ def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
         try:
             text = path.read_text()
         except FileNotFoundError:
-            raise ConfigError(f"key file {path} does not exist; create one with `ckpt-sync keygen --out {path}`")
+            raise ConfigError(
+                f"key file {path} does not exist; create one with `ckpt-sync keygen --out {path}`"
+            ) from None
         except OSError as err:
             raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
         return KeyRing(parse_keys(text, f"key file {path}"))
@@ -59,9 +61,7 @@ def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
     default = default_key_file()
     if default.is_file():
         return KeyRing(parse_keys(default.read_text(), f"key file {default}"))
-    raise ConfigError(
-        f"no encryption key: pass --key-file, set {ENV_KEY}, or run `ckpt-sync keygen --out {default}`"
-    )
+    raise ConfigError(f"no encryption key: pass --key-file, set {ENV_KEY}, or run `ckpt-sync keygen --out {default}`")
 
 
 def generate_key() -> str:

@@ -12,6 +12,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,7 +39,5 @@ def ordered_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[
         # Let running calls finish before the caller cleans up what they write into.
         for fut in pending:
             if not fut.cancelled():
-                try:
+                with suppress(BaseException):  # already failing; the first error wins
                     fut.exception()
-                except BaseException:  # noqa: S110 - already failing; the first error wins
-                    pass

@@ -74,9 +74,7 @@ def push_file(
         spans = plan_chunks(f, before.st_size, policy)
         sha = hashlib.sha256()
         refs: list[ChunkRef] = []
-        for ref, sent in ordered_map(
-            pool, repo.store_chunk, _read_spans(f.fileno(), spans, sha, stats), window
-        ):
+        for ref, sent in ordered_map(pool, repo.store_chunk, _read_spans(f.fileno(), spans, sha, stats), window):
             refs.append(ref)
             stats.chunks += 1
             if sent:

@@ -26,9 +26,7 @@ ProgressFn = Callable[[int], None]
 WarnFn = Callable[[str], None]
 
 
-def iter_plaintext(
-    repo: Repository, pool: ThreadPoolExecutor, entry: FileEntry, window: int
-) -> Iterator[bytearray]:
+def iter_plaintext(repo: Repository, pool: ThreadPoolExecutor, entry: FileEntry, window: int) -> Iterator[bytearray]:
     """The file's verified plaintext, chunk by chunk, in order; raises IntegrityError or NotFound."""
     return ordered_map(pool, repo.load_chunk, entry.chunks, window)
 

@@ -57,7 +57,10 @@ def _load_class(scheme: str) -> Any:
     raise UsageError(f"unknown repository URL scheme {scheme}:// (known: {known})")
 
 
-def open_provider(url: str, *, retry: RetryPolicy | None = RetryPolicy(), **options: Any) -> Provider:
+DEFAULT_RETRY = RetryPolicy()
+
+
+def open_provider(url: str, *, retry: RetryPolicy | None = DEFAULT_RETRY, **options: Any) -> Provider:
     """Build the provider for ``url``, wrapped in retries unless ``retry`` is None."""
     provider = _load_class(scheme_of(url)).from_url(url, **options)
     return RetryingProvider(provider, retry) if retry is not None else provider

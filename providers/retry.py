@@ -46,9 +46,7 @@ class RetryingProvider:
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "retrying %s %s/%s after attempt %d: %s", op, self.url, key, state.attempt_number, err
-            )
+            log.warning("retrying %s %s/%s after attempt %d: %s", op, self.url, key, state.attempt_number, err)
 
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(self.policy.max_seconds),

@@ -83,7 +83,9 @@ def torch_checkpoint() -> Callable[..., Path]:
 def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run the installed ``ckpt-sync`` command (a real process) and capture its output."""
 
-    def run(*args: str, check: bool | None = None, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, check: bool | None = None, env: dict[str, str] | None = None, **kw: object
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [sys.executable, "-m", "ckpt_sync.cli", *args],
             capture_output=True,
