@@ -10,3 +10,12 @@ from .errors import CkptSyncError
 
 __version__ = "0.1.0"
 __all__ = ["CkptSyncError", "__version__", "open_repository", "pull", "push"]
+
+
+def __getattr__(name: str) -> object:
+    # Lazy, so `import ckpt_sync` never imports torch: only touching CheckpointManager does.
+    if name == "CheckpointManager":
+        from .training import CheckpointManager
+
+        return CheckpointManager
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -220,6 +220,34 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_FAILED if bad else EXIT_OK
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Deep-check local training checkpoints (torch needed); ``--repair`` quarantines the bad ones."""
+    try:
+        from .training.verification import check_directory, repair
+    except ImportError as err:
+        raise UsageError(f"ckpt-sync check needs torch ({err}); install torch==2.13.0, then ckpt-sync[torch]") from None
+    if args.repair:
+        report = repair(args.dir)
+        results = report.results
+    else:
+        results = check_directory(args.dir)
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for r in bad:
+            print(f"DAMAGED {r.path}: {'; '.join(r.problems)}")
+        print(f"{len(results) - len(bad)} of {len(results)} checkpoint(s) in {args.dir} sound")
+    if args.repair:
+        for src, dst in report.quarantined:
+            print(f"quarantined {src} -> {dst}")
+        print(f"rebuilt {report.session_file}")
+        return EXIT_OK
+    for r in bad:
+        _err(f"checkpoint {r.path} is damaged (run `ckpt-sync check --repair {args.dir}` to quarantine it)")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 
@@ -301,6 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     add_repo_option(p, "--from")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("check", help="deep-check a local folder of training checkpoints (needs torch)")
+    p.add_argument("dir", metavar="DIR", help="the CheckpointManager folder (holds training_session.json)")
+    p.add_argument("--repair", action="store_true", help="move bad files to DIR/quarantine/, rebuild the session file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.set_defaults(func=cmd_check)
     return parser
 
 
