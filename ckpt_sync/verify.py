@@ -44,7 +44,7 @@ def verify(
             try:
                 m = repo.load_manifest(mid)
             except (IntegrityError, NotFound) as err:
-                results.append(CheckResult(mid, "?", [str(err)]))
+                results.append(CheckResult(mid, "(unreadable manifest)", [str(err)]))
                 continue
             result = CheckResult(mid, m.name)
             for entry in m.files:

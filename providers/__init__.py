@@ -36,8 +36,12 @@ def scheme_of(url: str) -> str:
     m = _SCHEME.match(url)
     if m:
         return m.group(1).lower()
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:[^\\/]", url) and not re.match(r"^[a-zA-Z]:[\\/]", url):
-        raise UsageError(f"malformed repository URL {url!r}: expected SCHEME://... or a folder path")
+    # "s3:/bucket", "s3:bucket": a scheme without "//" (one letter is a Windows drive, not a scheme).
+    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", url):
+        raise UsageError(
+            f"malformed repository URL {url!r}: expected SCHEME://... "
+            "(s3://bucket/prefix, file:///path) or a folder path"
+        )
     return "file"
 
 
