@@ -1,0 +1,258 @@
+"""Amazon S3 and S3-compatible stores (``s3://bucket/prefix``), through boto3.
+
+Credentials and region come from boto3's standard chain (environment, shared config and
+credentials files, SSO, container and instance roles); ``AWS_ENDPOINT_URL`` (or
+``AWS_ENDPOINT_URL_S3``, or the ``endpoint_url`` option / ``--endpoint-url``) points at an
+S3-compatible store or an emulator. botocore's own retries are switched off: the tenacity wrapper
+(providers/retry.py) owns the retry budget, so ``--retry-attempts`` means what it says.
+
+``put_if_absent`` is a PutObject with ``If-None-Match: *`` (S3 since 2024, moto, MinIO). A store
+that answers 501 to it, or (probed once on a custom endpoint) silently ignores it, gets the
+check-then-put fallback described in docs/PROVIDERS.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import botocore.exceptions as bx
+from botocore.config import Config
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, TransientStorageError
+
+from ._cloud import (
+    CONNECT_TIMEOUT,
+    LIST_PAGE_SIZE,
+    POOL_CONNECTIONS,
+    READ_TIMEOUT,
+    ConditionalWriteUnsupported,
+    ObjectStoreProvider,
+    one_line,
+    parse_url,
+)
+from .base import ObjectInfo
+
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequests",
+    "TooManyRequestsException",
+    "BandwidthLimitExceeded",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "InternalError",
+    "ServiceUnavailable",
+    "OperationAborted",
+    "ConditionalRequestConflict",  # a concurrent conditional write on the same key: retry decides it
+    "PriorRequestNotComplete",
+    "IDPCommunicationError",
+}
+_CREDENTIAL_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "InvalidClientTokenId",
+    "UnrecognizedClientException",
+    "AuthorizationHeaderMalformed",
+    "InvalidSecurity",
+}
+_DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "AccountProblem", "Forbidden", "403"}
+_NO_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+_CREDENTIAL_HINT = (
+    "set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), AWS_PROFILE, or an instance/container role"
+)
+
+
+class S3Provider(ObjectStoreProvider):
+    scheme = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        pool_connections: int = POOL_CONNECTIONS,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        super().__init__(bucket, prefix, endpoint or None)
+        config = Config(
+            max_pool_connections=pool_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": 1},  # one try per call: tenacity owns retries
+            tcp_keepalive=True,
+        )
+        try:
+            session = boto3.session.Session(profile_name=profile, region_name=region)
+            self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config)
+        except (bx.ProfileNotFound, bx.PartialCredentialsError, bx.InvalidConfigError) as err:
+            raise PermanentStorageError(f"{self.url}: AWS configuration problem ({one_line(err)}): fix it") from None
+        except ValueError as err:  # botocore rejects a malformed endpoint URL here
+            raise PermanentStorageError(
+                f"{self.url}: bad S3 endpoint {endpoint!r} ({one_line(err)}): fix --endpoint-url / AWS_ENDPOINT_URL"
+            ) from None
+        self._page = LIST_PAGE_SIZE
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+        **options: Any,
+    ) -> S3Provider:
+        """Build from ``s3://bucket/prefix``; options this store does not know are ignored."""
+        bucket, prefix = parse_url(url, "s3", "bucket")
+        known = {k: options[k] for k in ("pool_connections", "connect_timeout", "read_timeout") if k in options}
+        return cls(bucket, prefix, endpoint_url=endpoint_url, region=region, profile=profile, **known)
+
+    # --- error classification --------------------------------------------------------------------
+
+    def _classify(self, err: Exception, op: str, key: str = "") -> StorageError:
+        """Map a boto/botocore/urllib3 exception to NotFound / Permanent / Transient, one line, no secrets."""
+        what = self.where(key)
+        if isinstance(err, bx.ClientError):
+            e = err.response.get("Error", {})
+            code = str(e.get("Code", ""))
+            status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code == "NoSuchBucket":
+                return PermanentStorageError(self._missing_container())
+            if code in _NO_KEY_CODES and op != "list":
+                return NotFound(f"{what} does not exist")
+            if code in _CREDENTIAL_CODES:
+                return PermanentStorageError(
+                    f"the S3 credentials were rejected for {what} ({code}): {_CREDENTIAL_HINT}"
+                )
+            if code in _DENIED_CODES or status == 403:
+                return PermanentStorageError(
+                    f"access denied to {what} ({code or status}): check the credentials and that they may "
+                    f"list, read, write and delete in bucket {self.container!r}"
+                )
+            if code in ("PermanentRedirect", "301") or status == 301:
+                return PermanentStorageError(
+                    f"bucket {self.container!r} is in another region ({what}): set AWS_REGION or AWS_DEFAULT_REGION"
+                )
+            if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
+                return TransientStorageError(f"{op} {what}: {status} {code} {one_line(e.get('Message', ''))}".strip())
+            return PermanentStorageError(f"{op} {what} failed: {status} {code}: {one_line(e.get('Message', ''))}")
+        if isinstance(err, bx.NoCredentialsError | bx.CredentialRetrievalError | bx.UnauthorizedSSOTokenError):
+            return PermanentStorageError(
+                f"no usable AWS credentials for {self.url} ({one_line(err)}): {_CREDENTIAL_HINT}"
+            )
+        if isinstance(err, bx.SSLError) and "CERTIFICATE_VERIFY_FAILED" in str(err):
+            return PermanentStorageError(
+                f"TLS certificate of the S3 endpoint not trusted ({what}): fix the endpoint or AWS_CA_BUNDLE"
+            )
+        if isinstance(err, bx.EndpointConnectionError):
+            return TransientStorageError(f"cannot reach the S3 endpoint for {what}: check the endpoint and network")
+        if isinstance(err, bx.ConnectTimeoutError | bx.ReadTimeoutError):
+            return TransientStorageError(f"{op} {what}: timed out ({one_line(err)})")
+        if isinstance(err, bx.ParamValidationError):
+            return PermanentStorageError(f"{op} {what}: invalid request ({one_line(err)}); check the bucket name")
+        if isinstance(err, bx.HTTPClientError | bx.IncompleteReadError | bx.ResponseStreamingError | Urllib3Error):
+            return TransientStorageError(f"{op} {what}: connection failed ({one_line(err)})")
+        if isinstance(err, OSError):
+            return TransientStorageError(f"{op} {what}: {one_line(err)}")
+        if isinstance(err, bx.BotoCoreError):
+            return PermanentStorageError(f"{op} {what}: {one_line(err)}")
+        raise err
+
+    # --- Provider --------------------------------------------------------------------------------
+
+    def _put(self, name: str, data: bytes | bytearray | memoryview, key: str) -> None:
+        try:
+            self._s3.put_object(Bucket=self.container, Key=name, Body=_body(data))
+        except Exception as err:
+            raise self._classify(err, "put", key) from err
+
+    def _create_only(self, name: str, data: bytes | bytearray | memoryview, key: str) -> bool:
+        try:
+            self._s3.put_object(Bucket=self.container, Key=name, Body=_body(data), IfNoneMatch="*")
+            return True
+        except bx.ClientError as err:
+            code = err.response.get("Error", {}).get("Code", "")
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code == "PreconditionFailed" or status == 412:
+                return False
+            if code == "NotImplemented" or status == 501:
+                raise ConditionalWriteUnsupported from err
+            raise self._classify(err, "put_if_absent", key) from err
+        except Exception as err:
+            raise self._classify(err, "put_if_absent", key) from err
+
+    def _get(self, name: str, start: int, length: int | None, key: str) -> bytes:
+        kw: dict[str, str] = {}
+        if length is not None:
+            kw["Range"] = f"bytes={start}-{start + length - 1}"
+        elif start:
+            kw["Range"] = f"bytes={start}-"
+        try:
+            resp = self._s3.get_object(Bucket=self.container, Key=name, **kw)
+            return resp["Body"].read()  # botocore checks the length read against Content-Length
+        except bx.ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "InvalidRange":
+                return b""  # start at or past the end
+            raise self._classify(err, "get", key) from err
+        except Exception as err:
+            raise self._classify(err, "get", key) from err
+
+    def size(self, key: str) -> int | None:
+        try:
+            return int(self._s3.head_object(Bucket=self.container, Key=self._name(key))["ContentLength"])
+        except Exception as err:
+            classified = self._classify(err, "size", key)
+            if isinstance(classified, NotFound):
+                return None
+            raise classified from err
+
+    def _list(self, full_prefix: str) -> Iterator[ObjectInfo]:
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.container, Prefix=full_prefix, PaginationConfig={"PageSize": self._page}
+        )
+        try:
+            for page in pages:
+                for obj in page.get("Contents", ()):
+                    yield ObjectInfo(obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
+        except Exception as err:
+            raise self._classify(err, "list", full_prefix[len(self._base) :]) from err
+
+    def _delete(self, name: str, key: str) -> None:
+        try:
+            self._s3.delete_object(Bucket=self.container, Key=name)  # S3 deletes of missing keys succeed
+        except Exception as err:
+            classified = self._classify(err, "delete", key)
+            if not isinstance(classified, NotFound):
+                raise classified from err
+
+    def check(self) -> None:
+        """One listing call: fails on a missing bucket, rejected credentials or no list permission."""
+        try:
+            self._s3.list_objects_v2(Bucket=self.container, Prefix=self._base, MaxKeys=1)
+        except Exception as err:
+            raise self._classify(err, "check") from err
+
+    def close(self) -> None:
+        self._s3.close()
+
+
+def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
+    # botocore takes bytes, bytearray or files; a memoryview is copied once here.
+    return bytes(data) if isinstance(data, memoryview) else data
