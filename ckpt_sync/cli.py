@@ -10,6 +10,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -52,7 +53,14 @@ def _progress(total: int, desc: str, enabled: bool) -> Iterator[Callable[[int], 
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False) as bar:
+    try:  # some terminals (serial consoles, bare ptys) report a 0x0 size: tqdm would then draw nothing
+        size = os.get_terminal_size(sys.stderr.fileno())
+        columns, rows = size.columns or 100, size.lines or 24
+    except OSError:
+        columns, rows = 100, 24
+    with tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False, ncols=columns, nrows=rows
+    ) as bar:
         yield bar.update
 
 
