@@ -1,0 +1,54 @@
+"""Training side of ckpt-sync (needs torch): the seed's checkpoint strategy as ``CheckpointManager``.
+
+Import cost: this package imports torch; ``import ckpt_sync`` alone does not.
+"""
+
+from __future__ import annotations
+
+from .backup import backup_checkpoint
+from .config import CheckpointConfig, load_checkpoint_config
+from .errors import CheckpointCorruptWarning, CheckpointSaveError, HandoffError, TrainingInterrupted
+from .handoff import BackgroundPush, SyncHandoff, make_handoff
+from .loading import load_checkpoint
+from .manager import CheckpointManager
+from .triggers import AnyTrigger, BestMetric, EveryNSeconds, EveryNSteps, Never, SaveContext, SaveTrigger
+from .verification import (
+    CheckResult,
+    RepairReport,
+    check_checkpoint,
+    check_directory,
+    recovery_drill,
+    repair,
+    validate_checkpoint_integrity,
+    verify_checkpoint,
+)
+
+__all__ = [
+    "AnyTrigger",
+    "BackgroundPush",
+    "BestMetric",
+    "CheckResult",
+    "CheckpointConfig",
+    "CheckpointCorruptWarning",
+    "CheckpointManager",
+    "CheckpointSaveError",
+    "EveryNSeconds",
+    "EveryNSteps",
+    "HandoffError",
+    "Never",
+    "RepairReport",
+    "SaveContext",
+    "SaveTrigger",
+    "SyncHandoff",
+    "TrainingInterrupted",
+    "backup_checkpoint",
+    "check_checkpoint",
+    "check_directory",
+    "load_checkpoint",
+    "load_checkpoint_config",
+    "make_handoff",
+    "recovery_drill",
+    "repair",
+    "validate_checkpoint_integrity",
+    "verify_checkpoint",
+]

@@ -1,0 +1,93 @@
+"""Atomic file writes: temp file in the same folder, flush, fsync, rename, fsync the folder.
+
+A reader (or a crash at any instant) sees either the old file or the complete new one, never a
+prefix. Temp names are hidden and end in ``.tmp`` so watchers and globs for ``checkpoint_*.pt`` skip them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+
+
+def temp_path_for(final: Path) -> Path:
+    return final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+
+
+def is_temp_name(name: str) -> bool:
+    return bool(TEMP_NAME.match(name))
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename or unlink in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows, or exotic filesystems: nothing more we can do
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(final: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
+    """Yield a binary file; on clean exit it replaces ``final`` durably, on error it leaves no trace."""
+    final = Path(final)
+    tmp = temp_path_for(final)
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def atomic_target(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temp path to write by name (``torch.save(obj, tmp)``); then fsync it and rename it over ``final``."""
+    final = Path(final)
+    tmp = temp_path_for(final)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows fsync needs write access
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(final.parent)
+
+
+def atomic_write(final: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    with atomic_open(final) as f:
+        write(f)
+    return Path(final)
+
+
+def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> Path:
+    return atomic_write(final, lambda f: f.write(data))
+
+
+def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> Path:
+    data = (json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    return atomic_write_bytes(final, data)

@@ -1,0 +1,86 @@
+"""Optional compressed checkpoints (the seed's performance section): zstd when installed, else stdlib zip.
+
+Compression runs after a normal ``torch.save`` into a temp file, streaming, so memory does not double;
+loading decompresses to a temp file first so ``mmap=True`` still applies. A compressed checkpoint is a
+standard ``.zst`` or ``.zip`` whose content is the plain ``.pt``: ``zstd -d`` / ``unzip`` recover it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+from ..errors import ConfigError
+
+ZSTD_LEVEL = 3
+DEFLATE_LEVEL = 1  # the seed turns compression off "for speed"; when on, favour speed too
+
+
+def _zstd() -> Any | None:
+    try:
+        import zstandard
+
+        return zstandard
+    except ImportError:
+        pass
+    try:  # Python 3.14+
+        from compression import zstd  # type: ignore[import-not-found]
+
+        return zstd
+    except ImportError:
+        return None
+
+
+def resolve_codec(setting: bool | str | None) -> str:
+    """The seed's ``compression`` setting as a codec: "" (off), "zstd" or "zip"."""
+    if setting in (None, False, "", "false", "none", "off"):
+        return ""
+    if setting is True or setting in ("true", "on", "auto"):
+        return "zstd" if _zstd() is not None else "zip"
+    if setting == "zstd":
+        if _zstd() is None:
+            raise ConfigError("compression 'zstd' needs the zstandard package: pip install zstandard")
+        return "zstd"
+    if setting in ("zip", "deflate"):
+        return "zip"
+    raise ConfigError(f"unknown compression {setting!r}: use false, true, 'zstd' or 'zip'")
+
+
+def compress(src: Path, dst: IO[bytes], codec: str, member: str) -> None:
+    """Stream the plain checkpoint ``src`` into ``dst`` (``member`` names it inside a zip)."""
+    if codec == "zip":
+        with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) as zf:
+            zf.write(src, arcname=member)
+        return
+    z = _zstd()
+    if z is None:
+        raise ConfigError("this checkpoint needs the zstandard package: pip install zstandard")
+    with open(src, "rb") as f:
+        if hasattr(z, "ZstdCompressor") and hasattr(z.ZstdCompressor, "copy_stream"):
+            z.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(f, dst)
+        else:
+            with z.ZstdFile(dst, "w", level=ZSTD_LEVEL) as out:
+                shutil.copyfileobj(f, out, 1 << 20)
+
+
+def decompress(src: Path, dst: IO[bytes], codec: str) -> None:
+    """Write the plain ``.pt`` held in ``src`` into ``dst``."""
+    if codec == "zip":
+        with zipfile.ZipFile(src) as zf:
+            members = [n for n in zf.namelist() if n.endswith(".pt")] or zf.namelist()
+            if len(members) != 1:
+                raise ValueError(f"{src.name}: expected one .pt member, found {len(members)}")
+            with zf.open(members[0]) as f:
+                shutil.copyfileobj(f, dst, 1 << 20)
+        return
+    z = _zstd()
+    if z is None:
+        raise ConfigError(f"{src.name} is zstd-compressed: pip install zstandard to read it")
+    with open(src, "rb") as f:
+        if hasattr(z, "ZstdDecompressor") and hasattr(z.ZstdDecompressor, "copy_stream"):
+            z.ZstdDecompressor().copy_stream(f, dst)
+        else:
+            with z.ZstdFile(f) as inp:
+                shutil.copyfileobj(inp, dst, 1 << 20)

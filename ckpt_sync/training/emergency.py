@@ -1,0 +1,80 @@
+"""Emergency save on SIGINT/SIGTERM/SIGBREAK: the handler only raises a flag.
+
+The seed saved from inside the handler. A Python signal handler runs between two bytecodes of the
+main thread — possibly between ``loss.backward()`` and ``optimizer.step()``, or half-way through
+the optimizer's per-parameter loop — so a state dict taken there can pair weights from step N with
+optimizer moments from step N+1. Here the handler records the signal; the manager's next
+``maybe_save``/``safe_point`` (between steps, where the state is consistent) writes the checkpoint.
+
+A second signal while one is pending restores the previous handlers and re-delivers it, so a user
+pressing Ctrl-C twice still gets out, and ``kill -TERM`` twice still terminates.
+A pid file (the seed's ``logs/training.pid``) lets external power-event hooks find the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from .atomic import atomic_write_bytes
+
+log = logging.getLogger("ckpt_sync.training")
+
+
+def default_signals() -> tuple[signal.Signals, ...]:
+    sigs = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGBREAK"):  # Windows console Ctrl-Break
+        sigs.append(signal.SIGBREAK)
+    return tuple(sigs)
+
+
+class EmergencySignals:
+    def __init__(self, signals: tuple[signal.Signals, ...] | None = None, *, pid_file: str | os.PathLike | None = None):
+        self.signals = default_signals() if signals is None else signals
+        self.pid_file = Path(pid_file) if pid_file else None
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> bool:
+        """Install the handlers (main thread only); write the pid file. False when handlers cannot be set."""
+        if self.pid_file:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.pid_file, f"{os.getpid()}\n".encode())
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("[WARN] CheckpointManager created outside the main thread: no emergency save on signals")
+            return False
+        for s in self.signals:
+            self._previous[s] = signal.getsignal(s)
+            signal.signal(s, self._handle)
+        return True
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            # Second signal: the user means it. Give the signal back to whoever handled it before us.
+            self.uninstall(keep_pid_file=True)
+            os.kill(os.getpid(), signum)
+            return
+        self.requested = signum
+        name = signal.Signals(signum).name
+        # os.write, not print: print from a handler can hit a reentrant-I/O error mid-print.
+        os.write(2, f"\n[EMERGENCY] {name} received; saving a checkpoint at the next safe point\n".encode())
+
+    def clear(self) -> None:
+        self.requested = None
+
+    def uninstall(self, *, keep_pid_file: bool = False) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for s, prev in self._previous.items():
+                with contextlib.suppress(ValueError, TypeError, OSError):
+                    signal.signal(s, prev if prev is not None else signal.SIG_DFL)
+            self._previous.clear()
+        if self.pid_file and not keep_pid_file:
+            with contextlib.suppress(OSError, ValueError):
+                if int(self.pid_file.read_text().strip()) == os.getpid():
+                    self.pid_file.unlink()

@@ -1,0 +1,661 @@
+"""``CheckpointManager``: the seed's checkpoint strategy for a PyTorch training loop.
+
+Call ``maybe_save(step, epoch, val_loss=...)`` once per step (after ``optimizer.step()``): it saves
+when the time or step trigger fires, saves the best model when ``val_loss`` improves, and is the
+safe point where a pending SIGINT/SIGTERM turns into an emergency checkpoint. ``recover()`` at start
+resumes from the newest valid checkpoint (walking back past damaged ones, pulling from ``repo`` on
+a fresh host). Files: ``checkpoint_{session_id}_{global_step}.pt``, ``training_session.json``,
+``best_model/`` — all written atomically; FIFO rotation keeps ``max_keep``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ..errors import CkptSyncError, ConfigError, IntegrityError, NotFound, UsageError
+from ..retention import Candidate, fifo_with_tags, to_remove
+from .async_save import BackgroundWriter
+from .atomic import atomic_open, atomic_target, fsync_dir, temp_path_for
+from .backup import backup_checkpoint
+from .best import heal_best_dir, save_pretrained_takes_state_dict, unwrap, write_best
+from .compression import compress, resolve_codec
+from .config import CheckpointConfig, load_checkpoint_config
+from .emergency import EmergencySignals
+from .errors import CheckpointCorruptWarning, CheckpointSaveError, TrainingInterrupted
+from .handoff import SyncHandoff, make_handoff
+from .naming import (
+    BEST_DIR,
+    STAGING_DIR,
+    check_session_id,
+    checkpoint_name,
+    list_checkpoints,
+    new_session_id,
+    parse_checkpoint_path,
+)
+from .session import build_session, listed_path, load_or_rebuild, read_session, write_session
+from .state import capture_rng_state, check_loadable, gpu_memory, restore_rng_state, snapshot, system_metadata
+from .triggers import BestMetric, SaveContext, SaveTrigger, default_trigger
+from .verification import inspect_checkpoint, leftover_temps, quarantine
+
+log = logging.getLogger("ckpt_sync.training")
+
+FULL = "full"
+MODEL_ONLY = "model_only"
+_BUILTIN_STATS = ("loss_history", "learning_rates", "gpu_memory")
+
+
+class CheckpointManager:
+    """Saves, rotates, syncs and recovers training checkpoints. Use as a context manager (or call ``close()``).
+
+    Arguments mirror the seed's ``checkpoint_config``: ``interval_s`` (time trigger, seconds; None turns
+    it off), ``every_n_steps`` (step trigger), ``max_keep`` (FIFO; None keeps all), ``compression``
+    (False, True = zstd when installed else zip, or a codec name) and ``async_save``. Others:
+
+    - ``if_busy``: with async saves, what a trigger does while the previous write is still running —
+      ``"wait"`` for it, or ``"skip"`` this save. Best-model and emergency saves always wait.
+    - ``full_every=K``: only every K-th save holds optimizer/scheduler state, the rest are model-only
+      (smaller and faster); recovery uses the newest full one, and rotation always keeps it.
+    - ``repo``: a repository URL; each finished checkpoint is handed to sync in the background, the
+      best model tagged ``best``; ``recover()`` pulls from it when the folder has no valid checkpoint.
+    - ``on_signal``: after the emergency checkpoint, ``"raise"`` TrainingInterrupted or ``"exit"``
+      (``exit_code``, default 128 + signal number). ``handle_signals=False`` leaves signals alone.
+    - ``pid_file``: written at start, removed at close, for external power-event hooks.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+        interval_s: float | None = 180,
+        every_n_steps: int | None = None,
+        max_keep: int | None = 5,
+        async_save: bool = True,
+        session_id: str | None = None,
+        repo: str | None = None,
+        key_file: str | os.PathLike[str] | None = None,
+        if_busy: Literal["wait", "skip"] = "wait",
+        full_every: int | None = None,
+        compression: bool | str = False,
+        rotation: str = "FIFO",
+        total_steps: int | None = None,
+        swa_model: torch.nn.Module | None = None,
+        tokenizer: Any = None,
+        best_dir: str | os.PathLike[str] | None = None,
+        best_metric: BestMetric | None = None,
+        backup_dir: str | os.PathLike[str] | None = None,
+        handle_signals: bool = True,
+        on_signal: Literal["raise", "exit"] = "raise",
+        exit_code: int | None = None,
+        pid_file: str | os.PathLike[str] | None = None,
+        trigger: SaveTrigger | None = None,
+        handoff: SyncHandoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if if_busy not in ("wait", "skip"):
+            raise UsageError(f"if_busy must be 'wait' or 'skip', not {if_busy!r}")
+        if on_signal not in ("raise", "exit"):
+            raise UsageError(f"on_signal must be 'raise' or 'exit', not {on_signal!r}")
+        if str(rotation).upper() != "FIFO":
+            raise ConfigError(f"rotation {rotation!r} is not supported (only FIFO)")
+        if max_keep is not None and max_keep < 1:
+            raise UsageError("max_keep must be at least 1 (or None to keep every checkpoint)")
+        if full_every is not None and full_every < 1:
+            raise UsageError("full_every must be at least 1")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.swa_model = swa_model
+        self.tokenizer = tokenizer
+        self.repo = repo
+        self.key_file = key_file
+        self.total_steps = total_steps
+        self.if_busy = if_busy
+        self.full_every = full_every
+        self.on_signal = on_signal
+        self.exit_code = exit_code
+        self.best_dir = Path(best_dir) if best_dir is not None else self.directory / BEST_DIR
+        self.backup_dir = Path(backup_dir) if backup_dir is not None else None
+        self.best_metric = best_metric or BestMetric()
+        self.best_loss: float = self.best_metric.initial
+        self.training_stats: dict[str, list[Any]] = {k: [] for k in _BUILTIN_STATS}
+        self._explicit_session = session_id is not None
+        self.session_id = check_session_id(session_id) if session_id else new_session_id()
+        self._start_time = time.time()
+        self._codec = resolve_codec(compression)
+        self._retention = fifo_with_tags(max_keep) if max_keep else None
+        self._trigger = trigger or default_trigger(interval_s, every_n_steps)
+        self._clock = clock
+        self._last_save_step: int | None = None
+        self._last_save_time = clock()
+        self._saves = 0
+        self._lock = threading.RLock()
+        self._metadata = system_metadata()
+        self._writer = BackgroundWriter() if async_save else None
+        self._closed = False
+
+        heal_best_dir(self.best_dir)
+        session = read_session(self.directory)
+        self._model_only: set[str] = set(session.get("model_only") or ()) if session else set()
+        temps = leftover_temps(self.directory, 0)
+        if temps:
+            log.warning(
+                "[WARN] %d partial file(s) from interrupted saves in %s (earlier checkpoints are intact); "
+                "`ckpt-sync check --repair %s` moves them to quarantine/",
+                len(temps),
+                self.directory,
+                self.directory,
+            )
+        if handoff is None and repo is not None:
+            handoff = make_handoff(repo, staging_dir=self.directory / STAGING_DIR, key_file=key_file)
+        self._handoff = handoff
+        self._signals: EmergencySignals | None = None
+        if handle_signals or pid_file:
+            self._signals = EmergencySignals(() if not handle_signals else None, pid_file=pid_file)
+            self._signals.install()
+
+    @classmethod
+    def from_config(
+        cls, config: str | os.PathLike[str] | CheckpointConfig, directory: str | os.PathLike[str], **kwargs: Any
+    ) -> CheckpointManager:
+        """A manager whose ``checkpoint_config`` comes from a YAML/TOML file; ``kwargs`` win over the file."""
+        cfg = config if isinstance(config, CheckpointConfig) else load_checkpoint_config(config)
+        return cls(directory, **{**cfg.manager_kwargs(), **kwargs})
+
+    # --- saving ----------------------------------------------------------------------------------
+
+    def maybe_save(
+        self, global_step: int, epoch: int, *, val_loss: float | None = None, loss: float | None = None, **extra: Any
+    ) -> Path | None:
+        """Call once per step, after ``optimizer.step()``: the safe point for triggers and emergency saves.
+
+        Records ``loss`` (and the learning rates) in ``training_stats``; saves a checkpoint when a
+        trigger fires; saves the best model when ``val_loss`` improves. ``extra`` (tensors, numbers,
+        strings, containers of them) is stored in the checkpoint and returned by ``recover()``.
+        Returns the checkpoint path (written, or being written in the background), or None.
+        """
+        self._check_open()
+        self._raise_pending()
+        if loss is not None:
+            self.training_stats["loss_history"].append(float(loss))
+            if self.optimizer is not None:
+                self.training_stats["learning_rates"].append([float(g["lr"]) for g in self.optimizer.param_groups])
+        self.safe_point(global_step, epoch, loss=loss, **extra)
+        best = val_loss is not None and self.best_metric.is_better(float(val_loss), self.best_loss)
+        if best:
+            self.best_loss = float(val_loss)  # type: ignore[arg-type]
+        ctx = SaveContext(global_step, self._clock(), self._last_save_step, self._last_save_time)
+        due = self._trigger.should_save(ctx)
+        if not (due or best):
+            return None
+        return self._save(global_step, epoch, loss, extra, checkpoint=due, best=best, val_loss=val_loss)
+
+    def save(self, global_step: int, epoch: int, *, loss: float | None = None, **extra: Any) -> Path:
+        """Save a checkpoint now, whatever the triggers say (waits for a write in flight)."""
+        self._check_open()
+        self._raise_pending()
+        path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True)
+        assert path is not None
+        return path
+
+    def save_best(self, global_step: int, epoch: int, val_loss: float) -> Path:
+        """Write ``best_model/`` now (normally ``maybe_save(val_loss=...)`` decides); sets ``best_loss``."""
+        self._check_open()
+        self._raise_pending()
+        self.best_loss = float(val_loss)
+        self._save(global_step, epoch, None, {}, checkpoint=False, best=True, val_loss=val_loss)
+        return self.best_dir
+
+    def safe_point(self, global_step: int, epoch: int, *, loss: float | None = None, **extra: Any) -> None:
+        """If SIGINT/SIGTERM arrived, write an emergency checkpoint of this (consistent) step, then raise or exit.
+
+        ``maybe_save`` calls this; call it yourself at other points where model and optimizer agree
+        (e.g. inside long validation loops).
+        """
+        signals = self._signals
+        if signals is None or signals.requested is None:
+            return
+        signum = signals.requested
+        signals.clear()
+        signals.uninstall(keep_pid_file=True)  # a second signal now has its usual effect
+        if self._writer is not None:
+            with contextlib.suppress(CheckpointSaveError):  # the emergency save matters more; logged below
+                self._writer.wait()
+        path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True, signum=signum)
+        name = f"signal {signum}"
+        with contextlib.suppress(ValueError):
+            import signal as _signal
+
+            name = _signal.Signals(signum).name
+        msg = f"{name} received: emergency checkpoint {path} written at step {global_step} (epoch {epoch})"
+        log.warning("[EMERGENCY] %s", msg)
+        if self.on_signal == "exit":
+            code = 128 + signum if self.exit_code is None else self.exit_code
+            try:
+                self.close()
+            finally:
+                print(f"[EXIT] {msg}; exiting with status {code}", file=sys.stderr)
+                sys.exit(code)
+        raise TrainingInterrupted(msg, signum=signum, checkpoint=path)
+
+    @property
+    def emergency_requested(self) -> bool:
+        return self._signals is not None and self._signals.requested is not None
+
+    def _save(
+        self,
+        step: int,
+        epoch: int,
+        loss: float | None,
+        extra: dict[str, Any],
+        *,
+        checkpoint: bool,
+        best: bool,
+        val_loss: float | None = None,
+        force: bool = False,
+        signum: int | None = None,
+    ) -> Path | None:
+        check_loadable(extra, "extra")
+        if self._writer is not None and self._writer.busy():
+            if checkpoint and not best and not force and self.if_busy == "skip":
+                log.info("[ASYNC] previous checkpoint still being written; skipping step %d", step)
+                return None
+            self._writer.wait()
+        kind = FULL
+        if checkpoint and self.full_every and signum is None:
+            kind = FULL if self._saves % self.full_every == 0 else MODEL_ONLY
+        path = self.directory / checkpoint_name(self.session_id, step, self._codec)
+        content = self._content(step, epoch, kind, extra, signum) if checkpoint else None
+        best_sd = None
+        if best:
+            best_sd = content["model_state_dict"] if content is not None else unwrap(self.model).state_dict()
+        best_meta = {
+            "best_loss": float(val_loss) if val_loss is not None else self.best_loss,
+            "epoch": epoch,
+            "step": step,
+            "session_id": self.session_id,
+            "timestamp": datetime.now().isoformat(),
+        }
+        sync_meta = {"session_id": self.session_id, "global_step": step, "epoch": epoch, "loss": _finite(loss)}
+        # save_pretrained without a state_dict parameter reads the live model: only safe on this thread.
+        bare = unwrap(self.model)
+        pretrained_live = best and hasattr(bare, "save_pretrained") and not save_pretrained_takes_state_dict(bare)
+        background = self._writer is not None and signum is None  # emergency saves are on disk before we return
+        if background:
+            content, best_sd = snapshot((content, best_sd))  # the only part that blocks the training loop
+
+        def job() -> None:
+            if content is not None:
+                self._write_checkpoint(content, path, kind, step, epoch, sync_meta)
+            if best and not pretrained_live:
+                self._write_best(best_sd, best_meta, sync_meta)
+
+        if checkpoint:
+            self._saves += 1
+            self._last_save_step = step
+            self._last_save_time = self._clock()
+        if pretrained_live:
+            self._write_best(None, best_meta, sync_meta)
+        if background:
+            self._writer.submit(job, path.name if checkpoint else self.best_dir.name)  # type: ignore[union-attr]
+        else:
+            job()
+        return path if checkpoint else None
+
+    def _content(self, step: int, epoch: int, kind: str, extra: dict[str, Any], signum: int | None) -> dict[str, Any]:
+        """The seed's checkpoint dict (live references; the caller snapshots it for background writes)."""
+        mem = gpu_memory()
+        if mem is not None:
+            self.training_stats["gpu_memory"].append(mem)
+        for k, v in self.training_stats.items():
+            if k not in _BUILTIN_STATS:
+                check_loadable(v, f"training_stats[{k!r}]")
+        content: dict[str, Any] = {"model_state_dict": unwrap(self.model).state_dict()}
+        if kind == FULL:
+            content["optimizer_state_dict"] = self.optimizer.state_dict() if self.optimizer is not None else None
+            content["scheduler_state_dict"] = self.scheduler.state_dict() if self.scheduler is not None else None
+        content.update(
+            epoch=int(epoch),
+            global_step=int(step),
+            best_loss=self.best_loss,
+            session_id=self.session_id,
+            timestamp=datetime.now().isoformat(),
+            training_stats={k: list(v) for k, v in self.training_stats.items()},
+        )
+        if self.swa_model is not None:
+            n = getattr(self.swa_model, "n_averaged", None)
+            swa_n = int(n) if n is not None else 0
+            content["swa_state"] = {"swa_model": self.swa_model.state_dict(), "swa_n": swa_n, "swa_active": swa_n > 0}
+        content["random_state"] = capture_rng_state()
+        content["metadata"] = {**self._metadata, "timestamp": content["timestamp"]}
+        content["checkpoint_kind"] = kind
+        content["extra"] = dict(extra)
+        if signum is not None:
+            content["emergency"] = {"signal": int(signum)}
+        return content
+
+    def _write_checkpoint(
+        self, content: dict[str, Any], path: Path, kind: str, step: int, epoch: int, sync_meta: dict[str, Any]
+    ) -> None:
+        try:
+            if not self._codec:
+                with atomic_target(path) as tmp:
+                    torch.save(content, tmp)
+            else:
+                plain = temp_path_for(path)
+                try:
+                    torch.save(content, plain)
+                    with atomic_open(path) as out:
+                        compress(plain, out, self._codec, checkpoint_name(self.session_id, step))
+                finally:
+                    plain.unlink(missing_ok=True)
+        except OSError as err:
+            import errno
+
+            if err.errno == errno.ENOSPC:
+                raise CheckpointSaveError(
+                    f"no space left on device writing {path.name}; earlier checkpoints are intact: free some space"
+                ) from err
+            raise
+        log.info("[SAVE] Checkpoint saved: %s", path)
+        with self._lock:
+            if kind == MODEL_ONLY:
+                self._model_only.add(path.name)
+            else:
+                self._model_only.discard(path.name)
+            if self._handoff is not None:  # before rotation: once staged, rotation cannot lose the upload
+                self._handoff.enqueue(path, {**sync_meta, "checkpoint_kind": kind}, ())
+            if self.backup_dir is not None:
+                backup_checkpoint(path, self.backup_dir)
+                self._rotate(self.backup_dir)
+            self._rotate(self.directory)
+            self._write_session(step, epoch)
+
+    def _write_best(self, state_dict: dict[str, Any] | None, meta: dict[str, Any], sync_meta: dict[str, Any]) -> None:
+        model = unwrap(self.model)
+        use_model = model if hasattr(model, "save_pretrained") else None
+        write_best(self.best_dir, metadata=meta, state_dict=state_dict, model=use_model, tokenizer=self.tokenizer)
+        log.info("[BEST] New best model saved (loss: %.4f)", meta["best_loss"])
+        if self._handoff is not None:
+            with self._lock:
+                meta_out = {**sync_meta, "loss": _finite(meta["best_loss"]), "checkpoint_kind": "best"}
+                self._handoff.enqueue(self.best_dir, meta_out, ("best",))
+
+    def _rotate(self, directory: Path) -> None:
+        """FIFO through the shared retention policies; the newest full checkpoint and held files are pinned."""
+        if self._retention is None:
+            return
+        files = list_checkpoints(directory)
+        held = self._held()
+        newest_full = next((f.path for f in reversed(files) if f.path.name not in self._model_only), None)
+        candidates = [
+            Candidate(
+                key=f.path,
+                created=i,
+                tags=frozenset({"pinned"}) if f.path == newest_full or f.path.resolve() in held else frozenset(),
+            )
+            for i, f in enumerate(files)
+        ]
+        removed = False
+        for c in to_remove(self._retention, candidates):
+            with contextlib.suppress(FileNotFoundError):
+                Path(c.key).unlink()  # type: ignore[arg-type]
+                removed = True
+                log.info("[CLEAN] Removed old checkpoint: %s", c.key)
+        if removed:
+            fsync_dir(directory)
+
+    def _held(self) -> set[Path]:
+        held = getattr(self._handoff, "held_paths", None)
+        return held() if callable(held) else set()
+
+    def _write_session(self, step: int | None, epoch: int | None) -> None:
+        session = build_session(
+            self.directory,
+            session_id=self.session_id,
+            start_time=self._start_time,
+            current_epoch=epoch,
+            current_step=step,
+            total_steps=self.total_steps,
+            best_loss=self.best_loss,
+            last_checkpoint=time.time(),
+            model_only=self._model_only,
+        )
+        write_session(self.directory, session)
+
+    # --- recovery --------------------------------------------------------------------------------
+
+    def recover(self) -> dict[str, Any] | None:
+        """The seed's recovery protocol; returns ``start_epoch``, ``start_step``, ``best_loss`` and the saved extras.
+
+        Loads model, optimizer, scheduler, SWA and RNG states from the newest checkpoint that verifies
+        (CRC, ``weights_only=True`` load, required keys); a damaged one is skipped with a
+        ``CheckpointCorruptWarning``. With ``repo`` set and no valid local checkpoint, pulls the newest
+        committed one (and the best model) first. Returns None when there is nothing to resume.
+        The step returned is the last *completed* step: continue with ``start_step + 1``.
+        """
+        self._check_open()
+        if self._writer is not None:
+            self._writer.wait()
+        tried: set[tuple[str, int, int]] = set()
+        result = self._recover_local(tried)
+        if result is None and self.repo is not None and self._pull_from_repo():
+            result = self._recover_local(tried)
+        if result is None:
+            log.info("[INFO] No previous session, starting fresh")
+        return result
+
+    def _recover_local(self, tried: set[tuple[str, int, int]]) -> dict[str, Any] | None:
+        session = load_or_rebuild(self.directory)
+        if session is None:
+            return None
+        self._model_only |= set(session.get("model_only") or ())
+        listed = [listed_path(self.directory, str(e)) for e in session["checkpoints"]]
+        skipped: list[str] = []
+        for path in reversed(listed):
+            if path.name in self._model_only:
+                continue
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            ident = (path.name, st.st_ino, st.st_mtime_ns)
+            if ident in tried:
+                continue
+            tried.add(ident)
+            result, ckpt = inspect_checkpoint(path)
+            if not result.ok or ckpt is None or ckpt.get("checkpoint_kind", FULL) != FULL:
+                if result.ok:  # a model-only file from a run that did not record it: not resumable
+                    self._model_only.add(path.name)
+                    continue
+                msg = f"checkpoint {path} is damaged ({'; '.join(result.problems)}); falling back to the previous one"
+                log.warning("[WARN] %s", msg)
+                warnings.warn(msg, CheckpointCorruptWarning, stacklevel=3)
+                skipped.append(path.name)
+                continue
+            info = self._apply(ckpt, path)
+            if skipped:
+                log.warning(
+                    "[WARN] skipped %d damaged checkpoint(s): %s; `ckpt-sync check --repair %s` quarantines them",
+                    len(skipped),
+                    ", ".join(skipped),
+                    self.directory,
+                )
+            log.info("[OK] Resumed from epoch %s, step %s (%s)", info["start_epoch"], info["start_step"], path.name)
+            return info
+        return None
+
+    def _apply(self, ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+        unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
+        for what, obj, key in (
+            ("optimizer", self.optimizer, "optimizer_state_dict"),
+            ("scheduler", self.scheduler, "scheduler_state_dict"),
+        ):
+            if obj is None:
+                continue
+            state = ckpt.get(key)
+            if state is None:
+                log.warning("[WARN] %s has no %s state; the %s starts fresh", path.name, what, what)
+            else:
+                obj.load_state_dict(state)
+        swa = ckpt.get("swa_state")
+        if self.swa_model is not None and swa:
+            self.swa_model.load_state_dict(swa["swa_model"])
+        if "random_state" in ckpt:
+            restore_rng_state(ckpt["random_state"])
+        best = ckpt.get("best_loss")
+        self.best_loss = float(best) if isinstance(best, int | float) else self.best_metric.initial
+        stats = ckpt.get("training_stats") or {}
+        self.training_stats = {k: list(stats.get(k, [])) for k in _BUILTIN_STATS}
+        self.training_stats.update({k: list(v) for k, v in stats.items() if k not in _BUILTIN_STATS})
+        sid = ckpt.get("session_id")
+        if not self._explicit_session and isinstance(sid, str):
+            if sid != self.session_id:
+                session = read_session(self.directory) or {}
+                if session.get("session_id") == sid and isinstance(session.get("start_time"), int | float):
+                    self._start_time = float(session["start_time"])
+            self.session_id = check_session_id(sid)
+        step, epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
+        self._last_save_step = step
+        self._last_save_time = self._clock()
+        extra = dict(ckpt.get("extra") or {})
+        return {
+            **extra,
+            "start_epoch": epoch,
+            "start_step": step,
+            "best_loss": self.best_loss,
+            "session_id": sid,
+            "checkpoint": path,
+            "emergency": ckpt.get("emergency"),
+            "training_stats": self.training_stats,
+            "extra": extra,
+        }
+
+    def _pull_from_repo(self) -> bool:
+        """Fresh host: restore the newest committed full checkpoint that verifies (and the best model)."""
+        from .. import api
+
+        repo = api.open_repository(self.repo, key_file=self.key_file)
+        pulled = False
+        try:
+            manifests = []
+            for mid in repo.manifest_ids():
+                try:
+                    manifests.append(repo.load_manifest(mid))
+                except IntegrityError as err:
+                    log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
+            for m in manifests:
+                if "best" in m.tags or parse_checkpoint_path(m.name) is None:
+                    continue
+                if m.extra.get("checkpoint_kind", FULL) != FULL:
+                    continue
+                local = self.directory / m.name
+                if local.exists():  # a damaged local copy: keep it for inspection, take the committed one
+                    quarantine(local, self.directory, f"replaced by the committed copy {m.id} from {repo.url}")
+                try:
+                    log.info("[SYNC] pulling %s (%s) from %s", m.name, m.id, repo.url)
+                    api.pull(to=self.directory, repo=repo, checkpoint=m.id)
+                except (IntegrityError, NotFound) as err:
+                    log.warning("[WARN] remote checkpoint %s is damaged (%s); trying the previous one", m.name, err)
+                    continue
+                result = inspect_checkpoint(local)[0]
+                if not result.ok:
+                    quarantine(local, self.directory, "; ".join(result.problems))
+                    continue
+                pulled = True
+                break
+            if pulled and not self.best_dir.exists():
+                best = next((m for m in manifests if "best" in m.tags and m.kind == "dir"), None)
+                if best is not None:
+                    tmp = self.best_dir.parent / f".{self.best_dir.name}.{secrets.token_hex(4)}.tmp"
+                    try:
+                        api.pull(to=tmp, repo=repo, checkpoint=best.id)
+                        os.replace(tmp, self.best_dir)
+                    except CkptSyncError as err:
+                        log.warning("[WARN] could not restore the best model from %s: %s", repo.url, err)
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            with contextlib.suppress(Exception):
+                repo.provider.close()
+        if pulled:
+            load_or_rebuild(self.directory)
+        return pulled
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint files in the folder, oldest first."""
+        return [c.path for c in list_checkpoints(self.directory)]
+
+    @property
+    def latest_checkpoint(self) -> Path | None:
+        files = self.checkpoints
+        return files[-1] if files else None
+
+    def wait(self) -> None:
+        """Block until the write in flight and all hand-offs are done; raise their errors."""
+        if self._writer is not None:
+            self._writer.wait()
+        if self._handoff is not None:
+            self._handoff.wait()
+
+    def close(self) -> None:
+        """Finish the write in flight and the uploads, restore signal handlers, remove the pid file."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            try:
+                if self._handoff is not None:
+                    self._handoff.close()
+            finally:
+                if self._signals is not None:
+                    self._signals.uninstall()
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        try:  # do not mask the exception that is already on its way out
+            self.close()
+        except Exception as err:
+            log.error("[ERROR] while closing the checkpoint manager: %s", err)
+
+    def _raise_pending(self) -> None:
+        if self._writer is not None:
+            self._writer.raise_pending_error()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError("this CheckpointManager is closed")
+
+
+def _finite(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
