@@ -44,6 +44,10 @@ class IntegrityError(OperationFailed):
     """Stored data failed authentication, hashing or size checks."""
 
 
+class Cancelled(CkptSyncError):
+    """Stopped on request (SIGTERM); nothing was committed and the work can resume later."""
+
+
 # --- storage errors, raised by providers after classifying their SDK's exceptions ---------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from .chunking import ChunkPolicy, plan_chunks
-from .errors import OperationFailed, UsageError
+from .errors import Cancelled, OperationFailed, UsageError
+from .locks import acquire_push_lock
 from .manifest import ChunkRef, FileEntry, Manifest, parse_seed_name
 from .pipeline import default_workers, ordered_map
 from .repository import Repository, hostname, new_manifest_id
@@ -48,8 +50,12 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
     return "dir", sorted(files)
 
 
-def _read_spans(fd: int, spans: list[tuple[int, int]], sha: Any, stats: TransferStats) -> Iterator[bytes]:
+def _read_spans(
+    fd: int, spans: list[tuple[int, int]], sha: Any, stats: TransferStats, cancel: threading.Event | None
+) -> Iterator[bytes]:
     for off, length in spans:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("push cancelled; nothing was committed")
         data = os.pread(fd, length, off)
         if len(data) != length:
             raise OperationFailed("file shrank while it was being read")
@@ -68,13 +74,15 @@ def push_file(
     policy: ChunkPolicy,
     window: int,
     progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
 ) -> FileEntry:
     with open(path, "rb") as f:
         before = os.fstat(f.fileno())
         spans = plan_chunks(f, before.st_size, policy)
         sha = hashlib.sha256()
         refs: list[ChunkRef] = []
-        for ref, sent in ordered_map(pool, repo.store_chunk, _read_spans(f.fileno(), spans, sha, stats), window):
+        chunks = _read_spans(f.fileno(), spans, sha, stats, cancel)
+        for ref, sent in ordered_map(pool, repo.store_chunk, chunks, window):
             refs.append(ref)
             stats.chunks += 1
             if sent:
@@ -100,11 +108,13 @@ def push_path(
     policy: ChunkPolicy = ChunkPolicy(),
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
 ) -> tuple[Manifest, TransferStats]:
     """Upload ``path`` and commit it as one checkpoint. The manifest is written last (the commit point).
 
     ``metadata`` may carry ``session_id``, ``global_step``, ``epoch``, ``loss`` (else parsed from the
-    seed's file name) and anything else JSON-serialisable, kept under ``extra``.
+    seed's file name) and anything else JSON-serialisable, kept under ``extra``. Setting ``cancel``
+    stops at the next chunk with ``Cancelled``; chunks already stored are reused by the next push.
     """
     p = Path(path)
     kind, files = collect_files(p)
@@ -113,12 +123,30 @@ def push_path(
     session_id, step = parse_seed_name(name)
     workers = workers or default_workers()
     stats = TransferStats()
-    with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
-        entries = [
-            push_file(repo, pool, rel, fp, stats, policy=policy, window=workers + 2, progress=progress)
-            for rel, fp in files
-        ]
-    manifest = Manifest(
+    with acquire_push_lock(repo.provider):
+        repo.forget_known_chunks()
+        with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
+            entries = [
+                push_file(
+                    repo, pool, rel, fp, stats, policy=policy, window=workers + 2, progress=progress, cancel=cancel
+                )
+                for rel, fp in files
+            ]
+        manifest = _manifest(name, kind, entries, session_id, step, tags, meta)
+        repo.commit(manifest)
+    return manifest, stats.finish()
+
+
+def _manifest(
+    name: str,
+    kind: str,
+    entries: list[FileEntry],
+    session_id: str | None,
+    step: int | None,
+    tags: tuple[str, ...] | list[str],
+    meta: dict[str, Any],
+) -> Manifest:
+    return Manifest(
         id=new_manifest_id(),
         name=name,
         kind=kind,
@@ -132,8 +160,6 @@ def push_path(
         tags=tuple(dict.fromkeys(tags)),
         extra=meta,
     )
-    repo.commit(manifest)
-    return manifest, stats.finish()
 
 
 def total_size(path: str | os.PathLike[str]) -> int:

@@ -155,6 +155,11 @@ class Repository:
                 out[cid] = info.size
         return out
 
+    def forget_known_chunks(self) -> None:
+        """Drop the cached listing (call under a push lock: a prune may have removed chunks)."""
+        with self._lock:
+            self._known = None
+
     def known_chunks(self) -> set[str]:
         """Chunk ids present remotely, listed once per Repository and extended as we store more."""
         with self._lock:

@@ -58,9 +58,20 @@ class AnyOf:
         return kept
 
 
+@dataclass(frozen=True)
+class KeepNewestTagged:
+    """The newest candidate carrying ``tag``: the current best model survives FIFO, older bests do not."""
+
+    tag: str = "best"
+
+    def keep(self, candidates: Sequence[Candidate]) -> set[Hashable]:
+        tagged = [c for c in candidates if self.tag in c.tags]
+        return {max(tagged, key=lambda c: c.created).key} if tagged else set()
+
+
 def fifo_with_tags(n: int) -> AnyOf:
-    """The seed's rotation: keep the ``n`` newest plus anything tagged best or pinned."""
-    return AnyOf((KeepLatest(n), KeepTagged()))
+    """The seed's rotation: keep the ``n`` newest, the newest ``best``, and everything ``pinned``."""
+    return AnyOf((KeepLatest(n), KeepNewestTagged("best"), KeepTagged(frozenset({"pinned"}))))
 
 
 def to_remove(policy: RetentionPolicy, candidates: Iterable[Candidate]) -> list[Candidate]:

@@ -1,0 +1,134 @@
+"""Coordination objects that make pruning safe next to concurrent writers.
+
+Two kinds, both small plaintext JSON objects under ``locks/`` holding only timestamps:
+
+- ``locks/push-<random>``: held by every push while it runs (refreshed by a heartbeat).
+- ``locks/prune``: at most one pruner at a time (created with put-if-absent).
+
+The protocol (each side writes its own lock *before* reading the other's, so at least one sees the
+other): a pruner takes ``locks/prune`` and then deletes unreferenced chunks only if no live push
+lock exists; a pusher takes its push lock and then waits while a live prune lock exists before it
+lists which chunks the repository already has. A lock whose ``expires`` has passed is stale (its
+holder died) and is ignored and cleaned up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+
+from .errors import NotFound, OperationFailed
+from .providers import Provider
+
+log = logging.getLogger("ckpt_sync.locks")
+
+LOCKS = "locks/"
+PRUNE_LOCK = "locks/prune"
+DEFAULT_TTL = 600.0
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    key: str
+    created: float
+    expires: float
+
+    def live(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) < self.expires
+
+
+def _body(ttl: float) -> bytes:
+    now = time.time()
+    return json.dumps({"created": now, "expires": now + ttl}).encode()
+
+
+def read_lock(provider: Provider, key: str) -> LockInfo | None:
+    try:
+        d = json.loads(provider.get(key))
+        return LockInfo(key, float(d["created"]), float(d["expires"]))
+    except NotFound:
+        return None
+    except (ValueError, KeyError, TypeError):
+        return LockInfo(key, 0.0, 0.0)  # unreadable: treat as stale
+
+
+class Lock:
+    """A held lock object, refreshed in the background until released (a context manager)."""
+
+    def __init__(self, provider: Provider, key: str, ttl: float) -> None:
+        self.provider = provider
+        self.key = key
+        self.ttl = ttl
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name=f"lock {key}", daemon=True)
+        self._thread.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self.provider.put(self.key, _body(self.ttl))
+            except Exception as err:  # a missed beat only shortens the lock's life
+                log.warning("could not refresh %s: %s", self.key, err)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        try:
+            self.provider.delete(self.key)
+        except Exception as err:  # it will expire on its own
+            log.warning("could not remove %s: %s", self.key, err)
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def live_push_locks(provider: Provider) -> list[LockInfo]:
+    out = []
+    for info in provider.list(LOCKS + "push-"):
+        lock = read_lock(provider, info.key)
+        if lock is None:
+            continue
+        if lock.live():
+            out.append(lock)
+        else:
+            provider.delete(info.key)  # stale: its holder died
+    return out
+
+
+def acquire_push_lock(provider: Provider, *, ttl: float = DEFAULT_TTL, wait_for_prune: float = 3600.0) -> Lock:
+    """Announce a push, then wait out a running prune so chunks we are about to reuse stay put."""
+    key = f"{LOCKS}push-{int(time.time() * 1000):013d}-{secrets.token_hex(6)}"
+    provider.put(key, _body(ttl))
+    lock = Lock(provider, key, ttl)
+    deadline = time.monotonic() + wait_for_prune
+    delay = 0.2
+    while True:
+        prune = read_lock(provider, PRUNE_LOCK)
+        if prune is None or not prune.live():
+            return lock
+        if time.monotonic() > deadline:
+            lock.release()
+            raise OperationFailed(f"{provider.url} is being pruned by another process; try again later")
+        log.info("waiting for a prune of %s to finish", provider.url)
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def try_acquire_prune_lock(provider: Provider, *, ttl: float = DEFAULT_TTL) -> Lock | None:
+    """The exclusive prune lock, or None if another live pruner holds it (a stale one is broken)."""
+    for _ in range(2):
+        if provider.put_if_absent(PRUNE_LOCK, _body(ttl)):
+            return Lock(provider, PRUNE_LOCK, ttl)
+        held = read_lock(provider, PRUNE_LOCK)
+        if held is not None and held.live():
+            return None
+        log.warning("breaking a stale prune lock on %s", provider.url)
+        provider.delete(PRUNE_LOCK)
+    return None

@@ -1,0 +1,118 @@
+"""Remote retention: drop old manifests by policy, then garbage-collect chunks nobody references.
+
+Rules (DESIGN.md §4): only readable manifests of this repository are candidates; the newest valid
+checkpoint is always kept; a fresh host with an empty folder never causes deletions (the policy
+looks at the repository only). Chunks go only when no remaining manifest references them, they are
+older than a grace period, and no push is in flight (see locks.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .crypto import token_size
+from .errors import IntegrityError, NotFound
+from .locks import live_push_locks, try_acquire_prune_lock
+from .repository import CHUNKS, Repository, chunk_key, manifest_key
+from .retention import Candidate, RetentionPolicy, to_remove
+
+log = logging.getLogger("ckpt_sync.prune")
+
+DEFAULT_GRACE = 3600.0
+
+
+@dataclass
+class PruneReport:
+    kept: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # manifest ids
+    removed_names: list[str] = field(default_factory=list)
+    chunks_removed: int = 0
+    bytes_freed: int = 0
+    gc_skipped: str | None = None  # why chunk GC did not run
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kept": self.kept,
+            "removed": self.removed,
+            "removed_names": self.removed_names,
+            "chunks_removed": self.chunks_removed,
+            "bytes_freed": self.bytes_freed,
+            "gc_skipped": self.gc_skipped,
+            "dry_run": self.dry_run,
+        }
+
+
+def prune(
+    repo: Repository, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
+) -> PruneReport:
+    report = PruneReport(dry_run=dry_run)
+    lock = None if dry_run else try_acquire_prune_lock(repo.provider)
+    if lock is None and not dry_run:
+        report.gc_skipped = "another prune is running"
+        log.info("prune of %s skipped: another prune is running", repo.url)
+        return report
+    try:
+        _drop_manifests(repo, policy, report)
+        _collect_chunks(repo, grace, report)
+    finally:
+        if lock is not None:
+            lock.release()
+    return report
+
+
+def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneReport) -> None:
+    manifests = {}
+    for mid in repo.manifest_ids():
+        try:
+            manifests[mid] = repo.load_manifest(mid)
+        except (IntegrityError, NotFound):
+            continue  # not ours to judge: never deleted by retention
+    if not manifests:
+        return
+    candidates = [Candidate(mid, m.created, frozenset(m.tags)) for mid, m in manifests.items()]
+    doomed = {c.key for c in to_remove(policy, candidates)}
+    # The newest checkpoint whose chunks are all present survives whatever the policy says.
+    stored = repo.list_chunks()
+    for mid in sorted(manifests, reverse=True):
+        refs = [c for f in manifests[mid].files for c in f.chunks]
+        if all(stored.get(r.id) == token_size(r.size) for r in refs):
+            doomed.discard(mid)
+            break
+    report.kept = sorted(set(manifests) - doomed, reverse=True)
+    for mid in sorted(doomed):
+        report.removed.append(mid)
+        report.removed_names.append(manifests[mid].name)
+        if not report.dry_run:
+            repo.provider.delete(manifest_key(mid))
+            log.info("pruned checkpoint %s (%s)", manifests[mid].name, mid)
+
+
+def _collect_chunks(repo: Repository, grace: float, report: PruneReport) -> None:
+    if live_push_locks(repo.provider):
+        report.gc_skipped = "a push is in progress; unreferenced chunks are collected by a later prune"
+        return
+    referenced: set[str] = set()
+    for mid in repo.manifest_ids():  # fresh listing: includes checkpoints committed meanwhile
+        try:
+            referenced |= repo.load_manifest(mid).chunk_ids()
+        except (IntegrityError, NotFound):
+            report.gc_skipped = f"manifest {mid} is unreadable with these keys; its chunks cannot be judged"
+            return
+    cutoff = time.time() - grace
+    garbage = [
+        info
+        for info in repo.provider.list(CHUNKS)
+        if info.key.rsplit("/", 1)[-1] not in referenced and info.modified < cutoff
+    ]
+    for i, info in enumerate(garbage):
+        if i and i % 64 == 0 and live_push_locks(repo.provider):
+            report.gc_skipped = "a push started; the rest is collected by a later prune"
+            return
+        cid = info.key.rsplit("/", 1)[-1]
+        if not report.dry_run:
+            repo.provider.delete(chunk_key(cid))
+        report.chunks_removed += 1
+        report.bytes_freed += info.size
