@@ -190,7 +190,8 @@ class AzureBlobProvider(ObjectStoreProvider):
 
     def _upload(self, name: str, data: bytes | bytearray | memoryview, *, overwrite: bool) -> None:
         # One Put Blob up to the SDK's single-put size (64 MiB): the object appears whole or not at all.
-        self._container.upload_blob(name, bytes(data) if isinstance(data, memoryview) else data, overwrite=overwrite)
+        # bytes only: the SDK takes a bytearray for an iterable of ints (one copy, ~1 ms per 8 MiB).
+        self._container.upload_blob(name, data if isinstance(data, bytes) else bytes(data), overwrite=overwrite)
 
     def _put(self, name: str, data: bytes | bytearray | memoryview, key: str) -> None:
         try:
@@ -209,7 +210,9 @@ class AzureBlobProvider(ObjectStoreProvider):
 
     def _get(self, name: str, start: int, length: int | None, key: str) -> bytes:
         try:
-            return self._container.download_blob(name, offset=start or None, length=length).readall()
+            return self._container.download_blob(
+                name, offset=start if (start or length) else None, length=length
+            ).readall()
         except HttpResponseError as err:
             if err.status_code == 416:
                 return b""  # start at or past the end

@@ -156,7 +156,7 @@ class GCSProvider(ObjectStoreProvider):
 
     def _upload(self, name: str, data: bytes | bytearray | memoryview, generation: int | None) -> None:
         self._bucket.blob(name).upload_from_string(
-            bytes(data) if isinstance(data, memoryview) else data,
+            data if isinstance(data, bytes) else bytes(data),  # the library takes bytes or str only
             content_type="application/octet-stream",
             if_generation_match=generation,
             retry=None,

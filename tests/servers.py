@@ -96,11 +96,23 @@ def _azurite_cmd(port: int, _state: Path) -> list[str]:
     ]
 
 
+# gcp-storage-emulator, adjusted for a test run without touching its API behaviour: it serves one
+# request at a time with socketserver's listen backlog of 5, so a client with 6+ parallel
+# connections sees dropped SYNs and connect timeouts (a deeper backlog just queues them); and after
+# every write it re-serialises its whole object index to a file that, in memory mode, is never read
+# back, which makes n writes cost O(n^2) (skipped).
+_GCS_LAUNCH = (
+    "import sys, http.server; http.server.HTTPServer.request_queue_size = 128; "
+    "from gcp_storage_emulator.storage import Storage; Storage._write_config_to_file = lambda self: None; "
+    "from gcp_storage_emulator.__main__ import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
 def _gcs_cmd(port: int, _state: Path) -> list[str]:
     return [
         sys.executable,
-        "-m",
-        "gcp_storage_emulator",
+        "-c",
+        _GCS_LAUNCH,
         "start",
         "--host",
         "127.0.0.1",
@@ -217,18 +229,13 @@ def answers(port: int, timeout: float = 1.0) -> bool:
 
 
 def _alive(pid: int, command: list[str]) -> bool:
-    """The pid is running *and* is still the process we started (pids get reused)."""
+    """The pid is running *and* is still the process we started (pids get reused): its arguments match."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
     except OSError:
         return False
-    exe, port = (
-        Path(command[0]).name.encode(),
-        command[
-            command.index("-p" if "-p" in command else "--port" if "--port" in command else "--blobPort") + 1
-        ].encode(),
-    )
-    return any(exe in part for part in cmdline[:2]) and port in cmdline
+    args = [a.encode() for a in command[1:]]  # argv[0] differs when a script runs through its interpreter
+    return cmdline[-len(args) :] == args
 
 
 def _start_one(kind: ServerKind, state: Path, port: int) -> Running:
