@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from .api import open_repository, pull, push
 from .errors import CkptSyncError
+from .sync_client import SyncClient
 
 __version__ = "0.1.0"
-__all__ = ["CkptSyncError", "__version__", "open_repository", "pull", "push"]
+__all__ = ["CheckpointManager", "CkptSyncError", "SyncClient", "__version__", "open_repository", "pull", "push"]
 
 
 def __getattr__(name: str) -> object:

@@ -11,7 +11,9 @@ import errno
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -19,17 +21,24 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .api import open_repository as _open_repository
 from .api import push_with_stats
-from .errors import EXIT_FAILED, EXIT_OK, CkptSyncError, UsageError
+from .chunking import ChunkPolicy
+from .daemon import WatchOptions, default_state_dir, run_watch
+from .errors import EXIT_FAILED, EXIT_OK, CkptSyncError, ConfigError, UsageError
 from .keys import generate_key, write_key_file
 from .manifest import Manifest
 from .providers import RetryPolicy
+from .prune import DEFAULT_GRACE, prune
 from .push import total_size
+from .queue import JobQueue
 from .restore import pull
+from .retention import fifo_with_tags
+from .status import gather
 from .units import format_bytes, parse_size
 from .verify import verify
+from .watcher import DEFAULT_PATTERNS
 
 log = logging.getLogger("ckpt_sync")
 
@@ -271,6 +280,103 @@ def add_repo_option(p: argparse.ArgumentParser, alias: str) -> None:
     )
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder to watch")
+    repo = open_repository(args, create=True)
+    queue = JobQueue(args.state_dir or default_state_dir(root))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing up (nothing half-done is committed)", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    opts = WatchOptions(
+        root=root,
+        patterns=tuple(args.pattern) or DEFAULT_PATTERNS,
+        settle=args.settle,
+        rescan_every=args.rescan,
+        once=args.once,
+        keep=args.keep or None,
+        grace=args.grace,
+        workers=args.workers,
+        policy=_policy(args.chunk_size),
+    )
+    try:
+        return run_watch(repo, queue, opts, stop)
+    finally:
+        queue.close()
+
+
+def _policy(chunk_size: str | None) -> ChunkPolicy:
+    if not chunk_size:
+        return ChunkPolicy()
+    size = parse_size(chunk_size)
+    return ChunkPolicy(chunk_size=size, min_size=min(size, ChunkPolicy().min_size))
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    report = prune(repo, fifo_with_tags(args.keep), grace=args.grace, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return EXIT_OK
+    verb = "would remove" if args.dry_run else "removed"
+    for mid, name in zip(report.removed, report.removed_names, strict=True):
+        print(f"{verb} {name} ({mid})")
+    print(
+        f"kept {len(report.kept)} checkpoint(s); {verb} {len(report.removed)}; "
+        f"{verb} {report.chunks_removed} unreferenced chunk(s) ({format_bytes(report.bytes_freed)})"
+    )
+    if report.gc_skipped:
+        print(f"chunk clean-up skipped: {report.gc_skipped}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(Path(args.dir)) if args.dir else None
+    if state_dir is None:
+        raise UsageError("status needs the watched folder (ckpt-sync status DIR) or --state-dir")
+    if not (state_dir / "queue.sqlite3").is_file():
+        raise ConfigError(f"no ckpt-sync queue in {state_dir}: is `ckpt-sync watch` running on that folder?")
+    queue = JobQueue(state_dir)
+    repo, repo_error = None, None
+    try:
+        repo = open_repository(args)
+    except CkptSyncError as err:
+        repo_error = str(err)
+    try:
+        st = gather(queue, repo, repo_error)
+    finally:
+        queue.close()
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return EXIT_OK
+    print(f"repository:  {st['repository'] or 'unavailable: ' + str(st['repository_error'])}")
+    print(f"backlog:     {st['backlog']} job(s) ({st['jobs']['failed']} failed, {st['jobs']['done']} done)")
+    for j in st["in_flight"]:
+        pct = 100 * j["bytes_done"] / j["size"] if j["size"] else 100
+        print(f"uploading:   {j['name']} {pct:.0f}% of {format_bytes(j['size'])}")
+    if st["newest_committed"]:
+        c = st["newest_committed"]
+        print(f"committed:   {c['name']} (step {c['step']}) at {_when(c['created'])}")
+    if st["newest_local"]:
+        loc = st["newest_local"]
+        print(f"local:       {loc['name']} (step {loc['step']}) at {_when(loc['modified'])}")
+    if st["lag_seconds"] is not None:
+        steps = f", {st['lag_steps']} step(s)" if st["lag_steps"] is not None else ""
+        print(f"lag:         {st['lag_seconds']:.0f}s{steps}")
+    if st["throughput_bytes_per_s"]:
+        print(f"throughput:  {format_bytes(st['throughput_bytes_per_s'])}/s (recent uploads)")
+    if st["last_error"]:
+        e = st["last_error"]
+        print(f"last error:  {_when(e['time'])} {e['job']}: {e['error']}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -338,6 +444,73 @@ def build_parser() -> argparse.ArgumentParser:
     add_repo_option(p, "--from")
     p.set_defaults(func=cmd_verify)
 
+    p = sub.add_parser("watch", parents=[common], help="sidecar daemon: upload every complete checkpoint in DIR")
+    p.add_argument("dir", metavar="DIR", help="the folder the training job saves checkpoints into")
+    p.add_argument("--state-dir", metavar="DIR", help="queue and held files (default DIR/.ckpt-sync)")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=5,
+        metavar="N",
+        help="remote FIFO: keep the N newest (plus the best and pinned); 0 keeps everything (default 5)",
+    )
+    p.add_argument(
+        "--pattern",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help=f"checkpoint file names (repeatable; default {' '.join(DEFAULT_PATTERNS)})",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="a checkpoint must be closed and unchanged this long before upload (default 5)",
+    )
+    p.add_argument(
+        "--rescan",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="full rescan interval, for filesystems that drop events (default 30)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
+    )
+    p.add_argument("--once", action="store_true", help="upload what is there, wait until committed, exit")
+    p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
+    add_repo_option(p, "--to")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("prune", parents=[common], help="apply remote retention now")
+    p.add_argument(
+        "--keep", type=int, default=5, metavar="N", help="keep the N newest, plus best and pinned (default 5)"
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=DEFAULT_GRACE,
+        metavar="SECONDS",
+        help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
+    )
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("status", parents=[common], help="backlog, lag, throughput and last error of a watch")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="the watched folder (its state is in DIR/.ckpt-sync)")
+    p.add_argument("--state-dir", metavar="DIR", help="the queue's state folder")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("check", help="deep-check a local folder of training checkpoints (needs torch)")
     p.add_argument("dir", metavar="DIR", help="the CheckpointManager folder (holds training_session.json)")
     p.add_argument("--repair", action="store_true", help="move bad files to DIR/quarantine/, rebuild the session file")
@@ -350,14 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="ckpt-sync: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.debug:
-        for noisy in ("botocore", "boto3", "urllib3", "azure", "google"):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
+    # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
+    quiet = logging.INFO if args.verb in ("watch", "prune") else logging.WARNING
+    logs.configure(logging.DEBUG if args.debug else quiet, getattr(args, "log_format", "text"))
     try:
         return args.func(args)
     except CkptSyncError as err:

@@ -18,6 +18,11 @@ def data_dir() -> Path:
     return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ckpt-sync"
 
 
+def state_home() -> Path:
+    """``$XDG_STATE_HOME/ckpt-sync`` (default ``~/.local/state/ckpt-sync``): queues not tied to a folder."""
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ckpt-sync"
+
+
 def default_key_file() -> Path:
     return config_dir() / "key"
 

@@ -1,0 +1,121 @@
+"""``ckpt-sync watch``: find complete checkpoints in a folder and keep the repository in step.
+
+At start, what is already in the folder is reconciled with the repository (a file whose exact
+version — name, size, mtime — is committed, or already queued, is not sent again); from then on
+inotify events and a periodic rescan feed the durable queue, and a worker drains it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .chunking import ChunkPolicy
+from .errors import IntegrityError, NotFound, UsageError
+from .prune import DEFAULT_GRACE
+from .queue import JobQueue, signature
+from .repository import Repository
+from .watcher import DEFAULT_PATTERNS, CheckpointFinder, CompletionTracker, FolderWatcher, Unit
+from .worker import SyncWorker
+
+log = logging.getLogger("ckpt_sync.watch")
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    root: Path
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    settle: float = 5.0
+    rescan_every: float = 30.0
+    once: bool = False
+    keep: int | None = 5
+    grace: float = DEFAULT_GRACE
+    workers: int | None = None
+    policy: ChunkPolicy = ChunkPolicy()
+    once_attempts: int = 3
+
+
+def committed_versions(repo: Repository) -> set[tuple[str, int, int]]:
+    """(name, size, source mtime) of every committed checkpoint that recorded its source."""
+    out = set()
+    for mid in repo.manifest_ids():
+        try:
+            m = repo.load_manifest(mid)
+        except (IntegrityError, NotFound):
+            continue
+        mtime = m.extra.get("source_mtime_ns")
+        if isinstance(mtime, int):
+            out.add((m.name, m.size, mtime))
+    return out
+
+
+def default_state_dir(root: Path) -> Path:
+    """Beside the checkpoints (hidden), so held copies are instant hard links on the same filesystem."""
+    return root / ".ckpt-sync"
+
+
+def run_watch(repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threading.Event) -> int:
+    """Run until ``stop`` (or, with ``once``, until everything present is committed). Returns the exit code."""
+    root = opts.root.absolute()
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder to watch")
+    queue.set("watch_dir", str(root))
+    queue.set("patterns", json.dumps(list(opts.patterns)))
+    finder = CheckpointFinder(root, opts.patterns)
+    tracker = CompletionTracker(opts.settle)
+    committed = committed_versions(repo)
+    worker = SyncWorker(
+        repo,
+        queue,
+        keep=opts.keep,
+        grace=opts.grace,
+        workers=opts.workers,
+        policy=opts.policy,
+        max_attempts=opts.once_attempts if opts.once else None,
+    )
+    worker_stop = threading.Event()
+    worker_thread = threading.Thread(target=worker.run, args=(worker_stop,), name="sync-worker", daemon=True)
+    watcher = FolderWatcher(finder, tracker)
+    if not opts.once:
+        watcher.start()
+    present = watcher.rescan()
+    log.info("watching %s -> %s (%d checkpoint(s) present)", root, repo.url, len(present))
+    worker_thread.start()
+    next_scan = time.monotonic() + opts.rescan_every
+    try:
+        while not stop.is_set():
+            for unit in tracker.ready():
+                if _enqueue_if_new(queue, unit, committed):
+                    worker.wake()
+            if opts.once and tracker.pending() == 0 and queue.unfinished() == 0:
+                break
+            if not opts.once and time.monotonic() >= next_scan:
+                watcher.rescan()
+                next_scan = time.monotonic() + opts.rescan_every
+            stop.wait(0.2)
+    finally:
+        # On shutdown this cancels the upload in flight at its next chunk; nothing half-done is committed.
+        worker_stop.set()
+        worker_thread.join()
+        if not opts.once:
+            watcher.stop()
+    return 1 if worker.failed else 0
+
+
+def _enqueue_if_new(queue: JobQueue, unit: Unit, committed: set[tuple[str, int, int]]) -> bool:
+    try:
+        size, mtime_ns = signature(unit.path)
+    except FileNotFoundError:
+        return False
+    if (unit.path.name, size, mtime_ns) in committed or queue.find(unit.path, size, mtime_ns):
+        return False
+    try:
+        job_id = queue.enqueue(unit.path, tags=unit.tags)
+    except FileNotFoundError:
+        return False  # rotated away before we could hold it
+    log.info("queued %s (job %d)", unit.path.name, job_id)
+    return True

@@ -1,0 +1,81 @@
+"""``ckpt-sync status``: is the repository keeping up with the training job?"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import IntegrityError, NotFound
+from .manifest import Manifest, parse_seed_name
+from .queue import DONE, FAILED, PENDING, RUNNING, JobQueue, signature
+from .repository import Repository
+from .watcher import DEFAULT_PATTERNS, CheckpointFinder
+
+
+def _newest_manifest(repo: Repository) -> Manifest | None:
+    for mid in repo.manifest_ids():
+        try:
+            return repo.load_manifest(mid)
+        except (IntegrityError, NotFound):
+            continue
+    return None
+
+
+def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = None) -> dict[str, Any]:
+    counts = queue.counts()
+    running = [{"job": j.id, "name": j.name, "bytes_done": j.bytes_done, "size": j.size} for j in queue.jobs(RUNNING)]
+    recent = [j for j in queue.jobs(DONE, newest_first=True, limit=20) if j.seconds]
+    secs = sum(j.seconds or 0 for j in recent)
+    last_error = queue.get_value("last_error")
+    status: dict[str, Any] = {
+        "state_dir": str(queue.state_dir),
+        "backlog": counts[PENDING] + counts[RUNNING],
+        "jobs": counts,
+        "in_flight": running,
+        "throughput_bytes_per_s": round(sum(j.size for j in recent) / secs) if secs else None,
+        "last_error": json.loads(last_error) if last_error else None,
+        "failed": [
+            {"job": j.id, "name": j.name, "error": j.last_error} for j in queue.jobs(FAILED, newest_first=True, limit=5)
+        ],
+        "repository": repo.url if repo else None,
+        "repository_error": repo_error,
+        "newest_committed": None,
+        "newest_local": None,
+        "lag_seconds": None,
+        "lag_steps": None,
+    }
+    committed = _newest_manifest(repo) if repo else None
+    if committed:
+        status["newest_committed"] = {
+            "id": committed.id,
+            "name": committed.name,
+            "step": committed.global_step,
+            "created": committed.created,
+        }
+    watch_dir = queue.get_value("watch_dir")
+    if watch_dir and Path(watch_dir).is_dir():
+        patterns = json.loads(queue.get_value("patterns") or "null") or DEFAULT_PATTERNS
+        units = CheckpointFinder(Path(watch_dir), patterns).scan()
+        newest = None
+        for u in units:
+            try:
+                mtime = signature(u.path)[1] / 1e9
+            except FileNotFoundError:
+                continue
+            if newest is None or mtime > newest[1]:
+                newest = (u, mtime)
+        if newest:
+            unit, mtime = newest
+            step = parse_seed_name(unit.path.name)[1]
+            status["newest_local"] = {"name": unit.path.name, "step": step, "modified": mtime}
+            if committed:
+                source = committed.extra.get("source_mtime_ns")
+                committed_time = source / 1e9 if isinstance(source, int) else committed.created
+                status["lag_seconds"] = round(max(0.0, mtime - committed_time), 3)
+                if step is not None and committed.global_step is not None:
+                    status["lag_steps"] = max(0, step - committed.global_step)
+            else:
+                status["lag_seconds"] = round(time.time() - mtime, 3)
+    return status

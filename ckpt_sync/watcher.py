@@ -1,0 +1,202 @@
+"""Finding complete checkpoints in a folder.
+
+A *unit* is what gets uploaded as one checkpoint: a file matching the patterns, or a folder that
+holds a sharded checkpoint (a ``.metadata`` file, as torch.distributed.checkpoint writes last) or a
+best model (``best_metadata.json``, as CheckpointManager writes; tagged ``best``). Hidden and temp
+files are never units.
+
+A unit is complete when nothing is open for writing in it (inotify's close-after-write or a rename
+into place) and its size and mtime have not changed for the settle period. Events come from
+watchdog (inotify); a periodic rescan catches what events miss (network filesystems drop them).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .queue import signature
+
+log = logging.getLogger("ckpt_sync.watch")
+
+DEFAULT_PATTERNS = ("*.pt", "*.pth", "*.safetensors", "*.bin", "*.ckpt")
+DIR_MARKERS = {".metadata": (), "best_metadata.json": ("best",)}
+TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".swp", ".lock", "~")
+
+
+def is_temp(name: str) -> bool:
+    low = name.lower()
+    return low.startswith((".", "~")) or low.endswith(TEMP_SUFFIXES) or ".tmp" in low
+
+
+@dataclass(frozen=True)
+class Unit:
+    path: Path
+    tags: tuple[str, ...] = ()
+
+
+class CheckpointFinder:
+    def __init__(self, root: Path, patterns: Iterable[str] = DEFAULT_PATTERNS) -> None:
+        self.root = root.absolute()
+        self.patterns = tuple(patterns)
+
+    def _marked_dir(self, folder: Path) -> Unit | None:
+        for marker, tags in DIR_MARKERS.items():
+            if (folder / marker).is_file():
+                return Unit(folder, tags)
+        return None
+
+    def unit_for(self, path: Path) -> Unit | None:
+        """The unit an event on ``path`` belongs to, or None if it is not part of a checkpoint."""
+        try:
+            rel = path.absolute().relative_to(self.root)
+        except ValueError:
+            return None
+        parts = rel.parts
+        if not parts or any(is_temp(p) for p in parts[:-1]):
+            return None
+        # Inside (or the marker of) a sharded / best-model folder: the folder is the unit.
+        for depth in range(len(parts) - 1, 0, -1):
+            unit = self._marked_dir(self.root.joinpath(*parts[:depth]))
+            if unit:
+                return unit
+        name = parts[-1]
+        if name in DIR_MARKERS and len(parts) > 1:
+            return self._marked_dir(path.parent)
+        if path.is_dir():
+            return self._marked_dir(path)
+        if is_temp(name) or not any(fnmatch.fnmatch(name, p) for p in self.patterns):
+            return None
+        return Unit(path.absolute())
+
+    def scan(self) -> list[Unit]:
+        units: dict[Path, Unit] = {}
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            folder = Path(dirpath)
+            if folder != self.root:
+                unit = self._marked_dir(folder)
+                if unit:
+                    units[unit.path] = unit
+                    dirnames[:] = []
+                    continue
+            dirnames[:] = sorted(d for d in dirnames if not is_temp(d))
+            for name in filenames:
+                unit = self.unit_for(folder / name)
+                if unit:
+                    units[unit.path] = unit
+        return sorted(units.values(), key=lambda u: u.path)
+
+
+@dataclass
+class _Tracked:
+    unit: Unit
+    sig: tuple[int, int] | None = None
+    stable_since: float = 0.0
+    open_files: set[Path] = field(default_factory=set)
+
+
+class CompletionTracker:
+    """Remembers changing units and reports each once it is complete (thread-safe)."""
+
+    def __init__(self, settle: float) -> None:
+        self.settle = settle
+        self._units: dict[Path, _Tracked] = {}
+        self._lock = threading.Lock()
+
+    def touched(self, unit: Unit, *, writing: Path | None = None, closed: Path | None = None) -> None:
+        with self._lock:
+            t = self._units.setdefault(unit.path, _Tracked(unit))
+            t.stable_since = time.monotonic()
+            if writing is not None:
+                t.open_files.add(writing)
+            if closed is not None:
+                t.open_files.discard(closed)
+
+    def forget(self, path: Path) -> None:
+        with self._lock:
+            self._units.pop(path, None)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._units)
+
+    def ready(self) -> list[Unit]:
+        """Units that are complete now, oldest first; they are forgotten (a later change makes them new again)."""
+        now = time.monotonic()
+        out = []
+        with self._lock:
+            for path, t in list(self._units.items()):
+                try:
+                    sig = signature(path)
+                except FileNotFoundError:
+                    del self._units[path]  # deleted (rotation) before it was complete: nothing to do
+                    continue
+                if sig != t.sig:
+                    t.sig, t.stable_since = sig, now
+                    continue
+                if t.open_files or now - t.stable_since < self.settle:
+                    continue
+                out.append((sig[1], t.unit))
+                del self._units[path]
+        return [unit for _, unit in sorted(out, key=lambda x: (x[0], str(x[1].path)))]
+
+
+class _Events(FileSystemEventHandler):
+    def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker) -> None:
+        self.finder = finder
+        self.tracker = tracker
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            return
+        src = Path(os.fsdecode(event.src_path))
+        if kind == "moved":
+            dest = Path(os.fsdecode(event.dest_path))
+            unit = self.finder.unit_for(dest)
+            if unit:  # renamed into place: complete as far as the writer is concerned
+                self.tracker.touched(unit, closed=src if unit.path != dest else dest)
+            return
+        unit = self.finder.unit_for(src)
+        if unit is None:
+            return
+        if kind == "deleted" and src == unit.path:
+            self.tracker.forget(unit.path)
+        elif kind == "closed":
+            self.tracker.touched(unit, closed=src)
+        elif kind in ("created", "modified") and not event.is_directory:
+            self.tracker.touched(unit, writing=src)
+        else:
+            self.tracker.touched(unit)
+
+
+class FolderWatcher:
+    """inotify events (watchdog) feeding a CompletionTracker; call ``rescan`` periodically too."""
+
+    def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker) -> None:
+        self.finder = finder
+        self.tracker = tracker
+        self._observer = Observer()
+        self._observer.schedule(_Events(finder, tracker), str(finder.root), recursive=True)
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=10)
+
+    def rescan(self) -> list[Unit]:
+        units = self.finder.scan()
+        for unit in units:
+            self.tracker.touched(unit)
+        return units

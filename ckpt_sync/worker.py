@@ -1,0 +1,160 @@
+"""The sync worker: take a job from the durable queue, push it, mark it done, apply retention.
+
+Used by ``ckpt-sync watch`` and by the in-process ``SyncClient``. A job that fails for a reason
+that may pass (storage gave up after its retries, a file changed while read, a concurrent prune)
+goes back to the queue with exponential backoff; a cancelled job (SIGTERM) goes back untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .chunking import ChunkPolicy
+from .errors import Cancelled, CkptSyncError, UsageError
+from .manifest import Manifest
+from .prune import DEFAULT_GRACE, prune
+from .push import push_path
+from .queue import Job, JobQueue
+from .repository import Repository
+from .retention import fifo_with_tags
+from .transfer import TransferStats
+from .units import format_bytes
+
+log = logging.getLogger("ckpt_sync.worker")
+
+MAX_BACKOFF = 300.0
+
+
+class SyncWorker:
+    def __init__(
+        self,
+        repo: Repository,
+        queue: JobQueue,
+        *,
+        keep: int | None = None,
+        grace: float = DEFAULT_GRACE,
+        workers: int | None = None,
+        policy: ChunkPolicy = ChunkPolicy(),
+        max_attempts: int | None = None,
+        on_commit: Callable[[Job, Manifest, TransferStats], None] | None = None,
+    ) -> None:
+        self.repo = repo
+        self.queue = queue
+        self.keep = keep
+        self.grace = grace
+        self.workers = workers
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self.on_commit = on_commit
+        self.failed: list[Job] = []
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run(self, stop: threading.Event, *, drain: bool = False, poll: float = 0.5) -> None:
+        """Process jobs until ``stop`` is set (or, with ``drain``, until the queue is empty)."""
+        self.queue.recover_orphans()
+        last_recovery = time.monotonic()
+        while not stop.is_set():
+            job = self.queue.claim()
+            if job is None:
+                if drain and self.queue.unfinished() == 0:
+                    return
+                if time.monotonic() - last_recovery > 30:  # another process's worker may have died
+                    self.queue.recover_orphans()
+                    last_recovery = time.monotonic()
+                self._wake.wait(poll)
+                self._wake.clear()
+                continue
+            self.process(job, stop)
+
+    def process(self, job: Job, stop: threading.Event) -> None:
+        done = [0]
+        beating = threading.Event()
+
+        def heartbeat() -> None:
+            while not beating.wait(2.0):
+                self.queue.beat(job.id, done[0])
+
+        def progress(n: int) -> None:
+            done[0] += n
+
+        beat = threading.Thread(target=heartbeat, name=f"job {job.id} heartbeat", daemon=True)
+        beat.start()
+        try:
+            source = job.source
+            if not source.exists():
+                raise UsageError(f"{job.path} vanished before it could be uploaded (and no held copy exists)")
+            manifest, stats = push_path(
+                self.repo,
+                source,
+                name=job.name,
+                tags=job.tags,
+                metadata={**job.metadata, "source_mtime_ns": job.mtime_ns},
+                policy=self.policy,
+                workers=self.workers,
+                progress=progress,
+                cancel=stop,
+            )
+        except Cancelled:
+            self.queue.release(job)
+            log.info("stopped while uploading %s; it resumes on the next start", job.name)
+            return
+        except UsageError as err:
+            self._give_up(job, str(err))
+            return
+        except Exception as err:  # storage gave up, file changed, concurrent prune, a bug: try again later
+            message = str(err) if isinstance(err, CkptSyncError) else f"{type(err).__name__}: {err}"
+            if self.max_attempts is not None and job.attempts + 1 >= self.max_attempts:
+                self._give_up(job, message)
+            else:
+                delay = min(MAX_BACKOFF, 2.0**job.attempts)
+                log.warning("upload of %s failed (%s); retrying in %.0fs", job.name, message, delay)
+                self.queue.retry_later(job, message, delay)
+            return
+        finally:
+            beating.set()
+            beat.join()
+        self.queue.complete(job, manifest.id, stats.bytes_new, stats.bytes_sent, stats.seconds)
+        log.info(
+            "committed %s (%s) as %s: %s new, %s sent in %.1fs",
+            manifest.name,
+            format_bytes(manifest.size),
+            manifest.id,
+            format_bytes(stats.bytes_new),
+            format_bytes(stats.bytes_sent),
+            stats.seconds,
+            extra={
+                "event": "committed",
+                "checkpoint": manifest.name,
+                "id": manifest.id,
+                "size": manifest.size,
+                "bytes_new": stats.bytes_new,
+                "bytes_sent": stats.bytes_sent,
+                "seconds": round(stats.seconds, 3),
+            },
+        )
+        if self.on_commit:
+            self.on_commit(job, manifest, stats)
+        self._apply_retention()
+
+    def _give_up(self, job: Job, message: str) -> None:
+        log.error("giving up on %s: %s", job.name, message)
+        self.queue.fail(job, message)
+        self.failed.append(job)
+
+    def _apply_retention(self) -> None:
+        """Retention runs only right after this worker committed something (never on an empty start)."""
+        if not self.keep:
+            return
+        try:
+            report = prune(self.repo, fifo_with_tags(self.keep), grace=self.grace)
+        except Exception as err:  # retention failing must not stop uploads
+            log.warning("remote retention failed: %s", err)
+            return
+        if report.removed:
+            log.info("retention removed %d checkpoint(s): %s", len(report.removed), ", ".join(report.removed_names))
