@@ -17,6 +17,7 @@ from typing import Any
 from .api import open_repository
 from .errors import OperationFailed
 from .locations import state_home
+from .prune import DEFAULT_GRACE
 from .queue import DONE, FAILED, JobQueue
 from .worker import SyncWorker
 
@@ -29,6 +30,7 @@ class SyncClient:
         state_dir: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
         keep: int | None = None,
+        grace: float = DEFAULT_GRACE,
         worker: bool = True,
         workers: int | None = None,
     ) -> None:
@@ -39,7 +41,7 @@ class SyncClient:
         self._worker: SyncWorker | None = None
         self._thread: threading.Thread | None = None
         if worker:
-            self._worker = SyncWorker(self.repo, self.queue, keep=keep, workers=workers)
+            self._worker = SyncWorker(self.repo, self.queue, keep=keep, grace=grace, workers=workers)
             self._thread = threading.Thread(
                 target=self._worker.run, args=(self._stop,), name="ckpt-sync-client", daemon=True
             )

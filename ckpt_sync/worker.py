@@ -135,6 +135,8 @@ class SyncWorker:
                 "size": manifest.size,
                 "bytes_new": stats.bytes_new,
                 "bytes_sent": stats.bytes_sent,
+                "chunks": stats.chunks,
+                "chunks_new": stats.chunks_new,
                 "seconds": round(stats.seconds, 3),
             },
         )
