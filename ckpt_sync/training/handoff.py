@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from .atomic import atomic_write_json, fsync_dir
 from .errors import HandoffError
+from .naming import STAGING_DIR, SYNC_STATE_DIR
 
 log = logging.getLogger("ckpt_sync.training")
 
@@ -240,29 +241,44 @@ class SyncClientHandoff:
             self._fallback.wait()
 
     def close(self) -> None:
+        """Wait for the uploads (the SyncClient's own close does not), then stop its worker."""
         try:
-            self.client.close()
+            self.wait()
         finally:
-            if self._fallback is not None:
-                self._fallback.close()
+            try:
+                self.client.close()
+            finally:
+                if self._fallback is not None:
+                    self._fallback.close()
 
 
 def make_handoff(
-    repo: str, *, staging_dir: str | os.PathLike[str], key_file: str | os.PathLike[str] | None = None
+    repo: str,
+    *,
+    directory: str | os.PathLike[str],
+    key_file: str | os.PathLike[str] | None = None,
+    remote_keep: int | None = None,
 ) -> SyncHandoff:
-    """The durable ``ckpt_sync.SyncClient`` when this installation has it, else ``BackgroundPush``."""
+    """The durable ``ckpt_sync.SyncClient`` when this installation has it, else ``BackgroundPush``.
+
+    Both keep their state (queue, held links) in a hidden folder inside ``directory``: the same
+    filesystem as the checkpoints, so holding a file is a hard link, never a copy. ``remote_keep``
+    (SyncClient only) prunes the repository to that many newest checkpoints plus ``best``; 0 or None: never.
+    """
     import ckpt_sync
 
+    directory = Path(directory)
+
     def fallback() -> BackgroundPush:
-        return BackgroundPush(repo, staging_dir=staging_dir, key_file=key_file)
+        return BackgroundPush(repo, staging_dir=directory / STAGING_DIR, key_file=key_file)
 
     client_cls = getattr(ckpt_sync, "SyncClient", None)
     if client_cls is not None:
         try:
             params = inspect.signature(client_cls).parameters
             kwargs: dict[str, Any] = {"repo": repo}
-            if key_file is not None and "key_file" in params:
-                kwargs["key_file"] = key_file
+            optional = {"key_file": key_file, "state_dir": directory / SYNC_STATE_DIR, "keep": remote_keep or None}
+            kwargs.update({k: v for k, v in optional.items() if v is not None and k in params})
             return SyncClientHandoff(client_cls(**kwargs), fallback=fallback)
         except (TypeError, ValueError) as err:
             log.warning("[SYNC] ckpt_sync.SyncClient unusable here (%s); pushing in the background instead", err)

@@ -40,7 +40,6 @@ from .errors import CheckpointCorruptWarning, CheckpointSaveError, TrainingInter
 from .handoff import SyncHandoff, make_handoff
 from .naming import (
     BEST_DIR,
-    STAGING_DIR,
     check_session_id,
     checkpoint_name,
     list_checkpoints,
@@ -72,6 +71,8 @@ class CheckpointManager:
       (smaller and faster); recovery uses the newest full one, and rotation always keeps it.
     - ``repo``: a repository URL; each finished checkpoint is handed to sync in the background, the
       best model tagged ``best``; ``recover()`` pulls from it when the folder has no valid checkpoint.
+      ``remote_keep`` prunes the repository to that many newest checkpoints (plus ``best``) after each
+      upload; default ``max_keep`` (as ``ckpt-sync watch --keep``), 0 never prunes.
     - ``on_signal``: after the emergency checkpoint, ``"raise"`` TrainingInterrupted or ``"exit"``
       (``exit_code``, default 128 + signal number). ``handle_signals=False`` leaves signals alone.
     - ``pid_file``: written at start, removed at close, for external power-event hooks.
@@ -91,6 +92,7 @@ class CheckpointManager:
         session_id: str | None = None,
         repo: str | None = None,
         key_file: str | os.PathLike[str] | None = None,
+        remote_keep: int | None = None,
         if_busy: Literal["wait", "skip"] = "wait",
         full_every: int | None = None,
         compression: bool | str = False,
@@ -166,7 +168,8 @@ class CheckpointManager:
                 self.directory,
             )
         if handoff is None and repo is not None:
-            handoff = make_handoff(repo, staging_dir=self.directory / STAGING_DIR, key_file=key_file)
+            keep = max_keep if remote_keep is None else remote_keep
+            handoff = make_handoff(repo, directory=self.directory, key_file=key_file, remote_keep=keep)
         self._handoff = handoff
         self._signals: EmergencySignals | None = None
         if handle_signals or pid_file:
