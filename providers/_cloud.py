@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
-from ckpt_sync.errors import NotFound, UsageError
+from ckpt_sync.errors import NotFound, StorageError, UsageError
 
 from .base import ObjectInfo
 
@@ -144,7 +144,10 @@ class ObjectStoreProvider:
             except ConditionalWriteUnsupported:
                 honoured = False
             finally:
-                self._delete(name, probe)
+                try:
+                    self._delete(name, probe)
+                except StorageError as err:  # a leftover probe object is harmless; the answer is what matters
+                    log.debug("could not remove the probe object %s: %s", probe, err)
             if honoured:
                 self.atomic_put_if_absent = True
             else:

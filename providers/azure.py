@@ -174,6 +174,8 @@ class AzureBlobProvider(ObjectStoreProvider):
                 f"access denied to {what} ({code or err.status_code}): check the account key or SAS, or give the "
                 f"identity the 'Storage Blob Data Contributor' role on container {self.container!r}"
             )
+        if isinstance(err, ServiceRequestError) and "Connection refused" in str(err):
+            return TransientStorageError(f"cannot reach the Azure endpoint for {what}: check the endpoint and network")
         if isinstance(err, ServiceRequestError | ServiceResponseError | DecodeError):
             # connection refused/reset, timeouts (their *TimeoutError subclasses), truncated bodies
             return TransientStorageError(f"{op} {what}: connection failed ({one_line(err)})")

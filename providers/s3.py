@@ -164,11 +164,13 @@ class S3Provider(ObjectStoreProvider):
         if isinstance(err, bx.EndpointConnectionError):
             return TransientStorageError(f"cannot reach the S3 endpoint for {what}: check the endpoint and network")
         if isinstance(err, bx.ConnectTimeoutError | bx.ReadTimeoutError):
-            return TransientStorageError(f"{op} {what}: timed out ({one_line(err)})")
+            return TransientStorageError(f"{op} {what}: timed out ({type(err).__name__})")
         if isinstance(err, bx.ParamValidationError):
-            return PermanentStorageError(f"{op} {what}: invalid request ({one_line(err)}); check the bucket name")
+            detail = one_line(" ".join(str(err).split()))
+            return PermanentStorageError(f"{op} {what}: invalid request ({detail}); check the bucket name")
         if isinstance(err, bx.HTTPClientError | bx.IncompleteReadError | bx.ResponseStreamingError | Urllib3Error):
-            return TransientStorageError(f"{op} {what}: connection failed ({one_line(err)})")
+            # class name only: botocore's messages repeat the whole request URL
+            return TransientStorageError(f"{op} {what}: connection failed ({type(err).__name__})")
         if isinstance(err, OSError):
             return TransientStorageError(f"{op} {what}: {one_line(err)}")
         if isinstance(err, bx.BotoCoreError):
