@@ -99,3 +99,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedPr
         return proc
 
     return run
+
+
+# Test helper modules (helpers.py, slow_cli.py) live beside the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -1,0 +1,54 @@
+"""Helpers for tests that run real daemons and look at a local repository's files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SLOW_CLI = str(Path(__file__).with_name("slow_cli.py"))
+
+
+def chunk_files(repo_dir: Path) -> list[Path]:
+    root = repo_dir / "chunks"
+    return [p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")] if root.exists() else []
+
+
+def manifest_ids(repo_dir: Path) -> list[str]:
+    root = repo_dir / "manifests"
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) if root.exists() else []
+
+
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = 120.0, every: float = 0.05) -> object:
+    """Poll ``predicate`` until truthy; the timeout only guards against a hang, it is not a speed check."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def start_cli(*args: str, put_delay: float = 0.0, log_file: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``ckpt-sync ARGS`` as a real process (optionally with slowed chunk uploads)."""
+    env = {**os.environ, "CKPT_TEST_PUT_DELAY": str(put_delay)}
+    out = open(log_file, "wb") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
+    return subprocess.Popen([sys.executable, SLOW_CLI, *args], stdout=subprocess.DEVNULL, stderr=out, env=env)
+
+
+def json_events(log_file: Path, event: str) -> list[dict]:
+    out = []
+    for line in log_file.read_text().splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if d.get("event") == event:
+            out.append(d)
+    return out
