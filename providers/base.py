@@ -27,10 +27,17 @@ class Provider(Protocol):
     url: str
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        """Store ``data`` under ``key`` (replacing it). A reader sees the old or new object, never a part."""
+        """Store ``data`` under ``key`` (replacing it). A reader sees the old or new object, never a part.
+
+        Visible on return; durable on return, or at the latest when a later ``put_if_absent`` of the
+        same provider returns (that is the commit point, and a durability barrier).
+        """
 
     def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
-        """Store only if ``key`` does not exist; True if written, False if it already existed."""
+        """Store only if ``key`` does not exist; True if written, False if it already existed.
+
+        Everything earlier ``put`` calls stored is durable before this object is.
+        """
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Read the object (or ``length`` bytes from ``start``). Raises NotFound."""
