@@ -47,7 +47,7 @@ from .naming import (
     parse_checkpoint_path,
 )
 from .session import build_session, listed_path, load_or_rebuild, read_session, write_session
-from .state import capture_rng_state, check_loadable, gpu_memory, restore_rng_state, snapshot, system_metadata
+from .state import Snapshotter, capture_rng_state, check_loadable, gpu_memory, restore_rng_state, system_metadata
 from .triggers import BestMetric, SaveContext, SaveTrigger, default_trigger
 from .verification import inspect_checkpoint, leftover_temps, quarantine
 
@@ -65,6 +65,8 @@ class CheckpointManager:
     it off), ``every_n_steps`` (step trigger), ``max_keep`` (FIFO; None keeps all), ``compression``
     (False, True = zstd when installed else zip, or a codec name) and ``async_save``. Others:
 
+    - ``reuse_snapshot_buffers``: with async saves, keep the host copy between saves and refill it in
+      place (faster snapshots, fewer page faults) instead of allocating a new one each time.
     - ``if_busy``: with async saves, what a trigger does while the previous write is still running —
       ``"wait"`` for it, or ``"skip"`` this save. Best-model and emergency saves always wait.
     - ``full_every=K``: only every K-th save holds optimizer/scheduler state, the rest are model-only
@@ -89,6 +91,7 @@ class CheckpointManager:
         every_n_steps: int | None = None,
         max_keep: int | None = 5,
         async_save: bool = True,
+        reuse_snapshot_buffers: bool = True,
         session_id: str | None = None,
         repo: str | None = None,
         key_file: str | os.PathLike[str] | None = None,
@@ -153,6 +156,7 @@ class CheckpointManager:
         self._lock = threading.RLock()
         self._metadata = system_metadata()
         self._writer = BackgroundWriter() if async_save else None
+        self._snapshot = Snapshotter(reuse=reuse_snapshot_buffers)
         self._closed = False
 
         heal_best_dir(self.best_dir)
@@ -304,7 +308,7 @@ class CheckpointManager:
         pretrained_live = best and hasattr(bare, "save_pretrained") and not save_pretrained_takes_state_dict(bare)
         background = self._writer is not None and signum is None  # emergency saves are on disk before we return
         if background:
-            content, best_sd = snapshot((content, best_sd))  # the only part that blocks the training loop
+            content, best_sd = self._snapshot((content, best_sd))  # the only part that blocks the training loop
 
         def job() -> None:
             if content is not None:

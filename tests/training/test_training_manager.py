@@ -340,3 +340,25 @@ def test_recovery_drill_loads_the_newest_into_a_fresh_model(tmp_path: Path, tiny
         mgr.save(1, 0)
     assert recovery_drill(tmp_path, lambda: tiny(seed=9)[0], torch.randn(1, 4))
     assert not recovery_drill(tmp_path, lambda: torch.nn.Linear(3, 3), torch.randn(1, 3))
+
+
+def test_async_saves_reuse_snapshot_buffers_without_mixing_up_checkpoints(
+    tmp_path: Path, tiny: Callable[..., tuple]
+) -> None:
+    from ckpt_sync.training.state import Snapshotter
+
+    snap = Snapshotter()
+    first = snap({"w": torch.ones(3)})
+    second = snap({"w": torch.zeros(3)})
+    assert second["w"] is first["w"]  # refilled in place: no fresh allocation (and page faults) per save
+
+    model, opt, sched = tiny()
+    expected = {}
+    with manager(tmp_path, model, opt, sched, async_save=True, every_n_steps=1) as mgr:
+        for step in (1, 2, 3):
+            train(model, opt, sched)
+            expected[step] = {k: v.clone() for k, v in model.state_dict().items()}
+            mgr.maybe_save(step, 0)
+    for step, state in expected.items():
+        saved = load_checkpoint(next(tmp_path.glob(f"checkpoint_*_{step}.pt")))["model_state_dict"]
+        assert all(torch.equal(saved[k], v) for k, v in state.items()), f"checkpoint {step} holds another step"
