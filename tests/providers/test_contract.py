@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import pytest
+from ckpt_sync.providers import open_provider
 
 from ckpt_sync.errors import NotFound, PermanentStorageError
 
@@ -32,6 +33,26 @@ def test_put_then_get_returns_the_same_bytes(store: Store) -> None:
     assert p.get("a/bytearray") == blob
     assert p.get("a/memoryview") == blob[1000:2000]
     assert p.get("a/empty") == b""
+
+
+def test_an_object_past_8_mib_round_trips_whole_and_by_range(store: Store) -> None:
+    """8 MiB chunks encrypt to a little more than 8 MiB: where GCS switches to resumable uploads."""
+    blob = os.urandom(8 * 2**20 + 73)
+    store.provider.put("chunks/big", blob)
+    assert store.provider.size("chunks/big") == len(blob)
+    assert store.provider.get("chunks/big") == blob
+    assert store.provider.get("chunks/big", 8 * 2**20 - 10, 50) == blob[8 * 2**20 - 10 : 8 * 2**20 + 40]
+    assert store.provider.put_if_absent("manifests/big", blob) is True
+    assert store.provider.get("manifests/big") == blob
+
+
+def test_from_url_ignores_options_it_does_not_know(store: Store) -> None:
+    other = open_provider(store.provider.url, retry=None, bwlimit_hint=1, some_future_option="x")
+    try:
+        store.provider.put("shared", b"seen by both")
+        assert other.get("shared") == b"seen by both"
+    finally:
+        other.close()
 
 
 def test_put_replaces_an_existing_object(store: Store) -> None:
