@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs
+from . import __version__, config, logs
 from .api import open_repository as _open_repository
 from .api import push_with_stats
 from .chunking import ChunkPolicy
@@ -136,9 +136,11 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
-    """The repository the verb's options name, with their retry budget and endpoint."""
-    options = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
-    retry = RetryPolicy(attempts=max(1, args.retry_attempts), max_seconds=args.retry_time)
+    """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit."""
+    options: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    if args.bwlimit:
+        options["bwlimit"] = args.bwlimit
+    retry = RetryPolicy(attempts=args.retry_attempts, max_seconds=args.retry_time)
     return _open_repository(args.repo, key_file=args.key_file, create=create, retry=retry, **options)
 
 
@@ -281,6 +283,8 @@ def add_repo_option(p: argparse.ArgumentParser, alias: str) -> None:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    if not args.dir:
+        raise UsageError("watch needs a folder: ckpt-sync watch DIR, or watch_dir in the config file")
     root = Path(args.dir)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder to watch")
@@ -296,7 +300,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         signal.signal(sig, on_signal)
     opts = WatchOptions(
         root=root,
-        patterns=tuple(args.pattern) or DEFAULT_PATTERNS,
+        patterns=tuple(args.pattern or DEFAULT_PATTERNS),
         settle=args.settle,
         rescan_every=args.rescan,
         once=args.once,
@@ -305,9 +309,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
         workers=args.workers,
         policy=_policy(args.chunk_size),
     )
+    served = None
     try:
-        return run_watch(repo, queue, opts, stop)
+        if args.metrics_addr:
+            from .metrics import serve
+
+            served = serve(config.parse_address(args.metrics_addr), repo, queue)
+        return run_watch(repo, queue, opts, stop, served.hooks if served else None)
     finally:
+        if served:
+            served.close()
         queue.close()
 
 
@@ -377,8 +388,28 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """The effective settings and where each came from; key material is never shown."""
+    effective: config.Effective = args.settings
+    if args.json:
+        print(json.dumps(effective.to_json(), indent=2))
+        return EXIT_OK
+    if effective.config_file:
+        print(f"config file: {effective.config_file}")
+    else:
+        print(f"config file: none (no --config, ./{config.LOCAL_FILE} or {config.config_dir() / 'config.toml'})")
+    print(_table([list(r) for r in effective.rows()], ["SETTING", "VALUE", "SOURCE"]))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML settings file (default $CKPT_SYNC_CONFIG, else ./ckpt-sync.toml, else "
+        "~/.config/ckpt-sync/config.toml); flags beat the environment, which beats the file",
+    )
     common.add_argument(
         "--key-file",
         metavar="PATH",
@@ -393,16 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--retry-attempts",
         type=int,
-        default=RetryPolicy.attempts,
         metavar="N",
         help=f"attempts per storage call on transient errors (default {RetryPolicy.attempts})",
     )
     common.add_argument(
         "--retry-time",
         type=float,
-        default=RetryPolicy.max_seconds,
         metavar="SECONDS",
         help=f"give up retrying a storage call after this long (default {RetryPolicy.max_seconds:.0f})",
+    )
+    common.add_argument(
+        "--bwlimit",
+        metavar="RATE",
+        help="bytes per second for all uploads and downloads of this process together, e.g. 50M (default: no limit)",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
 
@@ -445,57 +479,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("watch", parents=[common], help="sidecar daemon: upload every complete checkpoint in DIR")
-    p.add_argument("dir", metavar="DIR", help="the folder the training job saves checkpoints into")
+    p.add_argument(
+        "dir", nargs="?", metavar="DIR", help="the folder the training job saves checkpoints into (or watch_dir)"
+    )
     p.add_argument("--state-dir", metavar="DIR", help="queue and held files (default DIR/.ckpt-sync)")
     p.add_argument(
         "--keep",
         type=int,
-        default=5,
         metavar="N",
         help="remote FIFO: keep the N newest (plus the best and pinned); 0 keeps everything (default 5)",
     )
     p.add_argument(
         "--pattern",
         action="append",
-        default=[],
         metavar="GLOB",
         help=f"checkpoint file names (repeatable; default {' '.join(DEFAULT_PATTERNS)})",
     )
     p.add_argument(
         "--settle",
         type=float,
-        default=5.0,
         metavar="SECONDS",
         help="a checkpoint must be closed and unchanged this long before upload (default 5)",
     )
     p.add_argument(
         "--rescan",
         type=float,
-        default=30.0,
         metavar="SECONDS",
         help="full rescan interval, for filesystems that drop events (default 30)",
     )
     p.add_argument(
         "--grace",
         type=float,
-        default=DEFAULT_GRACE,
         metavar="SECONDS",
         help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
     )
     p.add_argument("--once", action="store_true", help="upload what is there, wait until committed, exit")
     p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON")
+    p.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON (default text)")
+    p.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz, /livez probes here, e.g. 127.0.0.1:9109 (default off)",
+    )
     add_repo_option(p, "--to")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("prune", parents=[common], help="apply remote retention now")
-    p.add_argument(
-        "--keep", type=int, default=5, metavar="N", help="keep the N newest, plus best and pinned (default 5)"
-    )
+    p.add_argument("--keep", type=int, metavar="N", help="keep the N newest, plus best and pinned (default 5)")
     p.add_argument(
         "--grace",
         type=float,
-        default=DEFAULT_GRACE,
         metavar="SECONDS",
         help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
     )
@@ -517,15 +550,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("config", help="show the effective settings (flags > env > config file > defaults)")
+    config_sub = p.add_subparsers(dest="config_verb", required=True, metavar="ACTION")
+    p = config_sub.add_parser("show", parents=[common], help="each setting's value and source; keys redacted")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=cmd_config_show)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        # The one place settings are resolved: flags > env > config file > defaults, onto ``args``.
+        settings = config.apply(args) if hasattr(args, "config") else None
+    except CkptSyncError as err:
+        _err(str(err))
+        return err.exit_code
     # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
     quiet = logging.INFO if args.verb in ("watch", "prune") else logging.WARNING
-    logs.configure(logging.DEBUG if args.debug else quiet, getattr(args, "log_format", "text"))
+    logs.configure(logging.DEBUG if args.debug else quiet, settings["log_format"] if settings else "text")
     try:
         return args.func(args)
     except CkptSyncError as err:

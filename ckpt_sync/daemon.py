@@ -11,14 +11,17 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .chunking import ChunkPolicy
 from .errors import IntegrityError, NotFound, UsageError
+from .manifest import Manifest
 from .prune import DEFAULT_GRACE
-from .queue import JobQueue, signature
+from .queue import Job, JobQueue, signature
 from .repository import Repository
+from .transfer import TransferStats
 from .watcher import DEFAULT_PATTERNS, CheckpointFinder, CompletionTracker, FolderWatcher, Unit
 from .worker import SyncWorker
 
@@ -37,6 +40,15 @@ class WatchOptions:
     workers: int | None = None
     policy: ChunkPolicy = ChunkPolicy()
     once_attempts: int = 3
+
+
+@dataclass(frozen=True)
+class WatchHooks:
+    """Observers of a running watch (metrics, health); they see what happens and change nothing."""
+
+    on_commit: Callable[[Job, Manifest, TransferStats], None] | None = None
+    on_failure: Callable[[Job, str, bool], None] | None = None  # (job, message, gave_up)
+    on_tick: Callable[[bool], None] | None = None  # each turn of the main loop: is the worker thread alive?
 
 
 def committed_versions(repo: Repository) -> set[tuple[str, int, int]]:
@@ -58,7 +70,9 @@ def default_state_dir(root: Path) -> Path:
     return root / ".ckpt-sync"
 
 
-def run_watch(repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threading.Event) -> int:
+def run_watch(
+    repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threading.Event, hooks: WatchHooks | None = None
+) -> int:
     """Run until ``stop`` (or, with ``once``, until everything present is committed). Returns the exit code."""
     root = opts.root.absolute()
     if not root.is_dir():
@@ -76,6 +90,8 @@ def run_watch(repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threa
         workers=opts.workers,
         policy=opts.policy,
         max_attempts=opts.once_attempts if opts.once else None,
+        on_commit=hooks.on_commit if hooks else None,
+        on_failure=hooks.on_failure if hooks else None,
     )
     worker_stop = threading.Event()
     worker_thread = threading.Thread(target=worker.run, args=(worker_stop,), name="sync-worker", daemon=True)
@@ -88,6 +104,8 @@ def run_watch(repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threa
     next_scan = time.monotonic() + opts.rescan_every
     try:
         while not stop.is_set():
+            if hooks and hooks.on_tick:
+                hooks.on_tick(worker_thread.is_alive())
             for unit in tracker.ready():
                 if _enqueue_if_new(queue, unit, committed):
                     worker.wake()

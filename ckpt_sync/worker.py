@@ -40,6 +40,7 @@ class SyncWorker:
         policy: ChunkPolicy = ChunkPolicy(),
         max_attempts: int | None = None,
         on_commit: Callable[[Job, Manifest, TransferStats], None] | None = None,
+        on_failure: Callable[[Job, str, bool], None] | None = None,
     ) -> None:
         self.repo = repo
         self.queue = queue
@@ -49,6 +50,7 @@ class SyncWorker:
         self.policy = policy
         self.max_attempts = max_attempts
         self.on_commit = on_commit
+        self.on_failure = on_failure  # (job, message, gave_up): an observer, e.g. metrics
         self.failed: list[Job] = []
         self._wake = threading.Event()
 
@@ -115,13 +117,15 @@ class SyncWorker:
                 delay = min(MAX_BACKOFF, 2.0**job.attempts)
                 log.warning("upload of %s failed (%s); retrying in %.0fs", job.name, message, delay)
                 self.queue.retry_later(job, message, delay)
+                if self.on_failure:
+                    self.on_failure(job, message, False)
             return
         finally:
             beating.set()
             beat.join()
         self.queue.complete(job, manifest.id, stats.bytes_new, stats.bytes_sent, stats.seconds)
         log.info(
-            "committed %s (%s) as %s: %s new, %s sent in %.1fs",
+            "committed %s (%s read) as %s: %s new, %s sent in %.1fs",
             manifest.name,
             format_bytes(manifest.size),
             manifest.id,
@@ -133,6 +137,7 @@ class SyncWorker:
                 "checkpoint": manifest.name,
                 "id": manifest.id,
                 "size": manifest.size,
+                "bytes_read": stats.bytes_read,
                 "bytes_new": stats.bytes_new,
                 "bytes_sent": stats.bytes_sent,
                 "chunks": stats.chunks,
@@ -148,6 +153,8 @@ class SyncWorker:
         log.error("giving up on %s: %s", job.name, message)
         self.queue.fail(job, message)
         self.failed.append(job)
+        if self.on_failure:
+            self.on_failure(job, message, True)
 
     def _apply_retention(self) -> None:
         """Retention runs only right after this worker committed something (never on an empty start)."""

@@ -15,6 +15,7 @@ from typing import Any
 from ckpt_sync.errors import ConfigError, UsageError
 
 from .base import ObjectInfo, Provider
+from .bwlimit import BandwidthLimitedProvider, shared_bucket
 from .retry import RetryingProvider, RetryPolicy
 
 ENTRY_POINT_GROUP = "ckpt_sync.providers"
@@ -64,9 +65,14 @@ def _load_class(scheme: str) -> Any:
 DEFAULT_RETRY = RetryPolicy()
 
 
-def open_provider(url: str, *, retry: RetryPolicy | None = DEFAULT_RETRY, **options: Any) -> Provider:
-    """Build the provider for ``url``, wrapped in retries unless ``retry`` is None."""
+def open_provider(
+    url: str, *, retry: RetryPolicy | None = DEFAULT_RETRY, bwlimit: int | None = None, **options: Any
+) -> Provider:
+    """Build the provider for ``url``: paced by the process's shared ``bwlimit`` bytes/s bucket when
+    given, then wrapped in retries unless ``retry`` is None (so every attempt pays for its bytes)."""
     provider = _load_class(scheme_of(url)).from_url(url, **options)
+    if bwlimit:
+        provider = BandwidthLimitedProvider(provider, shared_bucket(bwlimit))
     return RetryingProvider(provider, retry) if retry is not None else provider
 
 

@@ -28,6 +28,10 @@ from .base import ObjectInfo, Provider
 log = logging.getLogger("ckpt_sync.retry")
 T = TypeVar("T")
 
+# Called as observer(op, error) before each retry's wait (metrics count retries by reason here).
+# Observers must be quick and must not raise: an error in one is logged and ignored.
+RETRY_OBSERVERS: list[Callable[[str, BaseException | None], None]] = []
+
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -47,6 +51,11 @@ class RetryingProvider:
         def before_sleep(state: RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
             log.warning("retrying %s %s/%s after attempt %d: %s", op, self.url, key, state.attempt_number, err)
+            for observe in RETRY_OBSERVERS:
+                try:
+                    observe(op, err)
+                except Exception:
+                    log.debug("retry observer failed", exc_info=True)
 
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(self.policy.max_seconds),
