@@ -70,7 +70,8 @@ class CheckpointManager:
     - ``if_busy``: with async saves, what a trigger does while the previous write is still running —
       ``"wait"`` for it, or ``"skip"`` this save. Best-model and emergency saves always wait.
     - ``full_every=K``: only every K-th save holds optimizer/scheduler state, the rest are model-only
-      (smaller and faster); recovery uses the newest full one, and rotation always keeps it.
+      (smaller and faster); recovery uses the newest full one, rotation always keeps it, and only
+      full checkpoints are handed to sync.
     - ``repo``: a repository URL; each finished checkpoint is handed to sync in the background, the
       best model tagged ``best``; ``recover()`` pulls from it when the folder has no valid checkpoint.
       ``remote_keep`` prunes the repository to that many newest checkpoints (plus ``best``) after each
@@ -389,7 +390,9 @@ class CheckpointManager:
                 self._model_only.add(path.name)
             else:
                 self._model_only.discard(path.name)
-            if self._handoff is not None:  # before rotation: once staged, rotation cannot lose the upload
+            # Before rotation: once handed off (held), rotation cannot lose the upload. Model-only files
+            # stay local: they cannot resume training, and remote FIFO must not push out the full ones.
+            if self._handoff is not None and kind == FULL:
                 self._handoff.enqueue(path, {**sync_meta, "checkpoint_kind": kind}, ())
             if self.backup_dir is not None:
                 backup_checkpoint(path, self.backup_dir)

@@ -180,11 +180,26 @@ def test_fifo_rotation_keeps_max_keep_and_never_the_best_model(tmp_path: Path, t
 def test_selective_saves_hold_optimizer_state_every_kth_save_and_recovery_uses_it(
     tmp_path: Path, tiny: Callable[..., tuple]
 ) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.enqueued: list[str] = []
+
+        def enqueue(self, path: Path, metadata: dict, tags: tuple[str, ...] = ()) -> None:
+            self.enqueued.append(Path(path).name)
+
+        def wait(self) -> None: ...
+
+        def close(self) -> None: ...
+
+    sync = Recorder()
     model, opt, sched = tiny()
-    with manager(tmp_path, model, opt, sched, every_n_steps=1, max_keep=2, full_every=3, async_save=False) as mgr:
+    with manager(
+        tmp_path, model, opt, sched, every_n_steps=1, max_keep=2, full_every=3, async_save=False, handoff=sync
+    ) as mgr:
         for step in range(1, 6):
             train(model, opt, sched)
             mgr.maybe_save(step, 0)
+    assert [n.rsplit("_", 1)[1] for n in sync.enqueued] == ["1.pt", "4.pt"]  # only resumable ones go remote
     kinds = {int(p.stem.rsplit("_", 1)[1]): load_checkpoint(p)["checkpoint_kind"] for p in tmp_path.glob("*.pt")}
     # saves 1 and 4 are full; rotation keeps the 2 newest (4, 5) and never drops the newest full one
     assert kinds == {4: "full", 5: "model_only"}
