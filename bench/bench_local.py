@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import MiB, fmt_rate, make_checkpoint, parse_size, print_table, run_python  # noqa: E402
+from common import MiB, fmt_rate, make_checkpoint, parse_size, print_table, run_python
 
 PLAIN_COPY = r"""
 import os, shutil, sys

@@ -1,0 +1,53 @@
+"""restic and rclone crypt on the same bytes, to a local folder: the peers we compare push/pull with.
+
+A peer whose binary is missing is reported as skipped, never faked. Both run with their defaults
+(restic 0.14+: repository v2, compression auto; rclone crypt: XSalsa20-Poly1305, names encrypted).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from common import Measured, run_cmd
+
+PASSWORD = "ckpt-sync-bench"
+
+
+def have(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def restic(work: Path, src: Path) -> tuple[Measured, Measured] | None:
+    """(backup, restore) of ``src`` with restic to a local repository, or None if restic is missing."""
+    if not have("restic"):
+        return None
+    env = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    repo = str(work / "restic-repo")
+    run_cmd(["restic", "init", "--repo", repo, "--quiet"], env=env)
+    backup = run_cmd(["restic", "backup", "--repo", repo, "--quiet", str(src)], env=env)
+    target = work / "restic-out"
+    restore = run_cmd(["restic", "restore", "latest", "--repo", repo, "--target", str(target), "--quiet"], env=env)
+    restored = target / str(src).lstrip("/")
+    assert restored.stat().st_size == src.stat().st_size, "restic restored the wrong size"
+    return backup, restore
+
+
+def rclone_crypt(work: Path, src: Path) -> tuple[Measured, Measured] | None:
+    """(copy in, copy out) of ``src`` through an rclone crypt remote on a local folder, or None."""
+    if not have("rclone"):
+        return None
+    obscured = subprocess.run(["rclone", "obscure", PASSWORD], capture_output=True, text=True, check=True).stdout
+    env = {
+        "RCLONE_CONFIG": os.devnull,
+        "RCLONE_CONFIG_BENCHCRYPT_TYPE": "crypt",
+        "RCLONE_CONFIG_BENCHCRYPT_REMOTE": str(work / "rclone-remote"),
+        "RCLONE_CONFIG_BENCHCRYPT_PASSWORD": obscured.strip(),
+    }
+    push = run_cmd(["rclone", "copy", str(src), "benchcrypt:"], env=env)
+    out = work / "rclone-out"
+    pull = run_cmd(["rclone", "copy", f"benchcrypt:{src.name}", str(out)], env=env)
+    assert (out / src.name).stat().st_size == src.stat().st_size, "rclone restored the wrong size"
+    return push, pull

@@ -1,0 +1,131 @@
+"""Every performance figure in one run, side by side on the same generated checkpoints.
+
+    python bench/run.py [--size 1G] [--big 4G] [--no-s3] [--dir PATH]
+
+Sections: the CPU's own limits; push/pull to a local-folder repository against restic and rclone
+crypt (a missing peer is reported as skipped); the incremental fine-tuning checkpoint; peak RSS for a
+``--size`` and a ``--big`` checkpoint (the same budget must hold for both); and push/pull to moto's
+S3 server against plain boto3 (bench/bench_s3.py). Results are ratios measured in this run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import cpu_limits  # noqa: E402
+import incremental  # noqa: E402
+import peers  # noqa: E402
+from common import Measured, MiB, make_checkpoint, parse_size, print_table, run_python  # noqa: E402
+
+
+def _rate(nbytes: int, m: Measured) -> str:
+    return f"{nbytes / MiB / m.seconds:.0f} MiB/s"
+
+
+def _ours(ckpt: Path, repo: Path, out: Path, env: dict[str, str]) -> tuple[Measured, Measured]:
+    push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(repo), str(ckpt), env=env)
+    pull = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env)
+    assert (out / ckpt.name).stat().st_size == ckpt.stat().st_size
+    return push, pull
+
+
+def section_cpu(ckpt: Path) -> None:
+    binary, standard = cpu_limits.encryption_rate()
+    read = cpu_limits.read_rate(ckpt)
+    print("\n## CPU limits (one core)")
+    print_table(
+        [
+            ("binary Fernet token encryption (ours)", f"{binary / MiB:.0f} MiB/s"),
+            ("Fernet.encrypt (base64 tokens)", f"{standard / MiB:.0f} MiB/s"),
+            ("sequential file read", f"{read / MiB:.0f} MiB/s"),
+        ],
+        ("what", "rate"),
+    )
+
+
+def section_local(work: Path, ckpt: Path, env: dict[str, str]) -> dict[str, float]:
+    nbytes = ckpt.stat().st_size
+    push, pull = _ours(ckpt, work / "repo", work / "out", env)
+    rows = [("ckpt-sync", _rate(nbytes, push), _rate(nbytes, pull), f"{push.peak_mib:.0f}/{pull.peak_mib:.0f}")]
+    best_push = best_pull = None
+    for name, fn in (("restic", peers.restic), ("rclone crypt", peers.rclone_crypt)):
+        result = fn(work, ckpt)
+        if result is None:
+            rows.append((name, "skipped (not installed)", "", ""))
+            continue
+        p, q = result
+        rows.append((name, _rate(nbytes, p), _rate(nbytes, q), ""))
+        best_push = min(best_push or p.seconds, p.seconds)
+        best_pull = min(best_pull or q.seconds, q.seconds)
+    print(f"\n## Local-folder repository, {nbytes / MiB:.0f} MiB torch checkpoint (MLP + Adam state)")
+    print_table(rows, ("tool", "push / backup", "pull / restore", "our peak RSS MiB push/pull"))
+    ratios = {}
+    if best_push:
+        ratios["push vs faster peer"] = best_push / push.seconds
+        ratios["pull vs faster peer"] = best_pull / pull.seconds
+    return ratios
+
+
+def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, float]:
+    rows, peaks = [], {}
+    for size in sizes:
+        ckpt = make_checkpoint(work / f"rss-{size}" / "checkpoint_rss_1.pt", size)
+        push, pull = _ours(ckpt, work / f"rss-repo-{size}", work / f"rss-out-{size}", env)
+        label = f"{ckpt.stat().st_size / (1 << 30):.1f} GiB"
+        rows.append((label, f"{push.peak_mib:.0f}", f"{pull.peak_mib:.0f}"))
+        peaks[label] = max(push.peak_mib or 0, pull.peak_mib or 0)
+        shutil.rmtree(ckpt.parent, ignore_errors=True)
+        shutil.rmtree(work / f"rss-repo-{size}", ignore_errors=True)
+        shutil.rmtree(work / f"rss-out-{size}", ignore_errors=True)
+    print("\n## Peak RSS (MiB) by checkpoint size")
+    print_table(rows, ("checkpoint", "push", "pull"))
+    return peaks
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="main checkpoint size (default 1G)")
+    ap.add_argument("--big", default="4G", help="second size for the memory check (default 4G; 0 to skip)")
+    ap.add_argument("--no-s3", action="store_true", help="skip the S3 section")
+    ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    args = ap.parse_args()
+    from cryptography.fernet import Fernet
+
+    env = {"BACKUP_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+    size = parse_size(args.size)
+    work = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir))
+    summary: list[tuple[str, str, str]] = []
+    try:
+        ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
+        section_cpu(ckpt)
+        for name, ratio in section_local(work, ckpt, env).items():
+            target = "2.0" if name.startswith("push") else "1.5"
+            summary.append((f"local {name} (x faster)", f"{ratio:.2f}", f">= {target}"))
+        inc = incremental.run(work, env)
+        print(f"\n## Incremental: fine-tuned head, frozen backbone ({inc['backbone_share']:.0%} of parameters)")
+        print(f"second checkpoint {inc['size'] / MiB:.1f} MiB: {inc['bytes_new'] / MiB:.2f} MiB new, "
+              f"{inc['bytes_sent'] / MiB:.2f} MiB sent = {inc['share_sent']:.1%} of the file")
+        summary.append(("incremental bytes sent / file size", f"{inc['share_sent']:.1%}", "<= 15%"))
+        sizes = [size] + ([parse_size(args.big)] if parse_size(args.big) else [])
+        for label, peak in section_rss(work, sizes, env).items():
+            summary.append((f"peak RSS push/pull, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
+        if not args.no_s3:
+            print("\n## S3 (moto server on loopback) vs plain boto3")
+            sys.stdout.flush()
+            subprocess.run([sys.executable, str(HERE / "bench_s3.py"), "--size", args.size], check=True)
+        print("\n## Summary (ratios from this run)")
+        print_table(summary, ("figure", "measured", "target"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
