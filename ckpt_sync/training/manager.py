@@ -539,11 +539,10 @@ class CheckpointManager:
         self.training_stats.update({k: list(v) for k, v in stats.items() if k not in _BUILTIN_STATS})
         sid = ckpt.get("session_id")
         if not self._explicit_session and isinstance(sid, str):
-            if sid != self.session_id:
-                session = read_session(self.directory) or {}
-                if session.get("session_id") == sid and isinstance(session.get("start_time"), int | float):
-                    self._start_time = float(session["start_time"])
-            self.session_id = check_session_id(sid)
+            self.session_id = check_session_id(sid)  # a resumed run continues its session (and file names)
+        session = read_session(self.directory) or {}
+        if session.get("session_id") == self.session_id and isinstance(session.get("start_time"), int | float):
+            self._start_time = float(session["start_time"])
         step, epoch = int(ckpt["global_step"]), int(ckpt["epoch"])
         self._last_save_step = step
         self._last_save_time = self._clock()

@@ -50,6 +50,7 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, reference_losses: dic
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert [p.name for p in sorted(ckpt.glob("checkpoint_*.pt"))] == ["checkpoint_run1_10.pt", "checkpoint_run1_5.pt"]
+    started = json.loads((ckpt / "training_session.json").read_text())["start_time"]
 
     # Third run: recover() and continue to step 20.
     done = run_script(*common, "--recover", "--losses", str(tmp_path / "resumed"))
@@ -59,6 +60,8 @@ def test_resume_after_sigkill_is_bit_exact(tmp_path: Path, reference_losses: dic
     assert sorted(resumed) == list(range(11, STEPS + 1))
     for step in range(11, STEPS + 1):
         assert resumed[step] == reference_losses[step], f"step {step} differs after resume"
+    session = json.loads((ckpt / "training_session.json").read_text())
+    assert session["start_time"] == started and session["current_step"] == STEPS  # one session, resumed
 
 
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
