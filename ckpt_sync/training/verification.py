@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from .atomic import fsync_dir, is_temp_name
 from .loading import load_checkpoint, plain_file
 from .naming import QUARANTINE_DIR, list_checkpoints, parse_checkpoint_path
@@ -153,7 +154,9 @@ def validate_checkpoint_integrity(path: str | os.PathLike[str]) -> dict[str, boo
 
 
 def check_directory(directory: str | os.PathLike[str]) -> list[CheckResult]:
-    """Check every seed-named checkpoint in ``directory``, oldest first."""
+    """Check every seed-named checkpoint in ``directory``, oldest first; UsageError if it is not a folder."""
+    if not Path(directory).is_dir():
+        raise UsageError(f"{directory} is not a folder")
     return [check_checkpoint(c.path) for c in list_checkpoints(directory)]
 
 
@@ -197,12 +200,8 @@ def repair(directory: str | os.PathLike[str], *, temp_grace_s: float = 300.0) ->
     Temp files younger than ``temp_grace_s`` are left alone: a running trainer may still be writing them.
     """
     directory = Path(directory)
-    if not directory.is_dir():
-        from ..errors import UsageError
-
-        raise UsageError(f"{directory} is not a folder")
-    base = read_session(directory)
     results = check_directory(directory)
+    base = read_session(directory)
     moved: list[tuple[Path, Path]] = []
     for r in results:
         if not r.ok:

@@ -162,9 +162,16 @@ def test_fresh_host_recover_pulls_the_newest_committed_checkpoint(
     assert json.loads((fresh / "best_model" / "best_metadata.json").read_text())["step"] == 3
 
 
+@pytest.mark.parametrize("hold", ["hard-link", "no-links-here"])
 def test_rotation_never_loses_a_checkpoint_that_is_still_uploading(
-    tmp_path: Path, tiny: Callable[..., tuple], key: str, repo_url: str
+    tmp_path: Path, tiny: Callable[..., tuple], key: str, repo_url: str, monkeypatch: pytest.MonkeyPatch, hold: str
 ) -> None:
+    if hold == "no-links-here":  # a filesystem without hard links: rotation must skip held files instead
+
+        def no_link(src: Any, dst: Any) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr("ckpt_sync.training.handoff._link_tree", no_link)
     gate = threading.Event()
 
     def slow_push(path: Path, **kw: Any) -> str:
@@ -184,7 +191,8 @@ def test_rotation_never_loses_a_checkpoint_that_is_still_uploading(
             path = mgr.maybe_save(step, 0)
             assert path is not None
             digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        assert len(list(directory.glob("checkpoint_*.pt"))) == 2  # rotation ran while every upload was blocked
+        # rotation ran while every upload was blocked: originals go (links hold them) or stay (held in place)
+        assert len(list(directory.glob("checkpoint_*.pt"))) == (2 if hold == "hard-link" else 5)
         assert handoff.pending() == 5
         gate.set()
     assert handoff.pending() == 0
@@ -196,3 +204,28 @@ def test_rotation_never_loses_a_checkpoint_that_is_still_uploading(
         m = api.pull(to=restored, repo=repo, checkpoint=mid)
         assert hashlib.sha256((restored / m.name).read_bytes()).hexdigest() == digests.pop(m.name)
     assert digests == {}
+
+
+def test_uploads_that_failed_are_retried_by_the_next_run(tmp_path: Path, key: str, repo_url: str) -> None:
+    from ckpt_sync.training import HandoffError
+
+    ckpt = tmp_path / "checkpoint_s_1.pt"
+    torch.save({"w": torch.ones(3)}, ckpt)
+    staging = tmp_path / ".ckpt-sync-staging"
+
+    def offline(path: Path, **kw: Any) -> str:
+        raise OSError("network unreachable")
+
+    first = BackgroundPush(repo_url, staging_dir=staging, push=offline)
+    first.enqueue(ckpt, {"global_step": 1, "epoch": 0}, ())
+    with pytest.raises(HandoffError, match="network unreachable"):
+        first.close()
+    ckpt.unlink()  # rotated away locally meanwhile: the staged link still has it
+
+    second = BackgroundPush(repo_url, staging_dir=staging)  # the next run on this folder
+    second.close()
+    [mid] = api.open_repository(repo_url).manifest_ids()
+    m = api.pull(to=tmp_path / "out", repo=repo_url, checkpoint=mid)
+    assert (m.name, m.global_step) == ("checkpoint_s_1.pt", 1)
+    assert torch.equal(torch.load(tmp_path / "out" / m.name, weights_only=True)["w"], torch.ones(3))
+    assert not any(staging.iterdir())
