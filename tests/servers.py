@@ -341,12 +341,17 @@ def stop(state: Path = DEFAULT_STATE, kinds: Iterable[str] | None = None) -> lis
         for name, r in list(recorded.items()):
             if kinds is not None and name not in kinds:
                 continue
-            if _alive(r.pid, r.command):
-                _kill(r.pid)
+            terminate(r)
             stopped.append(name)
             del recorded[name]
         _write_state(state, recorded)
     return stopped
+
+
+def terminate(server: Running) -> None:
+    """End one server we started (and its process group), if it is still that process."""
+    if _alive(server.pid, server.command):
+        _kill(server.pid)
 
 
 @contextlib.contextmanager

@@ -46,17 +46,19 @@ class ServerPool:
     def __init__(self, state: Path) -> None:
         self.state = state
         self.shared = harness.running()
-        self.started: set[str] = set()
+        self.started: dict[str, harness.Running] = {}
 
     def get(self, kind: str) -> harness.Running:
         if kind in self.shared:
             return self.shared[kind]
-        self.started.add(kind)
-        return harness.start([kind], self.state, prefer_default_ports=False)[kind]
+        if kind not in self.started:
+            self.started[kind] = harness.start([kind], self.state, prefer_default_ports=False)[kind]
+        return self.started[kind]
 
     def stop(self) -> None:
-        if self.started:
-            harness.stop(self.state)
+        # By the processes we hold, not the state file: pytest may prune old temp folders meanwhile.
+        for server in self.started.values():
+            harness.terminate(server)
 
 
 @pytest.fixture(scope="session")
