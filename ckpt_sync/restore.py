@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
-from .manifest import FileEntry, Manifest, safe_relative_path
+from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .pipeline import default_workers, ordered_map
 from .repository import Repository
 from .transfer import TransferStats
@@ -26,25 +27,36 @@ ProgressFn = Callable[[int], None]
 WarnFn = Callable[[str], None]
 
 
-def iter_plaintext(repo: Repository, pool: ThreadPoolExecutor, entry: FileEntry, window: int) -> Iterator[bytearray]:
-    """The file's verified plaintext, chunk by chunk, in order; raises IntegrityError or NotFound."""
-    return ordered_map(pool, repo.load_chunk, entry.chunks, window)
-
-
 def read_verified(
     repo: Repository,
     pool: ThreadPoolExecutor,
     entry: FileEntry,
-    sink: Callable[[bytearray], None],
     *,
     window: int,
+    fd: int | None = None,
     progress: ProgressFn | None = None,
 ) -> None:
-    """Stream ``entry`` through ``sink`` and check its whole-file hash at the end."""
+    """Fetch and verify every chunk of ``entry`` in parallel, writing each in place at its offset
+    into ``fd`` when given; the whole-file hash is checked in order at the end.
+
+    Raises IntegrityError (or NotFound) for any chunk or hash mismatch.
+    """
+    offsets = itertools.accumulate((c.size for c in entry.chunks), initial=0)
+
+    def fetch(item: tuple[ChunkRef, int]) -> bytearray:
+        ref, offset = item
+        plain = repo.load_chunk(ref)
+        if fd is not None:
+            view = memoryview(plain)
+            while view:
+                written = os.pwrite(fd, view, offset)
+                view, offset = view[written:], offset + written
+        return plain
+
     sha = hashlib.sha256()
-    for plain in iter_plaintext(repo, pool, entry, window):
+    # offsets has one more item (the end of the file): strict=False is intended.
+    for plain in ordered_map(pool, fetch, zip(entry.chunks, offsets, strict=False), window):
         sha.update(plain)
-        sink(plain)
         if progress:
             progress(len(plain))
     if sha.hexdigest() != entry.sha256:
@@ -105,10 +117,14 @@ def restore(
                 final = _destination(dest, entry.path)
                 tmp = final.with_name(f".{final.name}.ckpt-sync-{secrets.token_hex(4)}.part")
                 staged.append((tmp, final))
-                with open(tmp, "xb") as out:
-                    read_verified(repo, pool, entry, out.write, window=workers + 2, progress=progress)
-                    out.flush()
-                    os.fsync(out.fileno())
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    if entry.size:
+                        os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
+                    read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=progress)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
                 stats.files += 1
                 stats.chunks += len(entry.chunks)
                 stats.bytes_read += entry.size

@@ -56,7 +56,7 @@ def verify(
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} has the wrong size")
                 if read_data and not result.problems:
                     try:
-                        read_verified(repo, pool, entry, lambda _b: None, window=workers + 2, progress=progress)
+                        read_verified(repo, pool, entry, window=workers + 2, progress=progress)
                     except (IntegrityError, NotFound) as err:
                         result.problems.append(f"{entry.path}: {err}")
             results.append(result)
