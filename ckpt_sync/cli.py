@@ -183,7 +183,15 @@ def cmd_ls(args: argparse.Namespace) -> int:
 def cmd_pull(args: argparse.Namespace) -> int:
     if args.latest == bool(args.checkpoint):
         raise UsageError("pull needs exactly one of --latest or a checkpoint ID_OR_NAME")
-    repo = open_repository(args)
+    if args.allow_empty and not args.latest:
+        raise UsageError("--allow-empty goes with --latest")
+    # With --allow-empty a first run (no repository, or one with no checkpoint yet) is not an error: the
+    # repository is created as push/watch would. A wrong key, or checkpoints that exist but all fail to
+    # verify, still fail: a job must not silently start from scratch over data it cannot read.
+    repo = open_repository(args, create=args.allow_empty)
+    if args.allow_empty and not repo.manifest_ids():
+        print(f"nothing to restore: {repo.url} has no checkpoint yet (a first run starts fresh)")
+        return EXIT_OK
     bar_ctx: dict[str, Any] = {}
 
     def on_start(m: Manifest) -> None:
@@ -468,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pull", parents=[common], help="restore a checkpoint into a folder")
     p.add_argument("checkpoint", nargs="?", metavar="ID_OR_NAME", help="checkpoint id (or unique prefix) or name")
     p.add_argument("--latest", action="store_true", help="the newest checkpoint that fully verifies")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with --latest: exit 0 when the repository has no checkpoint yet (init containers, first runs)",
+    )
     p.add_argument("--to", "--dest", dest="to", default=".", metavar="DIR", help="target folder (default .)")
     add_repo_option(p, "--from")
     p.set_defaults(func=cmd_pull)

@@ -137,7 +137,10 @@ def parse_address(v: Any) -> tuple[str, int]:
     return host, int(port)
 
 
-def _address(v: Any) -> str:
+def _address(v: Any) -> str | None:
+    """``HOST:PORT``; "off" turns it off (so a flag can override an address set in the file)."""
+    if isinstance(v, str) and v.strip().lower() in ("off", "none"):
+        return None
     parse_address(v)
     return _text(v)
 
