@@ -69,11 +69,14 @@ class ObjectStoreProvider:
         self.container = container
         self.prefix = prefix
         self.url = f"{self.scheme}://{container}/{prefix}" if prefix else f"{self.scheme}://{container}"
-        self.endpoint = custom_endpoint
         self._base = f"{prefix}/" if prefix else ""
+        self._probe_lock = threading.Lock()
+        self._use_endpoint(custom_endpoint)
+
+    def _use_endpoint(self, custom_endpoint: str | None) -> None:
+        self.endpoint = custom_endpoint.rstrip("/") if custom_endpoint else None
         # None: not yet known (probed on first put_if_absent); True: the store refuses a second create.
         self.atomic_put_if_absent: bool | None = None if custom_endpoint else True
-        self._probe_lock = threading.Lock()
 
     # --- naming and messages -------------------------------------------------------------------
 

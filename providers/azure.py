@@ -106,7 +106,7 @@ class AzureBlobProvider(ObjectStoreProvider):
                 "fix AZURE_STORAGE_CONNECTION_STRING or the account URL"
             ) from None
         host = urlparse(self._service.url).hostname or ""
-        custom = None if ".blob.core." in host else self._service.url.rstrip("/")
+        custom = None if ".blob.core." in host else self._service.url
         super().__init__(container, prefix, custom)
         self._container: ContainerClient = self._service.get_container_client(container)
 

@@ -70,7 +70,7 @@ class GCSProvider(ObjectStoreProvider):
         endpoint = endpoint_url or emulator
         if endpoint and "://" not in endpoint:
             endpoint = f"http://{endpoint}"  # STORAGE_EMULATOR_HOST is often given as host:port
-        super().__init__(bucket, prefix, endpoint.rstrip("/") if endpoint else None)
+        super().__init__(bucket, prefix, endpoint)
         try:
             if emulator and not endpoint_url:
                 credentials, project = AnonymousCredentials(), os.environ.get("GOOGLE_CLOUD_PROJECT", "ckpt-sync")

@@ -13,9 +13,9 @@ check-then-put fallback described in docs/PROVIDERS.md.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import boto3
 import botocore.exceptions as bx
@@ -89,8 +89,7 @@ class S3Provider(ObjectStoreProvider):
         connect_timeout: float = CONNECT_TIMEOUT,
         read_timeout: float = READ_TIMEOUT,
     ) -> None:
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        super().__init__(bucket, prefix, endpoint or None)
+        super().__init__(bucket, prefix, None)
         config = Config(
             max_pool_connections=pool_connections,
             connect_timeout=connect_timeout,
@@ -100,13 +99,17 @@ class S3Provider(ObjectStoreProvider):
         )
         try:
             session = boto3.session.Session(profile_name=profile, region_name=region)
-            self._s3 = session.client("s3", endpoint_url=endpoint or None, config=config)
+            # endpoint_url=None lets botocore apply AWS_ENDPOINT_URL(_S3) and the profile's endpoint_url
+            self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
         except (bx.ProfileNotFound, bx.PartialCredentialsError, bx.InvalidConfigError) as err:
             raise PermanentStorageError(f"{self.url}: AWS configuration problem ({one_line(err)}): fix it") from None
         except ValueError as err:  # botocore rejects a malformed endpoint URL here
             raise PermanentStorageError(
-                f"{self.url}: bad S3 endpoint {endpoint!r} ({one_line(err)}): fix --endpoint-url / AWS_ENDPOINT_URL"
+                f"{self.url}: bad S3 endpoint ({one_line(err)}): fix --endpoint-url / AWS_ENDPOINT_URL"
             ) from None
+        resolved = self._s3.meta.endpoint_url
+        host = urlparse(resolved).hostname or ""
+        self._use_endpoint(None if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) else resolved)
         self._page = LIST_PAGE_SIZE
 
     @classmethod
