@@ -9,7 +9,7 @@ import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -129,3 +129,14 @@ def test_an_unreachable_endpoint_gives_up_within_the_retry_budget_with_exit_1(cl
     assert proc.stderr.strip().splitlines()[-1] == line  # the error is the last word, on one line
     assert "gave up" in line and "after 3 attempts" in line and url in line
     assert len(retry_lines(proc)) == 2  # attempts 1 and 2 were retried, each logged; the 3rd ended it
+
+
+@pytest.mark.s3
+def test_the_retry_time_budget_ends_retries_before_the_attempts_run_out(cloud_factory: Any, cli: Cli, key: str) -> None:
+    cloud = cloud_factory("s3")
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{harness.free_port()}"}
+    proc = cli("ls", "--from", cloud.url("bucket"), "--retry-attempts", "1000", "--retry-time", "2", env=env)
+    assert proc.returncode == 1, proc.stderr
+    (line,) = error_lines(proc)
+    assert "gave up" in line
+    assert 1 <= len(retry_lines(proc)) < 999  # stopped by the 2 s budget, long before 1000 attempts
