@@ -103,9 +103,10 @@ class Repository:
             "keys": {keys.fingerprints()[0]: keys.fernet().encrypt(id_key).decode("ascii")},
         }
         raw = json.dumps(config, indent=1).encode()
-        if provider.put_if_absent(CONFIG_KEY, raw):
-            return raw
-        return provider.get(CONFIG_KEY)  # another writer initialised it first: use theirs
+        provider.put_if_absent(CONFIG_KEY, raw)
+        # Read back even when we "won": on a store whose create-if-absent is not atomic two first
+        # writers could both succeed, and only the config that stayed may be used.
+        return provider.get(CONFIG_KEY)
 
     @staticmethod
     def _unwrap(keys: KeyRing, fp: str, token: str, url: str) -> bytes:

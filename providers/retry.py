@@ -8,6 +8,7 @@ permanent errors (no bucket, access denied) and NotFound pass straight through.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -50,7 +51,7 @@ class RetryingProvider:
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
-            log.warning("retrying %s %s/%s after attempt %d: %s", op, self.url, key, state.attempt_number, err)
+            log.warning("retrying %s after attempt %d: %s", op, state.attempt_number, err)
             for observe in RETRY_OBSERVERS:
                 try:
                     observe(op, err)
@@ -64,13 +65,19 @@ class RetryingProvider:
             before_sleep=before_sleep,
             reraise=True,
         )
+        started = time.monotonic()
         try:
             return retrying(fn)
         except TransientStorageError as err:
-            raise TransientStorageError(
-                f"gave up on {op} {self.url}/{key} after {self.policy.attempts} attempts or "
-                f"{self.policy.max_seconds:.0f}s: {err}"
-            ) from err
+            attempts = retrying.statistics.get("attempt_number", 1)
+            spent = time.monotonic() - started
+            limit = (
+                f"its {self.policy.max_seconds:.0f}s retry budget"
+                if attempts < self.policy.attempts
+                else f"{attempts} attempts"
+            )
+            # The provider's message already names the object; say only how we gave up.
+            raise TransientStorageError(f"gave up after {limit} ({spent:.0f}s): {err}") from err
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))
