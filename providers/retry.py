@@ -72,12 +72,12 @@ class RetryingProvider:
             attempts = retrying.statistics.get("attempt_number", 1)
             spent = time.monotonic() - started
             limit = (
-                f"its {self.policy.max_seconds:.0f}s retry budget"
+                f"its {self.policy.max_seconds:g}s retry budget"
                 if attempts < self.policy.attempts
                 else f"{attempts} attempts"
             )
             # The provider's message already names the object; say only how we gave up.
-            raise TransientStorageError(f"gave up after {limit} ({spent:.0f}s): {err}") from err
+            raise TransientStorageError(f"gave up after {limit} ({spent:.1f}s): {err}") from err
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         self._call("put", key, lambda: self.inner.put(key, data))
