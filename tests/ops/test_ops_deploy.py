@@ -232,3 +232,26 @@ def test_the_config_map_is_a_valid_ckpt_sync_config(tmp_path):
 
 def _volume(spec: dict, name: str) -> dict:
     return next(v for v in spec["volumes"] if v["name"] == name)
+
+
+# --- the init container's restore ----------------------------------------------------------------
+
+
+def test_pull_allow_empty_starts_fresh_only_when_there_is_nothing_to_restore(tmp_path, cli, key, repo_url):
+    from cryptography.fernet import Fernet
+
+    out = tmp_path / "ck"
+    first = cli("pull", "--latest", "--allow-empty", "--from", repo_url, "--to", str(out))
+    assert first.returncode == 0 and "nothing to restore" in first.stdout, first.stderr
+    assert cli("pull", "--latest", "--from", repo_url, "--to", str(out)).returncode == 1  # without the flag: error
+    # A wrong key is still an error: never start from scratch over checkpoints that cannot be read.
+    wrong = cli(
+        "pull", "--latest", "--allow-empty", "--from", repo_url, "--to", str(out),
+        env={"BACKUP_ENCRYPTION_KEY": Fernet.generate_key().decode()},
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "does not match" in wrong.stderr
+    src = tmp_path / "checkpoint_run_100.pt"
+    src.write_bytes(b"weights" * 1000)
+    cli("push", str(src), "--to", repo_url, check=True)
+    cli("pull", "--latest", "--allow-empty", "--from", repo_url, "--to", str(out), check=True)
+    assert (out / src.name).read_bytes() == src.read_bytes()
