@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -276,3 +277,18 @@ def test_passwords_in_urls_are_redacted(tmp_path, cli, key):
         proc = cli("config", "show", *extra, check=True, cwd=tmp_path)
         assert "hunter2" not in proc.stdout
         assert "<redacted>@minio.local:9000" in proc.stdout
+
+
+# --- the documented examples are valid -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("doc", ["README.md", "deploy/README.md"])
+def test_every_toml_example_in_the_docs_is_a_valid_config(doc, tmp_path):
+    text = (Path(__file__).resolve().parents[2] / doc).read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.S)
+    blocks += re.findall(r"cat > \S+\.toml <<'TOML'\n(.*?)TOML\n", text, re.S)
+    assert blocks, f"no TOML example in {doc}"
+    for i, block in enumerate(blocks):
+        path = tmp_path / f"example{i}.toml"
+        path.write_text(block)
+        assert config.read_config_file(path), block
