@@ -31,11 +31,18 @@ log = logging.getLogger("ckpt_sync.watch")
 DEFAULT_PATTERNS = ("*.pt", "*.pth", "*.safetensors", "*.bin", "*.ckpt")
 DIR_MARKERS = {".metadata": (), "best_metadata.json": ("best",)}
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".swp", ".lock", "~")
+# Folders that hold files with checkpoint names that must not be uploaded as checkpoints:
+# CheckpointManager.repair() moves damaged files into quarantine/.
+IGNORED_DIRS = frozenset({"quarantine"})
 
 
 def is_temp(name: str) -> bool:
     low = name.lower()
     return low.startswith((".", "~")) or low.endswith(TEMP_SUFFIXES) or ".tmp" in low
+
+
+def is_ignored_dir(name: str) -> bool:
+    return is_temp(name) or name in IGNORED_DIRS
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class CheckpointFinder:
         except ValueError:
             return None
         parts = rel.parts
-        if not parts or any(is_temp(p) for p in parts[:-1]):
+        if not parts or any(is_ignored_dir(p) for p in parts[:-1]):
             return None
         # Inside (or the marker of) a sharded / best-model folder: the folder is the unit.
         for depth in range(len(parts) - 1, 0, -1):
@@ -88,7 +95,7 @@ class CheckpointFinder:
                     units[unit.path] = unit
                     dirnames[:] = []
                     continue
-            dirnames[:] = sorted(d for d in dirnames if not is_temp(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_ignored_dir(d))
             for name in filenames:
                 unit = self.unit_for(folder / name)
                 if unit:
