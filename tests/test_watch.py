@@ -261,3 +261,14 @@ def test_json_logs_have_one_object_per_committed_checkpoint(tmp_path, key, repo_
     assert proc.wait(timeout=120) == 0
     (event,) = json_events(log, "committed")
     assert event["checkpoint"] == "checkpoint_j_1.pt" and event["bytes_sent"] > 0 and event["level"] == "info"
+
+
+def test_quarantined_hidden_and_temp_files_are_never_uploaded(tmp_path, key, repo_url, torch_checkpoint, cli):
+    ckdir = tmp_path / "ck"
+    torch_checkpoint(ckdir / "checkpoint_q_2.pt")
+    torch_checkpoint(ckdir / "quarantine" / "checkpoint_q_1.pt")  # moved there by CheckpointManager.repair()
+    torch_checkpoint(ckdir / ".hidden" / "checkpoint_q_3.pt")
+    torch_checkpoint(ckdir / "checkpoint_q_4.pt.tmp")
+    torch_checkpoint(ckdir / "notes.txt")
+    cli("watch", str(ckdir), "--to", repo_url, "--once", "--settle", "0.1", check=True)
+    assert _names(repo_url) == ["checkpoint_q_2.pt"]
