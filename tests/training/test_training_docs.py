@@ -52,3 +52,10 @@ def test_the_documented_training_loop_runs_and_resumes_after_sigterm(tmp_path: P
     session = json.loads((ckpt_dir / "training_session.json").read_text())
     assert session["current_step"] == 300 and len(session["checkpoints"]) == 5
     assert (ckpt_dir / "best_model" / "best_metadata.json").exists()
+
+
+def test_the_readme_shows_the_same_training_loop_example() -> None:
+    readme = (DOC.parents[1] / "README.md").read_text()
+    section = readme.split("## Use it in your training loop", 1)[1]
+    shown = re.search(r"```python\n(.*?)```", section, re.S)
+    assert shown is not None and shown.group(1) == example()
