@@ -18,18 +18,19 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from ckpt_sync.errors import TransientStorageError
 
-from .base import ObjectInfo, Provider
+from .base import Provider
+from .wrapper import WrappingProvider
 
 T = TypeVar("T")
 MODES = ("before", "after", "stall")
 
 
-class FaultyProvider:
+class FaultyProvider(WrappingProvider):
     def __init__(
         self,
         inner: Provider,
@@ -42,8 +43,7 @@ class FaultyProvider:
     ) -> None:
         if set(modes) - set(MODES):
             raise ValueError(f"unknown fault modes {sorted(set(modes) - set(MODES))}")
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.rate = rate
         self.modes = tuple(modes)
         self.ops = set(ops) if ops is not None else None
@@ -90,27 +90,3 @@ class FaultyProvider:
         raise TransientStorageError(f"{op} {where}: injected lost response (the store did it)")
 
     # --- Provider --------------------------------------------------------------------------------
-
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        self._call("put", key, lambda: self.inner.put(key, data))
-
-    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
-        return self._call("put_if_absent", key, lambda: self.inner.put_if_absent(key, data))
-
-    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        return self._call("get", key, lambda: self.inner.get(key, start, length))
-
-    def size(self, key: str) -> int | None:
-        return self._call("size", key, lambda: self.inner.size(key))
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
-
-    def delete(self, key: str) -> None:
-        self._call("delete", key, lambda: self.inner.delete(key))
-
-    def check(self) -> None:
-        self._call("check", "", self.inner.check)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,7 +24,8 @@ from tenacity import (
 
 from ckpt_sync.errors import TransientStorageError
 
-from .base import ObjectInfo, Provider
+from .base import Provider
+from .wrapper import WrappingProvider
 
 log = logging.getLogger("ckpt_sync.retry")
 T = TypeVar("T")
@@ -42,10 +43,9 @@ class RetryPolicy:
     max_wait: float = 15.0
 
 
-class RetryingProvider:
+class RetryingProvider(WrappingProvider):
     def __init__(self, inner: Provider, policy: RetryPolicy = RetryPolicy()) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.policy = policy
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
@@ -78,30 +78,3 @@ class RetryingProvider:
             )
             # The provider's message already names the object; say only how we gave up.
             raise TransientStorageError(f"gave up after {limit} ({spent:.1f}s): {err}") from err
-
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        self._call("put", key, lambda: self.inner.put(key, data))
-
-    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
-        # A retried conditional put may find its own earlier, successful attempt: the caller
-        # (commit) compares contents when this returns False.
-        return self._call("put_if_absent", key, lambda: self.inner.put_if_absent(key, data))
-
-    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        return self._call("get", key, lambda: self.inner.get(key, start, length))
-
-    def size(self, key: str) -> int | None:
-        return self._call("size", key, lambda: self.inner.size(key))
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        # Materialised so a failure mid-listing retries the whole listing, not half of it.
-        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
-
-    def delete(self, key: str) -> None:
-        self._call("delete", key, lambda: self.inner.delete(key))
-
-    def check(self) -> None:
-        self._call("check", "", self.inner.check)
-
-    def close(self) -> None:
-        self.inner.close()

@@ -1,0 +1,49 @@
+"""The base for wrappers: a provider that adds behaviour around another one.
+
+Every Provider call goes through ``_call(op, key, fn)``; a wrapper (retries, fault injection)
+overrides that one method instead of re-delegating each call. Wrappers that act on the bytes
+(bandwidth limits) override the data calls and inherit the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from .base import ObjectInfo, Provider
+
+T = TypeVar("T")
+
+
+class WrappingProvider:
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
+        return fn()
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self._call("put", key, lambda: self.inner.put(key, data))
+
+    def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
+        return self._call("put_if_absent", key, lambda: self.inner.put_if_absent(key, data))
+
+    def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
+        return self._call("get", key, lambda: self.inner.get(key, start, length))
+
+    def size(self, key: str) -> int | None:
+        return self._call("size", key, lambda: self.inner.size(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        # Materialised so a wrapper that repeats a call repeats the whole listing, not half of it.
+        return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, lambda: self.inner.delete(key))
+
+    def check(self) -> None:
+        self._call("check", "", self.inner.check)
+
+    def close(self) -> None:
+        self.inner.close()
