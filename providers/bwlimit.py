@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-from .base import ObjectInfo, Provider
+from .base import Provider
+from .wrapper import WrappingProvider
 
 
 class TokenBucket:
@@ -74,12 +75,11 @@ def shared_bucket(rate: int) -> TokenBucket:
         return _shared
 
 
-class BandwidthLimitedProvider:
-    """Pays the bucket for every byte put or got; listing, sizes and deletes are not paced."""
+class BandwidthLimitedProvider(WrappingProvider):
+    """Pays the bucket for every byte put or got; listing, sizes and deletes pass through unpaced."""
 
     def __init__(self, inner: Provider, bucket: TokenBucket) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.bucket = bucket
 
     def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
@@ -97,18 +97,3 @@ class BandwidthLimitedProvider:
         data = self.inner.get(key, start, length)
         self.bucket.take(len(data))
         return data
-
-    def size(self, key: str) -> int | None:
-        return self.inner.size(key)
-
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.inner.delete(key)
-
-    def check(self) -> None:
-        self.inner.check()
-
-    def close(self) -> None:
-        self.inner.close()

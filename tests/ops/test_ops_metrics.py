@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -54,7 +55,7 @@ def test_scraping_a_real_watch_once_run_sees_the_counters_move(tmp_path, key, re
     proc = start_cli(
         *("watch", str(ck), "--to", repo_url, "--once", "--settle", "0.1", "--keep", "0"),
         *("--metrics-addr", "127.0.0.1:0", "--workers", "1", "--chunk-size", "128K", "--log-format", "json"),
-        put_delay=0.4,  # each 128 KiB chunk upload takes 0.4 s: the run lasts long enough to watch
+        put_delay=1.0,  # each 128 KiB chunk upload takes 1 s: about 6 s per checkpoint, long enough to watch
         log_file=log,
     )
     scrapes: list[dict[str, float]] = []
@@ -65,6 +66,7 @@ def test_scraping_a_real_watch_once_run_sees_the_counters_move(tmp_path, key, re
             try:
                 scrapes.append(scrape(port))
                 health.append(get(port, "/healthz")[0])
+                time.sleep(0.1)
             except (urllib.error.URLError, ConnectionError):
                 break  # the run finished and the server closed between two scrapes
     finally:
