@@ -21,14 +21,13 @@ from collections.abc import Sequence
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .aes_openssl import cbc_encrypt_into
 from .errors import IntegrityError
 
 VERSION = 0x80
 HEADER = 1 + 8 + 16
 MAC = 32
 BLOCK = 16
-# AES holds the GIL; feeding it in slices lets hashing threads run in between.
-_SLICE = 1 << 20
 
 
 def token_size(plain_size: int) -> int:
@@ -47,27 +46,24 @@ class FernetKey:
         self.signing = raw[:16]
         self.encryption = raw[16:]
 
-    def encrypt(self, plaintext: bytes | memoryview, *, iv: bytes | None = None) -> bytearray:
-        data = memoryview(plaintext).cast("B")
+    def encrypt(self, plaintext: bytes | bytearray | memoryview, *, iv: bytes | None = None) -> bytearray:
+        data = plaintext if isinstance(plaintext, bytes | bytearray) else bytes(plaintext)
         n = len(data)
-        body = (n // BLOCK + 1) * BLOCK
-        out = bytearray(HEADER + body + MAC)
+        full = n - n % BLOCK
+        out = bytearray(HEADER + (n // BLOCK + 1) * BLOCK + MAC)
         iv = iv or os.urandom(16)
         out[0] = VERSION
         struct.pack_into(">Q", out, 1, int(time.time()))
         out[9:HEADER] = iv
-        enc = Cipher(algorithms.AES(self.encryption), modes.CBC(iv)).encryptor()
-        view = memoryview(out)
-        pos = HEADER
-        full = n - n % BLOCK
-        for start in range(0, full, _SLICE):
-            piece = data[start : min(start + _SLICE, full)]
-            pos += enc.update_into(piece, view[pos : pos + len(piece) + BLOCK])
+        if full:  # the whole blocks straight from the caller's buffer, no copy
+            cbc_encrypt_into(self.encryption, iv, data, full, out, HEADER)
+        # The padded last block continues the CBC chain from the last ciphertext block.
+        chain = bytes(out[HEADER + full - BLOCK : HEADER + full]) if full else iv
         pad = BLOCK - n % BLOCK
         tail = bytes(data[full:]) + bytes([pad]) * pad
-        pos += enc.update_into(tail, view[pos : pos + 2 * BLOCK])
-        enc.finalize()
-        view[pos:] = hmac.digest(self.signing, view[:pos], "sha256")
+        cbc_encrypt_into(self.encryption, chain, tail, BLOCK, out, HEADER + full)
+        pos = HEADER + full + BLOCK
+        out[pos:] = hmac.digest(self.signing, memoryview(out)[:pos], "sha256")
         return out
 
     def decrypt(self, token: bytes | memoryview) -> bytearray:

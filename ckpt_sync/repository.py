@@ -55,7 +55,7 @@ class Repository:
         self.url = provider.url
         self.config = config
         self._id_key = id_key
-        self._known: set[str] | None = None
+        self._known: dict[str, int] | None = None
         self._lock = threading.Lock()
 
     # --- opening ---------------------------------------------------------------------------------
@@ -161,28 +161,33 @@ class Repository:
         with self._lock:
             self._known = None
 
-    def known_chunks(self) -> set[str]:
-        """Chunk ids present remotely, listed once per Repository and extended as we store more."""
+    def known_chunks(self) -> dict[str, int]:
+        """Stored chunk ids and object sizes, listed once per Repository and extended as we store more."""
         with self._lock:
             if self._known is None:
-                self._known = set(self.list_chunks())
+                self._known = self.list_chunks()
             return self._known
 
     def store_chunk(self, plaintext: bytes | bytearray | memoryview) -> tuple[ChunkRef, int]:
-        """Encrypt and upload unless already stored. Returns the ref and the bytes sent (0 if deduplicated)."""
+        """Encrypt and upload unless already stored. Returns the ref and the bytes sent (0 if deduplicated).
+
+        A stored object counts only with exactly the expected size: one cut short (a power loss
+        before the commit barrier, a truncating store) is replaced, never trusted.
+        """
         cid = self.chunk_id(plaintext)
         ref = ChunkRef(cid, len(plaintext))
+        expected = token_size(len(plaintext))
         known = self.known_chunks()
         with self._lock:
-            if cid in known:
+            if known.get(cid) == expected:
                 return ref, 0
-            known.add(cid)  # claimed: a duplicate chunk in flight elsewhere in this push is skipped
+            known[cid] = expected  # claimed: a duplicate chunk in flight elsewhere in this push is skipped
         try:
             token = self.keys.encrypt(plaintext)
             self.provider.put(chunk_key(cid), token)
         except BaseException:
             with self._lock:
-                known.discard(cid)
+                known.pop(cid, None)
             raise
         return ref, len(token)
 

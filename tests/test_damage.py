@@ -104,3 +104,20 @@ def test_nothing_valid_to_pull_exits_1(tmp_path, repo_url, repo_dir, cli, two_ch
     assert pull.returncode == 1
     assert pull.stderr.strip().splitlines()[-1].startswith("ckpt-sync: error: no valid checkpoint")
     assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_chunk_cut_short_is_sent_again_not_trusted(tmp_path, key, repo_url, repo_dir, torch_checkpoint, cli):
+    """What a power loss before the commit barrier can leave behind: a chunk name over a short file."""
+    src = torch_checkpoint(tmp_path / "c.pt", hidden=384)
+    cli("push", "--repo", repo_url, str(src), "--chunk-size", "64K", check=True)
+    repo = open_repository(repo_url)
+    victim = repo_dir / chunk_key(sorted(repo.load_manifest(repo.manifest_ids()[0]).chunk_ids())[0])
+    victim.write_bytes(victim.read_bytes()[:100])
+    import json
+
+    again = json.loads(cli("push", "--repo", repo_url, str(src), "--chunk-size", "64K", "--json", check=True).stdout)
+    assert again[0]["stats"]["chunks_new"] == 1
+    out = tmp_path / "o"
+    cli("pull", again[0]["id"], "--repo", repo_url, "--to", str(out), check=True)
+    assert (out / "c.pt").read_bytes() == src.read_bytes()
+    assert cli("verify", "--read-data", "--repo", repo_url).returncode == 0  # the replaced chunk heals both
