@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
@@ -121,8 +121,9 @@ def restore(
                 try:
                     if entry.size:
                         os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
-                    read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=progress)
-                    os.fsync(fd)
+                    with _Flusher(fd) as flusher:
+                        read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=flusher.wrap(progress))
+                    os.fsync(fd)  # what the flusher has not already pushed to the disk
                 finally:
                     os.close(fd)
                 stats.files += 1
@@ -141,6 +142,37 @@ def restore(
         _discard(staged)
         raise
     return stats.finish()
+
+
+class _Flusher:
+    """Pushes a file being restored to the disk in the background as it fills (fdatasync every
+    ``every`` bytes), so the fsync before the rename finds little left to write."""
+
+    def __init__(self, fd: int, every: int = 64 << 20) -> None:
+        self.fd = fd
+        self.every = every
+        self._since = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="fdatasync")
+        self._flushes: list[Future[None]] = []
+
+    def wrap(self, progress: ProgressFn | None) -> ProgressFn:
+        def on_bytes(n: int) -> None:
+            self._since += n
+            if self._since >= self.every and (not self._flushes or self._flushes[-1].done()):
+                self._since = 0
+                self._flushes.append(self._pool.submit(os.fdatasync, self.fd))
+            if progress:
+                progress(n)
+
+        return on_bytes
+
+    def __enter__(self) -> _Flusher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)  # never close the fd under a running fdatasync
+        for fut in self._flushes:
+            fut.result()  # an I/O error is reported to one sync call only: it must not be lost here
 
 
 def _discard(staged: list[tuple[Path, Path]]) -> None:
