@@ -97,11 +97,18 @@ def restore(
     workers: int | None = None,
     progress: ProgressFn | None = None,
 ) -> TransferStats:
-    """Write every file of ``manifest`` under ``dest``; on any failure leave nothing new behind."""
+    """Write the checkpoint under ``dest`` — a file as ``dest/<name>``, a folder as ``dest/<name>/...``
+    — with its original modification time; on any failure leave nothing new behind."""
     dest = Path(dest)
     for f in manifest.files:  # validate every path before writing anything
         safe_relative_path(f.path)
+    if manifest.kind == "dir":
+        safe_relative_path(manifest.name)
     dest.mkdir(parents=True, exist_ok=True)
+    root = dest / manifest.name if manifest.kind == "dir" else dest
+    # The source's mtime, so a `watch` on this folder sees the version it already committed.
+    source_mtime = manifest.extra.get("source_mtime_ns")
+    mtime_ns = source_mtime if isinstance(source_mtime, int) else None
     free = shutil.disk_usage(dest).free
     if free < manifest.size:
         raise OperationFailed(
@@ -114,7 +121,7 @@ def restore(
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-pull") as pool:
             for entry in manifest.files:
-                final = _destination(dest, entry.path)
+                final = _destination(dest, f"{manifest.name}/{entry.path}" if root != dest else entry.path)
                 tmp = final.with_name(f".{final.name}.ckpt-sync-{secrets.token_hex(4)}.part")
                 staged.append((tmp, final))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -123,6 +130,8 @@ def restore(
                         os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
                     with _Flusher(fd) as flusher:
                         read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=flusher.wrap(progress))
+                    if mtime_ns is not None:
+                        os.utime(fd, ns=(mtime_ns, mtime_ns))
                     os.fsync(fd)  # what the flusher has not already pushed to the disk
                 finally:
                     os.close(fd)
@@ -131,7 +140,9 @@ def restore(
                 stats.bytes_read += entry.size
         for tmp, final in staged:
             os.replace(tmp, final)
-        for parent in {final.parent for _, final in staged}:
+        if mtime_ns is not None and root != dest:
+            os.utime(root, ns=(mtime_ns, mtime_ns))
+        for parent in {final.parent for _, final in staged} | {dest}:
             _fsync_dir(parent)
     except OSError as err:
         _discard(staged)

@@ -10,6 +10,7 @@ import errno
 import os
 import secrets
 import shutil
+import time
 from pathlib import Path
 
 
@@ -46,10 +47,19 @@ def release(held: Path | str | None) -> None:
         shutil.rmtree(Path(held).parent, ignore_errors=True)
 
 
-def sweep(staging_root: Path, keep: set[str]) -> None:
-    """Remove slots no job refers to (left by a crash between holding and enqueueing)."""
+def sweep(staging_root: Path, keep: set[str], *, min_age: float = 3600.0) -> None:
+    """Remove slots no job refers to (left by a crash between holding and enqueueing).
+
+    Only slots older than ``min_age``: another process sharing the queue may have just made one
+    and not yet recorded its job.
+    """
     if not staging_root.is_dir():
         return
+    cutoff = time.time() - min_age
     for slot in staging_root.iterdir():
-        if str(slot) not in keep:
+        try:
+            young = slot.stat().st_mtime > cutoff
+        except FileNotFoundError:
+            continue
+        if str(slot) not in keep and not young:
             shutil.rmtree(slot, ignore_errors=True)

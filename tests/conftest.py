@@ -13,6 +13,10 @@ import pytest
 from cryptography.fernet import Fernet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Test helper modules (helpers.py, slow_cli.py) live beside the tests.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from helpers import make_torch_checkpoint  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -46,34 +50,6 @@ def repo_dir(repo_url: str) -> Path:
     return Path(repo_url[len("file://") :])
 
 
-def make_torch_checkpoint(
-    path: Path, *, hidden: int = 256, layers: int = 3, seed: int = 0, step: int = 0, history: int = 0
-) -> Path:
-    """A real ``torch.save`` of a small MLP, Adam state and a loss history, as the seed saves them."""
-    import torch
-
-    torch.manual_seed(seed)
-    mods: list[torch.nn.Module] = []
-    for _ in range(layers):
-        mods += [torch.nn.Linear(hidden, hidden), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*mods)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model(torch.randn(4, hidden)).sum().backward()
-    opt.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model_state_dict": model.state_dict(),
-            "optimizer_state_dict": opt.state_dict(),
-            "epoch": 0,
-            "global_step": step,
-            "training_stats": {"loss_history": [1.0 / (i + 1) for i in range(history)]},
-        },
-        path,
-    )
-    return path
-
-
 @pytest.fixture
 def torch_checkpoint() -> Callable[..., Path]:
     return make_torch_checkpoint
@@ -101,5 +77,3 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedPr
     return run
 
 
-# Test helper modules (helpers.py, slow_cli.py) live beside the tests.
-sys.path.insert(0, str(Path(__file__).resolve().parent))

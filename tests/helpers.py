@@ -52,3 +52,31 @@ def json_events(log_file: Path, event: str) -> list[dict]:
         if d.get("event") == event:
             out.append(d)
     return out
+
+
+def make_torch_checkpoint(
+    path: Path, *, hidden: int = 256, layers: int = 3, seed: int = 0, step: int = 0, history: int = 0
+) -> Path:
+    """A real ``torch.save`` of a small MLP, Adam state and a loss history, as the seed saves them."""
+    import torch
+
+    torch.manual_seed(seed)
+    mods: list[torch.nn.Module] = []
+    for _ in range(layers):
+        mods += [torch.nn.Linear(hidden, hidden), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*mods)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model(torch.randn(4, hidden)).sum().backward()
+    opt.step()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": opt.state_dict(),
+            "epoch": 0,
+            "global_step": step,
+            "training_stats": {"loss_history": [1.0 / (i + 1) for i in range(history)]},
+        },
+        path,
+    )
+    return path

@@ -51,7 +51,7 @@ def test_directory_checkpoint_round_trip(tmp_path, key, repo_url, torch_checkpoi
     cli("pull", row["id"][:15], "--from", repo_url, "--to", str(out), check=True)
     for f in src.rglob("*"):
         if f.is_file():
-            assert (out / f.relative_to(src)).read_bytes() == f.read_bytes(), f
+            assert (out / src.name / f.relative_to(src)).read_bytes() == f.read_bytes(), f
 
 
 def test_pull_by_name_takes_the_newest_with_that_name(tmp_path, key, repo_url, torch_checkpoint):

@@ -9,15 +9,13 @@ import subprocess
 import sys
 import time
 
-from helpers import chunk_files, json_events, manifest_ids, start_cli, wait_until
+from helpers import chunk_files, json_events, make_torch_checkpoint, manifest_ids, start_cli, wait_until
 
 from ckpt_sync.api import open_repository
 
 
 def _save_atomically(path, **kw):
     """What a careful trainer does: write a temp file, then rename it into place."""
-    from conftest import make_torch_checkpoint
-
     tmp = path.with_name(f".{path.name}.tmp")
     make_torch_checkpoint(tmp, **kw)
     os.replace(tmp, path)
@@ -272,3 +270,18 @@ def test_quarantined_hidden_and_temp_files_are_never_uploaded(tmp_path, key, rep
     torch_checkpoint(ckdir / "notes.txt")
     cli("watch", str(ckdir), "--to", repo_url, "--once", "--settle", "0.1", check=True)
     assert _names(repo_url) == ["checkpoint_q_2.pt"]
+
+
+def test_a_restored_checkpoint_is_not_committed_again(tmp_path, key, repo_url, repo_dir, torch_checkpoint, cli):
+    ckdir = tmp_path / "ck"
+    torch_checkpoint(ckdir / "checkpoint_r_1.pt", seed=1)
+    torch_checkpoint(ckdir / "step_2" / "__0_0.distcp", seed=2)
+    (ckdir / "step_2" / ".metadata").write_bytes(b"dcp metadata")
+    cli("watch", str(ckdir), "--to", repo_url, "--once", "--settle", "0.1", check=True)
+    assert len(manifest_ids(repo_dir)) == 2
+    fresh = tmp_path / "fresh-host"  # a new machine: restore both, then run the sidecar there
+    for name in ("checkpoint_r_1.pt", "step_2"):
+        cli("pull", name, "--repo", repo_url, "--to", str(fresh), check=True)
+    assert (fresh / "step_2" / ".metadata").read_bytes() == b"dcp metadata"
+    cli("watch", str(fresh), "--to", repo_url, "--once", "--settle", "0.1", check=True)
+    assert len(manifest_ids(repo_dir)) == 2
