@@ -65,7 +65,7 @@ _lib = _load()
 _MAX_CALL = 1 << 30  # EVP_EncryptUpdate takes an int length
 
 
-def _address(buf: bytes | bytearray, offset: int) -> int:
+def _address(buf: bytes | bytearray | memoryview, offset: int) -> int:
     if isinstance(buf, bytes):
         base = ctypes.cast(ctypes.c_char_p(buf), ctypes.c_void_p).value
     else:
@@ -75,7 +75,7 @@ def _address(buf: bytes | bytearray, offset: int) -> int:
 
 
 def _encrypt_openssl(
-    key: bytes, iv: bytes, src: bytes | bytearray, length: int, dst: bytearray, dst_offset: int
+    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
 ) -> None:
     assert _lib is not None
     if length % 16 or length > len(src) or dst_offset + length > len(dst):
@@ -102,7 +102,7 @@ def _encrypt_openssl(
 
 
 def _encrypt_cryptography(
-    key: bytes, iv: bytes, src: bytes | bytearray, length: int, dst: bytearray, dst_offset: int
+    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
 ) -> None:
     enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
     view = memoryview(dst)
@@ -132,7 +132,7 @@ BACKEND = "openssl-ctypes" if _lib is not None else "cryptography"
 
 
 def cbc_encrypt_into(
-    key: bytes, iv: bytes, src: bytes | bytearray, length: int, dst: bytearray, dst_offset: int
+    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
 ) -> None:
     """Encrypt the first ``length`` bytes of ``src`` (whole blocks) with AES-128-CBC into
     ``dst[dst_offset:]``; no padding is added."""

@@ -46,28 +46,37 @@ class FernetKey:
         self.signing = raw[:16]
         self.encryption = raw[16:]
 
-    def encrypt(self, plaintext: bytes | bytearray | memoryview, *, iv: bytes | None = None) -> bytearray:
-        data = plaintext if isinstance(plaintext, bytes | bytearray) else bytes(plaintext)
+    def encrypt(
+        self, plaintext: bytes | bytearray | memoryview, *, iv: bytes | None = None, out: bytearray | None = None
+    ) -> bytearray | memoryview:
+        """The binary token; written into ``out`` (a reusable buffer of at least ``token_size``) when
+        given, and then returned as a view of it."""
+        # bytes, bytearray and writable views are encrypted in place; a read-only view is copied once.
+        data = plaintext if not isinstance(plaintext, memoryview) or not plaintext.readonly else bytes(plaintext)
         n = len(data)
         full = n - n % BLOCK
-        out = bytearray(HEADER + (n // BLOCK + 1) * BLOCK + MAC)
+        total = token_size(n)
+        buf = bytearray(total) if out is None else out
+        if len(buf) < total:
+            raise ValueError("output buffer too small for the token")
         iv = iv or os.urandom(16)
-        out[0] = VERSION
-        struct.pack_into(">Q", out, 1, int(time.time()))
-        out[9:HEADER] = iv
+        buf[0] = VERSION
+        struct.pack_into(">Q", buf, 1, int(time.time()))
+        buf[9:HEADER] = iv
         if full:  # the whole blocks straight from the caller's buffer, no copy
-            cbc_encrypt_into(self.encryption, iv, data, full, out, HEADER)
+            cbc_encrypt_into(self.encryption, iv, data, full, buf, HEADER)
         # The padded last block continues the CBC chain from the last ciphertext block.
-        chain = bytes(out[HEADER + full - BLOCK : HEADER + full]) if full else iv
+        chain = bytes(buf[HEADER + full - BLOCK : HEADER + full]) if full else iv
         pad = BLOCK - n % BLOCK
         tail = bytes(data[full:]) + bytes([pad]) * pad
-        cbc_encrypt_into(self.encryption, chain, tail, BLOCK, out, HEADER + full)
+        cbc_encrypt_into(self.encryption, chain, tail, BLOCK, buf, HEADER + full)
         pos = HEADER + full + BLOCK
-        out[pos:] = hmac.digest(self.signing, memoryview(out)[:pos], "sha256")
-        return out
+        buf[pos : pos + MAC] = hmac.digest(self.signing, memoryview(buf)[:pos], "sha256")
+        return buf if out is None else memoryview(buf)[:total]
 
-    def decrypt(self, token: bytes | memoryview) -> bytearray:
-        """Authenticate and decrypt; raises IntegrityError on any mismatch."""
+    def decrypt(self, token: bytes | bytearray | memoryview, *, out: bytearray | None = None) -> bytearray | memoryview:
+        """Authenticate and decrypt; raises IntegrityError on any mismatch. With ``out`` (a reusable
+        buffer at least the token's size) the plaintext is written there and a view of it returned."""
         view = memoryview(token).cast("B")
         if len(view) < HEADER + BLOCK + MAC or view[0] != VERSION or (len(view) - HEADER - MAC) % BLOCK:
             raise IntegrityError("not a Fernet token (truncated or foreign object)")
@@ -76,14 +85,18 @@ class FernetKey:
             raise IntegrityError("authentication failed (wrong key, or the object was altered)")
         dec = Cipher(algorithms.AES(self.encryption), modes.CBC(bytes(view[9:HEADER]))).decryptor()
         body = view[HEADER:-MAC]
-        out = bytearray(len(body) + BLOCK)
-        n = dec.update_into(body, out)
+        buf = bytearray(len(body) + BLOCK) if out is None else out
+        if len(buf) < len(body) + BLOCK:
+            raise ValueError("output buffer too small for the plaintext")
+        n = dec.update_into(body, buf)
         dec.finalize()
-        pad = out[n - 1]
-        if not 1 <= pad <= BLOCK or out[n - pad : n] != bytes([pad]) * pad:
+        pad = buf[n - 1]
+        if not 1 <= pad <= BLOCK or buf[n - pad : n] != bytes([pad]) * pad:
             raise IntegrityError("bad padding after authentication (corrupt token)")
-        del out[n - pad :]
-        return out
+        if out is None:
+            del buf[n - pad :]
+            return buf
+        return memoryview(buf)[: n - pad]
 
 
 class KeyRing:
@@ -102,14 +115,16 @@ class KeyRing:
     def fingerprints(self) -> list[str]:
         return [fingerprint(k) for k in self._raw]
 
-    def encrypt(self, plaintext: bytes | memoryview) -> bytearray:
-        return self.primary.encrypt(plaintext)
+    def encrypt(
+        self, plaintext: bytes | bytearray | memoryview, *, out: bytearray | None = None
+    ) -> bytearray | memoryview:
+        return self.primary.encrypt(plaintext, out=out)
 
-    def decrypt(self, token: bytes | memoryview) -> bytearray:
+    def decrypt(self, token: bytes | bytearray | memoryview, *, out: bytearray | None = None) -> bytearray | memoryview:
         last: IntegrityError | None = None
         for key in self._keys:
             try:
-                return key.decrypt(token)
+                return key.decrypt(token, out=out)
             except IntegrityError as err:
                 last = err
         assert last is not None

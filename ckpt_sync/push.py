@@ -12,7 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .buffers import BufferPool
 from .chunking import ChunkPolicy, plan_chunks
+from .crypto import token_size
 from .errors import Cancelled, OperationFailed, UsageError
 from .locks import acquire_push_lock
 from .manifest import ChunkRef, FileEntry, Manifest, parse_seed_name
@@ -50,20 +52,6 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
     return "dir", sorted(files)
 
 
-def _read_spans(
-    fd: int, spans: list[tuple[int, int]], sha: Any, stats: TransferStats, cancel: threading.Event | None
-) -> Iterator[bytes]:
-    for off, length in spans:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("push cancelled; nothing was committed")
-        data = os.pread(fd, length, off)
-        if len(data) != length:
-            raise OperationFailed("file shrank while it was being read")
-        sha.update(data)  # sequential whole-file hash; hashlib releases the GIL
-        stats.bytes_read += length
-        yield data
-
-
 def push_file(
     repo: Repository,
     pool: ThreadPoolExecutor,
@@ -76,13 +64,41 @@ def push_file(
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> FileEntry:
+    """Read, hash and hand out chunks in order (this thread); id, encrypt and upload in the pool.
+
+    Chunks are read into a bounded set of reusable buffers, and tokens built in another: memory is
+    at most (2 x window + 1) x chunk size whatever the file's size.
+    """
+    inputs = BufferPool(window + 1, policy.chunk_size)
+    tokens = BufferPool(window, token_size(policy.chunk_size))  # at most one per running store
+
+    def read(fd: int, spans: list[tuple[int, int]], sha: Any) -> Iterator[tuple[bytearray, memoryview]]:
+        for off, length in spans:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("push cancelled; nothing was committed")
+            buf = inputs.acquire()
+            view = memoryview(buf)[:length]
+            if os.preadv(fd, [view], off) != length:
+                raise OperationFailed(f"{path} shrank while it was being read")
+            sha.update(view)  # sequential whole-file hash; hashlib releases the GIL
+            stats.bytes_read += length
+            yield buf, view
+
+    def store(item: tuple[bytearray, memoryview]) -> tuple[ChunkRef, int]:
+        buf, view = item
+        scratch = tokens.acquire()
+        try:
+            return repo.store_chunk(view, scratch=scratch)
+        finally:
+            tokens.release(scratch)
+            inputs.release(buf)
+
     with open(path, "rb") as f:
         before = os.fstat(f.fileno())
         spans = plan_chunks(f, before.st_size, policy)
         sha = hashlib.sha256()
         refs: list[ChunkRef] = []
-        chunks = _read_spans(f.fileno(), spans, sha, stats, cancel)
-        for ref, sent in ordered_map(pool, repo.store_chunk, chunks, window):
+        for ref, sent in ordered_map(pool, store, read(f.fileno(), spans, sha), window):
             refs.append(ref)
             stats.chunks += 1
             if sent:

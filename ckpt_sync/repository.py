@@ -168,11 +168,14 @@ class Repository:
                 self._known = self.list_chunks()
             return self._known
 
-    def store_chunk(self, plaintext: bytes | bytearray | memoryview) -> tuple[ChunkRef, int]:
+    def store_chunk(
+        self, plaintext: bytes | bytearray | memoryview, *, scratch: bytearray | None = None
+    ) -> tuple[ChunkRef, int]:
         """Encrypt and upload unless already stored. Returns the ref and the bytes sent (0 if deduplicated).
 
         A stored object counts only with exactly the expected size: one cut short (a power loss
-        before the commit barrier, a truncating store) is replaced, never trusted.
+        before the commit barrier, a truncating store) is replaced, never trusted. ``scratch`` is a
+        reusable buffer for the token (see buffers.py).
         """
         cid = self.chunk_id(plaintext)
         ref = ChunkRef(cid, len(plaintext))
@@ -183,7 +186,7 @@ class Repository:
                 return ref, 0
             known[cid] = expected  # claimed: a duplicate chunk in flight elsewhere in this push is skipped
         try:
-            token = self.keys.encrypt(plaintext)
+            token = self.keys.encrypt(plaintext, out=scratch)
             self.provider.put(chunk_key(cid), token)
         except BaseException:
             with self._lock:
@@ -191,12 +194,13 @@ class Repository:
             raise
         return ref, len(token)
 
-    def load_chunk(self, ref: ChunkRef) -> bytearray:
-        """Fetch, authenticate, decrypt and check a chunk against its id and size."""
+    def load_chunk(self, ref: ChunkRef, *, out: bytearray | None = None) -> bytearray | memoryview:
+        """Fetch, authenticate, decrypt and check a chunk against its id and size (into ``out``, a
+        reusable buffer, when given)."""
         token = self.provider.get(chunk_key(ref.id))
         if len(token) != token_size(ref.size):
             raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
-        plain = self.keys.decrypt(token)
+        plain = self.keys.decrypt(token, out=out)
         if len(plain) != ref.size or not hmac.compare_digest(self.chunk_id(plain), ref.id):
             raise IntegrityError(f"chunk {ref.id[:16]} does not match its id (swapped or substituted object)")
         return plain

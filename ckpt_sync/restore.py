@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .buffers import BufferPool
+from .crypto import token_size
 from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .pipeline import default_workers, ordered_map
@@ -41,24 +43,35 @@ def read_verified(
 
     Raises IntegrityError (or NotFound) for any chunk or hash mismatch.
     """
+    if not entry.chunks:
+        if hashlib.sha256().hexdigest() != entry.sha256:
+            raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
+        return
     offsets = itertools.accumulate((c.size for c in entry.chunks), initial=0)
+    # Plaintexts go into reusable buffers: each pending chunk holds one, and this thread one more.
+    plains = BufferPool(window + 1, token_size(max(c.size for c in entry.chunks)))
 
-    def fetch(item: tuple[ChunkRef, int]) -> bytearray:
+    def fetch(item: tuple[ChunkRef, int]) -> tuple[bytearray, memoryview]:
         ref, offset = item
-        plain = repo.load_chunk(ref)
-        if fd is not None:
-            view = memoryview(plain)
-            while view:
+        buf = plains.acquire()
+        try:
+            plain = memoryview(repo.load_chunk(ref, out=buf))
+            view = plain
+            while fd is not None and view:
                 written = os.pwrite(fd, view, offset)
                 view, offset = view[written:], offset + written
-        return plain
+        except BaseException:
+            plains.release(buf)
+            raise
+        return buf, plain
 
     sha = hashlib.sha256()
     # offsets has one more item (the end of the file): strict=False is intended.
-    for plain in ordered_map(pool, fetch, zip(entry.chunks, offsets, strict=False), window):
+    for buf, plain in ordered_map(pool, fetch, zip(entry.chunks, offsets, strict=False), window):
         sha.update(plain)
         if progress:
             progress(len(plain))
+        plains.release(buf)
     if sha.hexdigest() != entry.sha256:
         raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
 
