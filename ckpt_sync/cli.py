@@ -7,7 +7,6 @@ configuration; one line on stderr per error, a traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import json
 import logging
@@ -574,26 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _return_chunk_buffers_to_the_os() -> None:
-    """Keep peak RSS flat whatever the checkpoint size (glibc only; this process only).
-
-    After the first large free, glibc raises its mmap threshold, so later 8 MiB chunk buffers come
-    from per-thread arenas that keep freed memory: measured here, push RSS then grows from ~110 MiB
-    (64 MiB file) to ~200 MiB (512 MiB file). A fixed threshold hands each chunk buffer back to the
-    OS when it is freed (~95 and ~125 MiB). Not done for library use: a library should not change
-    its host's allocator.
-    """
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD = 1 MiB
-    except (OSError, AttributeError):
-        pass  # another C library: its own behaviour
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _return_chunk_buffers_to_the_os()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

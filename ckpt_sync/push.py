@@ -61,16 +61,17 @@ def push_file(
     *,
     policy: ChunkPolicy,
     window: int,
+    workers: int,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
 ) -> FileEntry:
     """Read, hash and hand out chunks in order (this thread); id, encrypt and upload in the pool.
 
     Chunks are read into a bounded set of reusable buffers, and tokens built in another: memory is
-    at most (2 x window + 1) x chunk size whatever the file's size.
+    at most (window + 1 + workers) x chunk size whatever the file's size.
     """
     inputs = BufferPool(window + 1, policy.chunk_size)
-    tokens = BufferPool(window, token_size(policy.chunk_size))  # at most one per running store
+    tokens = BufferPool(workers, token_size(policy.chunk_size))  # one per running store
 
     def read(fd: int, spans: list[tuple[int, int]], sha: Any) -> Iterator[tuple[bytearray, memoryview]]:
         for off, length in spans:
@@ -144,7 +145,16 @@ def push_path(
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
             entries = [
                 push_file(
-                    repo, pool, rel, fp, stats, policy=policy, window=workers + 2, progress=progress, cancel=cancel
+                    repo,
+                    pool,
+                    rel,
+                    fp,
+                    stats,
+                    policy=policy,
+                    window=workers + 2,
+                    workers=workers,
+                    progress=progress,
+                    cancel=cancel,
                 )
                 for rel, fp in files
             ]
