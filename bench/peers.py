@@ -25,6 +25,8 @@ def restic(work: Path, src: Path) -> tuple[Measured, Measured] | None:
     if not have("restic"):
         return None
     env = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    for old in ("restic-repo", "restic-out", "restic-cache"):
+        shutil.rmtree(work / old, ignore_errors=True)
     repo = str(work / "restic-repo")
     run_cmd(["restic", "init", "--repo", repo, "--quiet"], env=env)
     backup = run_cmd(["restic", "backup", "--repo", repo, "--quiet", str(src)], env=env)

@@ -1,6 +1,6 @@
 """Every performance figure in one run, side by side on the same generated checkpoints.
 
-    python bench/run.py [--size 1G] [--big 4G] [--no-s3] [--dir PATH]
+    python bench/run.py [--size 1G] [--big 4G] [--repeat 3] [--no-s3] [--dir PATH]
 
 Sections: the CPU's own limits; push/pull to a local-folder repository against restic and rclone
 crypt (a missing peer is reported as skipped); the incremental fine-tuning checkpoint; peak RSS for a
@@ -51,27 +51,55 @@ def section_cpu(ckpt: Path) -> None:
     )
 
 
-def section_local(work: Path, ckpt: Path, env: dict[str, str]) -> dict[str, float]:
+def _median(runs: list[Measured]) -> Measured:
+    return sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
+
+
+def section_local(work: Path, ckpt: Path, env: dict[str, str], repeat: int) -> dict[str, float]:
+    """Each tool ``repeat`` times, interleaved (so drift in the machine's load hits all alike); medians."""
     nbytes = ckpt.stat().st_size
-    push, pull = _ours(ckpt, work / "repo", work / "out", env)
-    rows = [("ckpt-sync", _rate(nbytes, push), _rate(nbytes, pull), f"{push.peak_mib:.0f}/{pull.peak_mib:.0f}")]
-    best_push = best_pull = None
-    for name, fn in (("restic", peers.restic), ("rclone crypt", peers.rclone_crypt)):
-        result = fn(work, ckpt)
-        if result is None:
+    tools = {
+        "ckpt-sync": lambda w: _ours(ckpt, w / "repo", w / "out", env),
+        "restic": lambda w: peers.restic(w, ckpt),
+        "rclone crypt": lambda w: peers.rclone_crypt(w, ckpt),
+    }
+    runs: dict[str, list[tuple[Measured, Measured]]] = {name: [] for name in tools}
+    for i in range(repeat):
+        for name, fn in tools.items():
+            scratch = work / f"{name.replace(' ', '-')}-{i}"
+            scratch.mkdir()
+            result = fn(scratch)
+            if result is not None:
+                runs[name].append(result)
+            shutil.rmtree(scratch, ignore_errors=True)
+    rows = []
+    medians: dict[str, tuple[Measured, Measured]] = {}
+    for name, results in runs.items():
+        if not results:
             rows.append((name, "skipped (not installed)", "", ""))
             continue
-        p, q = result
-        rows.append((name, _rate(nbytes, p), _rate(nbytes, q), ""))
-        best_push = min(best_push or p.seconds, p.seconds)
-        best_pull = min(best_pull or q.seconds, q.seconds)
-    print(f"\n## Local-folder repository, {nbytes / MiB:.0f} MiB torch checkpoint (MLP + Adam state)")
-    print_table(rows, ("tool", "push / backup", "pull / restore", "our peak RSS MiB push/pull"))
-    ratios = {}
-    if best_push:
-        ratios["push vs faster peer"] = best_push / push.seconds
-        ratios["pull vs faster peer"] = best_pull / pull.seconds
-    return ratios
+        push, pull = _median([r[0] for r in results]), _median([r[1] for r in results])
+        medians[name] = (push, pull)
+        peak = f"{push.peak_mib:.0f}/{pull.peak_mib:.0f}" if push.peak_mib else ""
+        spread = "  ".join(f"{nbytes / MiB / r[0].seconds:.0f}/{nbytes / MiB / r[1].seconds:.0f}" for r in results)
+        rows.append((name, _rate(nbytes, push), _rate(nbytes, pull), peak, spread))
+    print(
+        f"\n## Local-folder repository, {nbytes / MiB:.0f} MiB torch checkpoint (MLP + Adam state), "
+        f"median of {repeat} interleaved runs"
+    )
+    print_table(
+        [r if len(r) == 5 else (*r, "") for r in rows],
+        ("tool", "push / backup", "pull / restore", "our peak RSS MiB push/pull", "each run MiB/s push/pull"),
+    )
+    ours = medians["ckpt-sync"]
+    peer_push = [m[0].seconds for n, m in medians.items() if n != "ckpt-sync"]
+    peer_pull = [m[1].seconds for n, m in medians.items() if n != "ckpt-sync"]
+    if not peer_push:
+        return {}
+    return {
+        "push vs faster peer": min(peer_push) / ours[0].seconds,
+        "pull vs faster peer": min(peer_pull) / ours[1].seconds,
+    }
 
 
 def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, float]:
@@ -95,6 +123,7 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="main checkpoint size (default 1G)")
     ap.add_argument("--big", default="4G", help="second size for the memory check (default 4G; 0 to skip)")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 section")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per tool in the local section (median; default 3)")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
     args = ap.parse_args()
     from cryptography.fernet import Fernet
@@ -106,13 +135,15 @@ def main() -> None:
     try:
         ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
         section_cpu(ckpt)
-        for name, ratio in section_local(work, ckpt, env).items():
+        for name, ratio in section_local(work, ckpt, env, args.repeat).items():
             target = "2.0" if name.startswith("push") else "1.5"
             summary.append((f"local {name} (x faster)", f"{ratio:.2f}", f">= {target}"))
         inc = incremental.run(work, env)
         print(f"\n## Incremental: fine-tuned head, frozen backbone ({inc['backbone_share']:.0%} of parameters)")
-        print(f"second checkpoint {inc['size'] / MiB:.1f} MiB: {inc['bytes_new'] / MiB:.2f} MiB new, "
-              f"{inc['bytes_sent'] / MiB:.2f} MiB sent = {inc['share_sent']:.1%} of the file")
+        print(
+            f"second checkpoint {inc['size'] / MiB:.1f} MiB: {inc['bytes_new'] / MiB:.2f} MiB new, "
+            f"{inc['bytes_sent'] / MiB:.2f} MiB sent = {inc['share_sent']:.1%} of the file"
+        )
         summary.append(("incremental bytes sent / file size", f"{inc['share_sent']:.1%}", "<= 15%"))
         sizes = [size] + ([parse_size(args.big)] if parse_size(args.big) else [])
         for label, peak in section_rss(work, sizes, env).items():
