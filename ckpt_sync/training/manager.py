@@ -597,8 +597,8 @@ class CheckpointManager:
                 if best is not None:
                     tmp = self.best_dir.parent / f".{self.best_dir.name}.{secrets.token_hex(4)}.tmp"
                     try:
-                        api.pull(to=tmp, repo=repo, checkpoint=best.id)
-                        os.replace(tmp, self.best_dir)
+                        api.pull(to=tmp, repo=repo, checkpoint=best.id)  # a folder lands as tmp/<name>/
+                        os.replace(tmp / best.name, self.best_dir)
                     except CkptSyncError as err:
                         log.warning("[WARN] could not restore the best model from %s: %s", repo.url, err)
                     finally:
