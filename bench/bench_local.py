@@ -56,12 +56,24 @@ def run(work: Path, size: int) -> None:
 
     rows = [
         ("plain copy + fsync", fmt_rate(nbytes, plain.seconds), "1.00", f"{plain.peak_mib:.0f}"),
-        ("push (new repository)", fmt_rate(nbytes, push.seconds), f"{plain.seconds / push.seconds:.2f}",
-         f"{push.peak_mib:.0f}"),
-        ("push again (all deduplicated)", fmt_rate(nbytes, again.seconds), f"{plain.seconds / again.seconds:.2f}",
-         f"{again.peak_mib:.0f}"),
-        ("pull --latest", fmt_rate(nbytes, pull.seconds), f"{plain.seconds / pull.seconds:.2f}",
-         f"{pull.peak_mib:.0f}"),
+        (
+            "push (new repository)",
+            fmt_rate(nbytes, push.seconds),
+            f"{plain.seconds / push.seconds:.2f}",
+            f"{push.peak_mib:.0f}",
+        ),
+        (
+            "push again (all deduplicated)",
+            fmt_rate(nbytes, again.seconds),
+            f"{plain.seconds / again.seconds:.2f}",
+            f"{again.peak_mib:.0f}",
+        ),
+        (
+            "pull --latest",
+            fmt_rate(nbytes, pull.seconds),
+            f"{plain.seconds / pull.seconds:.2f}",
+            f"{pull.peak_mib:.0f}",
+        ),
     ]
     print_table(rows, ("operation", "throughput", "x plain copy", "peak RSS MiB"))
 
