@@ -70,9 +70,7 @@ def push_with_stats(
     progress: Any = None,
 ) -> tuple[Manifest, TransferStats]:
     r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file, create=True)
-    policy = ChunkPolicy()
-    if chunk_size:
-        policy = ChunkPolicy(chunk_size=chunk_size, min_size=min(chunk_size, policy.min_size))
+    policy = ChunkPolicy.of_size(chunk_size)
     return push_path(r, path, tags=tags, metadata=metadata, policy=policy, workers=workers, progress=progress)
 
 

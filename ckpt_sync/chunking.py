@@ -26,6 +26,13 @@ class ChunkPolicy:
     chunk_size: int = 8 * MiB
     min_size: int = 1 * MiB
 
+    @classmethod
+    def of_size(cls, chunk_size: int | None) -> ChunkPolicy:
+        """The default policy, or one cutting at ``chunk_size`` (small sizes lower the minimum too)."""
+        if not chunk_size:
+            return cls()
+        return cls(chunk_size=chunk_size, min_size=min(chunk_size, cls().min_size))
+
     def __post_init__(self) -> None:
         if not 64 * 1024 <= self.chunk_size <= 256 * MiB:
             raise ValueError("chunk size must be between 64 KiB and 256 MiB")

@@ -145,13 +145,7 @@ def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
 
 
 def _load_all(repo: Any) -> list[Manifest]:
-    out = []
-    for mid in repo.manifest_ids():
-        try:
-            out.append(repo.load_manifest(mid))
-        except CkptSyncError as err:
-            _warn(f"skipping unreadable checkpoint {mid}: {err}")
-    return out
+    return list(repo.manifests(lambda mid, err: _warn(f"skipping unreadable checkpoint {mid}: {err}")))
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -315,7 +309,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         keep=args.keep or None,
         grace=args.grace,
         workers=args.workers,
-        policy=_policy(args.chunk_size),
+        policy=ChunkPolicy.of_size(parse_size(args.chunk_size) if args.chunk_size else None),
     )
     served = None
     try:
@@ -328,13 +322,6 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if served:
             served.close()
         queue.close()
-
-
-def _policy(chunk_size: str | None) -> ChunkPolicy:
-    if not chunk_size:
-        return ChunkPolicy()
-    size = parse_size(chunk_size)
-    return ChunkPolicy(chunk_size=size, min_size=min(size, ChunkPolicy().min_size))
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -408,6 +395,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         print(f"config file: none (no --config, ./{config.LOCAL_FILE} or {config.config_dir() / 'config.toml'})")
     print(_table([list(r) for r in effective.rows()], ["SETTING", "VALUE", "SOURCE"]))
     return EXIT_OK
+
+
+def add_grace_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -520,12 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="full rescan interval, for filesystems that drop events (default 30)",
     )
-    p.add_argument(
-        "--grace",
-        type=float,
-        metavar="SECONDS",
-        help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
-    )
+    add_grace_option(p)
     p.add_argument("--once", action="store_true", help="upload what is there, wait until committed, exit")
     p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
     p.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON (default text)")
@@ -539,12 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prune", parents=[common], help="apply remote retention now")
     p.add_argument("--keep", type=int, metavar="N", help="keep the N newest, plus best and pinned (default 5)")
-    p.add_argument(
-        "--grace",
-        type=float,
-        metavar="SECONDS",
-        help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
-    )
+    add_grace_option(p)
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_repo_option(p, "--from")

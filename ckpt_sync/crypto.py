@@ -137,12 +137,6 @@ class KeyRing:
                 return Fernet(base64.urlsafe_b64encode(raw))
         raise KeyError(fp)
 
-    def key_for(self, fp: str) -> FernetKey | None:
-        for raw, key in zip(self._raw, self._keys, strict=True):
-            if fingerprint(raw) == fp:
-                return key
-        return None
-
 
 def fingerprint(raw_key: bytes) -> str:
     """A public, one-way name for a key (HMAC of a constant under the key)."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .chunking import ChunkPolicy
-from .errors import IntegrityError, NotFound, UsageError
+from .errors import UsageError
 from .manifest import Manifest
 from .prune import DEFAULT_GRACE
 from .queue import Job, JobQueue, signature
@@ -54,11 +54,7 @@ class WatchHooks:
 def committed_versions(repo: Repository) -> set[tuple[str, int, int]]:
     """(name, size, source mtime) of every committed checkpoint that recorded its source."""
     out = set()
-    for mid in repo.manifest_ids():
-        try:
-            m = repo.load_manifest(mid)
-        except (IntegrityError, NotFound):
-            continue
+    for m in repo.manifests():
         mtime = m.extra.get("source_mtime_ns")
         if isinstance(mtime, int):
             out.add((m.name, m.size, mtime))

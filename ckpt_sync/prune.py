@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 from .crypto import token_size
-from .errors import IntegrityError, NotFound
 from .locks import live_push_locks, try_acquire_prune_lock
 from .repository import CHUNKS, Repository, chunk_key, manifest_key
 from .retention import Candidate, RetentionPolicy, to_remove
@@ -64,12 +63,8 @@ def prune(
 
 
 def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneReport) -> None:
-    manifests = {}
-    for mid in repo.manifest_ids():
-        try:
-            manifests[mid] = repo.load_manifest(mid)
-        except (IntegrityError, NotFound):
-            continue  # not ours to judge: never deleted by retention
+    # An unreadable manifest is not ours to judge: never deleted by retention.
+    manifests = {m.id: m for m in repo.manifests()}
     if not manifests:
         return
     candidates = [Candidate(mid, m.created, frozenset(m.tags)) for mid, m in manifests.items()]
@@ -95,12 +90,12 @@ def _collect_chunks(repo: Repository, grace: float, report: PruneReport) -> None
         report.gc_skipped = "a push is in progress; unreferenced chunks are collected by a later prune"
         return
     referenced: set[str] = set()
-    for mid in repo.manifest_ids():  # fresh listing: includes checkpoints committed meanwhile
-        try:
-            referenced |= repo.load_manifest(mid).chunk_ids()
-        except (IntegrityError, NotFound):
-            report.gc_skipped = f"manifest {mid} is unreadable with these keys; its chunks cannot be judged"
-            return
+    unreadable: list[str] = []
+    for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):  # fresh: includes new commits
+        referenced |= m.chunk_ids()
+    if unreadable:
+        report.gc_skipped = f"manifest {unreadable[0]} is unreadable with these keys; its chunks cannot be judged"
+        return
     cutoff = time.time() - grace
     garbage = [
         info

@@ -18,7 +18,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from cryptography.fernet import InvalidToken
 
@@ -216,6 +216,21 @@ class Repository:
         """Committed manifest ids, newest first."""
         ids = [i.key[len(MANIFESTS) :] for i in self.provider.list(MANIFESTS)]
         return sorted((i for i in ids if i and "/" not in i), reverse=True)
+
+    def manifests(self, on_unreadable: Callable[[str, IntegrityError], None] | None = None) -> Iterator[Manifest]:
+        """Committed manifests, newest first.
+
+        One that cannot be read (damaged, or encrypted with a key not in this ring) is reported to
+        ``on_unreadable`` and skipped; one removed since the listing (a concurrent prune) is skipped.
+        """
+        for mid in self.manifest_ids():
+            try:
+                yield self.load_manifest(mid)
+            except NotFound:
+                continue
+            except IntegrityError as err:
+                if on_unreadable is not None:
+                    on_unreadable(mid, err)
 
     def load_manifest(self, manifest_id: str) -> Manifest:
         token = self.provider.get(manifest_key(manifest_id))

@@ -212,17 +212,12 @@ def find_manifest(repo: Repository, selector: str) -> Manifest:
         return repo.load_manifest(matches[0])
     if len(matches) > 1:
         raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
-    unreadable = 0
-    for mid in ids:
-        try:
-            m = repo.load_manifest(mid)
-        except IntegrityError:
-            unreadable += 1
-            continue
+    unreadable: list[str] = []
+    for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):
         if m.name == selector:
             return m
     hint = (
-        f"; {unreadable} checkpoint(s) could not be decrypted with the given key(s) (an older key, or damage?)"
+        f"; {len(unreadable)} checkpoint(s) could not be decrypted with the given key(s) (an older key, or damage?)"
         if unreadable
         else ""
     )

@@ -7,20 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, NotFound
-from .manifest import Manifest, parse_seed_name
+from .manifest import parse_seed_name
 from .queue import DONE, FAILED, PENDING, RUNNING, JobQueue, signature
 from .repository import Repository
 from .watcher import DEFAULT_PATTERNS, CheckpointFinder
-
-
-def _newest_manifest(repo: Repository) -> Manifest | None:
-    for mid in repo.manifest_ids():
-        try:
-            return repo.load_manifest(mid)
-        except (IntegrityError, NotFound):
-            continue
-    return None
 
 
 def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = None) -> dict[str, Any]:
@@ -46,7 +36,7 @@ def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = No
         "lag_seconds": None,
         "lag_steps": None,
     }
-    committed = _newest_manifest(repo) if repo else None
+    committed = next(repo.manifests(), None) if repo else None
     if committed:
         status["newest_committed"] = {
             "id": committed.id,

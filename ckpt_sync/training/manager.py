@@ -566,12 +566,11 @@ class CheckpointManager:
         repo = api.open_repository(self.repo, key_file=self.key_file)
         pulled = False
         try:
-            manifests = []
-            for mid in repo.manifest_ids():
-                try:
-                    manifests.append(repo.load_manifest(mid))
-                except IntegrityError as err:
-                    log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
+            manifests = list(
+                repo.manifests(
+                    lambda mid, err: log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
+                )
+            )
             for m in manifests:
                 if "best" in m.tags or parse_checkpoint_path(m.name) is None:
                     continue
