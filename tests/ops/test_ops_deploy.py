@@ -140,7 +140,7 @@ def test_every_copied_source_is_in_the_build_context_and_nothing_else_is():
     for src in copied:
         assert (ROOT / src).exists(), src
         assert not _dockerignored(src), f"{src} is copied but .dockerignore leaves it out"
-    assert not _dockerignored("ckpt_sync/cli.py") and not _dockerignored("providers/s3.py")
+    assert not _dockerignored("ckpt_sync/cli/app.py") and not _dockerignored("providers/s3.py")
     for private in (".git/config", "tests/conftest.py", ".servers/servers.json", "run42.key", "bench/common.py"):
         assert _dockerignored(private), f"{private} would be sent to the Docker daemon"
     assert _dockerignored("ckpt_sync/__pycache__/cli.cpython-311.pyc")

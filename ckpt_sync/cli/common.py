@@ -1,0 +1,152 @@
+"""What every verb shares: error and warning lines, progress bars, table and row rendering, the
+repository a verb's settings name, and the options several verbs take."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from ..api import open_repository as _open_repository
+from ..manifest import Manifest
+from ..providers import RetryPolicy
+from ..prune import DEFAULT_GRACE
+
+ProgressFn = Callable[[int], None]
+
+
+def err(msg: str) -> None:
+    print(f"ckpt-sync: error: {msg}", file=sys.stderr)
+
+
+def warn(msg: str) -> None:
+    print(f"ckpt-sync: warning: {msg}", file=sys.stderr)
+
+
+@contextmanager
+def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[ProgressFn | None]:
+    """A tqdm bar on a terminal; nothing at all otherwise."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
+    from tqdm import tqdm
+
+    try:  # some terminals (serial consoles, bare ptys) report a 0x0 size: tqdm would then draw nothing
+        size = os.get_terminal_size(sys.stderr.fileno())
+        columns, rows = size.columns or 100, size.lines or 24
+    except OSError:
+        columns, rows = 100, 24
+    with tqdm(
+        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False, ncols=columns, nrows=rows
+    ) as bar:
+        yield bar.update
+
+
+def when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def manifest_row(m: Manifest) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "name": m.name,
+        "session": m.session_id,
+        "step": m.global_step,
+        "epoch": m.epoch,
+        "loss": m.loss,
+        "files": len(m.files),
+        "size": m.size,
+        "created": datetime.fromtimestamp(m.created).astimezone().isoformat(timespec="seconds"),
+        "host": m.host,
+        "tags": list(m.tags),
+    }
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit."""
+    options: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
+    if args.bwlimit:
+        options["bwlimit"] = args.bwlimit
+    retry = RetryPolicy(attempts=args.retry_attempts, max_seconds=args.retry_time)
+    return _open_repository(args.repo, key_file=args.key_file, create=create, retry=retry, **options)
+
+
+def load_all(repo: Any) -> list[Manifest]:
+    """Every readable checkpoint; each unreadable one is named in a warning line."""
+    return list(repo.manifests(lambda mid, e: warn(f"skipping unreadable checkpoint {mid}: {e}")))
+
+
+def add_repo_option(p: argparse.ArgumentParser, alias: str) -> None:
+    """``--repo`` everywhere; ``--to`` where we write (push, watch), ``--from`` where we read."""
+    p.add_argument(
+        "--repo",
+        alias,
+        dest="repo",
+        metavar="URL",
+        help="repository URL (file:///path or a folder, s3://, az://, gs://); default $CKPT_SYNC_REPO, "
+        "else the embedded local repository",
+    )
+
+
+def add_grace_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
+    )
+
+
+def add_json_option(p: argparse.ArgumentParser, what: str = "print JSON") -> None:
+    p.add_argument("--json", action="store_true", help=what)
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The options every repository verb takes (a parent parser)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="PATH",
+        help="TOML settings file (default $CKPT_SYNC_CONFIG, else ./ckpt-sync.toml, else "
+        "~/.config/ckpt-sync/config.toml); flags beat the environment, which beats the file",
+    )
+    common.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="Fernet key file (default $BACKUP_ENCRYPTION_KEY, else ~/.config/ckpt-sync/key)",
+    )
+    common.add_argument("--workers", type=int, metavar="N", help="parallel chunk workers")
+    common.add_argument(
+        "--endpoint-url",
+        metavar="URL",
+        help="object store endpoint (S3-compatible stores, emulators); default from the environment",
+    )
+    common.add_argument(
+        "--retry-attempts",
+        type=int,
+        metavar="N",
+        help=f"attempts per storage call on transient errors (default {RetryPolicy.attempts})",
+    )
+    common.add_argument(
+        "--retry-time",
+        type=float,
+        metavar="SECONDS",
+        help=f"give up retrying a storage call after this long (default {RetryPolicy.max_seconds:.0f})",
+    )
+    common.add_argument(
+        "--bwlimit",
+        metavar="RATE",
+        help="bytes per second for all uploads and downloads of this process together, e.g. 50M (default: no limit)",
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    return common

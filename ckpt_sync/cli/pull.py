@@ -1,0 +1,70 @@
+"""``ckpt-sync pull``: restore one checkpoint (by id or name, or the newest that verifies) into a folder."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ..errors import EXIT_OK, UsageError
+from ..manifest import Manifest
+from ..restore import pull
+from ..units import format_bytes
+from .common import add_repo_option, open_repository, progress_bar, warn
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("pull", parents=[common], help="restore a checkpoint into a folder")
+    p.add_argument("checkpoint", nargs="?", metavar="ID_OR_NAME", help="checkpoint id (or unique prefix) or name")
+    p.add_argument("--latest", action="store_true", help="the newest checkpoint that fully verifies")
+    p.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with --latest: exit 0 when the repository has no checkpoint yet (init containers, first runs)",
+    )
+    p.add_argument("--to", "--dest", dest="to", default=".", metavar="DIR", help="target folder (default .)")
+    add_repo_option(p, "--from")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.latest == bool(args.checkpoint):
+        raise UsageError("pull needs exactly one of --latest or a checkpoint ID_OR_NAME")
+    if args.allow_empty and not args.latest:
+        raise UsageError("--allow-empty goes with --latest")
+    # With --allow-empty a first run (no repository, or one with no checkpoint yet) is not an error: the
+    # repository is created as push/watch would. A wrong key, or checkpoints that exist but all fail to
+    # verify, still fail: a job must not silently start from scratch over data it cannot read.
+    repo = open_repository(args, create=args.allow_empty)
+    if args.allow_empty and not repo.manifest_ids():
+        print(f"nothing to restore: {repo.url} has no checkpoint yet (a first run starts fresh)")
+        return EXIT_OK
+    bar_ctx: dict[str, Any] = {}
+
+    def on_start(m: Manifest) -> None:
+        if "cm" in bar_ctx:
+            bar_ctx["cm"].__exit__(None, None, None)
+        bar_ctx["cm"] = progress_bar(m.size, f"pull {m.name}", True)
+        bar_ctx["fn"] = bar_ctx["cm"].__enter__()
+
+    def progress(n: int) -> None:
+        if bar_ctx.get("fn"):
+            bar_ctx["fn"](n)
+
+    try:
+        m, stats = pull(
+            repo,
+            args.to,
+            selector=args.checkpoint,
+            workers=args.workers,
+            progress=progress,
+            warn=warn,
+            on_start=on_start,
+        )
+    finally:
+        if "cm" in bar_ctx:
+            bar_ctx["cm"].__exit__(None, None, None)
+    print(
+        f"restored {m.name} ({m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
+        f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
+    )
+    return EXIT_OK

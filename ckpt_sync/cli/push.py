@@ -1,0 +1,44 @@
+"""``ckpt-sync push``: commit files or folders, each as one checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..api import push_with_stats
+from ..errors import EXIT_OK
+from ..push import total_size
+from ..units import format_bytes, parse_size
+from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("push", parents=[common], help="commit files or checkpoint folders to the repository")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="a checkpoint file, or a folder pushed as one checkpoint")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the checkpoint (e.g. best)")
+    p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
+    add_json_option(p)
+    add_repo_option(p, "--to")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args, create=True)
+    chunk_size = parse_size(args.chunk_size) if args.chunk_size else None
+    results = []
+    for path in args.paths:
+        with progress_bar(total_size(path), f"push {Path(path).name}", not args.json) as bar:
+            m, stats = push_with_stats(
+                path, repo, tags=args.tag, chunk_size=chunk_size, workers=args.workers, progress=bar
+            )
+        results.append({**manifest_row(m), "stats": stats.to_json()})
+        if not args.json:
+            print(
+                f"committed {m.name} as {m.id}: {len(m.files)} file(s), {format_bytes(m.size)} read, "
+                f"{format_bytes(stats.bytes_new)} new, {format_bytes(stats.bytes_sent)} sent "
+                f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return EXIT_OK

@@ -1,0 +1,64 @@
+"""``ckpt-sync status``: backlog, upload in flight, newest committed, lag, throughput, last error of a watch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..daemon import default_state_dir
+from ..errors import EXIT_OK, CkptSyncError, ConfigError, UsageError
+from ..queue import JobQueue
+from ..status import gather
+from ..units import format_bytes
+from .common import add_json_option, add_repo_option, open_repository, when
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("status", parents=[common], help="backlog, lag, throughput and last error of a watch")
+    p.add_argument("dir", nargs="?", metavar="DIR", help="the watched folder (its state is in DIR/.ckpt-sync)")
+    p.add_argument("--state-dir", metavar="DIR", help="the queue's state folder")
+    add_json_option(p)
+    add_repo_option(p, "--from")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(Path(args.dir)) if args.dir else None
+    if state_dir is None:
+        raise UsageError("status needs the watched folder (ckpt-sync status DIR) or --state-dir")
+    if not (state_dir / "queue.sqlite3").is_file():
+        raise ConfigError(f"no ckpt-sync queue in {state_dir}: is `ckpt-sync watch` running on that folder?")
+    queue = JobQueue(state_dir)
+    repo, repo_error = None, None
+    try:
+        repo = open_repository(args)
+    except CkptSyncError as e:
+        repo_error = str(e)
+    try:
+        st = gather(queue, repo, repo_error)
+    finally:
+        queue.close()
+    if args.json:
+        print(json.dumps(st, indent=2))
+        return EXIT_OK
+    print(f"repository:  {st['repository'] or 'unavailable: ' + str(st['repository_error'])}")
+    print(f"backlog:     {st['backlog']} job(s) ({st['jobs']['failed']} failed, {st['jobs']['done']} done)")
+    for j in st["in_flight"]:
+        pct = 100 * j["bytes_done"] / j["size"] if j["size"] else 100
+        print(f"uploading:   {j['name']} {pct:.0f}% of {format_bytes(j['size'])}")
+    if st["newest_committed"]:
+        c = st["newest_committed"]
+        print(f"committed:   {c['name']} (step {c['step']}) at {when(c['created'])}")
+    if st["newest_local"]:
+        loc = st["newest_local"]
+        print(f"local:       {loc['name']} (step {loc['step']}) at {when(loc['modified'])}")
+    if st["lag_seconds"] is not None:
+        steps = f", {st['lag_steps']} step(s)" if st["lag_steps"] is not None else ""
+        print(f"lag:         {st['lag_seconds']:.0f}s{steps}")
+    if st["throughput_bytes_per_s"]:
+        print(f"throughput:  {format_bytes(st['throughput_bytes_per_s'])}/s (recent uploads)")
+    if st["last_error"]:
+        e = st["last_error"]
+        print(f"last error:  {when(e['time'])} {e['job']}: {e['error']}")
+    return EXIT_OK

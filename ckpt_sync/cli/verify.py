@@ -1,0 +1,42 @@
+"""``ckpt-sync verify``: is every checkpoint restorable? Exit 1 naming each damaged one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from ..errors import EXIT_FAILED, EXIT_OK
+from ..verify import verify
+from .common import add_json_option, add_repo_option, err, open_repository
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("verify", parents=[common], help="check that every checkpoint is restorable")
+    p.add_argument("--read-data", action="store_true", help="download, authenticate and re-hash everything")
+    add_json_option(p)
+    add_repo_option(p, "--from")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    repo = open_repository(args)
+    started = time.monotonic()
+    results = verify(repo, read_data=args.read_data, workers=args.workers)
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        print(json.dumps([r.to_json() for r in results], indent=2))
+    else:
+        for r in bad:
+            print(
+                f"DAMAGED {r.name} ({r.id}): {'; '.join(r.problems[:3])}"
+                + (f" (+{len(r.problems) - 3} more)" if len(r.problems) > 3 else "")
+            )
+        what = "data read and verified" if args.read_data else "structure and chunk presence checked"
+        print(
+            f"{len(results) - len(bad)} of {len(results)} checkpoint(s) sound ({what}, "
+            f"{time.monotonic() - started:.1f}s)"
+        )
+    for r in bad:
+        err(f"checkpoint {r.name} ({r.id}) is damaged")
+    return EXIT_FAILED if bad else EXIT_OK

@@ -1,0 +1,103 @@
+"""``ckpt-sync watch``: the sidecar daemon that uploads every complete checkpoint in a folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from .. import config
+from ..chunking import ChunkPolicy
+from ..daemon import WatchOptions, default_state_dir, run_watch
+from ..errors import UsageError
+from ..queue import JobQueue
+from ..units import parse_size
+from ..watcher import DEFAULT_PATTERNS
+from .common import add_grace_option, add_repo_option, open_repository
+
+log = logging.getLogger("ckpt_sync")
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("watch", parents=[common], help="sidecar daemon: upload every complete checkpoint in DIR")
+    p.add_argument(
+        "dir", nargs="?", metavar="DIR", help="the folder the training job saves checkpoints into (or watch_dir)"
+    )
+    p.add_argument("--state-dir", metavar="DIR", help="queue and held files (default DIR/.ckpt-sync)")
+    p.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="remote FIFO: keep the N newest (plus the best and pinned); 0 keeps everything (default 5)",
+    )
+    p.add_argument(
+        "--pattern",
+        action="append",
+        metavar="GLOB",
+        help=f"checkpoint file names (repeatable; default {' '.join(DEFAULT_PATTERNS)})",
+    )
+    p.add_argument(
+        "--settle",
+        type=float,
+        metavar="SECONDS",
+        help="a checkpoint must be closed and unchanged this long before upload (default 5)",
+    )
+    p.add_argument(
+        "--rescan",
+        type=float,
+        metavar="SECONDS",
+        help="full rescan interval, for filesystems that drop events (default 30)",
+    )
+    add_grace_option(p)
+    p.add_argument("--once", action="store_true", help="upload what is there, wait until committed, exit")
+    p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
+    p.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON (default text)")
+    p.add_argument(
+        "--metrics-addr",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz, /livez probes here, e.g. 127.0.0.1:9109 (default off)",
+    )
+    add_repo_option(p, "--to")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.dir:
+        raise UsageError("watch needs a folder: ckpt-sync watch DIR, or watch_dir in the config file")
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder to watch")
+    repo = open_repository(args, create=True)
+    queue = JobQueue(args.state_dir or default_state_dir(root))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s: finishing up (nothing half-done is committed)", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    opts = WatchOptions(
+        root=root,
+        patterns=tuple(args.pattern or DEFAULT_PATTERNS),
+        settle=args.settle,
+        rescan_every=args.rescan,
+        once=args.once,
+        keep=args.keep or None,
+        grace=args.grace,
+        workers=args.workers,
+        policy=ChunkPolicy.of_size(parse_size(args.chunk_size) if args.chunk_size else None),
+    )
+    served = None
+    try:
+        if args.metrics_addr:
+            from ..metrics import serve
+
+            served = serve(config.parse_address(args.metrics_addr), repo, queue)
+        return run_watch(repo, queue, opts, stop, served.hooks if served else None)
+    finally:
+        if served:
+            served.close()
+        queue.close()
