@@ -127,8 +127,9 @@ def _enqueue_if_new(queue: JobQueue, unit: Unit, committed: set[tuple[str, int, 
         return False
     if (unit.path.name, size, mtime_ns) in committed or queue.find(unit.path, size, mtime_ns):
         return False
+    tags, metadata = unit.describe()
     try:
-        job_id = queue.enqueue(unit.path, tags=unit.tags)
+        job_id = queue.enqueue(unit.path, tags=tags, metadata=metadata)
     except FileNotFoundError:
         return False  # rotated away before we could hold it
     log.info("queued %s (job %d)", unit.path.name, job_id)

@@ -1,12 +1,12 @@
 """Finding complete checkpoints in a folder.
 
-A *unit* is what gets uploaded as one checkpoint: a file matching the patterns, or a folder that
-holds a sharded checkpoint (a ``.metadata`` file, as torch.distributed.checkpoint writes last) or a
-best model (``best_metadata.json``, as CheckpointManager writes; tagged ``best``). Hidden and temp
-files are never units.
+A *unit* is what gets uploaded as one checkpoint: a file matching the patterns, or a folder that a
+framework's layout claims (layouts.py: DCP, best model, Hugging Face ``checkpoint-N``, DeepSpeed
+``global_stepN``; their inner files are never units). Hidden and temp files and symlinks are never units.
 
 A unit is complete when nothing is open for writing in it (inotify's close-after-write or a rename
-into place) and its size and mtime have not changed for the settle period. Events come from
+into place), its size and mtime have not changed for the settle period, and (a folder) its layout
+says it is complete; one that stays incomplete is reported once and waits. Events come from
 watchdog (inotify); a periodic rescan catches what events miss (network filesystems drop them).
 """
 
@@ -24,12 +24,12 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from . import layouts
 from .queue import signature
 
 log = logging.getLogger("ckpt_sync.watch")
 
 DEFAULT_PATTERNS = ("*.pt", "*.pth", "*.safetensors", "*.bin", "*.ckpt")
-DIR_MARKERS = {".metadata": (), "best_metadata.json": ("best",)}
 TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".swp", ".lock", "~")
 # Folders that hold files with checkpoint names that must not be uploaded as checkpoints:
 # CheckpointManager.repair() moves damaged files into quarantine/.
@@ -49,6 +49,17 @@ def is_ignored_dir(name: str) -> bool:
 class Unit:
     path: Path
     tags: tuple[str, ...] = ()
+    layout: layouts.Layout | None = None  # a folder checkpoint's framework layout
+
+    def missing(self) -> str | None:
+        """Why this unit is not complete yet (its framework is still writing it); None when it is."""
+        return self.layout.missing(self.path) if self.layout else None
+
+    def describe(self) -> tuple[tuple[str, ...], dict]:
+        """(tags, push metadata) as the checkpoint is now: step, epoch and role where its layout knows them."""
+        if self.layout is None:
+            return self.tags, layouts.file_metadata(self.path.name)
+        return tuple(dict.fromkeys((*self.tags, *self.layout.tags(self.path)))), self.layout.describe(self.path)
 
 
 class CheckpointFinder:
@@ -57,10 +68,8 @@ class CheckpointFinder:
         self.patterns = tuple(patterns)
 
     def _marked_dir(self, folder: Path) -> Unit | None:
-        for marker, tags in DIR_MARKERS.items():
-            if (folder / marker).is_file():
-                return Unit(folder, tags)
-        return None
+        layout = layouts.folder_layout(folder)
+        return Unit(folder, layout=layout) if layout else None
 
     def unit_for(self, path: Path) -> Unit | None:
         """The unit an event on ``path`` belongs to, or None if it is not part of a checkpoint."""
@@ -71,14 +80,14 @@ class CheckpointFinder:
         parts = rel.parts
         if not parts or any(is_ignored_dir(p) for p in parts[:-1]):
             return None
-        # Inside (or the marker of) a sharded / best-model folder: the folder is the unit.
-        for depth in range(len(parts) - 1, 0, -1):
+        # Inside a framework's folder checkpoint: the outermost such folder is the unit.
+        for depth in range(1, len(parts)):
             unit = self._marked_dir(self.root.joinpath(*parts[:depth]))
             if unit:
                 return unit
         name = parts[-1]
-        if name in DIR_MARKERS and len(parts) > 1:
-            return self._marked_dir(path.parent)
+        if layouts.is_alias(path):
+            return None
         if path.is_dir():
             return self._marked_dir(path)
         if is_temp(name) or not any(fnmatch.fnmatch(name, p) for p in self.patterns):
@@ -109,6 +118,7 @@ class _Tracked:
     sig: tuple[int, int] | None = None
     stable_since: float = 0.0
     open_files: set[Path] = field(default_factory=set)
+    incomplete_since: float | None = None  # stable, but its layout says it is not complete (checked then)
 
 
 class CompletionTracker:
@@ -117,6 +127,7 @@ class CompletionTracker:
     def __init__(self, settle: float) -> None:
         self.settle = settle
         self._units: dict[Path, _Tracked] = {}
+        self._warned: set[Path] = set()  # incomplete units already reported (once each)
         self._lock = threading.Lock()
 
     def touched(self, unit: Unit, *, writing: Path | None = None, closed: Path | None = None) -> None:
@@ -133,8 +144,9 @@ class CompletionTracker:
             self._units.pop(path, None)
 
     def pending(self) -> int:
+        """Units still expected to complete (not those reported incomplete: they wait for their writer)."""
         with self._lock:
-            return len(self._units)
+            return sum(t.incomplete_since is None for t in self._units.values())
 
     def ready(self) -> list[Unit]:
         """Units that are complete now, oldest first; they are forgotten (a later change makes them new again)."""
@@ -148,9 +160,18 @@ class CompletionTracker:
                     del self._units[path]  # deleted (rotation) before it was complete: nothing to do
                     continue
                 if sig != t.sig:
-                    t.sig, t.stable_since = sig, now
+                    t.sig, t.stable_since, t.incomplete_since = sig, now, None
                     continue
                 if t.open_files or now - t.stable_since < self.settle:
+                    continue
+                if t.incomplete_since is not None and now - t.incomplete_since < self.settle:
+                    continue  # re-read what its layout checks once per settle period, not on every poll
+                why = t.unit.missing()
+                if why is not None:
+                    t.incomplete_since = now
+                    if path not in self._warned:
+                        self._warned.add(path)
+                        log.warning("checkpoint %s is incomplete on this host, waiting: %s", path, why)
                     continue
                 out.append((sig[1], t.unit))
                 del self._units[path]
