@@ -5,12 +5,22 @@ The sync core imports without torch; only the training-side manager needs it.
 
 from __future__ import annotations
 
-from .api import open_repository, pull, push
+from .api import cat, checkpoint, open_repository, pull, push
 from .errors import CkptSyncError
 from .sync_client import SyncClient
 
 __version__ = "0.1.0"
-__all__ = ["CheckpointManager", "CkptSyncError", "SyncClient", "__version__", "open_repository", "pull", "push"]
+__all__ = [
+    "CheckpointManager",
+    "CkptSyncError",
+    "SyncClient",
+    "__version__",
+    "cat",
+    "checkpoint",
+    "open_repository",
+    "pull",
+    "push",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -8,16 +8,18 @@ repository (argument, ``$CKPT_SYNC_REPO``, embedded default) and keys (argument,
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 from .chunking import ChunkPolicy
 from .crypto import KeyRing
 from .keys import load_keyring
 from .locations import resolve_repo_url
-from .manifest import Manifest
+from .manifest import FileEntry, Manifest
 from .providers import RetryPolicy, open_provider
 from .push import push_path
 from .repository import Repository
+from .restore import find_manifest, stream_file
 from .restore import pull as _pull
 from .transfer import TransferStats
 
@@ -81,7 +83,34 @@ def pull(
     checkpoint: str | None = None,
     key_file: str | os.PathLike[str] | None = None,
     workers: int | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> Manifest:
-    """Restore ``checkpoint`` (id or name), or the newest valid one, into ``to``; returns its manifest."""
+    """Restore ``checkpoint`` (id or name), or the newest valid one, into ``to``; returns its manifest.
+
+    ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
+    """
     r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
-    return _pull(r, to, selector=checkpoint, workers=workers)[0]
+    return _pull(r, to, selector=checkpoint, workers=workers, include=include, exclude=exclude)[0]
+
+
+def checkpoint(
+    selector: str = "latest", repo: str | Repository | None = None, *, key_file: str | os.PathLike[str] | None = None
+) -> Manifest:
+    """One checkpoint's manifest (its files: ``.files``), by id, unique id prefix, name or ``latest``."""
+    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
+    return find_manifest(r, selector)
+
+
+def cat(
+    selector: str,
+    path: str | None,
+    out: BinaryIO,
+    repo: str | Repository | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+) -> FileEntry:
+    """Write one verified file of a checkpoint to the binary stream ``out`` (see restore.stream_file)."""
+    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
+    return stream_file(r, find_manifest(r, selector), path, out, workers=workers)

@@ -13,11 +13,13 @@ import itertools
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 from .buffers import BufferPool
+from .contents import file_entry, select_files
 from .crypto import token_size
 from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
@@ -37,9 +39,11 @@ def read_verified(
     window: int,
     fd: int | None = None,
     progress: ProgressFn | None = None,
+    sink: Callable[[memoryview], object] | None = None,
 ) -> None:
     """Fetch and verify every chunk of ``entry`` in parallel, writing each in place at its offset
-    into ``fd`` when given; the whole-file hash is checked in order at the end.
+    into ``fd`` when given, and handing each in file order to ``sink`` when given (a stream); the
+    whole-file hash is checked in order at the end.
 
     Raises IntegrityError (or NotFound) for any chunk or hash mismatch.
     """
@@ -69,6 +73,8 @@ def read_verified(
     # offsets has one more item (the end of the file): strict=False is intended.
     for buf, plain in ordered_map(pool, fetch, zip(entry.chunks, offsets, strict=False), window):
         sha.update(plain)
+        if sink is not None:
+            sink(plain)
         if progress:
             progress(len(plain))
         plains.release(buf)
@@ -204,8 +210,12 @@ def _discard(staged: list[tuple[Path, Path]]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+LATEST = "latest"
+
+
 def find_manifest(repo: Repository, selector: str) -> Manifest:
-    """A checkpoint by manifest id (or a unique id prefix), else the newest with that name."""
+    """A checkpoint by manifest id (or a unique id prefix), else the newest with that name;
+    ``latest`` is the newest readable checkpoint (unless a checkpoint is named so)."""
     ids = repo.manifest_ids()
     matches = [i for i in ids if i.startswith(selector)]
     if len(matches) == 1:
@@ -213,9 +223,13 @@ def find_manifest(repo: Repository, selector: str) -> Manifest:
     if len(matches) > 1:
         raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
     unreadable: list[str] = []
+    newest: Manifest | None = None
     for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):
         if m.name == selector:
             return m
+        newest = newest or m
+    if selector == LATEST and newest is not None:
+        return newest
     hint = (
         f"; {len(unreadable)} checkpoint(s) could not be decrypted with the given key(s) (an older key, or damage?)"
         if unreadable
@@ -233,10 +247,16 @@ def pull(
     progress: ProgressFn | None = None,
     warn: WarnFn | None = None,
     on_start: Callable[[Manifest], None] | None = None,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> tuple[Manifest, TransferStats]:
-    """Restore one checkpoint: ``selector`` names it, or None for the newest that fully verifies."""
+    """Restore one checkpoint: ``selector`` names it, or None for the newest that fully verifies.
+
+    With ``include``/``exclude`` globs only the matching files are restored (contents.select_files);
+    the manifest returned is then that selection.
+    """
     if selector is not None:
-        m = find_manifest(repo, selector)
+        m = select_files(find_manifest(repo, selector), include, exclude)
         if on_start:
             on_start(m)
         return m, restore(repo, m, dest, workers=workers, progress=progress)
@@ -245,7 +265,7 @@ def pull(
         raise OperationFailed(f"no checkpoints in {repo.url}")
     for mid in ids:
         try:
-            m = repo.load_manifest(mid)
+            m = select_files(repo.load_manifest(mid), include, exclude)
             if on_start:
                 on_start(m)
             return m, restore(repo, m, dest, workers=workers, progress=progress)
@@ -255,3 +275,20 @@ def pull(
         except CkptSyncError:
             raise
     raise OperationFailed(f"no valid checkpoint in {repo.url}: all {len(ids)} are damaged")
+
+
+def stream_file(
+    repo: Repository, manifest: Manifest, path: str | None, out: BinaryIO, *, workers: int | None = None
+) -> FileEntry:
+    """Write one file of the checkpoint (``path`` inside it; None for a one-file checkpoint) to the
+    stream ``out``, in order, fetching chunks in parallel.
+
+    Each chunk is authenticated and checked against its id before it is written; the whole-file hash
+    is checked at the end (IntegrityError: the consumer must discard what it got).
+    """
+    entry = file_entry(manifest, path)
+    workers = workers or default_workers()
+    with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-cat") as pool:
+        read_verified(repo, pool, entry, window=workers + 2, sink=out.write)
+    out.flush()
+    return entry

@@ -80,3 +80,28 @@ def make_torch_checkpoint(
         path,
     )
     return path
+
+
+def make_folder_checkpoint(path: Path, *, seed: int = 0, hidden: int = 128) -> Path:
+    """A three-file folder checkpoint, as a sharded save leaves one: model, optimizer (real torch.save
+    files) and a small JSON file."""
+    path.mkdir(parents=True, exist_ok=True)
+    make_torch_checkpoint(path / "model.pt", seed=seed, hidden=hidden, layers=2)
+    make_torch_checkpoint(path / "optim" / "state.pt", seed=seed + 1000, hidden=hidden, layers=2)
+    (path / "meta.json").write_text(json.dumps({"seed": seed, "step": 100 * (seed + 1)}))
+    return path
+
+
+def flip_chunk_byte(url: str, chunk_id: str) -> None:
+    """Flip one bit in the middle of a stored chunk object, through the provider (any store)."""
+    from ckpt_sync.providers import open_provider
+
+    from ckpt_sync.repository import chunk_key
+
+    provider = open_provider(url, retry=None)
+    try:
+        raw = bytearray(provider.get(chunk_key(chunk_id)))
+        raw[len(raw) // 2] ^= 0x01
+        provider.put(chunk_key(chunk_id), bytes(raw))
+    finally:
+        provider.close()

@@ -1,4 +1,4 @@
-"""``ckpt-sync ls``: the committed checkpoints, newest first."""
+"""``ckpt-sync ls``: the committed checkpoints, newest first; ``ls ID_OR_NAME``: the files of one."""
 
 from __future__ import annotations
 
@@ -6,12 +6,20 @@ import argparse
 import json
 
 from ..errors import EXIT_OK
+from ..manifest import Manifest
+from ..restore import find_manifest
 from ..units import format_bytes
 from .common import add_json_option, add_repo_option, load_all, manifest_row, open_repository, table, when
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("ls", parents=[common], help="list committed checkpoints, newest first")
+    p = sub.add_parser("ls", parents=[common], help="list committed checkpoints, newest first (or one's files)")
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        metavar="ID_OR_NAME",
+        help="list this checkpoint's files (path, size, sha256) instead; id, unique id prefix, name or latest",
+    )
     add_json_option(p, "print a JSON array")
     add_repo_option(p, "--from")
     p.set_defaults(func=run)
@@ -19,6 +27,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     repo = open_repository(args)
+    if args.checkpoint:
+        return _files(find_manifest(repo, args.checkpoint), args.json)
     manifests = load_all(repo)
     if args.json:
         print(json.dumps([manifest_row(m) for m in manifests], indent=2))
@@ -40,4 +50,13 @@ def run(args: argparse.Namespace) -> int:
         for m in manifests
     ]
     print(table(rows, ["ID", "NAME", "SESSION", "STEP", "FILES", "SIZE", "CREATED", "TAGS"]))
+    return EXIT_OK
+
+
+def _files(m: Manifest, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps([{"path": f.path, "size": f.size, "sha256": f.sha256} for f in m.files], indent=2))
+        return EXIT_OK
+    rows = [[f.path, str(f.size), f.sha256] for f in m.files]
+    print(table(rows, ["PATH", "SIZE", "SHA256"]))
     return EXIT_OK

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 from ..errors import EXIT_OK, UsageError
 from ..manifest import Manifest
 from ..restore import pull
 from ..units import format_bytes
-from .common import add_repo_option, open_repository, progress_bar, warn
+from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar, warn
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -22,6 +23,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="with --latest: exit 0 when the repository has no checkpoint yet (init containers, first runs)",
     )
     p.add_argument("--to", "--dest", dest="to", default=".", metavar="DIR", help="target folder (default .)")
+    p.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="restore only files whose path inside the checkpoint matches (repeatable; `ls ID` shows the paths)",
+    )
+    p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching files (repeatable)")
+    add_json_option(p, "print the restored checkpoint and transfer counts as JSON")
     add_repo_option(p, "--from")
     p.set_defaults(func=run)
 
@@ -36,6 +46,9 @@ def run(args: argparse.Namespace) -> int:
     # verify, still fail: a job must not silently start from scratch over data it cannot read.
     repo = open_repository(args, create=args.allow_empty)
     if args.allow_empty and not repo.manifest_ids():
+        if args.json:
+            print(json.dumps({"restored": False, "repository": repo.url}, indent=2))
+            return EXIT_OK
         print(f"nothing to restore: {repo.url} has no checkpoint yet (a first run starts fresh)")
         return EXIT_OK
     bar_ctx: dict[str, Any] = {}
@@ -43,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     def on_start(m: Manifest) -> None:
         if "cm" in bar_ctx:
             bar_ctx["cm"].__exit__(None, None, None)
-        bar_ctx["cm"] = progress_bar(m.size, f"pull {m.name}", True)
+        bar_ctx["cm"] = progress_bar(m.size, f"pull {m.name}", not args.json)
         bar_ctx["fn"] = bar_ctx["cm"].__enter__()
 
     def progress(n: int) -> None:
@@ -59,10 +72,17 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             warn=warn,
             on_start=on_start,
+            include=args.include,
+            exclude=args.exclude,
         )
     finally:
         if "cm" in bar_ctx:
             bar_ctx["cm"].__exit__(None, None, None)
+    if args.json:
+        paths = [f.path for f in m.files]
+        out = {"restored": True, **manifest_row(m), "to": args.to, "paths": paths, "stats": stats.to_json()}
+        print(json.dumps(out, indent=2))
+        return EXIT_OK
     print(
         f"restored {m.name} ({m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
         f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"

@@ -272,3 +272,25 @@ def small_retry_budget() -> list[str]:
 def closed_port() -> int:
     """A loopback port nothing listens on (connections are refused at once)."""
     return harness.free_port()
+
+
+@pytest.fixture
+def new_repo_url(tmp_path: Path, cloud_factory: Callable[[str], Cloud]) -> Callable[[str], str]:
+    """``new_repo_url("file" | "s3" | ...)``: the URL of a fresh, empty repository on that store."""
+    made = 0
+
+    def make(kind: str) -> str:
+        nonlocal made
+        made += 1
+        if kind == "file":
+            return (tmp_path / f"repo{made}").as_uri()
+        c = cloud_factory(kind)
+        return c.url(c.new_bucket())
+
+    return make
+
+
+@pytest.fixture(params=[pytest.param("file"), pytest.param("s3", marks=pytest.mark.s3)])
+def any_repo_url(request: pytest.FixtureRequest, new_repo_url: Callable[[str], str]) -> str:
+    """A fresh repository on the local store, then on S3 (moto): the verbs behave the same on both."""
+    return new_repo_url(request.param)
