@@ -27,7 +27,15 @@ def run(*args: str) -> None:
 def main() -> None:
     if not os.environ.get(ENV_KEY) and not default_key_file().exists():
         run("keygen", "--out", str(default_key_file()))
-    work = Path(tempfile.mkdtemp(prefix="ckpt-sync-quickstart-"))
+    # Everything but the key and the repository lives here, and goes when the quickstart ends.
+    with tempfile.TemporaryDirectory(prefix="ckpt-sync-quickstart-") as tmp:
+        same = roundtrip(Path(tmp))
+    if not same:
+        sys.exit(1)
+
+
+def roundtrip(work: Path) -> bool:
+    """Save, push, pull into a fresh folder, compare: is the restored checkpoint byte-identical?"""
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))
     optimizer = torch.optim.Adam(model.parameters())
     model(torch.randn(8, 256)).sum().backward()
@@ -49,8 +57,7 @@ def main() -> None:
     state = torch.load(restored, weights_only=True)
     print(f"restored {restored}: byte-identical={same}, global_step={state['global_step']}")
     run("verify", "--read-data")
-    if not same:
-        sys.exit(1)
+    return same
 
 
 if __name__ == "__main__":

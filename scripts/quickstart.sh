@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Install ckpt-sync and run its main job on the embedded default repository (a local folder, no
-# cloud account): make a key if you have none, save a real torch checkpoint, push it, pull it into
-# a fresh folder and show that it matches.
+# Install ckpt-sync into the project's virtual environment (.venv/, see scripts/venv.sh) and run its
+# main job on the embedded default repository (a local folder, no cloud account): make a key if you
+# have none, save a real torch checkpoint, push it, pull it into a fresh folder and show that it
+# matches. Everything it writes lives in a temporary folder that is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e '.[torch]'
-python3 examples/quickstart.py
+. scripts/venv.sh
+ckpt_sync_venv
+if [ "${CKPT_SYNC_SETUP_ONLY:-}" = 1 ]; then exit 0; fi
+# torch first and pinned: a loose requirement would pull the newest CUDA build (GBs). From PyPI
+# torch==2.13.0 is itself a CUDA build on Linux; on a CPU-only host install the CPU build first with
+#   .venv/bin/python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+"$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e '.[torch]'
+"$PY" examples/quickstart.py

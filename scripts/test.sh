@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Install what the tests need and run the whole suite. The S3 (moto), Azure (Azurite) and GCS
-# emulator servers are installed if missing and started by the test session itself (tests/servers.py).
+# Install what the tests need into the project's virtual environment (.venv/, see scripts/venv.sh)
+# and run the whole suite. The S3 (moto), Azure (Azurite) and GCS emulator servers are installed if
+# missing and started by the test session itself (tests/servers.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export PIP_DISABLE_PIP_VERSION_CHECK=1
-# torch first and pinned: a loose requirement would pull a multi-GB CUDA build.
-python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e '.[test]'
-ruff check .
+. scripts/venv.sh
+ckpt_sync_venv
+if [ "${CKPT_SYNC_SETUP_ONLY:-}" = 1 ]; then exit 0; fi
+# torch first and pinned: a loose requirement would pull a multi-GB CUDA build (see README: a
+# CPU-only host gets the CPU build with --index-url https://download.pytorch.org/whl/cpu).
+"$PY" -m pip install -q torch==2.13.0
+"$PY" -m pip install -q -e '.[test]'
+"$PY" -m ruff check .
 set +e
-python3 -m pytest -q -p no:cacheprovider "$@"
+"$PY" -m pytest -q -p no:cacheprovider "$@"
 rc=$?
 set -e
 # pytest's 5 means "no tests collected": that is a failure here, never a pass.
