@@ -1,16 +1,25 @@
-"""Verify: is every committed checkpoint restorable?"""
+"""Verify: is every committed checkpoint (or the ones named) restorable?
+
+Three depths: structure (every manifest decrypts, every chunk it names is stored with the right
+size), ``read_data`` (every chunk authenticated and hashed to its id, every file to its whole-file
+hash), and ``read_data_subset`` (a random share of the distinct chunks read and checked: a cheap,
+repeated spot check that over several runs covers the repository).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import random
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .crypto import token_size
-from .errors import IntegrityError, NotFound
-from .pipeline import default_workers
+from .errors import IntegrityError, NotFound, UsageError
+from .manifest import ChunkRef
+from .pipeline import default_workers, ordered_map
 from .repository import Repository
-from .restore import read_verified
+from .restore import find_manifest, read_verified
 
 
 @dataclass
@@ -27,24 +36,57 @@ class CheckResult:
         return {"id": self.id, "name": self.name, "ok": self.ok, "problems": self.problems}
 
 
+def parse_subset(text: str) -> float:
+    """``"10%"`` or ``"1/10"`` -> 0.1; a share in (0, 1]."""
+    try:
+        if text.endswith("%"):
+            share = float(text[:-1]) / 100
+        elif "/" in text:
+            num, den = text.split("/", 1)
+            share = int(num) / int(den)
+        else:
+            raise ValueError
+    except (ValueError, ZeroDivisionError):
+        raise UsageError(f"--read-data-subset takes a share such as 10% or 1/10, not {text!r}") from None
+    if not 0 < share <= 1:
+        raise UsageError(f"--read-data-subset must be more than 0% and at most 100%, not {text!r}")
+    return share
+
+
 def verify(
     repo: Repository,
     *,
+    checkpoints: Sequence[str] = (),
     read_data: bool = False,
+    read_data_subset: float | None = None,
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
+    rng: random.Random | None = None,
 ) -> list[CheckResult]:
-    """Check every manifest decrypts, every chunk exists with the right size, and (``read_data``)
-    that every chunk authenticates and hashes to its id and every file to its whole-file hash."""
+    """Check the checkpoints named by ``checkpoints`` (ids, id prefixes or names; all when empty).
+
+    Every manifest must decrypt and every chunk be stored with the right size; with ``read_data``
+    every chunk is read, authenticated and hashed to its id, and every file to its whole-file hash;
+    with ``read_data_subset`` (a share in (0, 1]) that share of the distinct chunks, chosen at
+    random, is read and checked, and each damaged one is reported on every checkpoint using it.
+    """
     stored = repo.list_chunks()
     workers = workers or default_workers()
-    results: list[CheckResult] = []
-    with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-verify") as pool:
+    if checkpoints:
+        pairs = [(m.id, m) for m in (find_manifest(repo, s) for s in dict.fromkeys(checkpoints))]
+    else:
+        pairs = []
         for mid in repo.manifest_ids():
             try:
-                m = repo.load_manifest(mid)
+                pairs.append((mid, repo.load_manifest(mid)))
             except (IntegrityError, NotFound) as err:
-                results.append(CheckResult(mid, "(unreadable manifest)", [str(err)]))
+                pairs.append((mid, CheckResult(mid, "(unreadable manifest)", [str(err)])))
+    results: list[CheckResult] = []
+    users: dict[ChunkRef, list[CheckResult]] = {}
+    with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-verify") as pool:
+        for mid, m in pairs:
+            if isinstance(m, CheckResult):
+                results.append(m)
                 continue
             result = CheckResult(mid, m.name)
             for entry in m.files:
@@ -54,10 +96,30 @@ def verify(
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} is missing")
                     elif have != token_size(ref.size):
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} has the wrong size")
+                    else:
+                        users.setdefault(ref, []).append(result)
                 if read_data and not result.problems:
                     try:
                         read_verified(repo, pool, entry, window=workers + 2, progress=progress)
                     except (IntegrityError, NotFound) as err:
                         result.problems.append(f"{entry.path}: {err}")
             results.append(result)
+        if read_data_subset is not None and not read_data and users:
+            refs = sorted(users, key=lambda r: r.id)
+            sample = (rng or random.SystemRandom()).sample(refs, math.ceil(read_data_subset * len(refs)))
+
+            def check(ref: ChunkRef) -> tuple[ChunkRef, str | None]:
+                try:
+                    plain = repo.load_chunk(ref)
+                except (IntegrityError, NotFound) as err:
+                    return ref, str(err)
+                if progress:
+                    progress(len(plain))
+                return ref, None
+
+            for ref, problem in ordered_map(pool, check, sample, workers + 2):
+                if problem:
+                    for result in users[ref]:
+                        result.problems.append(problem)
     return results
+
