@@ -13,6 +13,7 @@ from that file or ``$BACKUP_ENCRYPTION_KEY`` (ckpt_sync.keys) and are shown only
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import tomllib
@@ -235,6 +236,25 @@ _MISPLACED = {
 }
 
 
+# CKPT_SYNC_* variables that are not settings: all others are typos and stop every verb.
+OTHER_VARIABLES = {
+    ENV_CONFIG: "the config file",
+    "CKPT_SYNC_AES": "AES backend: cryptography forces the pure library path",
+    "CKPT_SYNC_SETUP_ONLY": "scripts/*.sh: stop after setting up .venv/",
+}
+
+
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``CKPT_SYNC_*`` variable that nothing reads (``CKPT_SYNC_KEPE=3`` silently did nothing)."""
+    env = os.environ if env is None else env
+    known = {s.env for s in SETTINGS if s.env} | set(OTHER_VARIABLES)
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean ${close[0]}?" if close else f"known: {', '.join('$' + k for k in sorted(known))}"
+            raise ConfigError(f"unknown variable ${name} in the environment ({hint}); unset it or fix its name")
+
+
 @dataclass(frozen=True)
 class Value:
     value: Any
@@ -267,6 +287,8 @@ class Effective:
         for s in SETTINGS:
             v = self.values[s.name]
             shown = v.value
+            if s.name == "repo" and shown is None:
+                shown = default_repo_url()  # the effective repository, not "unset"
             if s.name in ("repo", "endpoint_url") and isinstance(shown, str):
                 shown = redact_url(shown)
             data["settings"][s.name] = {"value": list(shown) if isinstance(shown, tuple) else shown, "source": v.source}

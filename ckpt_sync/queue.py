@@ -301,6 +301,16 @@ class JobQueue:
             ).fetchall()
         return [self._job(r) for r in rows]
 
+    def in_flight(self) -> list[Job]:
+        """Running jobs whose owner is alive and beating: after a ``kill -9`` a job stays "running" in the
+        table until the next worker recovers it, but it is not being uploaded by anyone."""
+        now = time.time()
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM jobs WHERE status=? ORDER BY id", (RUNNING,)).fetchall()
+        return [
+            self._job(r) for r in rows if _owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= now - STALE_AFTER
+        ]
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()

@@ -15,21 +15,29 @@ from .watcher import DEFAULT_PATTERNS, CheckpointFinder
 
 def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = None) -> dict[str, Any]:
     counts = queue.counts()
-    running = [{"job": j.id, "name": j.name, "bytes_done": j.bytes_done, "size": j.size} for j in queue.jobs(RUNNING)]
+    alive = queue.in_flight()
+    running = [{"job": j.id, "name": j.name, "bytes_done": j.bytes_done, "size": j.size} for j in alive]
+    # "running" in the table, but its uploader is gone (kill -9): the next worker resumes it.
+    interrupted = [{"job": j.id, "name": j.name} for j in queue.jobs(RUNNING) if j.id not in {a.id for a in alive}]
     recent = [j for j in queue.jobs(DONE, newest_first=True, limit=20) if j.seconds]
     secs = sum(j.seconds or 0 for j in recent)
-    last_error = queue.get_value("last_error")
+    last_error = json.loads(queue.get_value("last_error") or "null")
+    newest_done = queue.jobs(DONE, newest_first=True, limit=1)
+    if last_error and newest_done and newest_done[0].updated > last_error["time"]:
+        last_error = None  # a later upload succeeded: the error is history, not the state
     status: dict[str, Any] = {
         "state_dir": str(queue.state_dir),
         "backlog": counts[PENDING] + counts[RUNNING],
         "jobs": counts,
         "in_flight": running,
+        "interrupted": interrupted,
         "throughput_bytes_per_s": round(sum(j.size for j in recent) / secs) if secs else None,
-        "last_error": json.loads(last_error) if last_error else None,
+        "last_error": last_error,
         "failed": [
             {"job": j.id, "name": j.name, "error": j.last_error} for j in queue.jobs(FAILED, newest_first=True, limit=5)
         ],
         "repository": repo.url if repo else None,
+        "recorded_repository": queue.get_value("repository"),
         "repository_error": repo_error,
         "newest_committed": None,
         "newest_local": None,

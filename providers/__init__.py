@@ -43,7 +43,19 @@ def scheme_of(url: str) -> str:
             f"malformed repository URL {url!r}: expected SCHEME://... "
             "(s3://bucket/prefix, file:///path) or a folder path"
         )
+    # "s3//bucket/x": a known scheme that lost its colon would otherwise become a new local folder.
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)/{2,}(.*)", url)
+    if m and m.group(1).lower() in known_schemes():
+        raise UsageError(
+            f"malformed repository URL {url!r}: did you mean {m.group(1).lower()}://{m.group(2)}? "
+            "(for a local folder of that name write ./" + url + ")"
+        )
     return "file"
+
+
+def known_schemes() -> set[str]:
+    """The built-in schemes and those third-party providers register."""
+    return {*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))}
 
 
 def _load_class(scheme: str) -> Any:
@@ -58,7 +70,7 @@ def _load_class(scheme: str) -> Any:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name == scheme:
             return ep.load()
-    known = ", ".join(sorted({*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))}))
+    known = ", ".join(sorted(known_schemes()))
     raise UsageError(f"unknown repository URL scheme {scheme}:// (known: {known})")
 
 

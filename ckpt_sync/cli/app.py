@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        config.check_environment()
         # The one place settings are resolved: flags > env > config file > defaults, onto ``args``.
         settings = config.apply(args) if hasattr(args, "config") else None
     except CkptSyncError as e:

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from ..api import push_with_stats
-from ..errors import EXIT_OK
-from ..push import total_size
+from ..errors import EXIT_OK, UsageError
+from ..push import collect_files, total_size
 from ..units import format_bytes, parse_size
 from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar
 
@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every path first: `push a b` with b missing must not commit a and then fail.
+    for path in args.paths:
+        try:
+            collect_files(Path(path))
+        except UsageError as e:
+            raise UsageError(f"{e}; nothing was pushed" if len(args.paths) > 1 else str(e)) from None
     repo = open_repository(args, create=True)
     chunk_size = parse_size(args.chunk_size) if args.chunk_size else None
     results = []
@@ -35,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         results.append({**manifest_row(m), "stats": stats.to_json()})
         if not args.json:
             print(
-                f"committed {m.name} as {m.id}: {len(m.files)} file(s), {format_bytes(m.size)} read, "
+                f"committed {m.name} as {m.id} to {repo.url}: {len(m.files)} file(s), {format_bytes(m.size)} read, "
                 f"{format_bytes(stats.bytes_new)} new, {format_bytes(stats.bytes_sent)} sent "
                 f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
             )

@@ -30,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
     if not (state_dir / "queue.sqlite3").is_file():
         raise ConfigError(f"no ckpt-sync queue in {state_dir}: is `ckpt-sync watch` running on that folder?")
     queue = JobQueue(state_dir)
+    # The repository the watch uploads to (recorded by its worker), unless a flag names another.
+    recorded = queue.get_value("repository")
+    if recorded and not args.settings.values["repo"].source.startswith("flag"):
+        args.repo = recorded
+        if not args.settings.values["endpoint_url"].source.startswith("flag"):
+            args.endpoint_url = queue.get_value("endpoint_url") or args.endpoint_url
     repo, repo_error = None, None
     try:
         repo = open_repository(args)
@@ -47,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     for j in st["in_flight"]:
         pct = 100 * j["bytes_done"] / j["size"] if j["size"] else 100
         print(f"uploading:   {j['name']} {pct:.0f}% of {format_bytes(j['size'])}")
+    for j in st["interrupted"]:
+        print(f"interrupted: {j['name']} (its uploader is gone; the next watch resumes it)")
     if st["newest_committed"]:
         c = st["newest_committed"]
         print(f"committed:   {c['name']} (step {c['step']}) at {when(c['created'])}")

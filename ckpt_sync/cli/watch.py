@@ -7,12 +7,14 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .. import config
 from ..chunking import ChunkPolicy
 from ..daemon import WatchOptions, default_state_dir, run_watch
 from ..errors import UsageError
 from ..queue import JobQueue
+from ..statelock import StateDirLock
 from ..units import parse_size
 from ..watcher import DEFAULT_PATTERNS
 from .common import add_grace_option, add_repo_option, open_repository
@@ -69,8 +71,19 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder to watch")
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(root)
+    lock = StateDirLock(state_dir).acquire()  # a second watch on this folder exits 2 naming the first
+    try:
+        return _watch(args, root, state_dir)
+    finally:
+        lock.release()
+
+
+def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
     repo = open_repository(args, create=True)
-    queue = JobQueue(args.state_dir or default_state_dir(root))
+    queue = JobQueue(state_dir)
+    if args.endpoint_url and "@" not in urlsplit(args.endpoint_url).netloc:  # never a URL with credentials
+        queue.set("endpoint_url", args.endpoint_url)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
