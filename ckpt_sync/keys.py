@@ -19,6 +19,8 @@ from .errors import ConfigError, UsageError
 from .locations import default_key_file
 
 ENV_KEY = "BACKUP_ENCRYPTION_KEY"
+# A new key cannot read anything already pushed: say so wherever keygen is suggested.
+NEW_KEY_ONLY_FOR_NEW = "a new key from `ckpt-sync keygen` suits only a new repository: it cannot read existing backups"
 
 
 def parse_keys(text: str, source: str) -> list[bytes]:
@@ -26,7 +28,7 @@ def parse_keys(text: str, source: str) -> list[bytes]:
     items = [t.strip() for t in text.replace(",", "\n").splitlines()]
     items = [t for t in items if t and not t.startswith("#")]
     if not items:
-        raise ConfigError(f"no key found in {source}; create one with `ckpt-sync keygen`")
+        raise ConfigError(f"no key found in {source}: put the repository's key there ({NEW_KEY_ONLY_FOR_NEW})")
     raw: list[bytes] = []
     for i, item in enumerate(items, 1):
         try:
@@ -50,7 +52,7 @@ def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
             text = path.read_text()
         except FileNotFoundError:
             raise ConfigError(
-                f"key file {path} does not exist; create one with `ckpt-sync keygen --out {path}`"
+                f"key file {path} does not exist: put the repository's key there ({NEW_KEY_ONLY_FOR_NEW})"
             ) from None
         except OSError as err:
             raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
@@ -61,7 +63,10 @@ def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
     default = default_key_file()
     if default.is_file():
         return KeyRing(parse_keys(default.read_text(), f"key file {default}"))
-    raise ConfigError(f"no encryption key: pass --key-file, set {ENV_KEY}, or run `ckpt-sync keygen --out {default}`")
+    raise ConfigError(
+        f"no encryption key: no --key-file (or key_file setting), ${ENV_KEY} is not set and {default} does "
+        f"not exist; give the key the repository was created with ({NEW_KEY_ONLY_FOR_NEW})"
+    )
 
 
 def generate_key() -> str:

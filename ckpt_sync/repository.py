@@ -200,10 +200,26 @@ class Repository:
         token = self.provider.get(chunk_key(ref.id))
         if len(token) != token_size(ref.size):
             raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
-        plain = self.keys.decrypt(token, out=out)
+        try:
+            plain = self.keys.decrypt(token, out=out)
+        except IntegrityError as err:
+            raise IntegrityError(f"chunk {ref.id[:16]} {self._unreadable_because(err)}") from None
         if len(plain) != ref.size or not hmac.compare_digest(self.chunk_id(plain), ref.id):
             raise IntegrityError(f"chunk {ref.id[:16]} does not match its id (swapped or substituted object)")
         return plain
+
+    def _unreadable_because(self, err: IntegrityError) -> str:
+        """Why a chunk fails to decrypt. The key already opened the repository, so when the ring holds
+        every key the repository knows, "wrong key" is ruled out: the object was altered."""
+        missing = set(self.config.get("keys", {})) - set(self.keys.fingerprints())
+        if "authentication failed" not in str(err):
+            return f"is damaged ({err})"
+        if not missing:
+            return "fails authentication: the stored object was altered or damaged (the key is right)"
+        return (
+            f"fails authentication: altered, or written with one of the repository's {len(missing)} key(s) "
+            "missing from your key ring (an older key dropped after a rotation?)"
+        )
 
     def missing_chunks(self, refs: Iterable[ChunkRef]) -> list[str]:
         """Ids among ``refs`` with no stored object of the right size (fresh listing)."""
@@ -237,7 +253,7 @@ class Repository:
         try:
             data = json.loads(self.keys.decrypt(token))
         except IntegrityError as err:
-            raise IntegrityError(f"manifest {manifest_id}: {err}") from None
+            raise IntegrityError(f"manifest {manifest_id} {self._unreadable_because(err)}") from None
         except ValueError:
             raise IntegrityError(f"manifest {manifest_id} is not valid JSON") from None
         try:

@@ -123,7 +123,7 @@ def restore(
         safe_relative_path(f.path)
     if manifest.kind == "dir":
         safe_relative_path(manifest.name)
-    dest.mkdir(parents=True, exist_ok=True)
+    prepare_target(dest)
     root = dest / manifest.name if manifest.kind == "dir" else dest
     # The source's mtime, so a `watch` on this folder sees the version it already committed.
     source_mtime = manifest.extra.get("source_mtime_ns")
@@ -167,11 +167,32 @@ def restore(
         _discard(staged)
         if err.errno == errno.ENOSPC:
             raise OperationFailed(f"no space left on device in {dest}: free some space and re-run") from err
+        if err.errno in _CANNOT_WRITE:  # about the user's folder, not our hidden temp file's name
+            raise UsageError(f"cannot write into {dest}: {err.strerror} (choose another --to)") from None
         raise
     except BaseException:
         _discard(staged)
         raise
     return stats.finish()
+
+
+_CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR)
+
+
+def prepare_target(dest: Path) -> None:
+    """Create the target folder, or raise UsageError naming the user's path (never a temp file's)."""
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"the target {dest} is a file, not a folder: give --to a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the target folder {dest}: {err.strerror} (choose another --to)") from None
+    probe = dest / f".ckpt-sync-probe-{secrets.token_hex(4)}"  # permission bits do not tell root (or RO mounts)
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        probe.unlink()
+    except OSError as err:
+        raise UsageError(f"cannot write into {dest}: {err.strerror} (choose another --to)") from None
 
 
 class _Flusher:
@@ -259,10 +280,14 @@ def pull(
         m = select_files(find_manifest(repo, selector), include, exclude)
         if on_start:
             on_start(m)
-        return m, restore(repo, m, dest, workers=workers, progress=progress)
+        try:
+            return m, restore(repo, m, dest, workers=workers, progress=progress)
+        except (IntegrityError, NotFound) as err:
+            raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
     ids = repo.manifest_ids()
     if not ids:
         raise OperationFailed(f"no checkpoints in {repo.url}")
+    m: Manifest | None = None
     for mid in ids:
         try:
             m = select_files(repo.load_manifest(mid), include, exclude)
@@ -271,7 +296,8 @@ def pull(
             return m, restore(repo, m, dest, workers=workers, progress=progress)
         except (IntegrityError, NotFound) as err:
             if warn:
-                warn(f"checkpoint {mid} is damaged ({err}); falling back to the previous one")
+                name = f"{m.name} ({mid})" if m is not None and m.id == mid else mid
+                warn(f"checkpoint {name} is damaged ({err}); falling back to the previous one")
         except CkptSyncError:
             raise
     raise OperationFailed(f"no valid checkpoint in {repo.url}: all {len(ids)} are damaged")

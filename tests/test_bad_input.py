@@ -81,7 +81,8 @@ def test_missing_or_malformed_key(tmp_path, repo_url, cli, env_key, needle):
 
 
 def test_missing_key_file(tmp_path, repo_url, cli):
-    _one_line(cli("ls", "--repo", repo_url, "--key-file", str(tmp_path / "nope")), 2, "does not exist", "keygen")
+    proc = cli("ls", "--repo", repo_url, "--key-file", str(tmp_path / "nope"))
+    _one_line(proc, 2, "does not exist", "suits only a new")
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,8 @@ def _assert_detected_and_falls_back(tmp_path, repo_url, cli, old_bytes, newest, 
     out = tmp_path / "restore"
     pull = cli("pull", "--latest", "--from", repo_url, "--to", str(out))
     assert pull.returncode == 0, pull.stderr
-    assert f"checkpoint {newest.id} is damaged" in pull.stderr and "falling back" in pull.stderr
+    named = f"{newest.name} ({newest.id})" if name_readable else newest.id
+    assert f"checkpoint {named} is damaged" in pull.stderr and "falling back" in pull.stderr
     assert (out / newest.name).read_bytes() == old_bytes
     assert sorted(p.name for p in out.iterdir()) == [newest.name]  # no temp file left behind
 

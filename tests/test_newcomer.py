@@ -170,3 +170,60 @@ def test_push_of_several_paths_with_one_missing_commits_nothing(tmp_path, key, r
     _one_line(cli("push", str(a), str(tmp_path / "b.pt"), "--to", repo_url), 2, "b.pt does not exist",
               "nothing was pushed")
     assert not repo_dir.exists() or manifest_ids(repo_dir) == []
+
+
+# --- (9) pull into a file or an unwritable folder ----------------------------------------------------
+
+
+def _pushed(tmp_path, repo_url, torch_checkpoint, cli) -> Path:
+    ckpt = torch_checkpoint(tmp_path / "src" / "checkpoint_s_5.pt", step=5)
+    cli("push", str(ckpt), "--to", repo_url, check=True)
+    return ckpt
+
+
+def test_pull_to_a_file_names_the_users_path(tmp_path, key, repo_url, torch_checkpoint, cli):
+    _pushed(tmp_path, repo_url, torch_checkpoint, cli)
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    line = _one_line(cli("pull", "--latest", "--from", repo_url, "--to", str(target)), 2, str(target), "is a file")
+    assert ".part" not in line and target.read_text() == "x"
+    under = target / "sub"
+    _one_line(cli("pull", "--latest", "--from", repo_url, "--to", str(under)), 2, str(under))
+
+
+def test_pull_to_an_unwritable_folder_names_the_users_path(tmp_path, key, repo_url, torch_checkpoint, cli):
+    _pushed(tmp_path, repo_url, torch_checkpoint, cli)
+    if os.geteuid() == 0:  # root writes through permission bits: use a folder the kernel refuses
+        targets = [Path("/sys"), Path("/sys/ckpt-sync-test")]
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        targets = [locked, locked / "sub"]
+    for target in targets:
+        line = _one_line(cli("pull", "--latest", "--from", repo_url, "--to", str(target)), 2, str(target))
+        assert ".part" not in line and "ckpt-sync-" not in line.replace(str(target), "")
+
+
+# --- (10) no key at all ---------------------------------------------------------------------------------
+
+
+def test_no_key_says_where_it_looked_and_that_a_new_key_reads_nothing_old(tmp_path, repo_url, isolated_home, cli):
+    for verb in (["ls", "--from", repo_url], ["pull", "--latest", "--from", repo_url, "--to", str(tmp_path / "o")]):
+        line = _one_line(cli(*verb), 2, "no encryption key", "$BACKUP_ENCRYPTION_KEY", "--key-file")
+        assert str(isolated_home / ".config" / "ckpt-sync" / "key") in line
+        assert "suits only a new repository" in line and "cannot read existing backups" in line
+
+
+# --- (14) a damaged checkpoint pulled by name -------------------------------------------------------------
+
+
+def test_pull_of_a_damaged_checkpoint_by_name_names_it_and_not_the_key(tmp_path, key, repo_url, repo_dir,
+                                                                     torch_checkpoint, cli):
+    ckpt = _pushed(tmp_path, repo_url, torch_checkpoint, cli)
+    victim = chunk_files(repo_dir)[0]
+    raw = bytearray(victim.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    victim.write_bytes(bytes(raw))
+    line = _one_line(cli("pull", ckpt.name, "--from", repo_url, "--to", str(tmp_path / "o")), 1, ckpt.name,
+                     "is damaged", "altered or damaged (the key is right)")
+    assert "wrong key" not in line
