@@ -47,6 +47,11 @@ class SyncClient:
             )
             self._thread.start()
 
+    @property
+    def uploads_here(self) -> bool:
+        """Whether this client's own worker uploads (else a ``watch`` sharing the queue does)."""
+        return self._worker is not None
+
     def enqueue(
         self,
         path: str | os.PathLike[str],
