@@ -21,6 +21,7 @@ from .push import push_path
 from .repository import Repository
 from .restore import find_manifest, stream_file
 from .restore import pull as _pull
+from .selection import Selection
 from .transfer import TransferStats
 
 
@@ -53,10 +54,14 @@ def push(
     metadata: dict[str, Any] | None = None,
     chunk_size: int | None = None,
     workers: int | None = None,
+    role: str | None = None,
 ) -> str:
-    """Commit ``path`` (a file, or a directory as one checkpoint) and return the checkpoint's id."""
+    """Commit ``path`` (a file, or a directory as one checkpoint) and return the checkpoint's id.
+
+    ``role``: resumable, model-only or best (default: inferred, see ``push_path``). Pushing a
+    version that is already committed returns the existing checkpoint's id."""
     return push_with_stats(
-        path, repo, tags=tags, key_file=key_file, metadata=metadata, chunk_size=chunk_size, workers=workers
+        path, repo, tags=tags, key_file=key_file, metadata=metadata, chunk_size=chunk_size, workers=workers, role=role
     )[0].id
 
 
@@ -70,10 +75,13 @@ def push_with_stats(
     chunk_size: int | None = None,
     workers: int | None = None,
     progress: Any = None,
+    role: str | None = None,
 ) -> tuple[Manifest, TransferStats]:
     r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file, create=True)
     policy = ChunkPolicy.of_size(chunk_size)
-    return push_path(r, path, tags=tags, metadata=metadata, policy=policy, workers=workers, progress=progress)
+    return push_path(
+        r, path, tags=tags, metadata=metadata, role=role, policy=policy, workers=workers, progress=progress
+    )
 
 
 def pull(
@@ -85,13 +93,25 @@ def pull(
     workers: int | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    role: str = "resumable",
+    tag: str | None = None,
+    session: str | None = None,
+    host: str | None = None,
+    name: str | None = None,
+    step: int | None = None,
+    before_step: int | None = None,
 ) -> Manifest:
-    """Restore ``checkpoint`` (id or name), or the newest valid one, into ``to``; returns its manifest.
+    """Restore ``checkpoint`` (id or name), or else the newest valid checkpoint by training position
+    that the filters match (the CLI's ``pull --latest`` options; ``role="any"`` for any role), into
+    ``to``; returns its manifest.
 
     ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
     """
+    selection = Selection(role, tag, session, host, name, step, before_step)
     r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
-    return _pull(r, to, selector=checkpoint, workers=workers, include=include, exclude=exclude)[0]
+    return _pull(
+        r, to, selector=checkpoint, selection=selection, workers=workers, include=include, exclude=exclude
+    )[0]
 
 
 def checkpoint(

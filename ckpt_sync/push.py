@@ -17,7 +17,7 @@ from .chunking import ChunkPolicy, plan_chunks
 from .crypto import token_size
 from .errors import Cancelled, OperationFailed, UsageError
 from .locks import acquire_push_lock
-from .manifest import ChunkRef, FileEntry, Manifest, parse_seed_name
+from .manifest import BEST, BEST_MARKER, ROLES, ChunkRef, FileEntry, Manifest, infer_role, parse_seed_name
 from .pipeline import default_workers, ordered_map
 from .repository import Repository, hostname, new_manifest_id
 from .transfer import TransferStats
@@ -112,7 +112,7 @@ def push_file(
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise OperationFailed(f"{path} changed while it was being read; push it again once it is fully written")
     stats.files += 1
-    return FileEntry(rel, before.st_size, sha.hexdigest(), tuple(refs))
+    return FileEntry(rel, before.st_size, sha.hexdigest(), tuple(refs), before.st_mtime_ns)
 
 
 def push_path(
@@ -122,6 +122,7 @@ def push_path(
     tags: tuple[str, ...] | list[str] = (),
     name: str | None = None,
     metadata: dict[str, Any] | None = None,
+    role: str | None = None,
     policy: ChunkPolicy = ChunkPolicy(),
     workers: int | None = None,
     progress: ProgressFn | None = None,
@@ -130,12 +131,19 @@ def push_path(
     """Upload ``path`` and commit it as one checkpoint. The manifest is written last (the commit point).
 
     ``metadata`` may carry ``session_id``, ``global_step``, ``epoch``, ``loss`` (else parsed from the
-    seed's file name) and anything else JSON-serialisable, kept under ``extra``. Setting ``cancel``
-    stops at the next chunk with ``Cancelled``; chunks already stored are reused by the next push.
+    seed's file name) and anything else JSON-serialisable, kept under ``extra``. ``role`` (or
+    ``metadata["role"]``) is resumable, model-only or best; by default a folder holding
+    ``best_metadata.json`` or a checkpoint tagged ``best`` is best, a model-only save model-only, the
+    rest resumable. The source's modification time is recorded (restored by pull). Committing a
+    version that is already committed returns the existing checkpoint. Setting ``cancel`` stops at
+    the next chunk with ``Cancelled``; chunks already stored are reused by the next push.
     """
     p = Path(path)
     kind, files = collect_files(p)
     meta = dict(metadata or {})
+    role = role or meta.pop("role", None) or _default_role(kind, files, tuple(tags), meta)
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     name = name or p.name
     session_id, step = parse_seed_name(name)
     workers = workers or default_workers()
@@ -158,9 +166,17 @@ def push_path(
                 )
                 for rel, fp in files
             ]
-        manifest = _manifest(name, kind, entries, session_id, step, tags, meta)
-        repo.commit(manifest)
+        if "source_mtime_ns" not in meta:  # what `watch` compares: the file's, or a folder's newest, mtime
+            dir_mtime = [p.stat().st_mtime_ns] if kind == "dir" else []
+            meta["source_mtime_ns"] = max(dir_mtime + [e.mtime_ns or 0 for e in entries])
+        manifest = repo.commit(_manifest(name, kind, entries, session_id, step, tags, meta, role))
     return manifest, stats.finish()
+
+
+def _default_role(kind: str, files: list[tuple[str, Path]], tags: tuple[str, ...], meta: dict[str, Any]) -> str:
+    if kind == "dir" and any(rel == BEST_MARKER for rel, _ in files):
+        return BEST
+    return infer_role(tags, meta)
 
 
 def _manifest(
@@ -171,6 +187,7 @@ def _manifest(
     step: int | None,
     tags: tuple[str, ...] | list[str],
     meta: dict[str, Any],
+    role: str,
 ) -> Manifest:
     return Manifest(
         id=new_manifest_id(),
@@ -185,6 +202,7 @@ def _manifest(
         loss=meta.pop("loss", None),
         tags=tuple(dict.fromkeys(tags)),
         extra=meta,
+        role=role,
     )
 
 

@@ -261,8 +261,16 @@ class Repository:
         except (KeyError, TypeError, ValueError) as err:
             raise IntegrityError(f"manifest {manifest_id} is malformed ({err})") from None
 
-    def commit(self, manifest: Manifest) -> None:
-        """The commit point: verify every chunk is stored, then write the manifest without overwriting."""
+    def commit(self, manifest: Manifest) -> Manifest:
+        """The commit point: verify every chunk is stored, then write the manifest without overwriting.
+
+        Idempotent: when this version (``Manifest.same_version``: name, tags, file hashes) is
+        already committed — a retried job, a crash between commit and bookkeeping, a restored file
+        pushed again — nothing is written and the existing checkpoint is returned.
+        """
+        for existing in self.manifests():
+            if existing.same_version(manifest):
+                return existing
         missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)
         if missing:
             raise OperationFailed(
@@ -274,11 +282,11 @@ class Repository:
             # Either a retry found our own earlier successful write, or a true id collision.
             try:
                 if self.load_manifest(manifest.id) == manifest:
-                    return
+                    return manifest
             except IntegrityError:
                 pass
             raise OperationFailed(f"manifest id {manifest.id} already exists in {self.url}; push again")
-
+        return manifest
 
 def hostname() -> str:
     return socket.gethostname()

@@ -25,6 +25,7 @@ from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, Us
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .pipeline import default_workers, ordered_map
 from .repository import Repository
+from .selection import Selection, newest, select
 from .transfer import TransferStats
 
 ProgressFn = Callable[[int], None]
@@ -149,8 +150,9 @@ def restore(
                         os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
                     with _Flusher(fd) as flusher:
                         read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=flusher.wrap(progress))
-                    if mtime_ns is not None:
-                        os.utime(fd, ns=(mtime_ns, mtime_ns))
+                    file_mtime = entry.mtime_ns if entry.mtime_ns is not None else mtime_ns
+                    if file_mtime is not None:
+                        os.utime(fd, ns=(file_mtime, file_mtime))
                     os.fsync(fd)  # what the flusher has not already pushed to the disk
                 finally:
                     os.close(fd)
@@ -236,7 +238,8 @@ LATEST = "latest"
 
 def find_manifest(repo: Repository, selector: str) -> Manifest:
     """A checkpoint by manifest id (or a unique id prefix), else the newest with that name;
-    ``latest`` is the newest readable checkpoint (unless a checkpoint is named so)."""
+    ``latest`` is the newest resumable checkpoint by training position (else the newest of any
+    role), unless a checkpoint is named so."""
     ids = repo.manifest_ids()
     matches = [i for i in ids if i.startswith(selector)]
     if len(matches) == 1:
@@ -244,13 +247,14 @@ def find_manifest(repo: Repository, selector: str) -> Manifest:
     if len(matches) > 1:
         raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
     unreadable: list[str] = []
-    newest: Manifest | None = None
-    for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):
-        if m.name == selector:
-            return m
-        newest = newest or m
-    if selector == LATEST and newest is not None:
-        return newest
+    everything = list(repo.manifests(lambda mid, _err: unreadable.append(mid)))
+    named = [m for m in everything if m.name == selector]
+    if named:
+        return newest(named)[0]
+    if selector == LATEST:
+        latest = select(everything, Selection()) or newest(everything)
+        if latest:
+            return latest[0]
     hint = (
         f"; {len(unreadable)} checkpoint(s) could not be decrypted with the given key(s) (an older key, or damage?)"
         if unreadable
@@ -264,6 +268,7 @@ def pull(
     dest: str | os.PathLike[str],
     *,
     selector: str | None = None,
+    selection: Selection | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
     warn: WarnFn | None = None,
@@ -271,7 +276,8 @@ def pull(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
 ) -> tuple[Manifest, TransferStats]:
-    """Restore one checkpoint: ``selector`` names it, or None for the newest that fully verifies.
+    """Restore one checkpoint: ``selector`` names it; else the newest (by training position) of those
+    ``selection`` matches — by default resumable ones — that fully verifies.
 
     With ``include``/``exclude`` globs only the matching files are restored (contents.select_files);
     the manifest returned is then that selection.
@@ -284,23 +290,31 @@ def pull(
             return m, restore(repo, m, dest, workers=workers, progress=progress)
         except (IntegrityError, NotFound) as err:
             raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
-    ids = repo.manifest_ids()
-    if not ids:
+    selection = selection or Selection()
+    unreadable: dict[str, IntegrityError] = {}
+    everything = list(repo.manifests(unreadable.__setitem__))
+    if not everything and not unreadable:
         raise OperationFailed(f"no checkpoints in {repo.url}")
-    m: Manifest | None = None
-    for mid in ids:
+    for mid, err in unreadable.items():
+        if warn:
+            warn(f"checkpoint {mid} is damaged ({err}); skipped, falling back to the readable ones")
+    candidates = select(everything, selection)
+    if not candidates:
+        raise OperationFailed(f"no {selection.describe()} in {repo.url} ({len(everything)} checkpoint(s) in all)")
+    for m in candidates:
         try:
-            m = select_files(repo.load_manifest(mid), include, exclude)
+            m = select_files(m, include, exclude)
             if on_start:
                 on_start(m)
             return m, restore(repo, m, dest, workers=workers, progress=progress)
         except (IntegrityError, NotFound) as err:
             if warn:
-                name = f"{m.name} ({mid})" if m is not None and m.id == mid else mid
-                warn(f"checkpoint {name} is damaged ({err}); falling back to the previous one")
+                warn(f"checkpoint {m.name} ({m.id}) is damaged ({err}); falling back to the previous one")
         except CkptSyncError:
             raise
-    raise OperationFailed(f"no valid checkpoint in {repo.url}: all {len(ids)} are damaged")
+    raise OperationFailed(
+        f"no valid checkpoint in {repo.url}: all {len(candidates)} {selection.describe()}(s) are damaged"
+    )
 
 
 def stream_file(

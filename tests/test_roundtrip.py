@@ -72,7 +72,9 @@ def test_library_push_returns_the_committed_id_with_metadata(tmp_path, key, repo
     cid = ckpt_sync.push(ckpt, repo=repo_url, tags=["best"], metadata={"epoch": 3, "loss": 0.5, "lr": 0.1})
     repo = open_repository(repo_url)
     m = repo.load_manifest(cid)
-    assert (m.session_id, m.global_step, m.epoch, m.loss, m.tags, m.extra) == ("s1", 7, 3, 0.5, ("best",), {"lr": 0.1})
+    extra = dict(m.extra)
+    assert extra.pop("source_mtime_ns") == ckpt.stat().st_mtime_ns  # recorded by every push path
+    assert (m.session_id, m.global_step, m.epoch, m.loss, m.tags, extra) == ("s1", 7, 3, 0.5, ("best",), {"lr": 0.1})
 
 
 def test_core_imports_without_torch():

@@ -12,9 +12,10 @@ from datetime import datetime
 from typing import Any
 
 from ..api import open_repository as _open_repository
-from ..manifest import Manifest
+from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..prune import DEFAULT_GRACE
+from ..selection import ANY, Selection
 
 ProgressFn = Callable[[int], None]
 
@@ -63,6 +64,7 @@ def manifest_row(m: Manifest) -> dict[str, Any]:
         "created": datetime.fromtimestamp(m.created).astimezone().isoformat(timespec="seconds"),
         "host": m.host,
         "tags": list(m.tags),
+        "role": m.role,
     }
 
 
@@ -105,6 +107,28 @@ def add_grace_option(p: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"unreferenced chunks younger than this are kept (default {DEFAULT_GRACE:.0f})",
     )
+
+
+def add_selection_options(p: argparse.ArgumentParser, default_role: str) -> None:
+    """The filters ``ls`` and ``pull --latest`` share; the result is always newest first by training position."""
+    g = p.add_argument_group("which checkpoints (newest first by session and step)")
+    g.add_argument(
+        "--role",
+        choices=(*ROLES, ANY),
+        default=default_role,
+        help=f"only checkpoints with this role (default {default_role}; 'any' for every role)",
+    )
+    g.add_argument("--tag", metavar="TAG", help="only checkpoints with this tag")
+    g.add_argument("--session", metavar="ID", help="only this training session")
+    g.add_argument("--host", metavar="HOST", help="only checkpoints pushed from this host")
+    g.add_argument("--name", metavar="GLOB", help="only checkpoints whose name matches, e.g. 'checkpoint_*_3??.pt'")
+    steps = g.add_mutually_exclusive_group()
+    steps.add_argument("--step", type=int, metavar="N", help="only global step N")
+    steps.add_argument("--before-step", type=int, metavar="N", help="only global steps below N")
+
+
+def selection_from(args: argparse.Namespace) -> Selection:
+    return Selection(args.role, args.tag, args.session, args.host, args.name, args.step, args.before_step)
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str = "print JSON") -> None:

@@ -1,4 +1,5 @@
-"""``ckpt-sync ls``: the committed checkpoints, newest first; ``ls ID_OR_NAME``: the files of one."""
+"""``ckpt-sync ls``: the committed checkpoints, newest first by training position (session, step);
+``ls ID_OR_NAME``: the files of one."""
 
 from __future__ import annotations
 
@@ -8,12 +9,25 @@ import json
 from ..errors import EXIT_OK
 from ..manifest import Manifest
 from ..restore import find_manifest
+from ..selection import ANY, Selection, select
 from ..units import format_bytes
-from .common import add_json_option, add_repo_option, load_all, manifest_row, open_repository, table, when
+from .common import (
+    add_json_option,
+    add_repo_option,
+    add_selection_options,
+    load_all,
+    manifest_row,
+    open_repository,
+    selection_from,
+    table,
+    when,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("ls", parents=[common], help="list committed checkpoints, newest first (or one's files)")
+    p = sub.add_parser(
+        "ls", parents=[common], help="list committed checkpoints, newest first by session and step (or one's files)"
+    )
     p.add_argument(
         "checkpoint",
         nargs="?",
@@ -21,20 +35,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="list this checkpoint's files (path, size, sha256) instead; id, unique id prefix, name or latest",
     )
     add_json_option(p, "print a JSON array")
+    add_selection_options(p, "any")
     add_repo_option(p, "--from")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    selection = selection_from(args)
     repo = open_repository(args)
     if args.checkpoint:
         return _files(find_manifest(repo, args.checkpoint), args.json)
-    manifests = load_all(repo)
+    manifests = select(load_all(repo), selection)
     if args.json:
         print(json.dumps([manifest_row(m) for m in manifests], indent=2))
         return EXIT_OK
     if not manifests:
-        print(f"no checkpoints in {repo.url}")
+        print(f"no checkpoints in {repo.url}" + ("" if selection == Selection(ANY) else f" ({selection.describe()})"))
         return EXIT_OK
     rows = [
         [
@@ -45,11 +61,12 @@ def run(args: argparse.Namespace) -> int:
             str(len(m.files)),
             format_bytes(m.size),
             when(m.created),
+            m.role,
             ",".join(m.tags) or "-",
         ]
         for m in manifests
     ]
-    print(table(rows, ["ID", "NAME", "SESSION", "STEP", "FILES", "SIZE", "CREATED", "TAGS"]))
+    print(table(rows, ["ID", "NAME", "SESSION", "STEP", "FILES", "SIZE", "CREATED", "ROLE", "TAGS"]))
     return EXIT_OK
 
 

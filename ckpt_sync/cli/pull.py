@@ -9,14 +9,28 @@ from typing import Any
 from ..errors import EXIT_OK, UsageError
 from ..manifest import Manifest
 from ..restore import pull
+from ..selection import Selection
 from ..units import format_bytes
-from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar, warn
+from .common import (
+    add_json_option,
+    add_repo_option,
+    add_selection_options,
+    manifest_row,
+    open_repository,
+    progress_bar,
+    selection_from,
+    warn,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("pull", parents=[common], help="restore a checkpoint into a folder")
     p.add_argument("checkpoint", nargs="?", metavar="ID_OR_NAME", help="checkpoint id (or unique prefix) or name")
-    p.add_argument("--latest", action="store_true", help="the newest checkpoint that fully verifies")
+    p.add_argument(
+        "--latest",
+        action="store_true",
+        help="the newest resumable checkpoint (by session and step) that fully verifies; see the filters below",
+    )
     p.add_argument(
         "--allow-empty",
         action="store_true",
@@ -33,6 +47,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching files (repeatable)")
     add_json_option(p, "print the restored checkpoint and transfer counts as JSON")
     add_repo_option(p, "--from")
+    add_selection_options(p, "resumable")
     p.set_defaults(func=run)
 
 
@@ -41,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("pull needs exactly one of --latest or a checkpoint ID_OR_NAME")
     if args.allow_empty and not args.latest:
         raise UsageError("--allow-empty goes with --latest")
+    selection = selection_from(args)
+    filtered = selection != Selection()
+    if filtered and not args.latest:
+        raise UsageError("--role, --tag, --session, --host, --name, --step and --before-step go with --latest")
     # With --allow-empty a first run (no repository, or one with no checkpoint yet) is not an error: the
     # repository is created as push/watch would. A wrong key, or checkpoints that exist but all fail to
     # verify, still fail: a job must not silently start from scratch over data it cannot read.
@@ -68,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             repo,
             args.to,
             selector=args.checkpoint,
+            selection=selection,
             workers=args.workers,
             progress=progress,
             warn=warn,
@@ -83,8 +103,9 @@ def run(args: argparse.Namespace) -> int:
         out = {"restored": True, **manifest_row(m), "to": args.to, "paths": paths, "stats": stats.to_json()}
         print(json.dumps(out, indent=2))
         return EXIT_OK
+    step = f", step {m.global_step}" if m.global_step is not None else ""
     print(
-        f"restored {m.name} ({m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
+        f"restored {m.name} ({m.role}{step}, {m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
         f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
     )
     return EXIT_OK

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..api import push_with_stats
 from ..errors import EXIT_OK, UsageError
+from ..manifest import ROLES
 from ..push import collect_files, total_size
 from ..units import format_bytes, parse_size
 from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar
@@ -17,6 +18,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("push", parents=[common], help="commit files or checkpoint folders to the repository")
     p.add_argument("paths", nargs="+", metavar="PATH", help="a checkpoint file, or a folder pushed as one checkpoint")
     p.add_argument("--tag", action="append", default=[], metavar="TAG", help="tag the checkpoint (e.g. best)")
+    p.add_argument(
+        "--role",
+        choices=ROLES,
+        help="what the checkpoint is for (default: best for --tag best or a folder with best_metadata.json, "
+        "else resumable); pull --latest restores the newest resumable one",
+    )
     p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
     add_json_option(p)
     add_repo_option(p, "--to")
@@ -36,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.paths:
         with progress_bar(total_size(path), f"push {Path(path).name}", not args.json) as bar:
             m, stats = push_with_stats(
-                path, repo, tags=args.tag, chunk_size=chunk_size, workers=args.workers, progress=bar
+                path, repo, tags=args.tag, chunk_size=chunk_size, workers=args.workers, progress=bar, role=args.role
             )
         results.append({**manifest_row(m), "stats": stats.to_json()})
         if not args.json:

@@ -13,10 +13,11 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import UsageError
+from ..manifest import BEST_MARKER
 
 SESSION_FILE = "training_session.json"
 BEST_DIR = "best_model"
-BEST_METADATA = "best_metadata.json"
+BEST_METADATA = BEST_MARKER
 QUARANTINE_DIR = "quarantine"
 STAGING_DIR = ".ckpt-sync-staging"  # BackgroundPush: held links + metadata
 SYNC_STATE_DIR = ".ckpt-sync"  # SyncClient: its durable queue and held links

@@ -1,0 +1,143 @@
+"""Resume points: "newest" is training position (session, step), then source mtime, then commit time;
+``pull --latest`` restores the newest *resumable* checkpoint; filters on ``ls`` and ``pull``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+import ckpt_sync
+from ckpt_sync.api import open_repository
+from ckpt_sync.manifest import Manifest
+from ckpt_sync.ordering import Position, newest_first
+from ckpt_sync.repository import manifest_key, new_manifest_id
+
+
+def _push(cli, repo_url, path, *args):
+    return json.loads(cli("push", "--repo", repo_url, str(path), "--json", *args, check=True).stdout)[0]
+
+
+def _ls(cli, repo_url, *args):
+    return json.loads(cli("ls", "--repo", repo_url, "--json", *args, check=True).stdout)
+
+
+def _best_folder(tmp_path: Path, torch_checkpoint, seed: int = 9) -> Path:
+    best = tmp_path / "best_model"
+    torch_checkpoint(best / "model_state_dict.pt", seed=seed)
+    (best / "best_metadata.json").write_text(json.dumps({"best_loss": 0.1, "step": 200}))
+    return best
+
+
+def test_pull_latest_restores_the_newest_resumable_checkpoint_not_the_best_model(
+    tmp_path, key, repo_url, torch_checkpoint, cli
+):
+    for step in (100, 200):
+        _push(cli, repo_url, torch_checkpoint(tmp_path / f"checkpoint_run_{step}.pt", seed=step, step=step))
+    best = _push(cli, repo_url, _best_folder(tmp_path, torch_checkpoint))  # committed last, like the manager does
+    assert best["role"] == "best"  # from the best_metadata.json marker
+    out = tmp_path / "out"
+    pulled = cli("pull", "--latest", "--repo", repo_url, "--to", str(out), check=True)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_run_200.pt"], pulled.stdout
+    assert "resumable, step 200" in pulled.stdout
+    # The best model is still there for whoever asks for it.
+    anyrole = tmp_path / "any"
+    cli("pull", "--latest", "--role", "best", "--repo", repo_url, "--to", str(anyrole), check=True)
+    assert (anyrole / "best_model" / "best_metadata.json").exists()
+
+
+def test_ls_and_pull_latest_order_by_step_not_by_commit_time(tmp_path, key, repo_url, torch_checkpoint, cli):
+    # Step 300 is committed first, step 100 last (a late retry): newest is still 300.
+    for step in (300, 200, 100):
+        _push(cli, repo_url, torch_checkpoint(tmp_path / f"checkpoint_run_{step}.pt", seed=step, step=step))
+    assert [r["step"] for r in _ls(cli, repo_url)] == [300, 200, 100]
+    cli("pull", "--latest", "--repo", repo_url, "--to", str(tmp_path / "o"), check=True)
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["checkpoint_run_300.pt"]
+
+
+def test_filters_on_ls_and_pull_latest(tmp_path, key, repo_url, torch_checkpoint, cli):
+    names = {}
+    for session, step in (("20251101_090000", 50), ("20251101_090000", 150), ("20251102_090000", 20)):
+        p = torch_checkpoint(tmp_path / session / f"checkpoint_{session}_{step}.pt", seed=step, step=step)
+        names[(session, step)] = _push(cli, repo_url, p)["name"]
+    _push(cli, repo_url, torch_checkpoint(tmp_path / "weights.pt", seed=1), "--role", "model-only", "--tag", "export")
+    # A later session is newer than an earlier one whatever its step.
+    assert [r["step"] for r in _ls(cli, repo_url, "--role", "resumable")] == [20, 150, 50]
+    assert [r["name"] for r in _ls(cli, repo_url, "--tag", "export")] == ["weights.pt"]
+    assert [r["role"] for r in _ls(cli, repo_url, "--role", "model-only")] == ["model-only"]
+    assert [r["step"] for r in _ls(cli, repo_url, "--session", "20251101_090000")] == [150, 50]
+    assert [r["step"] for r in _ls(cli, repo_url, "--before-step", "100", "--role", "resumable")] == [20, 50]
+    assert [r["step"] for r in _ls(cli, repo_url, "--step", "150")] == [150]
+    assert [r["step"] for r in _ls(cli, repo_url, "--name", "checkpoint_*_1??.pt")] == [150]
+    assert len(_ls(cli, repo_url, "--host", socket.gethostname())) == 4
+    assert _ls(cli, repo_url, "--host", "elsewhere") == []
+
+    out = tmp_path / "o1"
+    cli("pull", "--latest", "--session", "20251101_090000", "--repo", repo_url, "--to", str(out), check=True)
+    assert [p.name for p in out.iterdir()] == [names[("20251101_090000", 150)]]
+    out = tmp_path / "o2"
+    cli("pull", "--latest", "--before-step", "100", "--repo", repo_url, "--to", str(out), check=True)
+    assert [p.name for p in out.iterdir()] == [names[("20251102_090000", 20)]]
+    none = cli("pull", "--latest", "--step", "999", "--repo", repo_url, "--to", str(tmp_path / "o3"))
+    assert none.returncode == 1 and "no resumable checkpoint with step=999" in none.stderr, none.stderr
+
+    # The library takes the same filters.
+    m = ckpt_sync.pull(to=tmp_path / "o4", repo=repo_url, session="20251101_090000", before_step=100)
+    assert m.global_step == 50 and (tmp_path / "o4" / m.name).exists()
+    m = ckpt_sync.pull(to=tmp_path / "o5", repo=repo_url, role="any", tag="export")
+    assert m.name == "weights.pt" and m.role == "model-only"
+
+
+def test_a_version_1_manifest_without_a_role_stays_readable(tmp_path, key, repo_url, torch_checkpoint, cli):
+    """Manifests written before roles existed: tagged best -> best, else resumable."""
+    src = torch_checkpoint(tmp_path / "checkpoint_run_10.pt", step=10)
+    repo = open_repository(ckpt_sync.push(src, repo=repo_url) and repo_url)
+    base = next(repo.manifests())
+    for tags in ((), ("best",)):
+        old = base.to_json()
+        del old["role"]
+        for f in old["files"]:
+            del f["mtime_ns"]
+        old.update(id=new_manifest_id(), tags=list(tags), name=f"old{len(tags)}.pt")
+        repo.provider.put(manifest_key(old["id"]), repo.keys.encrypt(json.dumps(old).encode()))
+    roles = {r["name"]: r["role"] for r in _ls(cli, repo_url)}
+    assert roles == {"checkpoint_run_10.pt": "resumable", "old0.pt": "resumable", "old1.pt": "best"}
+
+
+def _pos(session=None, step=None, mtime=None, created=0.0, key=""):
+    return Position(session, step, mtime, created, key)
+
+
+def test_the_ordering_compares_sessions_then_steps_then_mtime_then_commit_time():
+    later_session_low_step = _pos("20251102_000000", 5, mtime=1.0, key="a")
+    early_session_high_step = _pos("20251101_000000", 900, mtime=2.0, key="b")
+    resaved_step = _pos("20251101_000000", 900, mtime=3.0, key="c")
+    committed_later = _pos("20251101_000000", 900, mtime=3.0, created=9.0, key="d")
+    items = [committed_later, later_session_low_step, resaved_step, early_session_high_step]
+    assert newest_first(items, lambda p: p) == [later_session_low_step, committed_later, resaved_step,
+                                                 early_session_high_step]  # fmt: skip
+    # Arbitrary session ids: a session starts with its earliest checkpoint.
+    run_a = [_pos("run-a", s, mtime=100.0 + s) for s in (1, 2, 3)]
+    run_b = [_pos("run-b", s, mtime=200.0 + s) for s in (1, 2)]
+    assert newest_first(run_a + run_b, lambda p: p) == [run_b[1], run_b[0], run_a[2], run_a[1], run_a[0]]
+    # With mtimes shuffled (a `cp -r`), the step still decides inside a session.
+    copied = [_pos("run-a", s, mtime=m) for s, m in ((1, 30.0), (2, 10.0), (3, 20.0))]
+    assert [p.global_step for p in newest_first(copied, lambda p: p)] == [3, 2, 1]
+    # Nothing known but times: mtime, then commit time.
+    plain = [_pos(mtime=5.0, created=1.0, key="x"), _pos(mtime=None, created=7.0, key="y")]
+    assert [p.key for p in newest_first(plain, lambda p: p)] == ["y", "x"]
+
+
+@pytest.mark.parametrize("how", ["cli", "library"])
+def test_every_push_path_records_the_source_mtime(tmp_path, key, repo_url, torch_checkpoint, cli, how):
+    src = torch_checkpoint(tmp_path / "checkpoint_run_5.pt", step=5)
+    os.utime(src, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    if how == "cli":
+        _push(cli, repo_url, src)
+    else:
+        ckpt_sync.push(src, repo=repo_url)
+    m: Manifest = next(open_repository(repo_url).manifests())
+    assert m.source_mtime_ns == 1_600_000_000_123_456_789 == m.files[0].mtime_ns
