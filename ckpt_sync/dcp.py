@@ -335,8 +335,8 @@ class Writer(StorageWriter):
             meta.setdefault("ranks", len(results))
             name = self.name or f"dcp_{self.save_id[:8]}"
             manifest = _manifest(name, "dir", [files[p] for p in sorted(files)], None, None, self.tags, meta)
-            self.repo.commit(manifest)  # verifies every chunk of every rank is stored, then the manifest
-            self.manifest = manifest
+            # Verifies every chunk of every rank is stored, then the manifest (or finds this version committed).
+            self.manifest = self.repo.commit(manifest)
             self.stats.finish()
         finally:
             self._release()

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RESUMABLE, MODEL_ONLY, BEST = "resumable", "model-only", "best"
+from .manifest import BEST, BEST_MARKER, MODEL_ONLY, RESUMABLE
 
 DCP_METADATA = ".metadata"
-BEST_METADATA = "best_metadata.json"
+BEST_METADATA = BEST_MARKER
 HF_STATE = "trainer_state.json"
 HF_DIR = re.compile(r"^(?P<tmp>tmp-)?checkpoint-(?P<step>\d+)$")  # tmp-: older Trainers, renamed when done
 DEEPSPEED_DIR = re.compile(r"^global_step(?P<step>\d+)$")

@@ -187,7 +187,7 @@ def _manifest(
     step: int | None,
     tags: tuple[str, ...] | list[str],
     meta: dict[str, Any],
-    role: str,
+    role: str | None = None,
 ) -> Manifest:
     return Manifest(
         id=new_manifest_id(),
@@ -202,7 +202,7 @@ def _manifest(
         loss=meta.pop("loss", None),
         tags=tuple(dict.fromkeys(tags)),
         extra=meta,
-        role=role,
+        role=role or meta.pop("role", None) or infer_role(tags, meta),
     )
 
 

@@ -46,7 +46,7 @@ def test_deepspeed_global_step_folders_are_one_checkpoint_each_with_their_step(t
         "mp_rank_00_model_states.pt",
         "zero_pp_rank_0_mp_rank_00_optim_states.pt",
     ]
-    assert all(m.extra.get("role") == "resumable" for m in got)
+    assert all(m.role == "resumable" for m in got)  # the manifest's role (ckpt_sync.manifest)
     assert "global_step6" in proc.stderr and "incomplete" in proc.stderr
     # DeepSpeed finishes step 6: the next run commits it, as one folder.
     make_torch_checkpoint(out / "global_step6" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", seed=7)
@@ -70,7 +70,7 @@ def test_a_trainer_checkpoint_folder_waits_for_its_trainer_state_and_is_never_sp
     assert (m.name, m.kind, m.global_step, m.epoch) == ("checkpoint-3", "dir", 3, 0.5)
     files = sorted(f.path for f in m.files)
     assert files == ["model.safetensors", "optimizer.pt", "rng_state.pth", "trainer_state.json"]
-    assert m.extra["role"] == "resumable"
+    assert m.role == "resumable"
 
 
 def test_symlinked_aliases_are_not_separate_checkpoints(tmp_path, key, repo_url, cli):
