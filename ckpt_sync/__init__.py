@@ -5,7 +5,7 @@ The sync core imports without torch; only the training-side manager needs it.
 
 from __future__ import annotations
 
-from .api import cat, checkpoint, open_repository, pull, push
+from .api import cat, checkpoint, init_repository, open_repository, pull, push
 from .errors import CkptSyncError
 from .sync_client import SyncClient
 
@@ -17,6 +17,7 @@ __all__ = [
     "__version__",
     "cat",
     "checkpoint",
+    "init_repository",
     "open_repository",
     "pull",
     "push",

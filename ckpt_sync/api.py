@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from .chunking import ChunkPolicy
 from .crypto import KeyRing
-from .keys import load_keyring
-from .locations import resolve_repo_url
+from .keys import generate_key, key_configured, load_keyring, write_key_file
+from .locations import default_key_file, resolve_repo_url
 from .manifest import FileEntry, Manifest
 from .providers import RetryPolicy, open_provider
 from .push import push_path
-from .repository import Repository
+from .repository import CONFIG_KEY, Repository
 from .restore import find_manifest, stream_file
 from .restore import pull as _pull
 from .selection import Selection
@@ -40,6 +42,42 @@ def open_repository(
     provider = open_provider(url, retry=retry, **provider_options)
     try:
         return Repository.open(provider, ring, create=create)
+    except BaseException:
+        provider.close()
+        raise
+
+
+@dataclass(frozen=True)
+class Initialised:
+    """What ``init_repository`` did: the open repository, and what it had to create."""
+
+    repository: Repository
+    created: bool  # False: it already was a repository (opened with the key, nothing changed)
+    bucket_created: bool | None  # None: not asked to
+    key_file_created: Path | None  # a new default key file, made because no key was configured
+
+
+def init_repository(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    create_bucket: bool = False,
+    retry: RetryPolicy | None = RetryPolicy(),
+    **provider_options: Any,
+) -> Initialised:
+    """Create the repository (with ``create_bucket``, first its bucket or container). With no key
+    configured anywhere, and only for a repository that does not exist yet, a new default key file
+    is made: a new key suits a new repository, and can never read an existing one."""
+    url = resolve_repo_url(repo)
+    provider = open_provider(url, retry=retry, **provider_options)
+    try:
+        bucket = provider.create_container() if create_bucket else None
+        existed = provider.size(CONFIG_KEY) is not None
+        made_key = None
+        if not existed and not key_configured(key_file):
+            made_key = write_key_file(default_key_file(), generate_key())
+        ring = load_keyring(key_file)
+        return Initialised(Repository.open(provider, ring, create=True), not existed, bucket, made_key)
     except BaseException:
         provider.close()
         raise

@@ -69,6 +69,11 @@ def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
     )
 
 
+def key_configured(key_file: str | os.PathLike[str] | None = None) -> bool:
+    """Is any key source present (a key file given, the variable set, the default key file)?"""
+    return key_file is not None or bool(os.environ.get(ENV_KEY)) or default_key_file().is_file()
+
+
 def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 

@@ -58,6 +58,11 @@ class Repository:
         self._known: dict[str, int] | None = None
         self._lock = threading.Lock()
 
+    @property
+    def id(self) -> str:
+        """A public name for this repository (one-way from its secret id key; stable, never stored)."""
+        return hmac.digest(self._id_key, b"ckpt-sync repository id v1", "sha256")[:8].hex()
+
     # --- opening ---------------------------------------------------------------------------------
 
     @classmethod

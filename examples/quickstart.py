@@ -7,7 +7,6 @@ BACKUP_ENCRYPTION_KEY is set) and the default repository (~/.local/share/ckpt-sy
 from __future__ import annotations
 
 import filecmp
-import os
 import subprocess
 import sys
 import tempfile
@@ -15,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ckpt_sync.keys import ENV_KEY
-from ckpt_sync.locations import default_key_file, default_repo_url
+from ckpt_sync.locations import default_repo_url
 
 
 def run(*args: str) -> None:
@@ -25,8 +23,8 @@ def run(*args: str) -> None:
 
 
 def main() -> None:
-    if not os.environ.get(ENV_KEY) and not default_key_file().exists():
-        run("keygen", "--out", str(default_key_file()))
+    # The repository, and a key in ~/.config/ckpt-sync/key if you have none (README: first steps).
+    run("init")
     # Everything but the key and the repository lives here, and goes when the quickstart ends.
     with tempfile.TemporaryDirectory(prefix="ckpt-sync-quickstart-") as tmp:
         same = roundtrip(Path(tmp))

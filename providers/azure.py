@@ -253,5 +253,15 @@ class AzureBlobProvider(ObjectStoreProvider):
         except Exception as err:
             raise self._classify(err, "check") from err
 
+    def create_container(self) -> bool:
+        """Create the container unless it exists; True when this call made it."""
+        try:
+            self._container.create_container()
+        except ResourceExistsError:
+            return False
+        except Exception as err:
+            raise self._classify(err, "create container") from err
+        return True
+
     def close(self) -> None:
         self._service.close()

@@ -225,5 +225,16 @@ class GCSProvider(ObjectStoreProvider):
             raise self._classify(err, "check") from err
         self._bucket_seen = True
 
+    def create_container(self) -> bool:
+        """Create the bucket (in the client's project) unless it exists; True when this call made it."""
+        try:
+            self._client.create_bucket(self.container, retry=None, timeout=self._timeout)
+        except gx.Conflict:
+            return False
+        except Exception as err:
+            raise self._classify(err, "create bucket") from err
+        self._bucket_seen = True
+        return True
+
     def close(self) -> None:
         self._client.close()

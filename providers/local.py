@@ -185,6 +185,17 @@ class LocalProvider:
         except OSError as err:
             raise self._error(err, f"{self.url}/{key}") from err
 
+    def create_container(self) -> bool:
+        """The repository's folder (and its parents); True when this call made it."""
+        self.check()
+        if self.root.is_dir():
+            return False
+        try:
+            self.root.mkdir(parents=True)
+        except OSError as err:
+            raise self._error(err, self.url) from err
+        return True
+
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():
             raise PermanentStorageError(f"{self.url} is not a folder")

@@ -254,6 +254,26 @@ class S3Provider(ObjectStoreProvider):
         except Exception as err:
             raise self._classify(err, "check") from err
 
+    def create_container(self) -> bool:
+        """Create the bucket (in the client's region) unless it exists; True when this call made it."""
+        try:
+            self.check()
+            return False
+        except PermanentStorageError as err:
+            if self._missing_container() != str(err):
+                raise
+        region = self._s3.meta.region_name
+        where = {} if region in (None, "us-east-1") else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+        try:
+            self._s3.create_bucket(Bucket=self.container, **where)
+        except bx.ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":
+                return False
+            raise self._classify(err, "create bucket") from err
+        except Exception as err:
+            raise self._classify(err, "create bucket") from err
+        return True
+
     def close(self) -> None:
         self._s3.close()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from ckpt_sync.errors import UsageError
+
 from .base import ObjectInfo, Provider
 
 T = TypeVar("T")
@@ -44,6 +46,13 @@ class WrappingProvider:
 
     def check(self) -> None:
         self._call("check", "", self.inner.check)
+
+    def create_container(self) -> bool:
+        """The bucket or container under the repository (``init --create-bucket``), where the store has one."""
+        create = getattr(self.inner, "create_container", None)
+        if create is None:
+            raise UsageError(f"{self.url}: this kind of store has no bucket to create")
+        return self._call("create_container", "", create)
 
     def close(self) -> None:
         self.inner.close()

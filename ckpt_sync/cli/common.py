@@ -74,13 +74,18 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
-    """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit."""
+def provider_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The store options the verb's (resolved) settings give: retry budget, endpoint and bwlimit."""
     options: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
     if args.bwlimit:
         options["bwlimit"] = args.bwlimit
-    retry = RetryPolicy(attempts=args.retry_attempts, max_seconds=args.retry_time)
-    return _open_repository(args.repo, key_file=args.key_file, create=create, retry=retry, **options)
+    options["retry"] = RetryPolicy(attempts=args.retry_attempts, max_seconds=args.retry_time)
+    return options
+
+
+def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
+    """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit."""
+    return _open_repository(args.repo, key_file=args.key_file, create=create, **provider_options(args))
 
 
 def load_all(repo: Any) -> list[Manifest]:

@@ -1,0 +1,64 @@
+"""``ckpt-sync init``: create the repository (and with ``--create-bucket`` its bucket or container)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..api import init_repository
+from ..errors import EXIT_OK
+from .common import add_json_option, add_repo_option, provider_options
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "init",
+        parents=[common],
+        help="create the repository (makes a key first if none is configured); push and watch also create it",
+    )
+    p.add_argument(
+        "--create-bucket",
+        action="store_true",
+        help="first create the S3/GCS bucket or Azure container, where the credentials allow it",
+    )
+    add_json_option(p)
+    add_repo_option(p, "--to")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    done = init_repository(
+        args.repo, key_file=args.key_file, create_bucket=args.create_bucket, **provider_options(args)
+    )
+    repo = done.repository
+    try:
+        fingerprint = repo.keys.fingerprints()[0]
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "repository": repo.url,
+                        "id": repo.id,
+                        "key_fingerprint": fingerprint,
+                        "created": done.created,
+                        "bucket_created": done.bucket_created,
+                        "key_file_created": str(done.key_file_created) if done.key_file_created else None,
+                    },
+                    indent=2,
+                )
+            )
+            return EXIT_OK
+        if done.key_file_created:
+            print(
+                f"made a new key in {done.key_file_created} (mode 0600): keep a copy somewhere safe, "
+                "without it the backups are unreadable"
+            )
+        if done.bucket_created:
+            scheme, _, rest = repo.url.partition("://")
+            noun = {"az": "container", "file": "folder"}.get(scheme, "bucket")
+            print(f"created the {noun} {rest if scheme == 'file' else rest.split('/', 1)[0]}")
+        what = "initialised" if done.created else "already initialised (nothing changed):"
+        print(f"{what} repository {repo.url}: id {repo.id}, key fingerprint {fingerprint}")
+    finally:
+        repo.provider.close()
+    return EXIT_OK
