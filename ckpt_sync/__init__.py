@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from .api import cat, checkpoint, init_repository, open_repository, pull, push
 from .errors import CkptSyncError
+from .reader import CheckpointFile
+from .reader import open_file as open  # ckpt_sync.open(...) mirrors the builtin on purpose
 from .sync_client import SyncClient
 
 __version__ = "0.1.0"
 __all__ = [
+    "CheckpointFile",
     "CheckpointManager",
     "CkptSyncError",
     "SyncClient",
@@ -18,6 +21,7 @@ __all__ = [
     "cat",
     "checkpoint",
     "init_repository",
+    "open",
     "open_repository",
     "pull",
     "push",
