@@ -1,10 +1,10 @@
 """A tiny real Lightning job with the ckpt-sync plugin; imported by the tests and run as a script.
 
-    python lightning_job.py DIRPATH REPO_URL MAX_STEPS [--kill-after-save-at STEP] [--resume]
+    python lightning_job.py DIRPATH REPO_URL MAX_STEPS [--kill-after-save-at STEP] [--resume] [--ddp N]
 
 With ``--kill-after-save-at S`` the process SIGKILLs itself right after the checkpoint of step S is
 saved (and, with $CKPT_TEST_PUT_DELAY, before its upload can finish). With ``--resume`` it resumes
-from ``latest_path``.
+from ``latest_path``. With ``--ddp N`` it trains with N processes (DDP, gloo on CPU).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def data() -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=8)
 
 
-def trainer(dirpath: Path, repo: str, callbacks=(), **kw) -> pl.Trainer:
+def trainer(dirpath: Path, repo: str, callbacks=(), devices: int = 1, **kw) -> pl.Trainer:
     checkpoint = ModelCheckpoint(
         dirpath=dirpath, save_top_k=2, save_last=True, monitor="progress", mode="max", every_n_train_steps=2
     )
@@ -55,7 +55,8 @@ def trainer(dirpath: Path, repo: str, callbacks=(), **kw) -> pl.Trainer:
         plugins=[CkptSyncCheckpointIO(repo)],
         callbacks=[checkpoint, *callbacks],
         accelerator="cpu",
-        devices=1,
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -82,6 +83,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("max_steps", type=int)
     parser.add_argument("--kill-after-save-at", type=int)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--ddp", type=int, default=1)
     args = parser.parse_args(argv)
     if os.environ.get("CKPT_TEST_PUT_DELAY"):
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,10 +91,10 @@ def main(argv: list[str]) -> int:
 
     torch.manual_seed(0)
     callbacks = [KillAfterSave(args.kill_after_save_at)] if args.kill_after_save_at else []
-    t = trainer(args.dirpath, args.repo, callbacks, max_steps=args.max_steps)
+    t = trainer(args.dirpath, args.repo, callbacks, devices=args.ddp, max_steps=args.max_steps)
     ckpt = latest_path(args.repo, args.dirpath) if args.resume else None
     t.fit(TinyRegression(), data(), ckpt_path=ckpt)
-    print(f"trained to step {t.global_step} (resumed from {ckpt})", flush=True)
+    print(f"rank {t.global_rank} trained to step {t.global_step} (resumed from {ckpt})", flush=True)
     return 0
 
 

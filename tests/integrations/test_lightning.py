@@ -110,6 +110,17 @@ def test_killed_with_9_right_after_a_save_the_checkpoint_reaches_the_repository_
 
     second = subprocess.run([*run, "4", "--resume"], capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
-    assert "trained to step 4" in second.stdout and "last.ckpt" in second.stdout
+    assert "rank 0 trained to step 4" in second.stdout and "last.ckpt" in second.stdout
     steps = {m.name: m.global_step for m in _manifests(repo_url)}
     assert steps["epoch=0-step=2.ckpt"] == 2 and steps["epoch=0-step=4.ckpt"] == 4
+
+
+def test_under_ddp_only_rank_0_saves_and_each_checkpoint_is_uploaded_once(tmp_path, key, repo_url):
+    ck = tmp_path / "checkpoints"
+    proc = subprocess.run(
+        [sys.executable, str(JOB), str(ck), repo_url, "4", "--ddp", "2"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "rank 0 trained to step 4" in proc.stdout and "rank 1 trained to step 4" in proc.stdout
+    saves = sorted((m.name, m.global_step) for m in _manifests(repo_url))
+    assert saves == [("epoch=0-step=2.ckpt", 2), ("epoch=1-step=4.ckpt", 4), ("last.ckpt", 2), ("last.ckpt", 4)]
