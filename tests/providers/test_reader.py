@@ -65,12 +65,13 @@ def test_a_flipped_chunk_is_detected_while_streaming(any_repo_url, cli, key, tmp
     local = torch_checkpoint(tmp_path / "checkpoint_s1_300.pt", seed=3, step=300, hidden=192)
     pushed = _push(cli, any_repo_url, local)
     chunks = ckpt_sync.checkpoint(pushed["id"], any_repo_url).files[0].chunks
-    flip_chunk_byte(any_repo_url, chunks[len(chunks) // 2].id)
+    victim = chunks[len(chunks) // 2].id
+    flip_chunk_byte(any_repo_url, victim)
     with ckpt_sync.open(any_repo_url) as f, pytest.raises(Exception):  # noqa: B017 - torch replaces our error
         torch.load(f, weights_only=True, map_location="cpu")
     # torch's C++ reader swallows the IntegrityError raised inside it: the file keeps it, and logs it.
-    assert isinstance(f.error, IntegrityError) and "authentication failed" in str(f.error)
-    assert any("authentication failed" in r.getMessage() for r in caplog.records if r.name == "ckpt_sync.reader")
+    assert isinstance(f.error, IntegrityError) and "authentication" in str(f.error)
+    assert any(victim[:16] in r.getMessage() for r in caplog.records if r.name == "ckpt_sync.reader")
     with ckpt_sync.open(any_repo_url) as f:
         f.read(chunks[0].size)  # the sound chunks before it read fine
         with pytest.raises(IntegrityError):
