@@ -35,6 +35,13 @@ from .backup import backup_checkpoint
 from .best import heal_best_dir, save_pretrained_takes_state_dict, unwrap, write_best
 from .compression import compress, resolve_codec
 from .config import CheckpointConfig, load_checkpoint_config
+from .distributed import (
+    RankGroup,
+    has_sharded_state,
+    recover_sharded,
+    save_sharded_checkpoint,
+    share_replicated_checkpoint,
+)
 from .emergency import EmergencySignals
 from .errors import CheckpointCorruptWarning, CheckpointSaveError, TrainingInterrupted
 from .handoff import SyncHandoff, make_handoff
@@ -79,6 +86,12 @@ class CheckpointManager:
     - ``on_signal``: after the emergency checkpoint, ``"raise"`` TrainingInterrupted or ``"exit"``
       (``exit_code``, default 128 + signal number). ``handle_signals=False`` leaves signals alone.
     - ``pid_file``: written at start, removed at close, for external power-event hooks.
+    - ``process_group``: in a ``torch.distributed`` group (default: the initialised default group)
+      the manager is rank-aware (see ``distributed.py``): replicated state is saved by rank 0 only,
+      sharded state (DTensor, FSDP2) by every rank through DCP (``direct=True``: straight into
+      ``repo`` through ``ckpt_sync.dcp.Writer``), ``maybe_save`` agrees on saves and emergency
+      stops with one small all-reduce, and ``recover()`` resumes every rank from rank 0's choice.
+      ``maybe_save``, ``save``, ``safe_point`` and ``recover`` are then collective calls.
     """
 
     def __init__(
@@ -114,6 +127,8 @@ class CheckpointManager:
         trigger: SaveTrigger | None = None,
         handoff: SyncHandoff | None = None,
         clock: Callable[[], float] = time.monotonic,
+        process_group: Any = None,
+        direct: bool = False,
     ) -> None:
         if if_busy not in ("wait", "skip"):
             raise UsageError(f"if_busy must be 'wait' or 'skip', not {if_busy!r}")
@@ -159,6 +174,17 @@ class CheckpointManager:
         self._writer = BackgroundWriter() if async_save else None
         self._snapshot = Snapshotter(reuse=reuse_snapshot_buffers)
         self._closed = False
+        self._ranks = RankGroup.resolve(process_group)
+        self._sharded = self._ranks is not None and has_sharded_state(unwrap(model))
+        self.direct = direct
+        if direct and (repo is None or not self._sharded):
+            raise UsageError("direct=True writes sharded (DTensor/FSDP) state straight into repo=: give both")
+        if self._ranks is not None:
+            self.session_id = self._ranks.broadcast(self.session_id)  # one name per checkpoint, all ranks
+            if self._sharded:
+                self._writer = None  # DCP saves are collectives: on the training thread, in step
+        # Replicated state in a group: only rank 0 writes files and uploads them.
+        self._writes = self._ranks is None or self._sharded or self._ranks.is_coordinator
 
         heal_best_dir(self.best_dir)
         session = read_session(self.directory)
@@ -172,7 +198,7 @@ class CheckpointManager:
                 self.directory,
                 self.directory,
             )
-        if handoff is None and repo is not None:
+        if handoff is None and repo is not None and self._writes and not direct:
             keep = max_keep if remote_keep is None else remote_keep
             handoff = make_handoff(repo, directory=self.directory, key_file=key_file, remote_keep=keep)
         self._handoff = handoff
@@ -207,12 +233,16 @@ class CheckpointManager:
             self.training_stats["loss_history"].append(float(loss))
             if self.optimizer is not None:
                 self.training_stats["learning_rates"].append([float(g["lr"]) for g in self.optimizer.param_groups])
-        self.safe_point(global_step, epoch, loss=loss, **extra)
         best = val_loss is not None and self.best_metric.is_better(float(val_loss), self.best_loss)
-        if best:
-            self.best_loss = float(val_loss)  # type: ignore[arg-type]
         ctx = SaveContext(global_step, self._clock(), self._last_save_step, self._last_save_time)
         due = self._trigger.should_save(ctx)
+        if self._ranks is None:
+            self.safe_point(global_step, epoch, loss=loss, **extra)
+        else:  # the one collective per call: every rank takes the same decisions at this step
+            signum, due, best = self._ranks.agree(self._signal_pending(), due, best)
+            self._emergency(signum, global_step, epoch, loss, extra)
+        if best and val_loss is not None:
+            self.best_loss = float(val_loss)
         if not (due or best):
             return None
         return self._save(global_step, epoch, loss, extra, checkpoint=due, best=best, val_loss=val_loss)
@@ -239,16 +269,29 @@ class CheckpointManager:
         ``maybe_save`` calls this; call it yourself at other points where model and optimizer agree
         (e.g. inside long validation loops).
         """
-        signals = self._signals
-        if signals is None or signals.requested is None:
+        signum = self._signal_pending()
+        if self._ranks is not None:
+            signum = self._ranks.agree(signum, False, False)[0]
+        self._emergency(signum, global_step, epoch, loss, extra)
+
+    def _signal_pending(self) -> int | None:
+        return self._signals.requested if self._signals is not None else None
+
+    def _emergency(self, signum: int | None, global_step: int, epoch: int, loss: float | None, extra: Any) -> None:
+        """Write the emergency checkpoint of this step (all ranks agreed on ``signum``), then raise or exit."""
+        if signum is None:
             return
-        signum = signals.requested
+        signals = self._signals
+        if signals is None:
+            signals = self._signals = EmergencySignals(())
         signals.clear()
         signals.uninstall(keep_pid_file=True)  # a second signal now has its usual effect
         if self._writer is not None:
             with contextlib.suppress(CheckpointSaveError):  # the emergency save matters more; logged below
                 self._writer.wait()
         path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True, signum=signum)
+        if self._ranks is not None:
+            self._ranks.barrier()  # no rank exits before the checkpoint is on disk
         name = f"signal {signum}"
         with contextlib.suppress(ValueError):
             import signal as _signal
@@ -292,7 +335,17 @@ class CheckpointManager:
         if checkpoint and self.full_every and signum is None:
             kind = FULL if self._saves % self.full_every == 0 else MODEL_ONLY
         path = self.directory / checkpoint_name(self.session_id, step, self._codec)
+        rank_rng = None
+        if self._ranks is not None:
+            if self._sharded:
+                return save_sharded_checkpoint(self, self._ranks, step, epoch, loss, extra, kind, checkpoint, signum)
+            rank_rng = self._ranks.gather(capture_rng_state()) if checkpoint else None
+            if not self._writes:  # replicated state: rank 0 writes it
+                self._count_save(checkpoint, step)
+                return path if checkpoint else None
         content = self._content(step, epoch, kind, extra, signum) if checkpoint else None
+        if content is not None and rank_rng is not None:
+            content["rank_random_states"] = rank_rng  # every rank resumes its own random streams
         best_sd = None
         if best:
             best_sd = content["model_state_dict"] if content is not None else unwrap(self.model).state_dict()
@@ -317,10 +370,7 @@ class CheckpointManager:
             if best and not pretrained_live:
                 self._write_best(best_sd, best_meta, sync_meta)
 
-        if checkpoint:
-            self._saves += 1
-            self._last_save_step = step
-            self._last_save_time = self._clock()
+        self._count_save(checkpoint, step)
         if pretrained_live:
             self._write_best(None, best_meta, sync_meta)
         if background:
@@ -328,6 +378,12 @@ class CheckpointManager:
         else:
             job()
         return path if checkpoint else None
+
+    def _count_save(self, checkpoint: bool, step: int) -> None:
+        if checkpoint:
+            self._saves += 1
+            self._last_save_step = step
+            self._last_save_time = self._clock()
 
     def _content(self, step: int, epoch: int, kind: str, extra: dict[str, Any], signum: int | None) -> dict[str, Any]:
         """The seed's checkpoint dict (live references; the caller snapshots it for background writes)."""
@@ -464,6 +520,13 @@ class CheckpointManager:
         The step returned is the last *completed* step: continue with ``start_step + 1``.
         """
         self._check_open()
+        if self._ranks is not None:
+            if self._sharded:
+                return recover_sharded(self, self._ranks)
+            return share_replicated_checkpoint(self, self._ranks, self._ranks.decide(self._recover_here))
+        return self._recover_here()
+
+    def _recover_here(self) -> dict[str, Any] | None:
         if self._writer is not None:
             self._writer.wait()
         tried: set[tuple[str, int, int]] = set()
@@ -514,13 +577,15 @@ class CheckpointManager:
             return info
         return None
 
-    def _apply(self, ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
-        unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
+    def _apply(self, ckpt: dict[str, Any], path: Path, *, weights_loaded: bool = False) -> dict[str, Any]:
+        """Load ``ckpt`` into the live objects (``weights_loaded``: DCP already set model and optimizer)."""
+        if not weights_loaded:
+            unwrap(self.model).load_state_dict(ckpt["model_state_dict"])
         for what, obj, key in (
             ("optimizer", self.optimizer, "optimizer_state_dict"),
             ("scheduler", self.scheduler, "scheduler_state_dict"),
         ):
-            if obj is None:
+            if obj is None or (weights_loaded and key == "optimizer_state_dict"):
                 continue
             state = ckpt.get(key)
             if state is None:
