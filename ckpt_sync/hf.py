@@ -24,10 +24,13 @@ except ImportError as err:  # one clear line instead of a bare ModuleNotFoundErr
 
 from . import layouts
 from .api import open_repository
-from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_newest
-from .manifest import Manifest
+from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
+from .manifest import RESUMABLE
+from .selection import Selection, select
 
 log = logging.getLogger("ckpt_sync.hf")
+
+TRAINER_CHECKPOINTS = "checkpoint-[0-9]*"  # the Trainer's checkpoint-{step}/ folders
 
 
 class CkptSyncCallback(TrainerCallback):
@@ -84,11 +87,6 @@ class CkptSyncCallback(TrainerCallback):
         self.sync.enqueue(folder, tags=tags, metadata=metadata)
 
 
-def is_trainer_checkpoint(m: Manifest) -> bool:
-    match = layouts.HF_DIR.match(m.name)
-    return m.kind == "dir" and match is not None and not match.group("tmp")
-
-
 def restore_latest(
     repo: str | None, output_dir: str | os.PathLike[str], *, key_file: str | os.PathLike[str] | None = None
 ) -> Path | None:
@@ -100,7 +98,7 @@ def restore_latest(
     dest = Path(output_dir)
     r = open_repository(repo, key_file=key_file, create=True)
     try:
-        m = restore_newest(r, dest, is_trainer_checkpoint)
+        m = restore_first(r, dest, select(r.manifests(), Selection(role=RESUMABLE, name=TRAINER_CHECKPOINTS)))
     finally:
         r.provider.close()
     return None if m is None else dest / m.name

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from . import layouts
 from .errors import IntegrityError, NotFound
 from .manifest import Manifest
 from .restore import restore
@@ -100,26 +99,11 @@ class LazySync:
             client.close()
 
 
-def newest_first(repo: Any, accept: Callable[[Manifest], bool], *, any_role: bool = False) -> list[Manifest]:
-    """Checkpoints ``accept`` takes (resumable ones unless ``any_role``), newest training position first.
-
-    Training position is the global step, then the commit time (DESIGN §4); the role comes from the
-    push metadata until the manifest carries roles itself.
-    """
-    found = [
-        m
-        for m in repo.manifests()
-        if accept(m) and (any_role or m.extra.get("role", layouts.RESUMABLE) == layouts.RESUMABLE)
-    ]
-    return sorted(found, key=lambda m: (m.global_step if m.global_step is not None else -1, m.id), reverse=True)
-
-
-def restore_newest(
-    repo: Any, dest: Path, accept: Callable[[Manifest], bool], *, any_role: bool = False
-) -> Manifest | None:
-    """Restore the newest resumable checkpoint ``accept`` takes into ``dest``, falling back past damaged
-    ones (each warned about); None when the repository holds none. One already at ``dest`` is not pulled."""
-    for m in newest_first(repo, accept, any_role=any_role):
+def restore_first(repo: Any, dest: Path, candidates: Iterable[Manifest]) -> Manifest | None:
+    """Restore the first of ``candidates`` (newest first: ``selection.select``) that verifies into
+    ``dest``, falling back past damaged ones (each warned about); None when there are none.
+    One already at ``dest`` is not pulled again."""
+    for m in candidates:
         target = dest / m.name
         if target.exists():
             log.info("[ckpt-sync] %s is already here; not pulling it", target)

@@ -14,6 +14,7 @@ this module needs Lightning (``pip install ckpt-sync[lightning]``); ``import ckp
 
 from __future__ import annotations
 
+import glob
 import importlib
 import logging
 import os
@@ -24,8 +25,9 @@ import torch
 
 from . import layouts
 from .api import open_repository
-from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_newest
-from .manifest import Manifest
+from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
+from .manifest import RESUMABLE
+from .selection import ANY, Selection, select
 from .training.atomic import atomic_open
 
 log = logging.getLogger("ckpt_sync.lightning")
@@ -104,7 +106,7 @@ class CkptSyncCheckpointIO(*_torch_io_bases()):  # type: ignore[misc]
     def _pull(self, local: Path) -> None:
         r = open_repository(self.repo, key_file=self.key_file)
         try:
-            m = restore_newest(r, local.parent, lambda m: m.kind == "file" and m.name == local.name, any_role=True)
+            m = restore_first(r, local.parent, select(r.manifests(), Selection(role=ANY, name=glob.escape(local.name))))
         finally:
             r.provider.close()
         if m is None:
@@ -119,10 +121,6 @@ def checkpoint_metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
             meta[key] = checkpoint[key]
     meta["role"] = layouts.RESUMABLE if checkpoint.get("optimizer_states") else layouts.MODEL_ONLY
     return meta
-
-
-def _is_lightning_file(m: Manifest) -> bool:
-    return m.kind == "file" and m.name.endswith(".ckpt")
 
 
 def _local_step(path: Path) -> int | None:
@@ -147,8 +145,10 @@ def latest_path(
     best_local = max(local, default=None, key=lambda sp: (sp[0], sp[1].stat().st_mtime_ns))
     r = open_repository(repo, key_file=key_file, create=True)
     try:
-        newer = (lambda m: _is_lightning_file(m) and (m.global_step or -1) > best_local[0]) if best_local else None
-        m = restore_newest(r, folder, newer or _is_lightning_file)
+        remote = select(r.manifests(), Selection(role=RESUMABLE, name="*.ckpt"))
+        if best_local is not None:  # only what is newer than the local one (a tie stays local)
+            remote = [m for m in remote if (m.position.global_step or -1) > best_local[0]]
+        m = restore_first(r, folder, remote)
     finally:
         r.provider.close()
     if m is not None:

@@ -96,7 +96,7 @@ def test_each_trainer_checkpoint_is_one_folder_checkpoint_and_a_fresh_host_resum
     ]
     assert not (out / "checkpoint-2").exists()
     six = next(m for m in _manifests(repo_url) if m.name == "checkpoint-6")
-    assert six.kind == "dir" and six.extra["role"] == "resumable"
+    assert six.kind == "dir" and six.role == "resumable"
     assert {"trainer_state.json", "optimizer.pt", "model.safetensors"} <= {f.path for f in six.files}
 
     fresh = tmp_path / "fresh-host"

@@ -63,7 +63,7 @@ def test_two_epochs_with_top_k_rotation_keep_every_checkpoint_remotely_and_resum
     # Lightning's top-k deletions did not reach the repository: every save is there, with its step.
     assert {("epoch=0-step=2.ckpt", 2), ("epoch=0-step=4.ckpt", 4), ("epoch=1-step=6.ckpt", 6)} <= remote
     assert {("epoch=1-step=8.ckpt", 8), ("last.ckpt", 8)} <= remote
-    assert all(m.extra["role"] == "resumable" and m.epoch in (0, 1) for m in got)
+    assert all(m.role == "resumable" and m.epoch in (0, 1) for m in got)
 
     fresh = tmp_path / "fresh-host"
     path = latest_path(repo_url, fresh)
