@@ -7,6 +7,7 @@ RSS read from each child's own /proc/<pid>/status VmHWM (ru_maxrss would inherit
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -40,31 +41,60 @@ class Measured:
     seconds: float
     peak_mib: float | None
     stdout: str
+    user: float = 0.0  # the child's CPU seconds (it and its waited-for children), user and system
+    sys: float = 0.0
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+    def cpu_per_gib(self, nbytes: int) -> str:
+        """``total (user u, sys s)`` CPU seconds per GiB of ``nbytes``."""
+        g = nbytes / (1 << 30)
+        return f"{self.cpu / g:.2f} (u {self.user / g:.2f}, s {self.sys / g:.2f})"
+
+
+def _timed(cmd: list[str], env: dict[str, str] | None) -> tuple[subprocess.CompletedProcess[str], float, float, float]:
+    """Run ``cmd``; wall seconds and its user/system CPU (RUSAGE_CHILDREN grows by exactly the
+    children reaped meanwhile, and the benchmarks run one child at a time)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return proc, seconds, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
 
 
 def run_python(*args: str, env: dict[str, str] | None = None) -> Measured:
     """Run ``python -m module ...`` or ``python script.py ...`` in a child; time it and read its peak RSS."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURED, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
-    seconds = time.perf_counter() - start
+    proc, seconds, user, system = _timed([sys.executable, "-c", _MEASURED, *args], env)
     if proc.returncode != 0:
         raise RuntimeError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
     peak = None
     for line in proc.stdout.splitlines():
         if line.startswith("PEAK_RSS_KIB"):
             peak = int(line.split()[1]) / 1024
-    return Measured(seconds, peak, proc.stdout)
+    return Measured(seconds, peak, proc.stdout, user, system)
 
 
 def run_cmd(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    seconds = time.perf_counter() - start
+    """Run a non-Python tool; peak RSS from GNU time's ``%M`` when /usr/bin/time exists."""
+    timer = Path("/usr/bin/time")
+    full = [str(timer), "-f", "PEAK_RSS_KIB %M", *cmd] if timer.exists() else cmd
+    proc, seconds, user, system = _timed(full, env)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
-    return Measured(seconds, None, proc.stdout)
+    peak = None
+    for line in proc.stderr.splitlines():
+        if line.startswith("PEAK_RSS_KIB"):
+            peak = int(line.split()[1]) / 1024
+    return Measured(seconds, peak, proc.stdout, user, system)
+
+
+def then_sync(m: Measured, path: Path) -> Measured:
+    """``m`` followed by ``sync FILE`` (fsync of what it wrote), as our pull fsyncs: the two added up."""
+    s = run_cmd(["sync", str(path)])
+    return Measured(m.seconds + s.seconds, m.peak_mib, m.stdout, m.user + s.user, m.sys + s.sys)
 
 
 def make_checkpoint(path: Path, size: int, *, seed: int = 0, frozen_share: float = 0.0) -> Path:

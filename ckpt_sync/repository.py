@@ -26,6 +26,7 @@ from .crypto import KeyRing, token_size
 from .errors import ConfigError, IntegrityError, KeyMismatchError, NotFound, OperationFailed
 from .manifest import ChunkRef, Manifest
 from .providers import Provider
+from .providers.base import read_into
 
 FORMAT_NAME = "ckpt-sync"
 FORMAT_VERSION = 1
@@ -199,11 +200,18 @@ class Repository:
             raise
         return ref, len(token)
 
-    def load_chunk(self, ref: ChunkRef, *, out: bytearray | None = None) -> bytearray | memoryview:
+    def load_chunk(
+        self, ref: ChunkRef, *, out: bytearray | None = None, scratch: bytearray | None = None
+    ) -> bytearray | memoryview:
         """Fetch, authenticate, decrypt and check a chunk against its id and size (into ``out``, a
-        reusable buffer, when given)."""
-        token = self.provider.get(chunk_key(ref.id))
-        if len(token) != token_size(ref.size):
+        reusable buffer, when given; the token is read into ``scratch``, another, when given)."""
+        if scratch is not None:
+            n = read_into(self.provider, chunk_key(ref.id), scratch)
+            token: bytes | memoryview = memoryview(scratch)[: min(n, len(scratch))]
+        else:
+            token = self.provider.get(chunk_key(ref.id))
+            n = len(token)
+        if n != token_size(ref.size):
             raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
         try:
             plain = self.keys.decrypt(token, out=out)

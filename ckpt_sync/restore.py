@@ -24,6 +24,7 @@ from .crypto import token_size
 from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .pipeline import default_workers, ordered_map
+from .providers.local import WRITE_SLICE, write_all
 from .repository import Repository
 from .selection import Selection, newest, select
 from .transfer import TransferStats
@@ -53,27 +54,31 @@ def read_verified(
             raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
         return
     offsets = itertools.accumulate((c.size for c in entry.chunks), initial=0)
-    # Plaintexts go into reusable buffers: each pending chunk holds one, and this thread one more.
-    plains = BufferPool(window + 1, token_size(max(c.size for c in entry.chunks)))
+    # Tokens and plaintexts go into reusable buffers: each pending chunk holds a plaintext, this
+    # thread one more, and each running fetch a token until it is decrypted.
+    size = token_size(max(c.size for c in entry.chunks))
+    plains = BufferPool(window + 1, size)
+    tokens = BufferPool(window, size)
 
-    def fetch(item: tuple[ChunkRef, int]) -> tuple[bytearray, memoryview]:
-        ref, offset = item
-        buf = plains.acquire()
+    def fetch(ref: ChunkRef) -> tuple[bytearray, memoryview]:
+        buf, scratch = plains.acquire(), tokens.acquire()
         try:
-            plain = memoryview(repo.load_chunk(ref, out=buf))
-            view = plain
-            while fd is not None and view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
+            return buf, memoryview(repo.load_chunk(ref, out=buf, scratch=scratch))
         except BaseException:
             plains.release(buf)
             raise
-        return buf, plain
+        finally:
+            tokens.release(scratch)
 
     sha = hashlib.sha256()
-    # offsets has one more item (the end of the file): strict=False is intended.
-    for buf, plain in ordered_map(pool, fetch, zip(entry.chunks, offsets, strict=False), window):
-        sha.update(plain)
+    # One writer, in order, in slices: workers writing one file in parallel spin on its lock, and a
+    # slice just hashed is still in the CPU's cache when it is copied into the page cache.
+    for (buf, plain), offset in zip(ordered_map(pool, fetch, entry.chunks, window), offsets, strict=False):
+        for start in range(0, len(plain), WRITE_SLICE):
+            piece = plain[start : start + WRITE_SLICE]
+            sha.update(piece)
+            if fd is not None:
+                write_all(fd, piece, offset + start)
         if sink is not None:
             sink(plain)
         if progress:

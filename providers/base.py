@@ -42,6 +42,10 @@ class Provider(Protocol):
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Read the object (or ``length`` bytes from ``start``). Raises NotFound."""
 
+    # Optional: ``get_into(key, out: bytearray) -> int`` reads the whole object into ``out`` and
+    # returns its size (an object larger than ``out`` is not read: only its size is returned).
+    # Chunks are read that way into reusable buffers; ``read_into`` below falls back to ``get``.
+
     def size(self, key: str) -> int | None:
         """The object's size, or None if it does not exist."""
 
@@ -56,3 +60,16 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def read_into(provider: Provider, key: str, out: bytearray) -> int:
+    """The object ``key`` read into ``out``; returns its size. When it is larger than ``out`` only the
+    size is returned (the caller, who knows the size to expect, refuses it). Uses the provider's
+    ``get_into`` when it has one (no fresh allocation per object, no page faults), else ``get``."""
+    fn = getattr(provider, "get_into", None)
+    if fn is not None:
+        return fn(key, out)
+    data = provider.get(key)
+    if len(data) <= len(out):
+        out[: len(data)] = data
+    return len(data)

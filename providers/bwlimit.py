@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .base import Provider
+from .base import Provider, read_into
 from .wrapper import WrappingProvider
 
 
@@ -97,3 +97,8 @@ class BandwidthLimitedProvider(WrappingProvider):
         data = self.inner.get(key, start, length)
         self.bucket.take(len(data))
         return data
+
+    def get_into(self, key: str, out: bytearray) -> int:
+        n = read_into(self.inner, key, out)
+        self.bucket.take(min(n, len(out)))
+        return n

@@ -29,6 +29,9 @@ from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, Usag
 from .base import ObjectInfo
 
 _TMP = ".tmp-"
+# Writes go to the page cache in slices this size: one 8 MiB write() costs several times the system
+# time of the same bytes in 256 KiB pieces (measured in bench/ab.py; the copy stays in the CPU cache).
+WRITE_SLICE = 256 << 10
 
 
 def path_from_url(url: str) -> Path:
@@ -40,6 +43,14 @@ def path_from_url(url: str) -> Path:
     if not parsed.path:
         raise UsageError(f"{url} names no folder (use file:///absolute/path)")
     return Path(unquote(parsed.path))
+
+
+def write_all(fd: int, view: memoryview, offset: int | None = None) -> None:
+    """All of ``view`` to ``fd`` (at ``offset`` when given, else at the file position), in WRITE_SLICE pieces."""
+    done = 0
+    while done < len(view):
+        piece = view[done : done + WRITE_SLICE]
+        done += os.write(fd, piece) if offset is None else os.pwrite(fd, piece, offset + done)
 
 
 class LocalProvider:
@@ -75,9 +86,7 @@ class LocalProvider:
         tmp = path.with_name(f"{_TMP}{path.name}.{secrets.token_hex(6)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data).cast("B")
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, memoryview(data).cast("B"))
             if self._fsync and sync:
                 os.fsync(fd)
         except BaseException:
@@ -149,6 +158,22 @@ class LocalProvider:
                 if start:
                     f.seek(start)
                 return f.read() if length is None else f.read(length)
+        except FileNotFoundError:
+            raise NotFound(f"{self.url}/{key} does not exist") from None
+        except OSError as err:
+            raise self._error(err, f"{self.url}/{key}") from err
+
+    def get_into(self, key: str, out: bytearray) -> int:
+        path = self._path(key)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > len(out):
+                    return size
+                view, done = memoryview(out), 0
+                while done < size and (n := f.readinto(view[done:size])):
+                    done += n
+                return done
         except FileNotFoundError:
             raise NotFound(f"{self.url}/{key} does not exist") from None
         except OSError as err:

@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from ckpt_sync.errors import UsageError
 
-from .base import ObjectInfo, Provider
+from .base import ObjectInfo, Provider, read_into
 
 T = TypeVar("T")
 
@@ -33,6 +33,9 @@ class WrappingProvider:
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key, start, length))
+
+    def get_into(self, key: str, out: bytearray) -> int:
+        return self._call("get", key, lambda: read_into(self.inner, key, out))
 
     def size(self, key: str) -> int | None:
         return self._call("size", key, lambda: self.inner.size(key))
