@@ -1,6 +1,7 @@
 """Push and pull through the S3 provider against moto's S3 server, next to plain boto3 on the same bytes.
 
     python bench/bench_s3.py [--size 1G] [--workers N] [--chunk-size 8M] [--endpoint-url URL] [--dir PATH]
+                             [--base TREE] [--repeat N]
 
 Without ``--endpoint-url`` it starts moto's server on loopback with tests/servers.py (and stops it
 afterwards). In one run it measures, each in its own process:
@@ -8,8 +9,11 @@ afterwards). In one run it measures, each in its own process:
 - plain boto3, unencrypted, same concurrency and part size: ``upload_file`` / ``download_file``
   (s3transfer's multipart transfer), and one ``put_object`` / ``get_object`` per part in a thread
   pool (the request pattern ckpt-sync uses, so the ratio to it isolates our own overhead);
+- the same parallel put/get with botocore's default CRC32 request checksums and response checks
+  switched off (``when_required``, as ckpt-sync's S3 provider does): what those cost;
 - ``ckpt-sync push`` and ``ckpt-sync pull --latest`` of the same file with the same workers and
-  chunk size (chunking, hashing, Fernet encryption and verification included).
+  chunk size (chunking, hashing, Fernet encryption and verification included), and with ``--base``
+  the same with another source tree (before/after of a change), interleaved ``--repeat`` times.
 
 Prints throughput, our speed as a ratio of plain boto3's (1.00 = as fast; the target for push is
 >= 0.8 of the plain parallel put_object), and each process's peak RSS. Figures are ratios from
@@ -41,7 +45,11 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 op, path, bucket, key, workers, part = sys.argv[1:7]
 workers, part = int(workers), int(part)
-s3 = boto3.client("s3", config=Config(max_pool_connections=max(10, 2 * workers)))
+checks = {}
+if op.endswith("_nocrc"):
+    op = op[: -len("_nocrc")]
+    checks = {"request_checksum_calculation": "when_required", "response_checksum_validation": "when_required"}
+s3 = boto3.client("s3", config=Config(max_pool_connections=max(10, 2 * workers), **checks))
 cfg = TransferConfig(multipart_threshold=part, multipart_chunksize=part, max_concurrency=workers, use_threads=True)
 if op == "upload_file":
     s3.upload_file(path, bucket, key, Config=cfg)
@@ -71,6 +79,8 @@ def main() -> None:
     ap.add_argument("--chunk-size", default="8M", help="our chunk size and boto3's part size (default 8M)")
     ap.add_argument("--endpoint-url", default=None, help="an S3 endpoint to use instead of starting moto")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--base", default=None, help="also run ckpt-sync from this source tree (before/after)")
+    ap.add_argument("--repeat", type=int, default=1, help="interleaved rounds; medians (default 1)")
     args = ap.parse_args()
 
     from ckpt_sync.pipeline import default_workers
@@ -87,7 +97,7 @@ def main() -> None:
 
             env = servers.start(["s3"], state, prefer_default_ports=False)["s3"].env
         os.environ.update(env)
-        run(work, parse_size(args.size), workers, part, args.chunk_size)
+        run(work, parse_size(args.size), workers, part, args.chunk_size, args.base, args.repeat)
     finally:
         if not args.endpoint_url:
             import servers
@@ -96,12 +106,14 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, size: int, workers: int, part: int, chunk_arg: str) -> None:
+def run(work: Path, size: int, workers: int, part: int, chunk_arg: str, base: str | None, repeat: int) -> None:
     import boto3
     from cryptography.fernet import Fernet
 
     s3 = boto3.client("s3")
-    for bucket in ("bench-plain", "bench-ours"):
+    trees = {"": None, **({" (base)": str(Path(base).resolve())} if base else {})}
+    buckets = ["bench-plain"] + [f"bench-ours{i}" for i in range(len(trees))]
+    for bucket in buckets:
         s3.create_bucket(Bucket=bucket)
     key_env = {"BACKUP_ENCRYPTION_KEY": Fernet.generate_key().decode()}
     ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
@@ -109,53 +121,64 @@ def run(work: Path, size: int, workers: int, part: int, chunk_arg: str) -> None:
     print(
         f"checkpoint: {nbytes / MiB:.0f} MiB (torch.save of an MLP + Adam state); "
         f"S3 at {os.environ['AWS_ENDPOINT_URL']}; {workers} workers, {part // MiB} MiB chunks/parts; "
-        f"{os.cpu_count()} CPUs shared by server and client"
+        f"{os.cpu_count()} CPUs shared by server and client; median of {repeat} interleaved rounds"
     )
     plain_script = work / "plain_boto3.py"
     plain_script.write_text(PLAIN)
-    url = "s3://bench-ours/run"
+    runs: dict[str, list[Measured]] = {}
 
     def plain(op: str, path: Path, key: str) -> Measured:
         return run_python(str(plain_script), op, str(path), "bench-plain", key, str(workers), str(part))
 
+    def note(name: str, m: Measured) -> None:
+        runs.setdefault(name, []).append(m)
+
     # Interleaved, so a slow spell of the shared machine does not land on one side only.
-    up_file = plain("upload_file", ckpt, "file")
-    up_parts = plain("put_parts", ckpt, "parts")
-    push = run_python("-m", "ckpt_sync.cli", "push", str(ckpt), "--to", url, "--workers", str(workers),
-                      "--chunk-size", chunk_arg, env=key_env)  # fmt: skip
-    down_file = plain("download_file", work / "plain-file.pt", "file")
-    down_parts = plain("get_parts", work / "plain-parts.pt", "parts")
-    pull = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--from", url, "--to", str(work / "out"),
-                      "--workers", str(workers), env=key_env)  # fmt: skip
-    for out in (work / "out" / ckpt.name, work / "plain-file.pt", work / "plain-parts.pt"):
-        assert out.stat().st_size == nbytes, out
+    for r in range(repeat):
+        note("plain boto3 upload_file (s3transfer multipart)", plain("upload_file", ckpt, f"file{r}"))
+        note("plain boto3 put_object per part, parallel", plain("put_parts", ckpt, f"parts{r}"))
+        note("plain put_object per part, no SDK checksums", plain("put_parts_nocrc", ckpt, f"nocrc{r}"))
+        for i, (label, tree) in enumerate(trees.items()):
+            env = {**key_env, **({"PYTHONPATH": tree} if tree else {})}
+            url = f"s3://bench-ours{i}/run{r}"
+            note(f"ckpt-sync push{label}", run_python("-m", "ckpt_sync.cli", "push", str(ckpt), "--to", url,
+                 "--workers", str(workers), "--chunk-size", chunk_arg, env=env))  # fmt: skip
+        note("plain boto3 download_file (s3transfer ranged)", plain("download_file", work / "p-file.pt", f"file{r}"))
+        note("plain boto3 get_object per part, parallel", plain("get_parts", work / "p-parts.pt", f"parts{r}"))
+        note("plain get_object per part, no SDK checksums", plain("get_parts_nocrc", work / "p-nocrc.pt", f"nocrc{r}"))
+        for i, (label, tree) in enumerate(trees.items()):
+            env = {**key_env, **({"PYTHONPATH": tree} if tree else {})}
+            out = work / f"out{i}"
+            note(f"ckpt-sync pull --latest{label}", run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--from",
+                 f"s3://bench-ours{i}/run{r}", "--to", str(out), "--workers", str(workers), env=env))  # fmt: skip
+            assert (out / ckpt.name).stat().st_size == nbytes
+            shutil.rmtree(out)
+        for out in ("p-file.pt", "p-parts.pt", "p-nocrc.pt"):
+            assert (work / out).stat().st_size == nbytes, out
+            (work / out).unlink()
 
-    def row(name: str, m: Measured) -> tuple[str, ...]:
-        return (
-            name,
-            fmt_rate(nbytes, m.seconds),
-            f"{up_parts.seconds / m.seconds:.2f}" if "push" in name or "put" in name or "upload" in name
-            else f"{down_parts.seconds / m.seconds:.2f}",
-            f"{m.peak_mib:.0f}",
-        )  # fmt: skip
+    def median(name: str) -> Measured:
+        return sorted(runs[name], key=lambda m: m.seconds)[len(runs[name]) // 2]
 
-    print_table(
-        [
-            row("plain boto3 upload_file (s3transfer multipart)", up_file),
-            row("plain boto3 put_object per part, parallel", up_parts),
-            row("ckpt-sync push", push),
-            row("plain boto3 download_file (s3transfer ranged)", down_file),
-            row("plain boto3 get_object per part, parallel", down_parts),
-            row("ckpt-sync pull --latest", pull),
-        ],
-        ("operation", "throughput", "x plain parts", "peak RSS MiB"),
-    )
-    print(
-        f"push: {up_parts.seconds / push.seconds:.2f} x plain parallel put_object, "
-        f"{up_file.seconds / push.seconds:.2f} x upload_file; "
-        f"pull: {down_parts.seconds / pull.seconds:.2f} x plain parallel get_object, "
-        f"{down_file.seconds / pull.seconds:.2f} x download_file"
-    )
+    def median_cpu(name: str) -> Measured:
+        return sorted(runs[name], key=lambda m: m.cpu)[len(runs[name]) // 2]
+
+    up, down = median("plain boto3 put_object per part, parallel"), median("plain boto3 get_object per part, parallel")
+    rows = []
+    for name in runs:
+        m = median(name)
+        ref = up if any(w in name for w in ("push", "put", "upload")) else down
+        rows.append((name, fmt_rate(nbytes, m.seconds), f"{ref.seconds / m.seconds:.2f}",
+                     median_cpu(name).cpu_per_gib(nbytes), f"{m.peak_mib:.0f}"))  # fmt: skip
+    print_table(rows, ("operation", "throughput", "x plain parts", "client CPU s/GiB", "peak RSS MiB"))
+    for label in trees:
+        push, pull = median(f"ckpt-sync push{label}"), median(f"ckpt-sync pull --latest{label}")
+        print(
+            f"ckpt-sync{label}: push {up.seconds / push.seconds:.2f} x plain parallel put_object, "
+            f"{median('plain boto3 upload_file (s3transfer multipart)').seconds / push.seconds:.2f} x upload_file; "
+            f"pull {down.seconds / pull.seconds:.2f} x plain parallel get_object, "
+            f"{median('plain boto3 download_file (s3transfer ranged)').seconds / pull.seconds:.2f} x download_file"
+        )
 
 
 if __name__ == "__main__":

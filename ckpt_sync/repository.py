@@ -205,13 +205,9 @@ class Repository:
     ) -> bytearray | memoryview:
         """Fetch, authenticate, decrypt and check a chunk against its id and size (into ``out``, a
         reusable buffer, when given; the token is read into ``scratch``, another, when given)."""
-        if scratch is not None:
-            n = read_into(self.provider, chunk_key(ref.id), scratch)
-            token: bytes | memoryview = memoryview(scratch)[: min(n, len(scratch))]
-        else:
-            token = self.provider.get(chunk_key(ref.id))
-            n = len(token)
-        if n != token_size(ref.size):
+        key = chunk_key(ref.id)
+        token = self.provider.get(key) if scratch is None else read_into(self.provider, key, scratch)
+        if token is None or len(token) != token_size(ref.size):
             raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
         try:
             plain = self.keys.decrypt(token, out=out)

@@ -42,9 +42,9 @@ class Provider(Protocol):
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         """Read the object (or ``length`` bytes from ``start``). Raises NotFound."""
 
-    # Optional: ``get_into(key, out: bytearray) -> int`` reads the whole object into ``out`` and
-    # returns its size (an object larger than ``out`` is not read: only its size is returned).
-    # Chunks are read that way into reusable buffers; ``read_into`` below falls back to ``get``.
+    # Optional: ``get_into(key, out: bytearray) -> memoryview | None`` reads the whole object into
+    # ``out`` and returns the view of ``out`` it fills, or None (nothing read) when it is larger than
+    # ``out``. Chunks are read that way into reusable buffers; ``read_into`` falls back to ``get``.
 
     def size(self, key: str) -> int | None:
         """The object's size, or None if it does not exist."""
@@ -62,14 +62,10 @@ class Provider(Protocol):
         """Release connections."""
 
 
-def read_into(provider: Provider, key: str, out: bytearray) -> int:
-    """The object ``key`` read into ``out``; returns its size. When it is larger than ``out`` only the
-    size is returned (the caller, who knows the size to expect, refuses it). Uses the provider's
-    ``get_into`` when it has one (no fresh allocation per object, no page faults), else ``get``."""
+def read_into(provider: Provider, key: str, out: bytearray) -> bytes | memoryview | None:
+    """The whole object ``key``: read into ``out`` (a view of it) when the provider has ``get_into``
+    (no fresh allocation per object, no page faults), else the bytes ``get`` returned, never copied
+    again. None when the object is larger than ``out`` and was not read; the caller, who knows the
+    size to expect, checks it in every case."""
     fn = getattr(provider, "get_into", None)
-    if fn is not None:
-        return fn(key, out)
-    data = provider.get(key)
-    if len(data) <= len(out):
-        out[: len(data)] = data
-    return len(data)
+    return fn(key, out) if fn is not None else provider.get(key)

@@ -98,7 +98,8 @@ class BandwidthLimitedProvider(WrappingProvider):
         self.bucket.take(len(data))
         return data
 
-    def get_into(self, key: str, out: bytearray) -> int:
-        n = read_into(self.inner, key, out)
-        self.bucket.take(min(n, len(out)))
-        return n
+    def get_into(self, key: str, out: bytearray) -> bytes | memoryview | None:
+        data = read_into(self.inner, key, out)
+        if data is not None:
+            self.bucket.take(len(data))
+        return data

@@ -163,17 +163,17 @@ class LocalProvider:
         except OSError as err:
             raise self._error(err, f"{self.url}/{key}") from err
 
-    def get_into(self, key: str, out: bytearray) -> int:
+    def get_into(self, key: str, out: bytearray) -> memoryview | None:
         path = self._path(key)
         try:
             with open(path, "rb", buffering=0) as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > len(out):
-                    return size
+                    return None
                 view, done = memoryview(out), 0
                 while done < size and (n := f.readinto(view[done:size])):
                     done += n
-                return done
+                return view[:done]
         except FileNotFoundError:
             raise NotFound(f"{self.url}/{key} does not exist") from None
         except OSError as err:

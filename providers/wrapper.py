@@ -34,7 +34,7 @@ class WrappingProvider:
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
         return self._call("get", key, lambda: self.inner.get(key, start, length))
 
-    def get_into(self, key: str, out: bytearray) -> int:
+    def get_into(self, key: str, out: bytearray) -> bytes | memoryview | None:
         return self._call("get", key, lambda: read_into(self.inner, key, out))
 
     def size(self, key: str) -> int | None:
