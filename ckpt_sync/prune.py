@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 
 from .crypto import token_size
 from .locks import live_push_locks, try_acquire_prune_lock
+from .manifest import RESUMABLE
 from .repository import CHUNKS, Repository, chunk_key, manifest_key
 from .retention import Candidate, RetentionPolicy, to_remove
+from .selection import newest
 
 log = logging.getLogger("ckpt_sync.prune")
 
@@ -67,17 +69,17 @@ def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneRepo
     manifests = {m.id: m for m in repo.manifests()}
     if not manifests:
         return
-    candidates = [Candidate(mid, m.created, frozenset(m.tags)) for mid, m in manifests.items()]
-    doomed = {c.key for c in to_remove(policy, candidates)}
-    # The newest checkpoint whose chunks are all present survives whatever the policy says.
+    doomed = {c.key for c in to_remove(policy, [Candidate.of(m) for m in manifests.values()])}
+    # The newest resumable checkpoint (by training position) whose chunks are all present survives
+    # whatever the policy says; with none resumable, the newest of any role.
     stored = repo.list_chunks()
-    for mid in sorted(manifests, reverse=True):
-        refs = [c for f in manifests[mid].files for c in f.chunks]
-        if all(stored.get(r.id) == token_size(r.size) for r in refs):
-            doomed.discard(mid)
+    ordered = newest(manifests.values())
+    for m in [m for m in ordered if m.role == RESUMABLE] or ordered:
+        if all(stored.get(r.id) == token_size(r.size) for f in m.files for r in f.chunks):
+            doomed.discard(m.id)
             break
-    report.kept = sorted(set(manifests) - doomed, reverse=True)
-    for mid in sorted(doomed):
+    report.kept = [m.id for m in ordered if m.id not in doomed]
+    for mid in reversed([m.id for m in ordered if m.id in doomed]):  # oldest first
         report.removed.append(mid)
         report.removed_names.append(manifests[mid].name)
         if not report.dry_run:

@@ -59,7 +59,8 @@ class Selection:
 
 def select(manifests: Iterable[Manifest], selection: Selection) -> list[Manifest]:
     """The checkpoints ``selection`` matches, newest first by training position."""
-    return newest_first((m for m in manifests if selection.matches(m)), lambda m: m.position)
+    # Ordered as a whole, then filtered: a session's start is judged from all its checkpoints.
+    return [m for m in newest(manifests) if selection.matches(m)]
 
 
 def newest(manifests: Iterable[Manifest]) -> list[Manifest]:

@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .manifest import parse_seed_name
+from .manifest import RESUMABLE, parse_seed_name
+from .ordering import Position, newest_first
 from .queue import DONE, FAILED, PENDING, RUNNING, JobQueue, signature
 from .repository import Repository
+from .selection import newest
 from .watcher import DEFAULT_PATTERNS, CheckpointFinder
 
 
@@ -44,7 +46,9 @@ def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = No
         "lag_seconds": None,
         "lag_steps": None,
     }
-    committed = next(repo.manifests(), None) if repo else None
+    # Newest by training position (ordering.py): a late retry of an old step is not "the newest".
+    every = newest(repo.manifests()) if repo else []
+    committed = next((m for m in every if m.role == RESUMABLE), every[0] if every else None)
     if committed:
         status["newest_committed"] = {
             "id": committed.id,
@@ -56,17 +60,17 @@ def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = No
     if watch_dir and Path(watch_dir).is_dir():
         patterns = json.loads(queue.get_value("patterns") or "null") or DEFAULT_PATTERNS
         units = CheckpointFinder(Path(watch_dir), patterns).scan()
-        newest = None
+        local: list[tuple[Any, float, Position]] = []
         for u in units:
             try:
                 mtime = signature(u.path)[1] / 1e9
             except FileNotFoundError:
                 continue
-            if newest is None or mtime > newest[1]:
-                newest = (u, mtime)
-        if newest:
-            unit, mtime = newest
-            step = parse_seed_name(unit.path.name)[1]
+            local.append((u, mtime, Position(*parse_seed_name(u.path.name), mtime, mtime, u.path.name)))
+        if local:
+            ordered = newest_first(local, lambda x: x[2])
+            unit, mtime, position = next((x for x in ordered if x[2].global_step is not None), ordered[0])
+            step = position.global_step
             status["newest_local"] = {"name": unit.path.name, "step": step, "modified": mtime}
             if committed:
                 source = committed.extra.get("source_mtime_ns")

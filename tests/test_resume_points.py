@@ -141,3 +141,133 @@ def test_every_push_path_records_the_source_mtime(tmp_path, key, repo_url, torch
         ckpt_sync.push(src, repo=repo_url)
     m: Manifest = next(open_repository(repo_url).manifests())
     assert m.source_mtime_ns == 1_600_000_000_123_456_789 == m.files[0].mtime_ns
+
+
+def _worker_setup(tmp_path, repo_url, keep):
+    from ckpt_sync.providers import open_provider
+    from ckpt_sync.providers.faults import FaultyProvider
+
+    from ckpt_sync.keys import load_keyring
+    from ckpt_sync.queue import JobQueue
+    from ckpt_sync.repository import Repository
+    from ckpt_sync.worker import SyncWorker
+
+    faulty = FaultyProvider(open_provider(repo_url, retry=None))
+    repo = Repository.open(faulty, load_keyring(), create=True)
+    queue = JobQueue(tmp_path / "state")
+    return faulty, queue, SyncWorker(repo, queue, keep=keep, grace=0.0)
+
+
+def _names(repo_url):
+    return sorted(m.name for m in open_repository(repo_url).manifests())
+
+
+def test_an_older_step_committed_late_is_not_the_latest_and_retention_keeps_the_highest(
+    tmp_path, key, repo_url, torch_checkpoint, cli
+):
+    import threading
+
+    from ckpt_sync.queue import DONE
+
+    folder = tmp_path / "ckpt"
+    paths = [torch_checkpoint(folder / f"checkpoint_run_{s}.pt", seed=s, step=s) for s in (100, 200, 300)]
+    faulty, queue, worker = _worker_setup(tmp_path, repo_url, keep=2)
+    faulty.fail_next("put_if_absent")  # the first commit, step 100's, fails once and is retried after the others
+    for p in paths:
+        queue.enqueue(p)
+    worker.run(threading.Event(), drain=True, poll=0.05)
+    done = sorted(queue.jobs(DONE), key=lambda j: j.manifest_id)
+    assert [j.name for j in done][-1] == "checkpoint_run_100.pt"  # committed last
+    assert _names(repo_url) == ["checkpoint_run_200.pt", "checkpoint_run_300.pt"]  # --keep 2: the two highest
+    out = tmp_path / "out"
+    cli("pull", "--latest", "--repo", repo_url, "--to", str(out), check=True)
+    assert [p.name for p in out.iterdir()] == ["checkpoint_run_300.pt"]
+
+    # The old file touched meanwhile and queued again: still not the newest, the newer ones stay.
+    os.utime(paths[0])
+    queue.enqueue(paths[0])
+    worker.run(threading.Event(), drain=True, poll=0.05)
+    assert _names(repo_url) == ["checkpoint_run_200.pt", "checkpoint_run_300.pt"]
+    cli("prune", "--repo", repo_url, "--keep", "2", "--grace", "0", check=True)
+    assert _names(repo_url) == ["checkpoint_run_200.pt", "checkpoint_run_300.pt"]
+
+
+def test_a_commit_whose_answer_was_lost_is_retried_into_the_same_checkpoint(tmp_path, key, repo_url, torch_checkpoint):
+    import threading
+
+    from ckpt_sync.queue import DONE
+
+    src = torch_checkpoint(tmp_path / "ckpt" / "checkpoint_run_7.pt", step=7)
+    faulty, queue, worker = _worker_setup(tmp_path, repo_url, keep=None)
+    faulty.fail_next("put_if_absent", "after")  # the manifest is written, then the answer is lost
+    job = queue.enqueue(src)
+    worker.run(threading.Event(), drain=True, poll=0.05)
+    [m] = list(open_repository(repo_url).manifests())
+    assert queue.get(job).status == DONE and queue.get(job).manifest_id == m.id and queue.get(job).attempts == 1
+    # Pushing the same version again (library or CLI) returns the committed checkpoint.
+    assert ckpt_sync.push(src, repo=repo_url) == m.id
+    assert [x.id for x in open_repository(repo_url).manifests()] == [m.id]
+
+
+DIE_AFTER_MANIFEST = """
+import os, signal, sys
+from ckpt_sync.providers import local
+real = local.LocalProvider.put_if_absent
+def put_if_absent(self, key, data):
+    done = real(self, key, data)
+    if key.startswith("manifests/"):
+        os.kill(os.getpid(), signal.SIGKILL)  # after the commit point, before the job is recorded as done
+    return done
+local.LocalProvider.put_if_absent = put_if_absent
+from ckpt_sync.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_right_after_the_manifest_write_commits_the_checkpoint_once(
+    tmp_path, key, repo_url, torch_checkpoint, cli
+):
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ckpt"
+    torch_checkpoint(folder / "checkpoint_run_5.pt", step=5)
+    args = ["watch", str(folder), "--to", repo_url, "--once", "--settle", "0"]
+    killed = subprocess.run([sys.executable, "-c", DIE_AFTER_MANIFEST, *args], capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(list(open_repository(repo_url).manifests())) == 1
+    cli(*args, check=True)  # restart: the orphaned job runs again and finds its version committed
+    assert _names(repo_url) == ["checkpoint_run_5.pt"]
+    status = json.loads(cli("status", str(folder), "--repo", repo_url, "--json", check=True).stdout)
+    assert status["backlog"] == 0 and status["jobs"]["done"] == 1
+
+
+@pytest.mark.parametrize("how", ["cli", "library"])
+def test_push_then_pull_keeps_the_mtime_and_watch_on_the_restored_folder_commits_nothing(
+    tmp_path, key, repo_url, torch_checkpoint, cli, how
+):
+    src = tmp_path / "src"
+    file_ckpt = torch_checkpoint(src / "checkpoint_run_9.pt", step=9)
+    folder_ckpt = src / "sharded"
+    torch_checkpoint(folder_ckpt / "shard0.pt", seed=1)
+    torch_checkpoint(folder_ckpt / "sub" / "shard1.pt", seed=2)
+    (folder_ckpt / ".metadata").write_bytes(b"dcp")
+    stamps = {}
+    for i, p in enumerate([file_ckpt, folder_ckpt / "shard0.pt", folder_ckpt / "sub" / "shard1.pt"]):
+        os.utime(p, ns=(1_700_000_000_000_000_000 + i, 1_700_000_000_000_000_000 + i))
+        stamps[p.relative_to(src).as_posix()] = p.stat().st_mtime_ns
+    os.utime(folder_ckpt, ns=(1_700_000_000_000_000_009, 1_700_000_000_000_000_009))
+    for p in (file_ckpt, folder_ckpt):
+        if how == "cli":
+            _push(cli, repo_url, p)
+        else:
+            ckpt_sync.push(p, repo=repo_url)
+    out = tmp_path / "restored"
+    cli("pull", "checkpoint_run_9.pt", "--repo", repo_url, "--to", str(out), check=True)
+    cli("pull", "sharded", "--repo", repo_url, "--to", str(out), check=True)
+    for rel, mtime in stamps.items():
+        assert (out / rel).stat().st_mtime_ns == mtime, rel
+    before = sorted(m.id for m in open_repository(repo_url).manifests())
+    cli("watch", str(out), "--to", repo_url, "--once", "--settle", "0", check=True)
+    assert sorted(m.id for m in open_repository(repo_url).manifests()) == before

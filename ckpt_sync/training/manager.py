@@ -28,7 +28,10 @@ from typing import Any, Literal
 import torch
 
 from ..errors import CkptSyncError, ConfigError, IntegrityError, NotFound, UsageError
+from ..manifest import BEST, RESUMABLE
+from ..manifest import MODEL_ONLY as MODEL_ONLY_ROLE
 from ..retention import Candidate, fifo_with_tags, to_remove
+from ..selection import Selection, select
 from .async_save import BackgroundWriter
 from .atomic import atomic_open, atomic_target, fsync_dir, temp_path_for
 from .backup import backup_checkpoint
@@ -163,7 +166,8 @@ class CheckpointManager:
         self.session_id = check_session_id(session_id) if session_id else new_session_id()
         self._start_time = time.time()
         self._codec = resolve_codec(compression)
-        self._retention = fifo_with_tags(max_keep) if max_keep else None
+        # Local FIFO counts every checkpoint file (model-only ones too); the newest full one is pinned.
+        self._retention = fifo_with_tags(max_keep, (RESUMABLE, MODEL_ONLY_ROLE)) if max_keep else None
         self._trigger = trigger or default_trigger(interval_s, every_n_steps)
         self._clock = clock
         self._last_save_step: int | None = None
@@ -476,10 +480,11 @@ class CheckpointManager:
         candidates = [
             Candidate(
                 key=f.path,
-                created=i,
+                position=f.position,
+                role=MODEL_ONLY_ROLE if f.path.name in self._model_only else RESUMABLE,
                 tags=frozenset({"pinned"}) if f.path == newest_full or f.path.resolve() in held else frozenset(),
             )
-            for i, f in enumerate(files)
+            for f in files
         ]
         removed = False
         for c in to_remove(self._retention, candidates):
@@ -530,14 +535,14 @@ class CheckpointManager:
         if self._writer is not None:
             self._writer.wait()
         tried: set[tuple[str, int, int]] = set()
-        result = self._recover_local(tried)
+        result = self._recover_local(tried, "local")
         if result is None and self.repo is not None and self._pull_from_repo():
-            result = self._recover_local(tried)
+            result = self._recover_local(tried, f"pulled from {self.repo}")
         if result is None:
             log.info("[INFO] No previous session, starting fresh")
         return result
 
-    def _recover_local(self, tried: set[tuple[str, int, int]]) -> dict[str, Any] | None:
+    def _recover_local(self, tried: set[tuple[str, int, int]], source: str) -> dict[str, Any] | None:
         session = load_or_rebuild(self.directory)
         if session is None:
             return None
@@ -574,6 +579,12 @@ class CheckpointManager:
                     self.directory,
                 )
             log.info("[OK] Resumed from epoch %s, step %s (%s)", info["start_epoch"], info["start_step"], path.name)
+            # One line on stderr whatever the logging set-up: what this run resumes from, and where it came from.
+            print(
+                f"[RESUME] resuming from {path} (step {info['start_step']}, epoch {info['start_epoch']}; {source})",
+                file=sys.stderr,
+                flush=True,
+            )
             return info
         return None
 
@@ -636,10 +647,9 @@ class CheckpointManager:
                     lambda mid, err: log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
                 )
             )
-            for m in manifests:
-                if "best" in m.tags or parse_checkpoint_path(m.name) is None:
-                    continue
-                if m.extra.get("checkpoint_kind", FULL) != FULL:
+            # Newest resumable first by training position (ordering.py); only seed-named files resume here.
+            for m in select(manifests, Selection()):
+                if m.kind != "file" or parse_checkpoint_path(m.name) is None:
                     continue
                 local = self.directory / m.name
                 if local.exists():  # a damaged local copy: keep it for inspection, take the committed one
@@ -657,7 +667,7 @@ class CheckpointManager:
                 pulled = True
                 break
             if pulled and not self.best_dir.exists():
-                best = next((m for m in manifests if "best" in m.tags and m.kind == "dir"), None)
+                best = next((m for m in select(manifests, Selection(BEST)) if m.kind == "dir"), None)
                 if best is not None:
                     tmp = self.best_dir.parent / f".{self.best_dir.name}.{secrets.token_hex(4)}.tmp"
                     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..manifest import BEST_MARKER
+from ..ordering import Position, oldest_first
 
 SESSION_FILE = "training_session.json"
 BEST_DIR = "best_model"
@@ -52,9 +53,9 @@ class CheckpointFile:
     mtime_ns: int
 
     @property
-    def order(self) -> tuple[int, int]:
-        """Creation order: modification time (rename-into-place time), then step for ties."""
-        return (self.mtime_ns, self.global_step)
+    def position(self) -> Position:
+        """Where this file is in training (ordering.py): session, step, then modification time."""
+        return Position(self.session_id, self.global_step, self.mtime_ns / 1e9, self.mtime_ns / 1e9, self.path.name)
 
 
 def parse_checkpoint_path(path: str | os.PathLike[str]) -> tuple[str, int, str] | None:
@@ -67,7 +68,8 @@ def parse_checkpoint_path(path: str | os.PathLike[str]) -> tuple[str, int, str] 
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointFile]:
-    """Seed-named checkpoint files directly in ``directory``, oldest first (temp files never match)."""
+    """Seed-named checkpoint files directly in ``directory``, oldest first by training position
+    (session, step, then mtime: ordering.py), never by mtime alone (temp files never match)."""
     out: list[CheckpointFile] = []
     try:
         entries = list(os.scandir(directory))
@@ -84,4 +86,4 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointFile]:
         except FileNotFoundError:  # removed by rotation while we looked
             continue
         out.append(CheckpointFile(Path(e.path), parsed[0], parsed[1], parsed[2], mtime))
-    return sorted(out, key=lambda c: c.order)
+    return oldest_first(out, lambda c: c.position)
