@@ -33,6 +33,12 @@ class PruneReport:
     bytes_freed: int = 0
     gc_skipped: str | None = None  # why chunk GC did not run
     dry_run: bool = False
+    # Unreferenced chunks the grace period keeps for now, and when the first and the last of them
+    # become removable (unix seconds; None when there are none).
+    chunks_in_grace: int = 0
+    bytes_in_grace: int = 0
+    grace_first_removable: float | None = None
+    grace_all_removable: float | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -43,6 +49,10 @@ class PruneReport:
             "bytes_freed": self.bytes_freed,
             "gc_skipped": self.gc_skipped,
             "dry_run": self.dry_run,
+            "chunks_in_grace": self.chunks_in_grace,
+            "bytes_in_grace": self.bytes_in_grace,
+            "grace_first_removable": self.grace_first_removable,
+            "grace_all_removable": self.grace_all_removable,
         }
 
 
@@ -93,17 +103,24 @@ def _collect_chunks(repo: Repository, grace: float, report: PruneReport) -> None
         return
     referenced: set[str] = set()
     unreadable: list[str] = []
+    dropped = set(report.removed) if report.dry_run else set()  # a dry run counts them as gone
     for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):  # fresh: includes new commits
-        referenced |= m.chunk_ids()
+        if m.id not in dropped:
+            referenced |= m.chunk_ids()
     if unreadable:
         report.gc_skipped = f"manifest {unreadable[0]} is unreadable with these keys; its chunks cannot be judged"
         return
-    cutoff = time.time() - grace
-    garbage = [
-        info
-        for info in repo.provider.list(CHUNKS)
-        if info.key.rsplit("/", 1)[-1] not in referenced and info.modified < cutoff
-    ]
+    now = time.time()
+    cutoff = now - grace
+    unreferenced = [info for info in repo.provider.list(CHUNKS) if info.key.rsplit("/", 1)[-1] not in referenced]
+    garbage = [info for info in unreferenced if info.modified < cutoff]
+    young = [info for info in unreferenced if info.modified >= cutoff]
+    if young:
+        report.chunks_in_grace = len(young)
+        report.bytes_in_grace = sum(i.size for i in young)
+        # Grace counts from each chunk's upload, so a chunk of a checkpoint dropped now may go at once.
+        report.grace_first_removable = min(i.modified for i in young) + grace
+        report.grace_all_removable = max(i.modified for i in young) + grace
     for i, info in enumerate(garbage):
         if i and i % 64 == 0 and live_push_locks(repo.provider):
             report.gc_skipped = "a push started; the rest is collected by a later prune"

@@ -227,3 +227,24 @@ def test_pull_of_a_damaged_checkpoint_by_name_names_it_and_not_the_key(tmp_path,
     line = _one_line(cli("pull", ckpt.name, "--from", repo_url, "--to", str(tmp_path / "o")), 1, ckpt.name,
                      "is damaged", "altered or damaged (the key is right)")
     assert "wrong key" not in line
+
+
+# --- (12) prune --dry-run says what the grace period keeps ----------------------------------------------
+
+
+def test_prune_dry_run_reports_what_the_grace_period_keeps(tmp_path, key, repo_url, torch_checkpoint, cli):
+    for step in (1, 2, 3):
+        cli("push", str(torch_checkpoint(tmp_path / f"checkpoint_s_{step}.pt", seed=step, step=step)),
+            "--to", repo_url, check=True)
+    dry = cli("prune", "--keep", "1", "--dry-run", "--from", repo_url, check=True).stdout
+    assert "would remove 2" in dry
+    assert "would remove 0 unreferenced chunk(s)" in dry  # all younger than the default grace (1 h)
+    line = next(x for x in dry.splitlines() if x.startswith("the grace period"))
+    assert "(3600s) keeps" in line and "MiB" in line and "removable from " in line
+    report = json.loads(cli("prune", "--keep", "1", "--dry-run", "--json", "--from", repo_url, check=True).stdout)
+    assert report["chunks_in_grace"] > 0 and report["bytes_in_grace"] > 1 << 20
+    assert report["grace_all_removable"] >= report["grace_first_removable"]
+    # With no grace the same dry run counts those chunks as removable, and nothing is kept back.
+    now = json.loads(cli("prune", "--keep", "1", "--dry-run", "--grace", "0", "--json", "--from", repo_url,
+                         check=True).stdout)
+    assert now["chunks_removed"] == report["chunks_in_grace"] and now["chunks_in_grace"] == 0

@@ -9,7 +9,7 @@ from ..errors import EXIT_OK
 from ..prune import prune
 from ..retention import fifo_with_tags
 from ..units import format_bytes
-from .common import add_grace_option, add_json_option, add_repo_option, open_repository
+from .common import add_grace_option, add_json_option, add_repo_option, open_repository, when
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -35,6 +35,14 @@ def run(args: argparse.Namespace) -> int:
         f"kept {len(report.kept)} checkpoint(s); {verb} {len(report.removed)}; "
         f"{verb} {report.chunks_removed} unreferenced chunk(s) ({format_bytes(report.bytes_freed)})"
     )
+    if report.chunks_in_grace:
+        first, last = report.grace_first_removable, report.grace_all_removable
+        assert first is not None and last is not None
+        span = f"removable from {when(first)}" + (f", all by {when(last)}" if last - first >= 1 else "")
+        print(
+            f"the grace period ({args.grace:g}s) keeps {report.chunks_in_grace} unreferenced chunk(s) "
+            f"({format_bytes(report.bytes_in_grace)}) for now: {span} (a later prune removes them; --grace 0 now)"
+        )
     if report.gc_skipped:
         print(f"chunk clean-up skipped: {report.gc_skipped}")
     return EXIT_OK
