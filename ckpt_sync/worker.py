@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .chunking import ChunkPolicy
 from .errors import Cancelled, CkptSyncError, UsageError
+from .logs import Throttle
 from .manifest import Manifest
 from .prune import DEFAULT_GRACE, prune
 from .push import push_path
@@ -53,6 +54,7 @@ class SyncWorker:
         self.on_failure = on_failure  # (job, message, gave_up): an observer, e.g. metrics
         self.failed: list[Job] = []
         self._wake = threading.Event()
+        self._failing = Throttle(60.0)  # job id -> its retry lines
 
     def wake(self) -> None:
         self._wake.set()
@@ -117,7 +119,7 @@ class SyncWorker:
                 self._give_up(job, message)
             else:
                 delay = min(MAX_BACKOFF, 2.0**job.attempts)
-                log.warning("upload of %s failed (%s); retrying in %.0fs", job.name, message, delay)
+                self._log_retry(job, message, delay)
                 self.queue.retry_later(job, message, delay)
                 if self.on_failure:
                     self.on_failure(job, message, False)
@@ -126,6 +128,7 @@ class SyncWorker:
             beating.set()
             beat.join()
         self.queue.complete(job, manifest.id, stats.bytes_new, stats.bytes_sent, stats.seconds)
+        self._failing.forget(job.id)
         log.info(
             "committed %s (%s read) as %s: %s new, %s sent in %.1fs",
             manifest.name,
@@ -150,6 +153,23 @@ class SyncWorker:
         if self.on_commit:
             self.on_commit(job, manifest, stats)
         self._apply_retention()
+
+    def _log_retry(self, job: Job, message: str, delay: float) -> None:
+        """The first failure of a job at once, then one summary line a minute while it keeps failing."""
+        held = self._failing.admit(job.id)
+        if held is None:
+            log.debug("upload of %s failed again (%s); retrying in %.0fs", job.name, message, delay)
+        elif job.attempts == 0 or not held:
+            log.warning("upload of %s failed (%s); retrying in %.0fs", job.name, message, delay)
+        else:
+            log.warning(
+                "upload of %s still failing: %d attempt(s) so far, %d in the last minute (last: %s); retrying in %.0fs",
+                job.name,
+                job.attempts + 1,
+                held + 1,
+                message,
+                delay,
+            )
 
     def _give_up(self, job: Job, message: str) -> None:
         log.error("giving up on %s: %s", job.name, message)

@@ -1,7 +1,8 @@
 """Retrying wrapper: any provider, transient errors retried with tenacity.
 
-Exponential backoff with full jitter, bounded by attempts and total time; each retry is logged at
-WARNING with the operation and key. Only ``TransientStorageError`` is retried: a provider's
+Exponential backoff with full jitter, bounded by attempts and total time; the first retry of each
+operation is logged at WARNING, then one line a minute with the count (the rest at DEBUG).
+Only ``TransientStorageError`` is retried: a provider's
 permanent errors (no bucket, access denied) and NotFound pass straight through.
 """
 
@@ -23,12 +24,15 @@ from tenacity import (
 )
 
 from ckpt_sync.errors import TransientStorageError
+from ckpt_sync.logs import Throttle
 
 from .base import Provider
 from .wrapper import WrappingProvider
 
 log = logging.getLogger("ckpt_sync.retry")
 T = TypeVar("T")
+# During an outage every call retries: log the first retry of each operation, then one line a minute.
+RETRY_LOG = Throttle(60.0)
 
 # Called as observer(op, error) before each retry's wait (metrics count retries by reason here).
 # Observers must be quick and must not raise: an error in one is logged and ignored.
@@ -51,7 +55,12 @@ class RetryingProvider(WrappingProvider):
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
-            log.warning("retrying %s after attempt %d: %s", op, state.attempt_number, err)
+            held = RETRY_LOG.admit(op)
+            if held is None:
+                log.debug("retrying %s after attempt %d: %s", op, state.attempt_number, err)
+            else:
+                more = f" ({held} more {op} retries in the last minute)" if held else ""
+                log.warning("retrying %s after attempt %d: %s%s", op, state.attempt_number, err, more)
             for observe in RETRY_OBSERVERS:
                 try:
                     observe(op, err)

@@ -128,7 +128,9 @@ def test_an_unreachable_endpoint_gives_up_within_the_retry_budget_with_exit_1(cl
     (line,) = error_lines(proc)
     assert proc.stderr.strip().splitlines()[-1] == line  # the error is the last word, on one line
     assert "gave up" in line and "after 3 attempts" in line and url in line
-    assert len(retry_lines(proc)) == 2  # attempts 1 and 2 were retried, each logged; the 3rd ended it
+    # Attempts 1 and 2 were retried and the 3rd ended it: the first retry is logged, the second is held
+    # back (one line a minute per operation, so an outage does not flood the log).
+    assert len(retry_lines(proc)) == 1
 
 
 @pytest.mark.s3
