@@ -82,6 +82,10 @@ class Manifest:
     tags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
     role: str = RESUMABLE
+    # The id of the manifest this one replaces (manifests are write-once: a tag change commits a new
+    # one, then deletes the old). Readers hide a superseded manifest, so a crash in between still
+    # shows one checkpoint.
+    supersedes: str | None = None
 
     @property
     def size(self) -> int:
@@ -132,6 +136,7 @@ class Manifest:
             "tags": list(self.tags),
             "role": self.role,
             "extra": self.extra,
+            "supersedes": self.supersedes,
             "files": [f.to_json() for f in self.files],
         }
 
@@ -153,6 +158,7 @@ class Manifest:
             loss=d.get("loss"),
             tags=tags,
             extra=extra,
+            supersedes=str(d["supersedes"]) if d.get("supersedes") else None,
             files=tuple(FileEntry.from_json(f) for f in d["files"]),
             role=str(d.get("role") or infer_role(tags, extra)),
         )

@@ -75,6 +75,11 @@ def prune(
 
 
 def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneReport) -> None:
+    # A tag change interrupted between its two writes left the old manifest (hidden); finish it.
+    if not report.dry_run:
+        for mid in repo.superseded_ids():
+            repo.provider.delete(manifest_key(mid))
+            log.info("removed superseded manifest %s", mid)
     # An unreadable manifest is not ours to judge: never deleted by retention.
     manifests = {m.id: m for m in repo.manifests()}
     if not manifests:

@@ -246,16 +246,47 @@ class Repository:
         """Committed manifests, newest first.
 
         One that cannot be read (damaged, or encrypted with a key not in this ring) is reported to
-        ``on_unreadable`` and skipped; one removed since the listing (a concurrent prune) is skipped.
+        ``on_unreadable`` and skipped; one removed since the listing (a concurrent prune) is skipped;
+        one another readable manifest supersedes (a tag change, see ``supersede``) is hidden.
         """
+        loaded: list[Manifest] = []
         for mid in self.manifest_ids():
             try:
-                yield self.load_manifest(mid)
+                loaded.append(self.load_manifest(mid))
             except NotFound:
                 continue
             except IntegrityError as err:
                 if on_unreadable is not None:
                     on_unreadable(mid, err)
+        hidden = {m.supersedes for m in loaded if m.supersedes}
+        yield from (m for m in loaded if m.id not in hidden)
+
+    def superseded_ids(self) -> list[str]:
+        """Manifests left behind by a tag change that stopped before deleting them (hidden by readers)."""
+        loaded = list(self._readable())
+        ids = {m.id for m in loaded}
+        return sorted({m.supersedes for m in loaded if m.supersedes and m.supersedes in ids})
+
+    def _readable(self) -> Iterator[Manifest]:
+        for mid in self.manifest_ids():
+            try:
+                yield self.load_manifest(mid)
+            except (NotFound, IntegrityError):
+                continue
+
+    def supersede(self, old: Manifest, new: Manifest) -> Manifest:
+        """Replace ``old`` by ``new`` (same chunks, new metadata): commit ``new`` (which names
+        ``old`` in ``supersedes``) without overwriting, then delete ``old``. Every reader sees one
+        of them at any moment, and a crash in between leaves ``old`` hidden (``manifests``).
+
+        Call under a push lock (locks.acquire_push_lock): a prune then never judges chunks while
+        the checkpoint is between its two manifests.
+        """
+        if new.supersedes != old.id:
+            raise ValueError("the new manifest must name the one it supersedes")
+        committed = self.commit(new)
+        self.provider.delete(manifest_key(old.id))
+        return committed
 
     def load_manifest(self, manifest_id: str) -> Manifest:
         token = self.provider.get(manifest_key(manifest_id))

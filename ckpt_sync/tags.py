@@ -1,0 +1,40 @@
+"""Change a committed checkpoint's tags (``pinned``, ``best``, your own labels).
+
+Manifests are write-once, so a tag change commits a new manifest with the new tags that names the
+old one in ``supersedes``, then deletes the old one (Repository.supersede). Readers hide a
+superseded manifest, so at every moment — and after a crash between the two writes — the
+checkpoint is listed once; the next tag change or prune removes a left-behind old manifest. The
+change runs under a push lock, so a concurrent prune never collects the checkpoint's chunks while
+it is between its two manifests (locks.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from .errors import UsageError
+from .locks import acquire_push_lock
+from .manifest import Manifest
+from .repository import Repository, manifest_key, new_manifest_id
+from .restore import find_manifest
+
+
+def retag(repo: Repository, selector: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Manifest:
+    """Add and remove tags of the checkpoint ``selector`` names; returns the manifest now committed
+    (a new id when the tags changed, the same checkpoint unchanged otherwise)."""
+    for tag in (*add, *remove):
+        if not tag or tag != tag.strip() or "," in tag:
+            raise UsageError(f"not a tag: {tag!r} (no commas, no surrounding spaces)")
+    both = set(add) & set(remove)
+    if both:
+        raise UsageError(f"cannot both add and remove {', '.join(sorted(both))}")
+    with acquire_push_lock(repo.provider):
+        old = find_manifest(repo, selector)
+        tags = tuple(t for t in dict.fromkeys((*old.tags, *add)) if t not in set(remove))
+        if tags == old.tags:
+            return old
+        for leftover in repo.superseded_ids():  # an interrupted change: its old manifest must go first
+            repo.provider.delete(manifest_key(leftover))
+        new = dataclasses.replace(old, id=new_manifest_id(), tags=tags, supersedes=old.id)
+        return repo.supersede(old, new)

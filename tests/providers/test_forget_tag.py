@@ -1,0 +1,142 @@
+"""``forget`` removes checkpoints (never the newest resumable one without --force) and a prune then
+frees exactly what ``stats`` predicted; ``tag`` replaces a write-once manifest by a superseding one,
+safely next to a prune and across a crash between its two writes; on the local store and on S3."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+
+from helpers import wait_until
+
+from ckpt_sync.api import open_repository
+from ckpt_sync.locks import try_acquire_prune_lock
+from ckpt_sync.repository import MANIFESTS, new_manifest_id
+
+
+def _push(cli, url, path, *extra):
+    out = cli("push", str(path), "--to", url, "--chunk-size", "64K", "--json", *extra, check=True).stdout
+    return json.loads(out)[0]["id"]
+
+
+def _three(cli, url, tmp_path, torch_checkpoint):
+    a = torch_checkpoint(tmp_path / "c" / "checkpoint_s1_100.pt", seed=1, step=100, history=10)
+    b = torch_checkpoint(tmp_path / "c" / "checkpoint_s1_200.pt", seed=1, step=200, history=5000)
+    c = torch_checkpoint(tmp_path / "c" / "checkpoint_s1_300.pt", seed=3, step=300)
+    return [_push(cli, url, p) for p in (a, b, c)]
+
+
+def _manifest_objects(url):
+    repo = open_repository(url)
+    return sorted(i.key for i in repo.provider.list(MANIFESTS))
+
+
+def test_forget_refuses_the_newest_resumable_without_force(any_repo_url, cli, key, tmp_path, torch_checkpoint):
+    ids = _three(cli, any_repo_url, tmp_path, torch_checkpoint)
+    refused = cli("forget", ids[2], "--from", any_repo_url)
+    assert refused.returncode == 2 and "newest resumable" in refused.stderr and "--force" in refused.stderr
+    dry = cli("forget", ids[0], "--dry-run", "--from", any_repo_url, check=True)
+    assert "would forget checkpoint_s1_100.pt" in dry.stdout and len(_manifest_objects(any_repo_url)) == 3
+    cli("forget", ids[2], "--force", "--from", any_repo_url, check=True)
+    listed = json.loads(cli("ls", "--from", any_repo_url, "--json", check=True).stdout)
+    assert [m["id"] for m in listed] == [ids[1], ids[0]]
+
+
+def test_forget_then_prune_frees_exactly_the_unique_bytes_stats_predicted(
+    any_repo_url, cli, key, tmp_path, torch_checkpoint
+):
+    ids = _three(cli, any_repo_url, tmp_path, torch_checkpoint)
+    before = json.loads(cli("stats", "--from", any_repo_url, "--json", check=True).stdout)
+    predicted = {c["id"]: c["unique_bytes"] for c in before["per_checkpoint"]}
+    assert predicted[ids[1]] > 0
+    forgot = json.loads(cli("forget", ids[1], "--from", any_repo_url, "--json", check=True).stdout)
+    assert forgot["unique_bytes"] == predicted[ids[1]]
+    held = json.loads(cli("stats", "--from", any_repo_url, "--json", check=True).stdout)
+    assert held["checkpoints"] == 2 and held["grace_bytes"] == predicted[ids[1]]  # young: kept by the grace period
+    pruned = json.loads(
+        cli("prune", "--keep", "10", "--grace", "0", "--from", any_repo_url, "--json", check=True).stdout
+    )
+    assert pruned["removed"] == [] and pruned["bytes_freed"] == predicted[ids[1]]
+    after = json.loads(cli("stats", "--from", any_repo_url, "--json", check=True).stdout)
+    assert after["grace_bytes"] == after["collectable_bytes"] == 0
+    assert cli("verify", "--read-data", "--from", any_repo_url).returncode == 0
+
+
+def test_tag_commits_a_superseding_manifest(any_repo_url, cli, key, tmp_path, torch_checkpoint):
+    src = torch_checkpoint(tmp_path / "checkpoint_s1_100.pt", seed=1, step=100)
+    old = _push(cli, any_repo_url, src, "--tag", "best")
+    shown = json.loads(
+        cli("tag", old, "--add", "pinned", "--remove", "best", "--from", any_repo_url, "--json", check=True).stdout
+    )
+    assert shown["tags"] == ["pinned"] and shown["id"] != old
+    assert _manifest_objects(any_repo_url) == [f"{MANIFESTS}{shown['id']}"]
+    listed = json.loads(cli("ls", "--from", any_repo_url, "--json", "--role", "any", check=True).stdout)
+    assert [(m["id"], m["tags"], m["step"]) for m in listed] == [(shown["id"], ["pinned"], 100)]
+    # Unchanged tags: nothing new is written.
+    again = json.loads(cli("tag", "latest", "--add", "pinned", "--from", any_repo_url, "--json", check=True).stdout)
+    assert again["id"] == shown["id"]
+    out = tmp_path / "out"
+    cli("pull", src.name, "--from", any_repo_url, "--to", str(out), check=True)
+    assert (out / src.name).read_bytes() == src.read_bytes()
+    assert cli("tag", shown["id"], "--from", any_repo_url).returncode == 2  # neither --add nor --remove
+
+
+def test_a_crash_between_the_two_writes_still_shows_one_checkpoint(any_repo_url, cli, key, tmp_path, torch_checkpoint):
+    src = torch_checkpoint(tmp_path / "checkpoint_s1_100.pt", seed=1, step=100)
+    old_id = _push(cli, any_repo_url, src)
+    repo = open_repository(any_repo_url)
+    old = repo.load_manifest(old_id)
+    new = dataclasses.replace(old, id=new_manifest_id(), tags=("pinned",), supersedes=old.id)
+    repo.commit(new)  # ... and the process dies before deleting the old manifest
+    assert len(_manifest_objects(any_repo_url)) == 2
+    listed = json.loads(cli("ls", "--from", any_repo_url, "--json", check=True).stdout)
+    assert [(m["id"], m["tags"]) for m in listed] == [(new.id, ["pinned"])]
+    assert json.loads(cli("stats", "--from", any_repo_url, "--json", check=True).stdout)["checkpoints"] == 1
+    pruned = json.loads(cli("prune", "--grace", "0", "--from", any_repo_url, "--json", check=True).stdout)
+    assert pruned["chunks_removed"] == 0 and _manifest_objects(any_repo_url) == [f"{MANIFESTS}{new.id}"]
+    assert cli("verify", "--read-data", "--from", any_repo_url).returncode == 0
+
+
+def test_tag_waits_for_a_running_prune_and_survives_prunes(any_repo_url, cli, key, tmp_path, torch_checkpoint):
+    ids = _three(cli, any_repo_url, tmp_path, torch_checkpoint)
+    repo = open_repository(any_repo_url)
+    lock = try_acquire_prune_lock(repo.provider)  # a prune is running
+    assert lock is not None
+    before = _manifest_objects(any_repo_url)
+    tagging = subprocess.Popen(
+        [sys.executable, "-m", "ckpt_sync.cli", "tag", ids[0], "--add", "pinned", "--from", any_repo_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)  # not a speed check: the tag must simply not have touched anything while the prune runs
+    assert tagging.poll() is None and _manifest_objects(any_repo_url) == before
+    lock.release()
+    wait_until(lambda: tagging.poll() is not None, "the tag to finish once the prune is done")
+    assert tagging.returncode == 0, tagging.stderr.read()
+    # Real prunes (collecting every unreferenced chunk at once) run while the tag flips back and forth.
+    pruning = subprocess.Popen(
+        [sys.executable, "-c", PRUNE_LOOP, any_repo_url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        for i in range(6):
+            flag = ["--remove", "pinned"] if i % 2 == 0 else ["--add", "pinned"]
+            cli("tag", "checkpoint_s1_100.pt", *flag, "--from", any_repo_url, check=True)
+    finally:
+        pruning.terminate()
+        pruning.wait()
+    listed = json.loads(cli("ls", "--from", any_repo_url, "--json", check=True).stdout)
+    assert sorted(m["name"] for m in listed) == ["checkpoint_s1_100.pt", "checkpoint_s1_200.pt", "checkpoint_s1_300.pt"]
+    assert [m["tags"] for m in listed if m["name"] == "checkpoint_s1_100.pt"] == [["pinned"]]
+    assert cli("verify", "--read-data", "--from", any_repo_url).returncode == 0
+
+
+PRUNE_LOOP = """
+import sys
+from ckpt_sync.cli import main
+while True:
+    main(["prune", "--keep", "10", "--grace", "0", "--from", sys.argv[1]])
+"""
