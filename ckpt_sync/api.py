@@ -138,17 +138,26 @@ def pull(
     name: str | None = None,
     step: int | None = None,
     before_step: int | None = None,
+    allow_older: bool = False,
 ) -> Manifest:
     """Restore ``checkpoint`` (id or name), or else the newest valid checkpoint by training position
     that the filters match (the CLI's ``pull --latest`` options; ``role="any"`` for any role), into
-    ``to``; returns its manifest.
+    ``to``; returns its manifest. Newer checkpoints encrypted with a key this host lacks raise
+    MissingKeyError unless ``allow_older``.
 
     ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
     """
     selection = Selection(role, tag, session, host, name, step, before_step)
     r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
     return _pull(
-        r, to, selector=checkpoint, selection=selection, workers=workers, include=include, exclude=exclude
+        r,
+        to,
+        selector=checkpoint,
+        selection=selection,
+        workers=workers,
+        include=include,
+        exclude=exclude,
+        allow_older=allow_older,
     )[0]
 
 

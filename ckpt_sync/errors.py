@@ -44,6 +44,17 @@ class IntegrityError(OperationFailed):
     """Stored data failed authentication, hashing or size checks."""
 
 
+class MissingKeyError(IntegrityError):
+    """A manifest no key in the ring opens, in a repository whose config lists keys the ring lacks:
+    most likely written after a key rotation this host has not seen. Not damage: add the key."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, fingerprints: list[str]) -> None:
+        super().__init__(message)
+        self.fingerprints = fingerprints
+
+
 class Cancelled(CkptSyncError):
     """Stopped on request (SIGTERM); nothing was committed and the work can resume later."""
 

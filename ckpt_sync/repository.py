@@ -11,6 +11,7 @@ A checkpoint exists iff its manifest exists; manifests are written last and neve
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -23,7 +24,15 @@ from collections.abc import Callable, Iterable, Iterator
 from cryptography.fernet import InvalidToken
 
 from .crypto import KeyRing, token_size
-from .errors import ConfigError, IntegrityError, KeyMismatchError, NotFound, OperationFailed
+from .errors import (
+    CkptSyncError,
+    ConfigError,
+    IntegrityError,
+    KeyMismatchError,
+    MissingKeyError,
+    NotFound,
+    OperationFailed,
+)
 from .manifest import ChunkRef, Manifest
 from .providers import Provider
 from .providers.base import read_into
@@ -288,11 +297,25 @@ class Repository:
         self.provider.delete(manifest_key(old.id))
         return committed
 
+    def missing_key_fingerprints(self) -> list[str]:
+        """Fingerprints the repository's config lists and this key ring lacks (re-read: another host
+        may have added a key since this repository was opened)."""
+        with contextlib.suppress(CkptSyncError, OSError):  # else the config as opened still says something
+            self.config = self._parse_config(self.provider.get(CONFIG_KEY), self.url)
+        return sorted(set(self.config.get("keys", {})) - set(self.keys.fingerprints()))
+
     def load_manifest(self, manifest_id: str) -> Manifest:
         token = self.provider.get(manifest_key(manifest_id))
         try:
             data = json.loads(self.keys.decrypt(token))
         except IntegrityError as err:
+            missing = self.missing_key_fingerprints() if "authentication failed" in str(err) else []
+            if missing:
+                raise MissingKeyError(
+                    f"manifest {manifest_id} is encrypted with a key this host does not have "
+                    f"(fingerprint {', '.join(missing)}): add that key to the key ring (after the current one)",
+                    missing,
+                ) from None
             raise IntegrityError(f"manifest {manifest_id} {self._unreadable_because(err)}") from None
         except ValueError:
             raise IntegrityError(f"manifest {manifest_id} is not valid JSON") from None

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from .buffers import BufferPool
 from .contents import file_entry, select_files
 from .crypto import token_size
-from .errors import CkptSyncError, IntegrityError, NotFound, OperationFailed, UsageError
+from .errors import CkptSyncError, IntegrityError, MissingKeyError, NotFound, OperationFailed, UsageError
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .pipeline import default_workers, ordered_map
 from .providers.local import WRITE_SLICE, write_all
@@ -280,9 +280,14 @@ def pull(
     on_start: Callable[[Manifest], None] | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    allow_older: bool = False,
 ) -> tuple[Manifest, TransferStats]:
     """Restore one checkpoint: ``selector`` names it; else the newest (by training position) of those
     ``selection`` matches — by default resumable ones — that fully verifies.
+
+    Checkpoints committed after the chosen one but encrypted with a key this host lacks (a key
+    rotation it has not seen) raise MissingKeyError (exit 2) rather than silently restoring an
+    older one; ``allow_older`` restores the older one with a warning instead.
 
     With ``include``/``exclude`` globs only the matching files are restored (contents.select_files);
     the manifest returned is then that selection.
@@ -300,12 +305,30 @@ def pull(
     everything = list(repo.manifests(unreadable.__setitem__))
     if not everything and not unreadable:
         raise OperationFailed(f"no checkpoints in {repo.url}")
+    locked = {mid: err for mid, err in unreadable.items() if isinstance(err, MissingKeyError)}
     for mid, err in unreadable.items():
-        if warn:
+        if warn and mid not in locked:
             warn(f"checkpoint {mid} is damaged ({err}); skipped, falling back to the readable ones")
     candidates = select(everything, selection)
-    if not candidates:
+    if not candidates and not locked:
         raise OperationFailed(f"no {selection.describe()} in {repo.url} ({len(everything)} checkpoint(s) in all)")
+    # What we cannot decrypt has no known training position: judge it by commit time (its id).
+    newer_locked = sorted(mid for mid in locked if not candidates or mid > candidates[0].id)
+    if newer_locked:
+        fps = sorted({fp for mid in newer_locked for fp in locked[mid].fingerprints})
+        what = f"{len(newer_locked)} checkpoint(s) committed after the newest one this host can read"
+        if not allow_older or not candidates:
+            older = f"; --allow-older restores {candidates[0].name} instead" if candidates else ""
+            raise MissingKeyError(
+                f"{what} in {repo.url} are encrypted with a key this host does not have "
+                f"(fingerprint {', '.join(fps)}): add that key to the key ring{older}",
+                fps,
+            )
+        if warn:
+            warn(
+                f"restoring an older checkpoint ({candidates[0].name}): {what} are encrypted with a key this "
+                f"host does not have (fingerprint {', '.join(fps)})"
+            )
     for m in candidates:
         try:
             m = select_files(m, include, exclude)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .crypto import token_size
-from .errors import IntegrityError, NotFound, UsageError
+from .errors import IntegrityError, MissingKeyError, NotFound, UsageError
 from .manifest import ChunkRef
 from .pipeline import default_workers, ordered_map
 from .repository import Repository
@@ -27,13 +27,20 @@ class CheckResult:
     id: str
     name: str
     problems: list[str] = field(default_factory=list)
+    missing_key: bool = False  # encrypted with a key this host lacks: unknown, not damaged
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_json(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "ok": self.ok, "problems": self.problems}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "ok": self.ok,
+            "problems": self.problems,
+            "missing_key": self.missing_key,
+        }
 
 
 def parse_subset(text: str) -> float:
@@ -80,7 +87,8 @@ def verify(
             try:
                 pairs.append((mid, repo.load_manifest(mid)))
             except (IntegrityError, NotFound) as err:
-                pairs.append((mid, CheckResult(mid, "(unreadable manifest)", [str(err)])))
+                locked = isinstance(err, MissingKeyError)
+                pairs.append((mid, CheckResult(mid, "(unreadable manifest)", [str(err)], missing_key=locked)))
     results: list[CheckResult] = []
     users: dict[ChunkRef, list[CheckResult]] = {}
     with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-verify") as pool:

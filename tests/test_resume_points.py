@@ -271,3 +271,44 @@ def test_push_then_pull_keeps_the_mtime_and_watch_on_the_restored_folder_commits
     before = sorted(m.id for m in open_repository(repo_url).manifests())
     cli("watch", str(out), "--to", repo_url, "--once", "--settle", "0", check=True)
     assert sorted(m.id for m in open_repository(repo_url).manifests()) == before
+
+
+def test_after_a_key_rotation_an_old_key_host_refuses_to_roll_back_unless_allowed(
+    tmp_path, repo_url, torch_checkpoint, cli
+):
+    from cryptography.fernet import Fernet
+
+    from ckpt_sync.crypto import fingerprint
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    old_ring, rotated_ring = tmp_path / "old.key", tmp_path / "rotated.key"
+    old_ring.write_text(old + "\n")
+    rotated_ring.write_text(f"{new}\n{old}\n")  # the new key first: it encrypts, both decrypt
+    for step, ring in ((100, old_ring), (200, rotated_ring), (300, rotated_ring)):
+        src = torch_checkpoint(tmp_path / f"checkpoint_run_{step}.pt", seed=step, step=step)
+        cli("push", "--repo", repo_url, "--key-file", str(ring), str(src), check=True)
+    new_fp = fingerprint(__import__("base64").urlsafe_b64decode(new))
+
+    # The old-key host: the newest checkpoints are not "damaged", they need a key it lacks.
+    refused = cli("pull", "--latest", "--repo", repo_url, "--key-file", str(old_ring), "--to", str(tmp_path / "a"))
+    assert refused.returncode == 2, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert "encrypted with a key this host does not have" in last and new_fp in last, refused.stderr
+    assert "damaged" not in refused.stderr
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())
+    listed = cli("ls", "--repo", repo_url, "--key-file", str(old_ring))
+    assert "encrypted with a key this host does not have" in listed.stderr and "damaged" not in listed.stderr
+    verify = cli("verify", "--repo", repo_url, "--key-file", str(old_ring))
+    assert verify.returncode == 2 and "DAMAGED" not in verify.stdout and new_fp in verify.stderr
+
+    pull_old = ("pull", "--latest", "--repo", repo_url, "--key-file", str(old_ring))
+    allowed = cli(*pull_old, "--allow-older", "--to", str(tmp_path / "b"))
+    assert allowed.returncode == 0, allowed.stderr
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["checkpoint_run_100.pt"]
+    assert "warning: restoring an older checkpoint (checkpoint_run_100.pt)" in allowed.stderr
+    assert new_fp in allowed.stderr
+
+    # The rotated host reads everything and restores the highest step.
+    rotated = ("pull", "--latest", "--repo", repo_url, "--key-file", str(rotated_ring))
+    cli(*rotated, "--to", str(tmp_path / "c"), check=True)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["checkpoint_run_300.pt"]

@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="with --latest: exit 0 when the repository has no checkpoint yet (init containers, first runs)",
     )
+    p.add_argument(
+        "--allow-older",
+        action="store_true",
+        help="with --latest: when newer checkpoints are encrypted with a key this host lacks, restore the "
+        "newest readable one (with a warning) instead of failing with exit 2",
+    )
     p.add_argument("--to", "--dest", dest="to", default=".", metavar="DIR", help="target folder (default .)")
     p.add_argument(
         "--include",
@@ -54,8 +60,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     if args.latest == bool(args.checkpoint):
         raise UsageError("pull needs exactly one of --latest or a checkpoint ID_OR_NAME")
-    if args.allow_empty and not args.latest:
-        raise UsageError("--allow-empty goes with --latest")
+    if (args.allow_empty or args.allow_older) and not args.latest:
+        raise UsageError("--allow-empty and --allow-older go with --latest")
     selection = selection_from(args)
     filtered = selection != Selection()
     if filtered and not args.latest:
@@ -88,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             args.to,
             selector=args.checkpoint,
             selection=selection,
+            allow_older=args.allow_older,
             workers=args.workers,
             progress=progress,
             warn=warn,

@@ -7,7 +7,7 @@ import argparse
 import json
 import time
 
-from ..errors import EXIT_FAILED, EXIT_OK
+from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..verify import parse_subset, verify
 from .common import add_json_option, add_repo_option, err, open_repository
 
@@ -36,10 +36,13 @@ def run(args: argparse.Namespace) -> int:
     results = verify(
         repo, checkpoints=args.checkpoints, read_data=args.read_data, read_data_subset=subset, workers=args.workers
     )
-    bad = [r for r in results if not r.ok]
+    bad = [r for r in results if not r.ok and not r.missing_key]
+    locked = [r for r in results if r.missing_key]
     if args.json:
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:
+        for r in locked:
+            print(f"NO KEY {r.id}: {r.problems[0]}")
         for r in bad:
             print(
                 f"DAMAGED {r.name} ({r.id}): {'; '.join(r.problems[:3])}"
@@ -53,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
             else "structure and chunk presence checked"
         )
         print(
-            f"{len(results) - len(bad)} of {len(results)} checkpoint(s) sound ({what}, "
-            f"{time.monotonic() - started:.1f}s)"
+            f"{len(results) - len(bad) - len(locked)} of {len(results)} checkpoint(s) sound ({what}, "
+            f"{time.monotonic() - started:.1f}s)" + (f"; {len(locked)} not readable with these keys" if locked else "")
         )
     for r in bad:
         err(f"checkpoint {r.name} ({r.id}) is damaged")
+    if locked and not bad:
+        err(f"{len(locked)} checkpoint(s) are encrypted with a key this host does not have: {locked[0].problems[0]}")
+        return EXIT_USAGE
     return EXIT_FAILED if bad else EXIT_OK
