@@ -216,6 +216,13 @@ class Repository:
         reusable buffer, when given; the token is read into ``scratch``, another, when given)."""
         key = chunk_key(ref.id)
         token = self.provider.get(key) if scratch is None else read_into(self.provider, key, scratch)
+        return self.open_token(ref, token, out=out)
+
+    def open_token(
+        self, ref: ChunkRef, token: bytes | bytearray | memoryview | None, *, out: bytearray | None = None
+    ) -> bytearray | memoryview:
+        """Check a chunk's stored token (its size, authentication, and its plaintext against the id)
+        and return the plaintext; raises IntegrityError. ``load_chunk`` is fetch + this."""
         if token is None or len(token) != token_size(ref.size):
             raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
         try:

@@ -11,13 +11,30 @@ from collections.abc import Sequence
 
 from .. import __version__, config, logs
 from ..errors import EXIT_FAILED, CkptSyncError
-from . import cat, check, config_show, forget, init, keygen, ls, prune, pull, push, stats, status, tag, verify, watch
+from . import (
+    cat,
+    check,
+    config_show,
+    copy,
+    forget,
+    init,
+    keygen,
+    ls,
+    prune,
+    pull,
+    push,
+    stats,
+    status,
+    tag,
+    verify,
+    watch,
+)
 from .common import common_options, err
 
 log = logging.getLogger("ckpt_sync")
 
 # In the order `ckpt-sync --help` lists them.
-VERBS = (init, keygen, push, ls, pull, cat, verify, stats, tag, forget, watch, prune, status, check, config_show)
+VERBS = (init, keygen, push, ls, pull, cat, verify, stats, tag, forget, copy, watch, prune, status, check, config_show)
 # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
 LOGGING_VERBS = ("watch", "prune")
 
