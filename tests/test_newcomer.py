@@ -248,3 +248,24 @@ def test_prune_dry_run_reports_what_the_grace_period_keeps(tmp_path, key, repo_u
     now = json.loads(cli("prune", "--keep", "1", "--dry-run", "--grace", "0", "--json", "--from", repo_url,
                          check=True).stdout)
     assert now["chunks_removed"] == report["chunks_in_grace"] and now["chunks_in_grace"] == 0
+
+
+# --- (11) foreign library warnings stay off the console ---------------------------------------------------
+
+WARN_SCRIPT = """
+import logging, sys, warnings
+from ckpt_sync import logs
+logs.configure(logging.DEBUG if sys.argv[1] == "debug" else logging.INFO)
+warnings.warn("Callback with id 'x' does not exist for watch", RuntimeWarning)  # what watchdog says
+logging.getLogger("ckpt_sync.watch").info("own line")
+"""
+
+
+def test_library_warnings_are_hidden_unless_debug():
+    import subprocess
+    import sys
+
+    plain = subprocess.run([sys.executable, "-c", WARN_SCRIPT, "info"], capture_output=True, text=True)
+    assert "own line" in plain.stderr and "RuntimeWarning" not in plain.stderr and "Callback" not in plain.stderr
+    debug = subprocess.run([sys.executable, "-c", WARN_SCRIPT, "debug"], capture_output=True, text=True)
+    assert "RuntimeWarning" in debug.stderr

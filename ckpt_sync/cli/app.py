@@ -29,7 +29,7 @@ from . import (
     verify,
     watch,
 )
-from .common import common_options, err
+from .common import OUTPUT, common_options, err
 
 log = logging.getLogger("ckpt_sync")
 
@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CkptSyncError as e:
         err(str(e))
         return e.exit_code
-    level = logging.INFO if args.verb in LOGGING_VERBS else logging.WARNING
+    OUTPUT.quiet = bool(getattr(args, "quiet", False))
+    level = logging.ERROR if OUTPUT.quiet else logging.INFO if args.verb in LOGGING_VERBS else logging.WARNING
     logs.configure(logging.DEBUG if args.debug else level, settings["log_format"] if settings else "text")
     try:
         return args.func(args)

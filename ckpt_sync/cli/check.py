@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import EXIT_FAILED, EXIT_OK, UsageError
-from .common import add_json_option, err
+from .common import add_json_option, add_quiet_option, err, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("dir", metavar="DIR", help="the CheckpointManager folder (holds training_session.json)")
     p.add_argument("--repair", action="store_true", help="move bad files to DIR/quarantine/, rebuild the session file")
     add_json_option(p)
+    add_quiet_option(p)
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.set_defaults(func=run)
 
@@ -33,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:
         for r in bad:
-            print(f"DAMAGED {r.path}: {'; '.join(r.problems)}")
-        print(f"{len(results) - len(bad)} of {len(results)} checkpoint(s) in {args.dir} sound")
+            say(f"DAMAGED {r.path}: {'; '.join(r.problems)}")
+        say(f"{len(results) - len(bad)} of {len(results)} checkpoint(s) in {args.dir} sound")
     if args.repair:
         for src, dst in report.quarantined:
-            print(f"quarantined {src} -> {dst}")
-        print(f"rebuilt {report.session_file}")
+            say(f"quarantined {src} -> {dst}")
+        say(f"rebuilt {report.session_file}")
         return EXIT_OK
     for r in bad:
         err(f"checkpoint {r.path} is damaged (run `ckpt-sync check --repair {args.dir}` to quarantine it)")

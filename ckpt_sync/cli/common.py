@@ -4,7 +4,6 @@ repository a verb's settings name, and the options several verbs take."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,8 +15,18 @@ from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..prune import DEFAULT_GRACE
 from ..selection import ANY, Selection
+from .progress import ProgressLine
 
 ProgressFn = Callable[[int], None]
+
+
+class _Output:
+    """``--quiet``: no progress, no informational lines or warnings; errors only. Set once by app.main."""
+
+    quiet = False
+
+
+OUTPUT = _Output()
 
 
 def err(msg: str) -> None:
@@ -25,26 +34,27 @@ def err(msg: str) -> None:
 
 
 def warn(msg: str) -> None:
-    print(f"ckpt-sync: warning: {msg}", file=sys.stderr)
+    if not OUTPUT.quiet:
+        print(f"ckpt-sync: warning: {msg}", file=sys.stderr)
+
+
+def say(msg: str) -> None:
+    """An informational result line (``committed ...``, ``restored ...``): silent with --quiet."""
+    if not OUTPUT.quiet:
+        print(msg)
 
 
 @contextmanager
 def progress_bar(total: int, desc: str, enabled: bool) -> Iterator[ProgressFn | None]:
-    """A tqdm bar on a terminal; nothing at all otherwise."""
-    if not (enabled and sys.stderr.isatty()):
+    """A one-line bar on a terminal (cli/progress.py); nothing at all otherwise or with --quiet."""
+    if not (enabled and not OUTPUT.quiet and sys.stderr.isatty()):
         yield None
         return
-    from tqdm import tqdm
-
-    try:  # some terminals (serial consoles, bare ptys) report a 0x0 size: tqdm would then draw nothing
-        size = os.get_terminal_size(sys.stderr.fileno())
-        columns, rows = size.columns or 100, size.lines or 24
-    except OSError:
-        columns, rows = 100, 24
-    with tqdm(
-        total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, leave=False, ncols=columns, nrows=rows
-    ) as bar:
-        yield bar.update
+    line = ProgressLine(total, desc)
+    try:
+        yield line.update
+    finally:
+        line.close()
 
 
 def when(ts: float) -> str:
@@ -177,5 +187,12 @@ def common_options() -> argparse.ArgumentParser:
         metavar="RATE",
         help="bytes per second for all uploads and downloads of this process together, e.g. 50M (default: no limit)",
     )
+    add_quiet_option(common)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     return common
+
+
+def add_quiet_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress, no informational lines or warnings: errors only"
+    )

@@ -7,7 +7,7 @@ import json
 
 from ..api import init_repository
 from ..errors import EXIT_OK
-from .common import add_json_option, add_repo_option, provider_options
+from .common import add_json_option, add_repo_option, provider_options, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -49,16 +49,16 @@ def run(args: argparse.Namespace) -> int:
             )
             return EXIT_OK
         if done.key_file_created:
-            print(
+            say(
                 f"made a new key in {done.key_file_created} (mode 0600): keep a copy somewhere safe, "
                 "without it the backups are unreadable"
             )
         if done.bucket_created:
             scheme, _, rest = repo.url.partition("://")
             noun = {"az": "container", "file": "folder"}.get(scheme, "bucket")
-            print(f"created the {noun} {rest if scheme == 'file' else rest.split('/', 1)[0]}")
+            say(f"created the {noun} {rest if scheme == 'file' else rest.split('/', 1)[0]}")
         what = "initialised" if done.created else "already initialised (nothing changed):"
-        print(f"{what} repository {repo.url}: id {repo.id}, key fingerprint {fingerprint}")
+        say(f"{what} repository {repo.url}: id {repo.id}, key fingerprint {fingerprint}")
     finally:
         repo.provider.close()
     return EXIT_OK

@@ -9,7 +9,7 @@ from ..errors import EXIT_OK
 from ..prune import prune
 from ..retention import fifo_with_tags
 from ..units import format_bytes
-from .common import add_grace_option, add_json_option, add_repo_option, open_repository, when
+from .common import add_grace_option, add_json_option, add_repo_option, open_repository, say, when
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
     for mid, name in zip(report.removed, report.removed_names, strict=True):
-        print(f"{verb} {name} ({mid})")
-    print(
+        say(f"{verb} {name} ({mid})")
+    say(
         f"kept {len(report.kept)} checkpoint(s); {verb} {len(report.removed)}; "
         f"{verb} {report.chunks_removed} unreferenced chunk(s) ({format_bytes(report.bytes_freed)})"
     )
@@ -39,10 +39,10 @@ def run(args: argparse.Namespace) -> int:
         first, last = report.grace_first_removable, report.grace_all_removable
         assert first is not None and last is not None
         span = f"removable from {when(first)}" + (f", all by {when(last)}" if last - first >= 1 else "")
-        print(
+        say(
             f"the grace period ({args.grace:g}s) keeps {report.chunks_in_grace} unreferenced chunk(s) "
             f"({format_bytes(report.bytes_in_grace)}) for now: {span} (a later prune removes them; --grace 0 now)"
         )
     if report.gc_skipped:
-        print(f"chunk clean-up skipped: {report.gc_skipped}")
+        say(f"chunk clean-up skipped: {report.gc_skipped}")
     return EXIT_OK

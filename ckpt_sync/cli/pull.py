@@ -18,6 +18,7 @@ from .common import (
     manifest_row,
     open_repository,
     progress_bar,
+    say,
     selection_from,
     warn,
 )
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"restored": False, "repository": repo.url}, indent=2))
             return EXIT_OK
-        print(f"nothing to restore: {repo.url} has no checkpoint yet (a first run starts fresh)")
+        say(f"nothing to restore: {repo.url} has no checkpoint yet (a first run starts fresh)")
         return EXIT_OK
     bar_ctx: dict[str, Any] = {}
 
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return EXIT_OK
     step = f", step {m.global_step}" if m.global_step is not None else ""
-    print(
+    say(
         f"restored {m.name} ({m.role}{step}, {m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
         f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
     )

@@ -11,7 +11,7 @@ from ..errors import EXIT_OK, UsageError
 from ..manifest import ROLES
 from ..push import collect_files, total_size
 from ..units import format_bytes, parse_size
-from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar
+from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
             )
         results.append({**manifest_row(m), "stats": stats.to_json()})
         if not args.json:
-            print(
+            say(
                 f"committed {m.name} as {m.id} to {repo.url}: {len(m.files)} file(s), {format_bytes(m.size)} read, "
                 f"{format_bytes(stats.bytes_new)} new, {format_bytes(stats.bytes_sent)} sent "
                 f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"

@@ -9,7 +9,7 @@ import time
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..verify import parse_subset, verify
-from .common import add_json_option, add_repo_option, err, open_repository
+from .common import add_json_option, add_repo_option, err, open_repository, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -42,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in results], indent=2))
     else:
         for r in locked:
-            print(f"NO KEY {r.id}: {r.problems[0]}")
+            say(f"NO KEY {r.id}: {r.problems[0]}")
         for r in bad:
-            print(
+            say(
                 f"DAMAGED {r.name} ({r.id}): {'; '.join(r.problems[:3])}"
                 + (f" (+{len(r.problems) - 3} more)" if len(r.problems) > 3 else "")
             )
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
             if subset
             else "structure and chunk presence checked"
         )
-        print(
+        say(
             f"{len(results) - len(bad) - len(locked)} of {len(results)} checkpoint(s) sound ({what}, "
             f"{time.monotonic() - started:.1f}s)" + (f"; {len(locked)} not readable with these keys" if locked else "")
         )

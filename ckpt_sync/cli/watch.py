@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -17,7 +20,8 @@ from ..queue import JobQueue
 from ..statelock import StateDirLock
 from ..units import parse_size
 from ..watcher import DEFAULT_PATTERNS
-from .common import add_grace_option, add_repo_option, open_repository
+from .common import OUTPUT, add_grace_option, add_repo_option, open_repository
+from .progress import LiveLine
 
 log = logging.getLogger("ckpt_sync")
 
@@ -104,13 +108,34 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
         policy=ChunkPolicy.of_size(parse_size(args.chunk_size) if args.chunk_size else None),
     )
     served = None
+    live = None
     try:
         if args.metrics_addr:
             from ..metrics import serve
 
             served = serve(config.parse_address(args.metrics_addr), repo, queue)
+        if sys.stderr.isatty() and not OUTPUT.quiet and args.log_format != "json":
+            live = LiveLine(_in_flight_line(queue)).start()
         return run_watch(repo, queue, opts, stop, served.hooks if served else None)
     finally:
+        if live:
+            live.stop()
         if served:
             served.close()
         queue.close()
+
+
+def _in_flight_line(queue: JobQueue) -> Callable[[], tuple[str, int, int, float, int] | None]:
+    """What the live line shows: the job in flight, its bytes so far (the worker's heartbeat) and the
+    rate since this display first saw it."""
+    first_seen: dict[int, tuple[float, int]] = {}
+
+    def state() -> tuple[str, int, int, float, int] | None:
+        jobs = queue.in_flight()
+        if not jobs:
+            return None
+        job = jobs[0]
+        started, base = first_seen.setdefault(job.id, (time.monotonic(), job.bytes_done))
+        return f"uploading {job.name}", job.bytes_done, job.size, time.monotonic() - started, base
+
+    return state
