@@ -147,7 +147,8 @@ def test_watch_on_a_terminal_shows_a_live_line_for_the_job_in_flight(tmp_path, k
 
 @pytest.mark.parametrize(
     "verb",
-    ["init", "keygen", "push", "ls", "pull", "verify", "watch", "prune", "status", "check", "cat", "stats"],
+    ["init", "keygen", "push", "ls", "pull", "verify", "watch", "prune", "status", "check", "cat", "stats", "copy",
+     "forget", "tag"],
 )
 def test_every_verb_takes_quiet(cli, verb):
     proc = cli(verb, "--help")

@@ -9,7 +9,7 @@ import json
 from ..copying import choose, copy_checkpoints
 from ..errors import EXIT_OK
 from ..units import format_bytes
-from .common import add_json_option, add_repo_option, open_repository, progress_bar
+from .common import add_json_option, add_repo_option, open_repository, progress_bar, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"from": src.url, "to": dst.url, **report.to_json()}, indent=2))
         return EXIT_OK
-    print(
+    say(
         f"copied {len(report.copied)} checkpoint(s) to {dst.url} ({len(report.skipped)} already there): "
         f"{report.chunks_copied} chunk(s) copied as stored, {report.chunks_reencrypted} re-encrypted, "
         f"{format_bytes(report.bytes_sent)} sent"

@@ -8,7 +8,7 @@ import json
 from ..errors import EXIT_OK
 from ..forget import forget
 from ..units import format_bytes
-from .common import add_json_option, add_repo_option, open_repository
+from .common import add_json_option, add_repo_option, open_repository, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,8 +29,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     verb = "would forget" if args.dry_run else "forgot"
     for m in report.removed:
-        print(f"{verb} {m.name} ({m.id})")
-    print(
+        say(f"{verb} {m.name} ({m.id})")
+    say(
         f"{format_bytes(report.unique_bytes)} of chunks only they used "
         f"{'would be' if args.dry_run else 'are now'} unreferenced: `ckpt-sync prune` frees them after the grace period"
     )

@@ -7,7 +7,7 @@ import json
 
 from ..errors import EXIT_OK, UsageError
 from ..tags import retag
-from .common import add_json_option, add_repo_option, manifest_row, open_repository
+from .common import add_json_option, add_repo_option, manifest_row, open_repository, say
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -28,5 +28,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest_row(m), indent=2))
         return EXIT_OK
-    print(f"{m.name} is now {m.id} with tags: {', '.join(m.tags) or '(none)'}")
+    say(f"{m.name} is now {m.id} with tags: {', '.join(m.tags) or '(none)'}")
     return EXIT_OK
