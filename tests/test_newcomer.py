@@ -269,3 +269,37 @@ def test_library_warnings_are_hidden_unless_debug():
     assert "own line" in plain.stderr and "RuntimeWarning" not in plain.stderr and "Callback" not in plain.stderr
     debug = subprocess.run([sys.executable, "-c", WARN_SCRIPT, "debug"], capture_output=True, text=True)
     assert "RuntimeWarning" in debug.stderr
+
+
+# --- (15) restored checkpoints keep their mtime, and the docs say so in both places ----------------------
+
+
+def test_a_pulled_file_and_folder_keep_their_mtimes_so_watch_commits_nothing(tmp_path, key, repo_url, repo_dir,
+                                                                            torch_checkpoint, cli):
+    src = tmp_path / "src"
+    single = torch_checkpoint(src / "checkpoint_s_7.pt", step=7)
+    folder = src / "step_8"
+    torch_checkpoint(folder / "model.pt", step=8)
+    (folder / ".metadata").write_text("{}")
+    old = 1_700_000_000_000_000_000
+    for p in (single, folder / "model.pt", folder / ".metadata", folder):
+        os.utime(p, ns=(old, old))
+    cli("push", str(single), str(folder), "--to", repo_url, check=True)
+    before = manifest_ids(repo_dir)
+    restored = tmp_path / "restored"
+    for name in (single.name, folder.name):
+        cli("pull", name, "--from", repo_url, "--to", str(restored), check=True)
+    assert (restored / single.name).stat().st_mtime_ns == old
+    assert (restored / "step_8" / "model.pt").stat().st_mtime_ns == old
+    cli("watch", str(restored), "--to", repo_url, "--once", "--settle", "0.2", check=True)
+    assert manifest_ids(repo_dir) == before  # recognised: nothing committed again
+
+
+def test_readme_and_deploy_readme_agree_about_restored_mtimes():
+    from conftest import REPO_ROOT
+
+    for doc in ("README.md", "deploy/README.md"):
+        text = " ".join((REPO_ROOT / doc).read_text().split())
+        assert "keeps its original modification time" in text or "original modification times" in text, doc
+        assert "a restored file gets a new modification time" not in text, doc
+        assert "does not commit it again" in text or "does not upload it again" in text, doc
