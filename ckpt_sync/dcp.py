@@ -20,6 +20,7 @@ This module imports torch; ``import ckpt_sync`` does not import it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -276,6 +277,12 @@ class Writer(StorageWriter):
             )
         self.is_coordinator = is_coordinator
         self.rank = kwargs.get("rank")
+        # A new save (DCP calls reset only when given a checkpoint_id): fresh counters, no lock left
+        # over from a save that failed on another rank (finish never came).
+        self._release()
+        self.manifest = None
+        self.stats = TransferStats()
+        self.save_id = str(uuid.uuid4())
         if self.repo is None:
             self.repo = _open(self._repo_arg, self.key_file, create=True)
 
@@ -392,6 +399,10 @@ class Writer(StorageWriter):
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._release()
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -547,11 +558,13 @@ class Reader(StorageReader):
             hi = min(start + length, offset + ref.size)
             out[lo - start : hi - start] = memoryview(plain)[lo - offset : hi - offset]
 
+        last = covering[-1][0] if covering else None
+
         def fetch(item: tuple[ChunkRef, int]) -> tuple[ChunkRef, Any]:
             ref, offset = item
             plain = repo.load_chunk(ref)
             place(ref, offset, plain)
-            return ref, plain
+            return ref, (plain if ref is last else None)  # only the last may be needed again
 
         todo = []
         for ref, offset in covering:
@@ -565,9 +578,10 @@ class Reader(StorageReader):
                 for ref, plain in pool.map(fetch, todo):
                     self.stats.chunks += 1
                     self.stats.bytes_sent += token_size(ref.size)
-                    fetched = {ref.id: plain}  # only the last one may be needed again
-        if covering:
-            last, offset = covering[-1]
+                    if plain is not None:
+                        fetched = {ref.id: plain}
+        if last is not None:
+            offset = covering[-1][1]
             ends_inside = offset + last.size > start + length  # the next item begins in this chunk
             keep = fetched.get(last.id, self._recent.get(last.id))
             self._recent = {last.id: keep} if ends_inside and keep is not None else {}

@@ -185,8 +185,9 @@ class CheckpointManager:
             raise UsageError("direct=True writes sharded (DTensor/FSDP) state straight into repo=: give both")
         if self._ranks is not None:
             self.session_id = self._ranks.broadcast(self.session_id)  # one name per checkpoint, all ranks
-            if self._sharded:
-                self._writer = None  # DCP saves are collectives: on the training thread, in step
+            if self._sharded and self._writer is not None:
+                self._writer.close()  # DCP saves are collectives: on the training thread, in step
+                self._writer = None
         # Replicated state in a group: only rank 0 writes files and uploads them.
         self._writes = self._ranks is None or self._sharded or self._ranks.is_coordinator
 
