@@ -139,11 +139,13 @@ def pull(
     step: int | None = None,
     before_step: int | None = None,
     allow_older: bool = False,
+    overwrite: bool = False,
 ) -> Manifest:
     """Restore ``checkpoint`` (id or name), or else the newest valid checkpoint by training position
     that the filters match (the CLI's ``pull --latest`` options; ``role="any"`` for any role), into
     ``to``; returns its manifest. Newer checkpoints encrypted with a key this host lacks raise
-    MissingKeyError unless ``allow_older``.
+    MissingKeyError unless ``allow_older``. A different file already at the destination raises
+    UsageError unless ``overwrite``; identical ones are skipped.
 
     ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
     """
@@ -158,6 +160,7 @@ def pull(
         include=include,
         exclude=exclude,
         allow_older=allow_older,
+        overwrite=overwrite,
     )[0]
 
 

@@ -121,9 +121,17 @@ def restore(
     *,
     workers: int | None = None,
     progress: ProgressFn | None = None,
+    overwrite: bool = False,
+    whole: bool = True,
 ) -> TransferStats:
     """Write the checkpoint under ``dest`` — a file as ``dest/<name>``, a folder as ``dest/<name>/...``
-    — with its original modification time; on any failure leave nothing new behind."""
+    — with its original modification time; on any failure leave nothing new behind.
+
+    A file already there with the same size and SHA-256 is left as it is (not downloaded); a
+    different one — or, for a folder, files the checkpoint does not have — is refused with
+    UsageError (exit 2) naming it, unless ``overwrite``: then it is replaced, and the folder ends
+    up holding exactly the checkpoint's files (no stale ones from an older copy). ``whole=False``
+    (a partial restore: ``manifest`` is a selection of the files) leaves other files alone."""
     dest = Path(dest)
     for f in manifest.files:  # validate every path before writing anything
         safe_relative_path(f.path)
@@ -142,11 +150,18 @@ def restore(
         )
     workers = workers or default_workers()
     stats = TransferStats()
+    finals = {
+        e.path: _destination(dest, f"{manifest.name}/{e.path}" if root != dest else e.path) for e in manifest.files
+    }
+    identical = _existing(manifest, finals, root if root != dest and whole else None, overwrite)
     staged: list[tuple[Path, Path]] = []
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-pull") as pool:
             for entry in manifest.files:
-                final = _destination(dest, f"{manifest.name}/{entry.path}" if root != dest else entry.path)
+                if entry.path in identical:
+                    stats.files_skipped += 1
+                    continue
+                final = finals[entry.path]
                 tmp = final.with_name(f".{final.name}.ckpt-sync-{secrets.token_hex(4)}.part")
                 staged.append((tmp, final))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -166,6 +181,8 @@ def restore(
                 stats.bytes_read += entry.size
         for tmp, final in staged:
             os.replace(tmp, final)
+        if root != dest and overwrite and whole:
+            _remove_stale(root, set(finals.values()))
         if mtime_ns is not None and root != dest:
             os.utime(root, ns=(mtime_ns, mtime_ns))
         for parent in {final.parent for _, final in staged} | {dest}:
@@ -181,6 +198,48 @@ def restore(
         _discard(staged)
         raise
     return stats.finish()
+
+
+def _existing(manifest: Manifest, finals: dict[str, Path], root: Path | None, overwrite: bool) -> set[str]:
+    """Paths of the checkpoint already at the destination and identical; refuses (UsageError) to
+    replace a different file, or to leave stale files in a folder checkpoint, unless ``overwrite``."""
+    identical: set[str] = set()
+    for entry in manifest.files:
+        final = finals[entry.path]
+        if not final.is_file() or final.is_symlink():
+            continue
+        if final.stat().st_size == entry.size and _sha256_of(final) == entry.sha256:
+            identical.add(entry.path)
+        elif not overwrite:
+            raise UsageError(
+                f"{final} already exists and differs from {manifest.name} ({manifest.id}); "
+                "pass --overwrite to replace it"
+            )
+    if root is not None and root.is_dir() and not overwrite:
+        stale = sorted(p for p in root.rglob("*") if p.is_file() and p not in set(finals.values()))
+        if stale:
+            raise UsageError(
+                f"{root} already holds {len(stale)} file(s) not in {manifest.name} ({manifest.id}), e.g. "
+                f"{stale[0].relative_to(root)}; pass --overwrite to replace that folder's content"
+            )
+    return identical
+
+
+def _sha256_of(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _remove_stale(root: Path, keep: set[Path]) -> None:
+    """After an ``overwrite`` restore of a folder: drop what an older copy left that this one lacks."""
+    for p in sorted(root.rglob("*"), reverse=True):
+        if (p.is_file() or p.is_symlink()) and p not in keep:
+            p.unlink()
+        elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
+            p.rmdir()
 
 
 _CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR)
@@ -281,23 +340,26 @@ def pull(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     allow_older: bool = False,
+    overwrite: bool = False,
 ) -> tuple[Manifest, TransferStats]:
     """Restore one checkpoint: ``selector`` names it; else the newest (by training position) of those
     ``selection`` matches — by default resumable ones — that fully verifies.
 
     Checkpoints committed after the chosen one but encrypted with a key this host lacks (a key
     rotation it has not seen) raise MissingKeyError (exit 2) rather than silently restoring an
-    older one; ``allow_older`` restores the older one with a warning instead.
+    older one; ``allow_older`` restores the older one with a warning instead. Files already at the
+    destination: see ``restore`` (``overwrite``).
 
     With ``include``/``exclude`` globs only the matching files are restored (contents.select_files);
     the manifest returned is then that selection.
     """
+    whole = not (include or exclude)
     if selector is not None:
         m = select_files(find_manifest(repo, selector), include, exclude)
         if on_start:
             on_start(m)
         try:
-            return m, restore(repo, m, dest, workers=workers, progress=progress)
+            return m, restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
         except (IntegrityError, NotFound) as err:
             raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
     selection = selection or Selection()
@@ -334,7 +396,7 @@ def pull(
             m = select_files(m, include, exclude)
             if on_start:
                 on_start(m)
-            return m, restore(repo, m, dest, workers=workers, progress=progress)
+            return m, restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
         except (IntegrityError, NotFound) as err:
             if warn:
                 warn(f"checkpoint {m.name} ({m.id}) is damaged ({err}); falling back to the previous one")

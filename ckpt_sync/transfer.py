@@ -14,6 +14,7 @@ class TransferStats:
     bytes_read: int = 0  # plaintext bytes processed
     bytes_new: int = 0  # plaintext bytes of chunks the repository did not have
     bytes_sent: int = 0  # encrypted bytes uploaded (or downloaded, on pull)
+    files_skipped: int = 0  # pull: already at the destination, identical (size and SHA-256)
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -33,5 +34,6 @@ class TransferStats:
             "bytes_read": self.bytes_read,
             "bytes_new": self.bytes_new,
             "bytes_sent": self.bytes_sent,
+            "files_skipped": self.files_skipped,
             "seconds": round(self.seconds, 3),
         }

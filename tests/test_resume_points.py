@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -312,3 +313,45 @@ def test_after_a_key_rotation_an_old_key_host_refuses_to_roll_back_unless_allowe
     rotated = ("pull", "--latest", "--repo", repo_url, "--key-file", str(rotated_ring))
     cli(*rotated, "--to", str(tmp_path / "c"), check=True)
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["checkpoint_run_300.pt"]
+
+
+def test_pull_over_an_identical_file_skips_it_and_over_a_different_one_needs_overwrite(
+    tmp_path, key, repo_url, torch_checkpoint, cli
+):
+    src = torch_checkpoint(tmp_path / "src" / "checkpoint_run_50.pt", step=50)
+    _push(cli, repo_url, src)
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy2(src, out / src.name)
+    same = cli("pull", "--latest", "--repo", repo_url, "--to", str(out), "--json", check=True)
+    assert json.loads(same.stdout)["stats"]["files_skipped"] == 1
+
+    other = torch_checkpoint(out / src.name, seed=7, step=50)  # same name, different content
+    mine = other.read_bytes()
+    refused = cli("pull", "--latest", "--repo", repo_url, "--to", str(out))
+    assert refused.returncode == 2, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert str(other) in refused.stderr and "--overwrite" in refused.stderr
+    assert other.read_bytes() == mine  # untouched
+    cli("pull", "--latest", "--repo", repo_url, "--to", str(out), "--overwrite", check=True)
+    assert (out / src.name).read_bytes() == src.read_bytes()
+
+
+def test_a_folder_checkpoint_restored_over_an_older_copy_leaves_no_stale_files(
+    tmp_path, key, repo_url, torch_checkpoint, cli
+):
+    folder = tmp_path / "src" / "sharded"
+    torch_checkpoint(folder / "shard0.pt", seed=1)
+    torch_checkpoint(folder / "shard1.pt", seed=2)
+    old_id = _push(cli, repo_url, folder)["id"]
+    (folder / "shard1.pt").unlink()  # the newer version has one shard fewer and a changed one
+    torch_checkpoint(folder / "shard0.pt", seed=3)
+    new_id = _push(cli, repo_url, folder)["id"]
+    out = tmp_path / "out"
+    cli("pull", old_id, "--repo", repo_url, "--to", str(out), check=True)
+    assert sorted(p.name for p in (out / "sharded").iterdir()) == ["shard0.pt", "shard1.pt"]
+    refused = cli("pull", new_id, "--repo", repo_url, "--to", str(out))
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr, refused.stderr
+    cli("pull", new_id, "--repo", repo_url, "--to", str(out), "--overwrite", check=True)
+    assert sorted(p.name for p in (out / "sharded").iterdir()) == ["shard0.pt"]
+    assert (out / "sharded" / "shard0.pt").read_bytes() == (folder / "shard0.pt").read_bytes()

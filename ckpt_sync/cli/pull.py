@@ -43,6 +43,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="with --latest: when newer checkpoints are encrypted with a key this host lacks, restore the "
         "newest readable one (with a warning) instead of failing with exit 2",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace files at the target that differ from the checkpoint (identical ones are always skipped)",
+    )
     p.add_argument("--to", "--dest", dest="to", default=".", metavar="DIR", help="target folder (default .)")
     p.add_argument(
         "--include",
@@ -96,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
             selector=args.checkpoint,
             selection=selection,
             allow_older=args.allow_older,
+            overwrite=args.overwrite,
             workers=args.workers,
             progress=progress,
             warn=warn,
@@ -112,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
         return EXIT_OK
     step = f", step {m.global_step}" if m.global_step is not None else ""
+    if stats.files_skipped:
+        say(f"{stats.files_skipped} file(s) already there and identical (size and SHA-256): skipped")
     say(
         f"restored {m.name} ({m.role}{step}, {m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
         f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
