@@ -15,8 +15,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ("quickstart.sh", "test.sh")
 _REAL_HOME = Path(os.path.expanduser("~"))  # before the autouse fixture points HOME elsewhere
 
