@@ -6,8 +6,10 @@ the optimizer's per-parameter loop — so a state dict taken there can pair weig
 optimizer moments from step N+1. Here the handler records the signal; the manager's next
 ``maybe_save``/``safe_point`` (between steps, where the state is consistent) writes the checkpoint.
 
-A second signal while one is pending restores the previous handlers and re-delivers it, so a user
-pressing Ctrl-C twice still gets out, and ``kill -TERM`` twice still terminates.
+A second signal while one is pending (before the safe point) restores the previous handlers and
+re-delivers it, so a user pressing Ctrl-C twice still gets out, and ``kill -TERM`` twice still
+terminates. Once the emergency checkpoint is being written, a further signal says it is finishing
+and the process exits cleanly right after the save (``finishing``): no traceback, no half save.
 A pid file (the seed's ``logs/training.pid``) lets external power-event hooks find the process.
 """
 
@@ -18,6 +20,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -39,6 +42,7 @@ class EmergencySignals:
         self.signals = default_signals() if signals is None else signals
         self.pid_file = Path(pid_file) if pid_file else None
         self.requested: int | None = None
+        self.again: int | None = None  # a signal that came while the emergency checkpoint was written
         self._previous: dict[int, Any] = {}
 
     def install(self) -> bool:
@@ -67,6 +71,30 @@ class EmergencySignals:
 
     def clear(self) -> None:
         self.requested = None
+
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[None]:
+        """While the emergency checkpoint is written: a further signal says so in one line and is held
+        until the save is done (``again`` then holds it), instead of a KeyboardInterrupt mid-save."""
+        self.again = None
+        installed: dict[int, Any] = {}
+
+        def hold(signum: int, _frame: FrameType | None) -> None:
+            if self.again is None:
+                name = signal.Signals(signum).name
+                os.write(2, f"[EMERGENCY] {name} again: finishing the emergency checkpoint, then exiting\n".encode())
+            self.again = signum
+
+        if threading.current_thread() is threading.main_thread():
+            for s in self.signals:
+                with contextlib.suppress(ValueError, TypeError, OSError):
+                    installed[s] = signal.signal(s, hold)
+        try:
+            yield
+        finally:
+            for s, prev in installed.items():
+                with contextlib.suppress(ValueError, TypeError, OSError):
+                    signal.signal(s, prev if prev is not None else signal.SIG_DFL)
 
     def uninstall(self, *, keep_pid_file: bool = False) -> None:
         if threading.current_thread() is threading.main_thread():

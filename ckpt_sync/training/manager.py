@@ -290,27 +290,28 @@ class CheckpointManager:
         if signals is None:
             signals = self._signals = EmergencySignals(())
         signals.clear()
-        signals.uninstall(keep_pid_file=True)  # a second signal now has its usual effect
-        if self._writer is not None:
-            with contextlib.suppress(CheckpointSaveError):  # the emergency save matters more; logged below
-                self._writer.wait()
-        path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True, signum=signum)
-        if self._ranks is not None:
-            self._ranks.barrier()  # no rank exits before the checkpoint is on disk
+        signals.uninstall(keep_pid_file=True)  # after the save a signal has its usual effect again
+        with signals.finishing():  # meanwhile a second Ctrl-C says it is finishing, and waits for the save
+            if self._writer is not None:
+                with contextlib.suppress(CheckpointSaveError):  # the emergency save matters more; logged below
+                    self._writer.wait()
+            path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True, signum=signum)
+            if self._ranks is not None:
+                self._ranks.barrier()  # no rank exits before the checkpoint is on disk
         name = f"signal {signum}"
         with contextlib.suppress(ValueError):
             import signal as _signal
 
             name = _signal.Signals(signum).name
         msg = f"{name} received: emergency checkpoint {path} written at step {global_step} (epoch {epoch})"
-        log.warning("[EMERGENCY] %s", msg)
-        if self.on_signal == "exit":
+        if self.on_signal == "exit" or signals.again is not None:  # one line says it all: [EXIT] below
             code = 128 + signum if self.exit_code is None else self.exit_code
             try:
                 self.close()
             finally:
                 print(f"[EXIT] {msg}; exiting with status {code}", file=sys.stderr)
                 sys.exit(code)
+        log.warning("[EMERGENCY] %s", msg)
         raise TrainingInterrupted(msg, signum=signum, checkpoint=path)
 
     @property

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from training_helpers import read_losses, read_until, run_script, start_script, wait_for
+from training_helpers import HANG_GUARD_S, read_losses, read_until, run_script, start_script, wait_for
 
 from ckpt_sync.training import CheckpointManager, check_directory, repair
 from ckpt_sync.training.loading import load_checkpoint
@@ -145,3 +145,29 @@ def test_external_sigterm_mid_epoch_exits_with_a_recoverable_checkpoint(tmp_path
     step = info["start_step"]
     assert step >= 3 and info["start_epoch"] == (step - 1) // 10
     _assert_consistent_with_reference(load_checkpoint(path), step)
+
+
+@pytest.mark.parametrize("on_signal", ["raise", "exit"])
+def test_a_second_ctrl_c_during_the_emergency_save_finishes_it_and_exits_cleanly(tmp_path: Path, on_signal: str):
+    """Ctrl-C, then Ctrl-C again while the emergency checkpoint is being written: one line says it is
+    finishing, the save completes, the process exits 130 with no traceback; one line per event."""
+    ckpt = tmp_path / "ckpt"
+    proc = start_script(
+        "--dir", str(ckpt), "--steps", "100000", "--every", "100000", "--on-signal", on_signal, "--slow-save", "2"
+    )  # fmt: skip
+    read_until(proc, "step 3 ")
+    proc.send_signal(signal.SIGINT)
+    read_until(proc, "saving")  # inside the emergency torch.save
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert [x.split(" ", 2)[:2] for x in lines] == [
+        ["[EMERGENCY]", "SIGINT"],  # received; saving at the next safe point
+        ["[EMERGENCY]", "SIGINT"],  # again: finishing the emergency checkpoint, then exiting
+        ["[EXIT]", "SIGINT"],  # the checkpoint written, the exit status
+    ], err
+    assert "finishing the emergency checkpoint" in lines[1]
+    saved = sorted(ckpt.glob("checkpoint_run1_*.pt"))
+    assert len(saved) == 1 and load_checkpoint(saved[0])["emergency"] == {"signal": signal.SIGINT}

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,18 @@ def _kill_during_torch_save() -> None:
     torch.save = half_then_die  # type: ignore[assignment]
 
 
+def _slow_torch_save(seconds: float) -> None:
+    """torch.save says "saving" and takes ``seconds`` longer: a test can signal during the save."""
+    real = torch.save
+
+    def slow(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        print("saving", flush=True)
+        time.sleep(seconds)
+        real(obj, f, *args, **kwargs)
+
+    torch.save = slow  # type: ignore[assignment]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
@@ -111,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--on-signal", default="raise", choices=["raise", "exit"])
     p.add_argument("--session-id", default="run1")
     p.add_argument("--max-keep", type=int, default=5)
+    p.add_argument("--slow-save", type=float, help="every torch.save prints 'saving' and sleeps this long first")
     args = p.parse_args(argv)
+    if args.slow_save:
+        _slow_torch_save(args.slow_save)
 
     from ckpt_sync.training import CheckpointManager, TrainingInterrupted
 
