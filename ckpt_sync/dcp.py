@@ -30,7 +30,7 @@ import pickle
 import uuid
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future as PoolFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -64,6 +64,7 @@ from .pipeline import default_workers
 from .push import _manifest
 from .repository import Repository
 from .restore import find_manifest
+from .selection import newest as newest_checkpoints
 from .transfer import TransferStats
 
 METADATA_FILE = ".metadata"  # DCP's name (FileSystemWriter), so a pulled folder loads with FileSystemReader
@@ -432,7 +433,7 @@ class _FileChunks:
 
 class Reader(StorageReader):
     """A DCP ``StorageReader`` over a committed checkpoint: ``checkpoint`` is ``"latest"`` (the newest
-    DCP checkpoint), a manifest id (or unique prefix) or a checkpoint name.
+    DCP checkpoint by training position), a manifest id (or unique prefix) or a checkpoint name.
 
     In a process group the coordinator resolves ``"latest"`` and the others follow, so all ranks
     load the same checkpoint even while another one is being committed. ``stats`` counts what this
@@ -611,11 +612,7 @@ class Reader(StorageReader):
         assert self.repo is not None
         if self.checkpoint != "latest":
             return find_manifest(self.repo, self.checkpoint)
-        newest = next((m for m in self._manifests() if is_dcp_manifest(m)), None)
+        newest = next((m for m in newest_checkpoints(self.repo.manifests()) if is_dcp_manifest(m)), None)
         if newest is None:
             raise OperationFailed(f"no DCP checkpoint in {self.repo.url}")
         return newest
-
-    def _manifests(self) -> Iterator[Manifest]:
-        assert self.repo is not None
-        return self.repo.manifests()

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..ordering import Position, oldest_first
 from .atomic import fsync_dir
 
 log = logging.getLogger("ckpt_sync.training")
@@ -175,6 +176,11 @@ class DcpFolder:
     path: Path
     session_id: str
     global_step: int
+    mtime_ns: int
+
+    @property
+    def position(self) -> Position:
+        return Position(self.session_id, self.global_step, self.mtime_ns / 1e9, self.mtime_ns / 1e9, self.path.name)
 
 
 def dcp_name(session_id: str, step: int) -> str:
@@ -182,14 +188,16 @@ def dcp_name(session_id: str, step: int) -> str:
 
 
 def list_dcp_folders(directory: Path) -> list[DcpFolder]:
-    """Complete DCP folder checkpoints (renamed into place, with their .metadata), oldest first."""
+    """Complete DCP folder checkpoints (renamed into place, with their .metadata), oldest first by
+    training position."""
     out = []
     with contextlib.suppress(FileNotFoundError):
         for e in os.scandir(directory):
             m = DCP_NAME.match(e.name)
             if m and e.is_dir(follow_symlinks=False) and (Path(e.path) / ".metadata").is_file():
-                out.append(DcpFolder(Path(e.path), m.group("session"), int(m.group("step"))))
-    return sorted(out, key=lambda f: (f.path.stat().st_mtime_ns, f.global_step))
+                mtime = e.stat(follow_symlinks=False).st_mtime_ns
+                out.append(DcpFolder(Path(e.path), m.group("session"), int(m.group("step")), mtime))
+    return oldest_first(out, lambda f: f.position)
 
 
 def sharded_state(manager: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -232,7 +240,8 @@ def save_sharded_checkpoint(
 ) -> Path | None:
     """Every rank: the manager's checkpoint of this step as one DCP checkpoint, locally or in the repository."""
     if not checkpoint:
-        if ranks.is_coordinator:
+        if ranks.is_coordinator and not getattr(manager, "_warned_sharded_best", False):
+            manager._warned_sharded_best = True
             log.warning("[WARN] best-model saves of sharded state are not supported yet; use the checkpoints")
         return None
     content = manager._content(step, epoch, kind, extra, signum)
@@ -300,8 +309,7 @@ def rotate_dcp(manager: Any, directory: Path) -> None:
 
     if manager._retention is None:
         return
-    folders = list_dcp_folders(directory)
-    candidates = [Candidate(key=f.path, created=i, tags=frozenset()) for i, f in enumerate(folders)]
+    candidates = [Candidate(key=f.path, position=f.position) for f in list_dcp_folders(directory)]
     for c in to_remove(manager._retention, candidates):
         shutil.rmtree(c.key, ignore_errors=True)
         log.info("[CLEAN] Removed old checkpoint: %s", c.key)
@@ -363,10 +371,11 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
 def _newest_remote(manager: Any) -> tuple[str, str] | None:
     from .. import api
     from ..dcp import is_dcp_manifest
+    from ..selection import newest
 
     repo = api.open_repository(manager.repo, key_file=manager.key_file, create=True)
     try:
-        for m in repo.manifests():
+        for m in newest(repo.manifests()):
             if is_dcp_manifest(m) and DCP_NAME.match(m.name) and "best" not in m.tags:
                 return ("remote", m.id)
     finally:

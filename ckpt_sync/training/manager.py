@@ -203,7 +203,8 @@ class CheckpointManager:
                 self.directory,
                 self.directory,
             )
-        if handoff is None and repo is not None and self._writes and not direct:
+        coordinator = self._ranks is None or self._ranks.is_coordinator  # the one rank that uploads
+        if handoff is None and repo is not None and coordinator and not direct:
             keep = max_keep if remote_keep is None else remote_keep
             handoff = make_handoff(repo, directory=self.directory, key_file=key_file, remote_keep=keep)
         self._handoff = handoff
