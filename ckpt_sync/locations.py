@@ -23,6 +23,11 @@ def state_home() -> Path:
     return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "ckpt-sync"
 
 
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/ckpt-sync`` (default ``~/.cache/ckpt-sync``): copies that can be dropped any time."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ckpt-sync"
+
+
 def default_key_file() -> Path:
     return config_dir() / "key"
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from .crypto import token_size
 from .locks import live_push_locks, try_acquire_prune_lock
 from .manifest import RESUMABLE
+from .providers.base import ObjectInfo
 from .repository import CHUNKS, Repository, chunk_key, manifest_key
 from .retention import Candidate, RetentionPolicy, to_remove
 from .selection import newest
@@ -66,15 +67,21 @@ def prune(
         log.info("prune of %s skipped: another prune is running", repo.url)
         return report
     try:
-        _drop_manifests(repo, policy, report)
-        _collect_chunks(repo, grace, report)
+        # One listing of the chunks serves both steps. Collecting from a listing taken before the
+        # manifests are judged is as safe as a later one: a chunk stored since is simply not a
+        # candidate, and what protects chunks a push may reuse is the push lock, checked below.
+        chunks = {info.key.rsplit("/", 1)[-1]: info for info in repo.provider.list(CHUNKS)}
+        _drop_manifests(repo, policy, report, chunks)
+        _collect_chunks(repo, grace, report, chunks)
     finally:
         if lock is not None:
             lock.release()
     return report
 
 
-def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneReport) -> None:
+def _drop_manifests(
+    repo: Repository, policy: RetentionPolicy, report: PruneReport, chunks: dict[str, ObjectInfo]
+) -> None:
     # A tag change interrupted between its two writes left the old manifest (hidden); finish it.
     if not report.dry_run:
         for mid in repo.superseded_ids():
@@ -87,7 +94,7 @@ def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneRepo
     doomed = {c.key for c in to_remove(policy, [Candidate.of(m) for m in manifests.values()])}
     # The newest resumable checkpoint (by training position) whose chunks are all present survives
     # whatever the policy says; with none resumable, the newest of any role.
-    stored = repo.list_chunks()
+    stored = {cid: info.size for cid, info in chunks.items()}
     ordered = newest(manifests.values())
     for m in [m for m in ordered if m.role == RESUMABLE] or ordered:
         if all(stored.get(r.id) == token_size(r.size) for f in m.files for r in f.chunks):
@@ -102,7 +109,7 @@ def _drop_manifests(repo: Repository, policy: RetentionPolicy, report: PruneRepo
             log.info("pruned checkpoint %s (%s)", manifests[mid].name, mid)
 
 
-def _collect_chunks(repo: Repository, grace: float, report: PruneReport) -> None:
+def _collect_chunks(repo: Repository, grace: float, report: PruneReport, chunks: dict[str, ObjectInfo]) -> None:
     if live_push_locks(repo.provider):
         report.gc_skipped = "a push is in progress; unreferenced chunks are collected by a later prune"
         return
@@ -117,7 +124,7 @@ def _collect_chunks(repo: Repository, grace: float, report: PruneReport) -> None
         return
     now = time.time()
     cutoff = now - grace
-    unreferenced = [info for info in repo.provider.list(CHUNKS) if info.key.rsplit("/", 1)[-1] not in referenced]
+    unreferenced = [info for cid, info in chunks.items() if cid not in referenced]
     garbage = [info for info in unreferenced if info.modified < cutoff]
     young = [info for info in unreferenced if info.modified >= cutoff]
     if young:

@@ -33,9 +33,11 @@ from .errors import (
     NotFound,
     OperationFailed,
 )
+from .locations import cache_home
 from .manifest import ChunkRef, Manifest
+from .manifest_cache import ManifestCache
 from .providers import Provider
-from .providers.base import read_into
+from .providers.base import ObjectInfo, read_into
 
 FORMAT_NAME = "ckpt-sync"
 FORMAT_VERSION = 1
@@ -67,6 +69,8 @@ class Repository:
         self._id_key = id_key
         self._known: dict[str, int] | None = None
         self._lock = threading.Lock()
+        self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
+        self._cache: ManifestCache | None = ManifestCache(cache_home() / self.id / "manifests")
 
     @property
     def id(self) -> str:
@@ -254,9 +258,20 @@ class Repository:
     # --- manifests -------------------------------------------------------------------------------
 
     def manifest_ids(self) -> list[str]:
-        """Committed manifest ids, newest first."""
-        ids = [i.key[len(MANIFESTS) :] for i in self.provider.list(MANIFESTS)]
-        return sorted((i for i in ids if i and "/" not in i), reverse=True)
+        """Committed manifest ids, newest first (a fresh listing: the cache never answers this)."""
+        listed = {}
+        for info in self.provider.list(MANIFESTS):
+            mid = info.key[len(MANIFESTS) :]
+            if mid and "/" not in mid:
+                listed[mid] = info
+        self._listed = listed
+        if self._cache is not None:
+            self._cache.keep_only(listed)
+        return sorted(listed, reverse=True)
+
+    def read_manifests_from_store(self) -> None:
+        """Stop using the host's manifest cache (``verify`` judges the store itself, object by object)."""
+        self._cache = None
 
     def manifests(self, on_unreadable: Callable[[str, IntegrityError], None] | None = None) -> Iterator[Manifest]:
         """Committed manifests, newest first.
@@ -312,7 +327,23 @@ class Repository:
         return sorted(set(self.config.get("keys", {})) - set(self.keys.fingerprints()))
 
     def load_manifest(self, manifest_id: str) -> Manifest:
+        """The manifest, authenticated and checked. When ``manifest_id`` is in the latest listing and
+        the host has a copy of that very object (manifest_cache.py), the copy is read instead of the
+        store; it is decrypted and checked exactly like a fetched one."""
+        cache = self._cache
+        info = self._listed.get(manifest_id) if cache is not None else None
+        if cache is not None and info is not None and (token := cache.get(manifest_id, info)) is not None:
+            try:
+                return self._decode_manifest(manifest_id, token)
+            except IntegrityError:
+                cache.discard(manifest_id, info)  # a damaged copy: judge the stored object
         token = self.provider.get(manifest_key(manifest_id))
+        manifest = self._decode_manifest(manifest_id, token)
+        if cache is not None and info is not None:
+            cache.put(manifest_id, info, token)
+        return manifest
+
+    def _decode_manifest(self, manifest_id: str, token: bytes) -> Manifest:
         try:
             data = json.loads(self.keys.decrypt(token))
         except IntegrityError as err:

@@ -77,6 +77,7 @@ def verify(
     with ``read_data_subset`` (a share in (0, 1]) that share of the distinct chunks, chosen at
     random, is read and checked, and each damaged one is reported on every checkpoint using it.
     """
+    repo.read_manifests_from_store()  # the store is what is judged, not the host's copies of it
     stored = repo.list_chunks()
     workers = workers or default_workers()
     if checkpoints:
