@@ -198,7 +198,7 @@ SETTINGS: tuple[Setting, ...] = (
         relative_to_file=True,
     ),
     Setting("state_dir", _path, None, "queue and held copies (default WATCH_DIR/.ckpt-sync)", relative_to_file=True),
-    Setting("keep", _whole(0), WatchOptions.keep, "remote FIFO: keep the N newest (0 keeps all)"),
+    Setting("keep", _whole(0), WatchOptions.keep, "remote FIFO: keep the N newest resumable (0 keeps all)"),
     Setting("patterns", _patterns, None, "checkpoint file name globs for `watch`", dest="pattern", flag="--pattern"),
     Setting("settle", _seconds(0), WatchOptions.settle, "seconds a file must be closed and unchanged before upload"),
     Setting(

@@ -14,7 +14,13 @@ from .common import add_grace_option, add_json_option, add_repo_option, open_rep
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prune", parents=[common], help="apply remote retention now")
-    p.add_argument("--keep", type=int, metavar="N", help="keep the N newest, plus best and pinned (default 5)")
+    p.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="keep the N newest resumable checkpoints (by session and step), plus the newest best and every "
+        "pinned (default 5)",
+    )
     add_grace_option(p)
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     add_json_option(p)

@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--keep",
         type=int,
         metavar="N",
-        help="remote FIFO: keep the N newest (plus the best and pinned); 0 keeps everything (default 5)",
+        help="remote FIFO: keep the N newest resumable checkpoints (plus the newest best and every pinned); "
+        "0 keeps everything (default 5)",
     )
     p.add_argument(
         "--pattern",

@@ -89,3 +89,32 @@ def test_a_copied_run_with_shuffled_mtimes_resumes_from_the_highest_step_and_rep
     session = json.loads((copy / "training_session.json").read_text())
     assert session["current_step"] == 25
     assert [Path(p).name for p in session["checkpoints"]][-1] == "checkpoint_run1_25.pt"
+
+
+def test_a_fresh_host_with_only_the_old_key_refuses_to_resume_from_an_older_checkpoint(
+    tmp_path: Path, repo_url: str, cli, tiny
+) -> None:
+    import base64
+
+    import pytest
+    from cryptography.fernet import Fernet
+    from helpers import make_torch_checkpoint
+
+    from ckpt_sync.crypto import fingerprint
+    from ckpt_sync.errors import MissingKeyError
+    from ckpt_sync.training import CheckpointManager
+
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+    old_ring, rotated_ring = tmp_path / "old.key", tmp_path / "rotated.key"
+    old_ring.write_text(old + "\n")
+    rotated_ring.write_text(f"{new}\n{old}\n")
+    for step, ring in ((10, old_ring), (20, rotated_ring)):
+        src = make_torch_checkpoint(tmp_path / "src" / f"checkpoint_run_{step}.pt", step=step)
+        cli("push", "--repo", repo_url, "--key-file", str(ring), str(src), check=True)
+    model, opt, _ = tiny()
+    mgr = CheckpointManager(
+        tmp_path / "fresh", model=model, optimizer=opt, repo=repo_url, key_file=old_ring, handle_signals=False
+    )
+    with mgr, pytest.raises(MissingKeyError, match=fingerprint(base64.urlsafe_b64decode(new))):
+        mgr.recover()
+    assert not list((tmp_path / "fresh").glob("checkpoint_*"))  # nothing older was restored behind its back
