@@ -85,10 +85,96 @@ class AnyOf:
         return kept
 
 
+@dataclass(frozen=True)
+class KeepWithin:
+    """Everything made within ``seconds`` of the newest candidate (its source mtime, else commit
+    time): "the last two days of training", measured from the newest checkpoint, not from now, so
+    a run that stopped a month ago does not lose everything to the clock."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.seconds <= 0:
+            raise ValueError("keep-within must be a positive duration")
+
+    def keep(self, candidates: Sequence[Candidate]) -> set[Hashable]:
+        if not candidates:
+            return set()
+        newest = max(c.position.when for c in candidates)
+        return {c.key for c in candidates if c.position.when >= newest - self.seconds}
+
+
+@dataclass(frozen=True)
+class KeepEverySteps:
+    """Milestones: in each session, the first checkpoint (by training order) at or past every
+    multiple of ``every`` steps, among candidates whose role is in ``roles``. The choice for an
+    interval never changes as training goes on, so milestones are stable."""
+
+    every: int
+    roles: tuple[str, ...] = (RESUMABLE,)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError("keep-every-steps must be at least 1")
+
+    def keep(self, candidates: Sequence[Candidate]) -> set[Hashable]:
+        kept: dict[tuple[str | None, int], Hashable] = {}
+        for c in oldest_first(candidates, _position):
+            step = c.position.global_step
+            if step is None or c.role not in self.roles:
+                continue
+            kept.setdefault((c.position.session_id, step // self.every), c.key)
+        return set(kept.values())
+
+
+@dataclass(frozen=True)
+class PerSession:
+    """``policy`` applied to each training session's checkpoints on their own (``--per-session``):
+    keep-last 3 then keeps the 3 newest of every session, not of the whole history."""
+
+    policy: RetentionPolicy
+
+    def keep(self, candidates: Sequence[Candidate]) -> set[Hashable]:
+        sessions: dict[str | None, list[Candidate]] = {}
+        for c in candidates:
+            sessions.setdefault(c.position.session_id, []).append(c)
+        kept: set[Hashable] = set()
+        for group in sessions.values():
+            kept |= self.policy.keep(group)
+        return kept
+
+
+def build_policy(
+    *,
+    keep_last: int | None = None,
+    keep_within: float | None = None,
+    keep_every_steps: int | None = None,
+    keep_tags: Sequence[str] = (),
+    per_session: bool = False,
+    roles: tuple[str, ...] = (RESUMABLE,),
+) -> AnyOf:
+    """The union of the policies asked for (``--keep-last``, ``--keep-within``, ``--keep-every-steps``,
+    each per session with ``per_session``; ``--keep-tag``), always with the newest ``best`` and every
+    ``pinned`` checkpoint. Raises ValueError when nothing that counts checkpoints is asked for."""
+    counted: list[RetentionPolicy] = []
+    if keep_last is not None:
+        counted.append(KeepLatest(keep_last, roles))
+    if keep_within is not None:
+        counted.append(KeepWithin(keep_within))
+    if keep_every_steps is not None:
+        counted.append(KeepEverySteps(keep_every_steps, roles))
+    if not counted:
+        raise ValueError("give at least one of keep-last, keep-within, keep-every-steps")
+    if per_session:
+        counted = [PerSession(p) for p in counted]
+    tagged = frozenset({"pinned", *keep_tags})
+    return AnyOf((*counted, KeepNewestOfRole(BEST), KeepTagged(tagged)))
+
+
 def fifo_with_tags(n: int, roles: tuple[str, ...] = (RESUMABLE,)) -> AnyOf:
     """The seed's rotation: the ``n`` newest (counting ``roles``: resumable checkpoints by default),
-    the newest ``best``, and everything ``pinned``."""
-    return AnyOf((KeepLatest(n, roles), KeepNewestOfRole(BEST), KeepTagged(frozenset({"pinned"}))))
+    the newest ``best``, and everything ``pinned`` (``--keep N`` = ``--keep-last N``)."""
+    return build_policy(keep_last=n, roles=roles)
 
 
 def to_remove(policy: RetentionPolicy, candidates: Iterable[Candidate]) -> list[Candidate]:

@@ -1,4 +1,4 @@
-"""Byte sizes for humans: parse ``8M`` / ``512KiB`` and format ``1.2 GiB``."""
+"""Sizes and durations for humans: parse ``8M`` / ``512KiB``, format ``1.2 GiB``; parse ``2d`` / ``36h``."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def format_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
+
+
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``"2d"``, ``"36h"``, ``"90m"``, ``"1w"``, ``"3600"`` (seconds) -> seconds; combinations such as
+    ``"1d12h"`` add up."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", str(text).strip().lower())
+    if not parts or re.sub(r"[\d.\s]+[smhdw]?", "", str(text).strip().lower()):
+        raise UsageError(f"not a duration: {text!r} (examples: 2d, 36h, 90m, 1w)")
+    seconds = sum(float(n) * _SECONDS[u or "s"] for n, u in parts)
+    if seconds <= 0:
+        raise UsageError(f"not a positive duration: {text!r}")
+    return seconds

@@ -30,7 +30,7 @@ import torch
 from ..errors import CkptSyncError, ConfigError, IntegrityError, MissingKeyError, NotFound, UsageError
 from ..manifest import BEST, RESUMABLE
 from ..manifest import MODEL_ONLY as MODEL_ONLY_ROLE
-from ..retention import Candidate, fifo_with_tags, to_remove
+from ..retention import Candidate, RetentionPolicy, fifo_with_tags, to_remove
 from ..selection import Selection, select
 from .async_save import BackgroundWriter
 from .atomic import atomic_open, atomic_target, fsync_dir, temp_path_for
@@ -72,7 +72,9 @@ class CheckpointManager:
     """Saves, rotates, syncs and recovers training checkpoints. Use as a context manager (or call ``close()``).
 
     Arguments mirror the seed's ``checkpoint_config``: ``interval_s`` (time trigger, seconds; None turns
-    it off), ``every_n_steps`` (step trigger), ``max_keep`` (FIFO; None keeps all), ``compression``
+    it off), ``every_n_steps`` (step trigger), ``max_keep`` (FIFO; None keeps all; ``retention``, a
+    policy from ckpt_sync.retention such as ``build_policy(keep_every_steps=1000, keep_last=3)``,
+    replaces it), ``compression``
     (False, True = zstd when installed else zip, or a codec name) and ``async_save``. Others:
 
     - ``reuse_snapshot_buffers``: with async saves, keep the host copy between saves and refill it in
@@ -132,6 +134,7 @@ class CheckpointManager:
         clock: Callable[[], float] = time.monotonic,
         process_group: Any = None,
         direct: bool = False,
+        retention: RetentionPolicy | None = None,
     ) -> None:
         if if_busy not in ("wait", "skip"):
             raise UsageError(f"if_busy must be 'wait' or 'skip', not {if_busy!r}")
@@ -167,7 +170,10 @@ class CheckpointManager:
         self._start_time = time.time()
         self._codec = resolve_codec(compression)
         # Local FIFO counts every checkpoint file (model-only ones too); the newest full one is pinned.
-        self._retention = fifo_with_tags(max_keep, (RESUMABLE, MODEL_ONLY_ROLE)) if max_keep else None
+        # ``retention`` (retention.py's objects, the same ones `ckpt-sync prune` composes) replaces it.
+        if retention is None and max_keep:
+            retention = fifo_with_tags(max_keep, (RESUMABLE, MODEL_ONLY_ROLE))
+        self._retention = retention
         self._trigger = trigger or default_trigger(interval_s, every_n_steps)
         self._clock = clock
         self._last_save_step: int | None = None
