@@ -130,6 +130,21 @@ class KeyRing:
         assert last is not None
         raise last
 
+    def raw_keys(self) -> list[bytes]:
+        """The raw keys, in order (handle with care: never log them)."""
+        return list(self._raw)
+
+    def only(self, fp: str) -> KeyRing:
+        """A ring of just the key with fingerprint ``fp`` (which checkpoints does this one key open?)."""
+        for raw in self._raw:
+            if fingerprint(raw) == fp:
+                return KeyRing([raw])
+        raise KeyError(fp)
+
+    def with_primary(self, raw_key: bytes) -> KeyRing:
+        """This ring with ``raw_key`` first (it then encrypts; the others still decrypt)."""
+        return KeyRing([raw_key, *(k for k in self._raw if k != raw_key)])
+
     def fernet(self, fp: str | None = None) -> Fernet:
         """A standard ``Fernet`` for the key with fingerprint ``fp`` (default: the primary key)."""
         for raw in self._raw:

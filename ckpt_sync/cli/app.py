@@ -18,6 +18,7 @@ from . import (
     copy,
     forget,
     init,
+    key,
     keygen,
     ls,
     prune,
@@ -34,7 +35,9 @@ from .common import OUTPUT, common_options, err
 log = logging.getLogger("ckpt_sync")
 
 # In the order `ckpt-sync --help` lists them.
-VERBS = (init, keygen, push, ls, pull, cat, verify, stats, tag, forget, copy, watch, prune, status, check, config_show)
+VERBS = (
+    init, keygen, key, push, ls, pull, cat, verify, stats, tag, forget, copy, watch, prune, status, check, config_show,
+)  # fmt: skip
 # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
 LOGGING_VERBS = ("watch", "prune")
 
