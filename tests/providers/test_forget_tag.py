@@ -12,6 +12,7 @@ import time
 
 from helpers import wait_until
 
+import ckpt_sync
 from ckpt_sync.api import open_repository
 from ckpt_sync.locks import try_acquire_prune_lock
 from ckpt_sync.repository import MANIFESTS, new_manifest_id
@@ -75,6 +76,8 @@ def test_tag_commits_a_superseding_manifest(any_repo_url, cli, key, tmp_path, to
     assert _manifest_objects(any_repo_url) == [f"{MANIFESTS}{shown['id']}"]
     listed = json.loads(cli("ls", "--from", any_repo_url, "--json", "--role", "any", check=True).stdout)
     assert [(m["id"], m["tags"], m["step"]) for m in listed] == [(shown["id"], ["pinned"], 100)]
+    # The old id still names the checkpoint: it resolves to the manifest that replaced it.
+    assert ckpt_sync.checkpoint(old, any_repo_url).id == shown["id"]
     # Unchanged tags: nothing new is written.
     again = json.loads(cli("tag", "latest", "--add", "pinned", "--from", any_repo_url, "--json", check=True).stdout)
     assert again["id"] == shown["id"]
@@ -95,6 +98,7 @@ def test_a_crash_between_the_two_writes_still_shows_one_checkpoint(any_repo_url,
     listed = json.loads(cli("ls", "--from", any_repo_url, "--json", check=True).stdout)
     assert [(m["id"], m["tags"]) for m in listed] == [(new.id, ["pinned"])]
     assert json.loads(cli("stats", "--from", any_repo_url, "--json", check=True).stdout)["checkpoints"] == 1
+    assert ckpt_sync.checkpoint(old.id, any_repo_url).tags == ("pinned",)  # by the old id too
     pruned = json.loads(cli("prune", "--grace", "0", "--from", any_repo_url, "--json", check=True).stdout)
     assert pruned["chunks_removed"] == 0 and _manifest_objects(any_repo_url) == [f"{MANIFESTS}{new.id}"]
     assert cli("verify", "--read-data", "--from", any_repo_url).returncode == 0
