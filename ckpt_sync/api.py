@@ -17,10 +17,11 @@ from .chunking import ChunkPolicy
 from .crypto import KeyRing
 from .keys import generate_key, key_configured, load_keyring, write_key_file
 from .locations import default_key_file, resolve_repo_url
-from .manifest import FileEntry, Manifest
+from .manifest import FileEntry, Manifest, RepositoryBinding
 from .providers import RetryPolicy, open_provider
 from .push import push_path
 from .repository import CONFIG_KEY, Repository
+from .repository import repair_config as _repair_config
 from .restore import find_manifest, stream_file
 from .restore import pull as _pull
 from .selection import Selection
@@ -81,6 +82,23 @@ def init_repository(
     except BaseException:
         provider.close()
         raise
+
+
+def repair_config(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    keys: KeyRing | None = None,
+    retry: RetryPolicy | None = RetryPolicy(),
+    **provider_options: Any,
+) -> tuple[RepositoryBinding, int]:
+    """Rebuild the repository's missing or damaged config from the backup its manifests carry."""
+    ring = keys or load_keyring(key_file)
+    provider = open_provider(resolve_repo_url(repo), retry=retry, **provider_options)
+    try:
+        return _repair_config(provider, ring)
+    finally:
+        provider.close()
 
 
 def push(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 MiB = 1 << 20
+MAX_CHUNK_SIZE = 256 * MiB  # no writer cuts larger; a manifest claiming more is malformed
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class ChunkPolicy:
         return cls(chunk_size=chunk_size, min_size=min(chunk_size, cls().min_size))
 
     def __post_init__(self) -> None:
-        if not 64 * 1024 <= self.chunk_size <= 256 * MiB:
+        if not 64 * 1024 <= self.chunk_size <= MAX_CHUNK_SIZE:
             raise ValueError("chunk size must be between 64 KiB and 256 MiB")
         if not 0 < self.min_size <= self.chunk_size:
             raise ValueError("min chunk size must be positive and at most the chunk size")

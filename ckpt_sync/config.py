@@ -21,7 +21,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from .daemon import WatchOptions
 from .errors import ConfigError, UsageError
@@ -29,13 +28,13 @@ from .keys import ENV_KEY
 from .locations import ENV_REPO, config_dir, default_key_file, default_repo_url
 from .providers import RetryPolicy
 from .prune import DEFAULT_GRACE
+from .redact import REDACTED, redact, redact_url
 from .units import format_bytes, parse_size
 from .watcher import DEFAULT_PATTERNS
 
 ENV_CONFIG = "CKPT_SYNC_CONFIG"
 ENV_PREFIX = "CKPT_SYNC_"
 LOCAL_FILE = "ckpt-sync.toml"
-REDACTED = "<redacted>"
 
 
 class BadValue(ValueError):
@@ -148,18 +147,6 @@ def _address(v: Any) -> str | None:
 
 def _url(v: Any) -> str:
     return _text(v)
-
-
-def redact_url(url: str) -> str:
-    """Hide a password (or token) written into a URL's user part; the rest is not secret."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if parts.password is None and not (parts.username and "@" in parts.netloc):
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))
 
 
 # --- the settings --------------------------------------------------------------------------------
@@ -275,15 +262,16 @@ class Effective:
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(setting, value for display, source): secrets redacted, sizes and rates readable."""
-        out = [("key", self.key.value, self.key.source)]
+        out = [("key", redact(str(self.key.value)), self.key.source)]
         for s in SETTINGS:
             v = self.values[s.name]
-            out.append((s.name, _display(s.name, v.value), v.source))
+            out.append((s.name, redact(_display(s.name, v.value)), v.source))
         return out
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"config_file": str(self.config_file) if self.config_file else None}
-        data["settings"] = {"key": {"value": self.key.value, "source": self.key.source}}
+        key = self.key.value
+        data["settings"] = {"key": {"value": redact(key) if isinstance(key, str) else key, "source": self.key.source}}
         for s in SETTINGS:
             v = self.values[s.name]
             shown = v.value
@@ -291,6 +279,8 @@ class Effective:
                 shown = default_repo_url()  # the effective repository, not "unset"
             if s.name in ("repo", "endpoint_url") and isinstance(shown, str):
                 shown = redact_url(shown)
+            elif isinstance(shown, str):
+                shown = redact(shown)
             data["settings"][s.name] = {"value": list(shown) if isinstance(shown, tuple) else shown, "source": v.source}
         return data
 

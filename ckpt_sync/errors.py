@@ -40,6 +40,10 @@ class OperationFailed(CkptSyncError):
     exit_code = EXIT_FAILED
 
 
+class NoSpace(OperationFailed):
+    """The destination's disk is full: no other checkpoint would fit better, so nothing falls back."""
+
+
 class IntegrityError(OperationFailed):
     """Stored data failed authentication, hashing or size checks."""
 

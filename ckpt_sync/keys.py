@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from .locations import default_key_file
 ENV_KEY = "BACKUP_ENCRYPTION_KEY"
 # A new key cannot read anything already pushed: say so wherever keygen is suggested.
 NEW_KEY_ONLY_FOR_NEW = "a new key from `ckpt-sync keygen` suits only a new repository: it cannot read existing backups"
+log = logging.getLogger("ckpt_sync.keys")
 
 
 def parse_keys(text: str, source: str) -> list[bytes]:
@@ -56,12 +58,14 @@ def load_keyring(key_file: str | os.PathLike[str] | None = None) -> KeyRing:
             ) from None
         except OSError as err:
             raise ConfigError(f"cannot read key file {path}: {err.strerror}") from None
+        _warn_if_exposed(path)
         return KeyRing(parse_keys(text, f"key file {path}"))
     env = os.environ.get(ENV_KEY)
     if env:
         return KeyRing(parse_keys(env, f"${ENV_KEY}"))
     default = default_key_file()
     if default.is_file():
+        _warn_if_exposed(default)
         return KeyRing(parse_keys(default.read_text(), f"key file {default}"))
     raise ConfigError(
         f"no encryption key: no --key-file (or key_file setting), ${ENV_KEY} is not set and {default} does "
@@ -74,6 +78,29 @@ def key_configured(key_file: str | os.PathLike[str] | None = None) -> bool:
     return key_file is not None or bool(os.environ.get(ENV_KEY)) or default_key_file().is_file()
 
 
+def _warn_if_exposed(path: Path) -> None:
+    """A key file others can read is a leaked key waiting to happen: say so (once per run)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        log.warning(
+            "key file %s is readable by group or others (mode %o): run `chmod 600 %s`", path, mode & 0o777, path
+        )
+
+
+def _private_parents(folder: Path) -> None:
+    """Create the missing folders above a new key file with mode 0700 (existing ones are left alone)."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for f in reversed(missing):
+        f.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(f, 0o700)  # the umask may have narrowed it further, never widened: set it exactly
+
+
 def generate_key() -> str:
     return Fernet.generate_key().decode("ascii")
 
@@ -81,7 +108,7 @@ def generate_key() -> str:
 def write_key_file(path: str | os.PathLike[str], key: str) -> Path:
     """Write a new key file with mode 0600; refuses to overwrite (losing a key loses the data)."""
     p = Path(path).expanduser()
-    p.parent.mkdir(parents=True, exist_ok=True)
+    _private_parents(p.parent)
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:

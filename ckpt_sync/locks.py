@@ -41,6 +41,9 @@ class LockInfo:
         return (time.time() if now is None else now) < self.expires
 
 
+MAX_LOCK_BYTES = 4096
+
+
 def _body(ttl: float) -> bytes:
     now = time.time()
     return json.dumps({"created": now, "expires": now + ttl}).encode()
@@ -48,7 +51,8 @@ def _body(ttl: float) -> bytes:
 
 def read_lock(provider: Provider, key: str) -> LockInfo | None:
     try:
-        d = json.loads(provider.get(key))
+        raw = provider.get(key, 0, MAX_LOCK_BYTES + 1)  # the store is not trusted: never read a huge object
+        d = json.loads(raw) if len(raw) <= MAX_LOCK_BYTES else {}
         return LockInfo(key, float(d["created"]), float(d["expires"]))
     except NotFound:
         return None

@@ -2,20 +2,45 @@
 
 Frozen dataclasses with explicit, versioned to/from-JSON; nothing else touches the JSON shape.
 Documented in docs/FORMAT.md.
+
+The store is not trusted (DESIGN.md §8): a manifest read back is authentic (it decrypted with our
+key) but may still be malformed — a buggy writer, a different tool, a copy from another repository.
+``parse_manifest`` is the one place its schema is checked: every type, range and limit, so that
+the rest of the code can rely on a ``Manifest`` being well formed. Any failure is an
+``IntegrityError`` (a damaged checkpoint), never another exception.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from .chunking import MAX_CHUNK_SIZE
 from .errors import IntegrityError
 from .ordering import Position
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 1  # what this version writes
+READABLE_MANIFEST_VERSIONS = frozenset({1})  # what it reads: the one home of the version check
 SEED_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)\.pt$")
+
+# Limits a manifest read back must respect (writers never come near them).
+MAX_MANIFEST_BYTES = 32 << 20  # the stored token: ~400k chunk refs, several TiB of checkpoint
+NAME_MAX = 255  # bytes per path component (every common filesystem's limit)
+PATH_MAX = 4096  # bytes per relative path
+MAX_PATH_DEPTH = 64  # components per path
+MAX_EXTRA_DEPTH = 32  # nesting inside ``extra`` (DCP metadata and the like live there)
+MAX_TEXT = 1024  # characters in a free-text field (host, session id, a tag)
+MAX_TAGS = 64
+MAX_INT = 2**63 - 1
+MAX_TIME = 1e11  # unix seconds, year 5138
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REPOSITORY_ID = re.compile(r"^[0-9a-f]{16}$")
+_MANIFEST_ID = re.compile(r"^[0-9]{13}-[0-9a-f]{16}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # What a checkpoint is for (DESIGN.md §4): ``pull --latest`` and retention's N count resumable ones.
 RESUMABLE, MODEL_ONLY, BEST = "resumable", "model-only", "best"
@@ -58,13 +83,64 @@ class FileEntry:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> FileEntry:
-        chunks = tuple(ChunkRef(str(i), int(s)) for i, s in d["chunks"])
-        mtime = d.get("mtime_ns")
-        entry = cls(str(d["path"]), int(d["size"]), str(d["sha256"]), chunks, int(mtime) if mtime is not None else None)
+    def from_json(cls, d: Any) -> FileEntry:
+        """Strictly checked (see ``parse_manifest``); raises IntegrityError."""
+        d = _obj(d, "file entry")
+        path = _text(d.get("path"), "file path", limit=PATH_MAX)
+        problem = path_problem(path)
+        if problem:
+            raise IntegrityError(f"unsafe path in manifest: {path!r} ({problem})")
+        size = _int(d.get("size"), f"size of {path!r}")
+        sha = d.get("sha256")
+        if not isinstance(sha, str) or not _HEX64.match(sha):
+            raise IntegrityError(f"file {path!r}: sha256 is not 64 hex digits")
+        raw_chunks = d.get("chunks")
+        if not isinstance(raw_chunks, list):
+            raise IntegrityError(f"file {path!r}: chunks is not a list")
+        chunks = []
+        for c in raw_chunks:
+            if not (isinstance(c, list) and len(c) == 2 and isinstance(c[0], str) and _HEX64.match(c[0])):
+                raise IntegrityError(f"file {path!r}: a chunk is not [64 hex digits, size]")
+            csize = _int(c[1], f"chunk size in {path!r}")
+            if not 1 <= csize <= MAX_CHUNK_SIZE:
+                raise IntegrityError(
+                    f"file {path!r}: a chunk claims {csize} bytes (allowed 1 to {MAX_CHUNK_SIZE})"
+                )
+            chunks.append(ChunkRef(c[0], csize))
+        mtime = _optional(d.get("mtime_ns"), _int, f"mtime_ns of {path!r}")
+        entry = cls(path, size, sha, tuple(chunks), mtime)
         if sum(c.size for c in chunks) != entry.size:
             raise IntegrityError(f"manifest entry {entry.path!r}: chunk sizes do not add up to the file size")
         return entry
+
+
+@dataclass(frozen=True)
+class RepositoryBinding:
+    """Which repository a manifest belongs to, and a copy of what rebuilds that repository's config.
+
+    ``id`` names the repository (derived from its id key, see repository.py); ``id_key`` is the
+    base64 chunk-id key, so ``ckpt-sync repair-config`` can rebuild a lost config with the Fernet
+    key alone (the manifest is encrypted with that key, as the config's key entries are).
+    """
+
+    id: str
+    id_key: str
+    created: float
+    pad: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "id_key": self.id_key, "created": self.created, "pad": self.pad}
+
+    @classmethod
+    def from_json(cls, d: Any) -> RepositoryBinding:
+        d = _obj(d, "repository")
+        rid, key = d.get("id"), d.get("id_key")
+        if not isinstance(rid, str) or not _REPOSITORY_ID.match(rid):
+            raise IntegrityError("repository id is not 16 hex digits")
+        if not isinstance(key, str) or len(key) != 44:
+            raise IntegrityError("repository id_key is not a base64 32-byte key")
+        pad = _int(d.get("pad", 0), "repository pad")
+        return cls(rid, key, _time(d.get("created"), "repository created"), pad)
 
 
 @dataclass(frozen=True)
@@ -77,7 +153,7 @@ class Manifest:
     kind: str = "file"  # "file" or "dir"
     session_id: str | None = None
     global_step: int | None = None
-    epoch: int | None = None
+    epoch: int | float | None = None
     loss: float | None = None
     tags: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
@@ -86,6 +162,7 @@ class Manifest:
     # one, then deletes the old). Readers hide a superseded manifest, so a crash in between still
     # shows one checkpoint.
     supersedes: str | None = None
+    repository: RepositoryBinding | None = None  # stamped by Repository.commit; absent in older manifests
 
     @property
     def size(self) -> int:
@@ -122,7 +199,7 @@ class Manifest:
         return {c.id for f in self.files for c in f.chunks}
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "version": MANIFEST_VERSION,
             "id": self.id,
             "name": self.name,
@@ -132,40 +209,238 @@ class Manifest:
             "session_id": self.session_id,
             "global_step": self.global_step,
             "epoch": self.epoch,
-            "loss": self.loss,
+            # A diverged run's NaN loss is not a number JSON can carry (readers refuse NaN).
+            "loss": self.loss if self.loss is None or math.isfinite(self.loss) else None,
             "tags": list(self.tags),
             "role": self.role,
-            "extra": self.extra,
+            "extra": _finite(self.extra),
             "supersedes": self.supersedes,
             "files": [f.to_json() for f in self.files],
         }
+        if self.repository is not None:
+            out["repository"] = self.repository.to_json()
+        return out
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], *, expected_id: str | None = None) -> Manifest:
-        if d.get("version") != MANIFEST_VERSION:
-            raise IntegrityError(f"unsupported manifest version {d.get('version')!r}; upgrade ckpt-sync")
-        tags = tuple(d.get("tags", ()))
-        extra = dict(d.get("extra") or {})
-        m = cls(
-            id=str(d["id"]),
-            name=str(d["name"]),
-            kind=str(d.get("kind", "file")),
-            created=float(d["created"]),
-            host=str(d.get("host", "")),
-            session_id=d.get("session_id"),
-            global_step=d.get("global_step"),
-            epoch=d.get("epoch"),
-            loss=d.get("loss"),
+    def from_json(cls, d: Any, *, expected_id: str | None = None) -> Manifest:
+        """Strictly checked (see ``parse_manifest``); raises IntegrityError."""
+        d = _obj(d, "manifest")
+        version = d.get("version")
+        if type(version) is not int or version not in READABLE_MANIFEST_VERSIONS:
+            raise IntegrityError(f"unsupported manifest version {version!r}; upgrade ckpt-sync")
+        mid = d.get("id")
+        if not isinstance(mid, str) or not _MANIFEST_ID.match(mid):
+            raise IntegrityError("manifest id is not <13 digits>-<16 hex digits>")
+        # A manifest copied to another name would otherwise replay an old checkpoint as new.
+        if expected_id is not None and mid != expected_id:
+            raise IntegrityError(f"manifest {expected_id} claims to be {mid} (moved or replayed object)")
+        name = _text(d.get("name"), "name", limit=PATH_MAX)
+        problem = component_problem(name)
+        if problem:
+            raise IntegrityError(f"unsafe name in manifest: {name!r} ({problem})")
+        kind = d.get("kind", "file")
+        if kind not in ("file", "dir"):
+            raise IntegrityError(f"manifest kind {kind!r} is neither 'file' nor 'dir'")
+        raw_files = d.get("files")
+        if not isinstance(raw_files, list) or not raw_files or (kind == "file" and len(raw_files) != 1):
+            raise IntegrityError("manifest files must be a list of one entry (file) or more (dir)")
+        files = tuple(FileEntry.from_json(f) for f in raw_files)
+        problem = file_set_problem([f.path for f in files])
+        if problem:
+            raise IntegrityError(f"unsafe paths in manifest: {problem}")
+        tags = d.get("tags", [])
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+            raise IntegrityError(f"tags must be a list of at most {MAX_TAGS} strings")
+        extra = d.get("extra") or {}
+        if not isinstance(extra, dict) or _depth(extra) > MAX_EXTRA_DEPTH:
+            raise IntegrityError(f"extra must be a JSON object nested at most {MAX_EXTRA_DEPTH} deep")
+        role = d.get("role")
+        if role is not None and role not in ROLES:
+            raise IntegrityError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        binding = d.get("repository")
+        tags = tuple(_text(t, "tag") for t in tags)
+        return cls(
+            id=mid,
+            name=name,
+            kind=kind,
+            created=_time(d.get("created"), "created"),
+            host=_text(d.get("host", ""), "host"),
+            session_id=_optional(d.get("session_id"), _text, "session_id"),
+            global_step=_optional(d.get("global_step"), _int, "global_step"),
+            epoch=_optional(d.get("epoch"), _epoch, "epoch"),
+            loss=_optional(d.get("loss"), _number, "loss"),
             tags=tags,
             extra=extra,
-            supersedes=str(d["supersedes"]) if d.get("supersedes") else None,
-            files=tuple(FileEntry.from_json(f) for f in d["files"]),
-            role=str(d.get("role") or infer_role(tags, extra)),
+            supersedes=_optional(d.get("supersedes"), _manifest_id, "supersedes") or None,
+            files=files,
+            role=role or infer_role(tags, extra),
+            repository=None if binding is None else RepositoryBinding.from_json(binding),
         )
-        # A manifest copied to another name would otherwise replay an old checkpoint as new.
-        if expected_id is not None and m.id != expected_id:
-            raise IntegrityError(f"manifest {expected_id} claims to be {m.id} (moved or replayed object)")
-        return m
+
+
+def parse_manifest(plaintext: bytes | bytearray | memoryview, *, expected_id: str | None = None) -> Manifest:
+    """A decrypted manifest's bytes -> ``Manifest``, or IntegrityError naming what is wrong.
+
+    Refuses non-UTF-8, non-JSON, NaN/Infinity, nesting deep enough to exhaust the stack, and any
+    field of the wrong type or out of range.
+    """
+    where = f"manifest {expected_id}" if expected_id else "manifest"
+    try:
+        data = json.loads(bytes(plaintext).decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise IntegrityError(f"{where} is malformed (nested too deeply)") from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise IntegrityError(f"{where} is not valid JSON ({err})") from None
+    try:
+        return Manifest.from_json(data, expected_id=expected_id)
+    except RecursionError:
+        raise IntegrityError(f"{where} is malformed (nested too deeply)") from None
+    except IntegrityError as err:
+        raise IntegrityError(f"{where} is malformed: {err}") from None
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (a diverged metric) as null: JSON has no such numbers."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+# --- field checks ----------------------------------------------------------------------------------
+
+
+def _obj(v: Any, what: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise IntegrityError(f"{what} is a JSON {type(v).__name__}, not an object")
+    return v
+
+
+def _manifest_id(v: Any, what: str) -> str:
+    if v == "":
+        return v  # written as "no predecessor" by some writers
+    if not isinstance(v, str) or not _MANIFEST_ID.match(v):
+        raise IntegrityError(f"{what} is not a manifest id ({v!r})")
+    return v
+
+
+def _text(v: Any, what: str, *, limit: int = MAX_TEXT) -> str:
+    if not isinstance(v, str) or len(v) > limit:
+        raise IntegrityError(f"{what} is not a string of at most {limit} characters")
+    return v
+
+
+def _int(v: Any, what: str) -> int:
+    if type(v) is not int or not 0 <= v <= MAX_INT:
+        raise IntegrityError(f"{what} is not a non-negative integer ({v!r})")
+    return v
+
+
+def _number(v: Any, what: str) -> float:
+    if type(v) not in (int, float) or not math.isfinite(v):
+        raise IntegrityError(f"{what} is not a finite number ({v!r})")
+    return float(v)
+
+
+def _epoch(v: Any, what: str) -> int | float:
+    """Whole epochs from most loops, fractional ones from Hugging Face's trainer state."""
+    if type(v) is int:
+        return _int(v, what)
+    if _number(v, what) < 0:
+        raise IntegrityError(f"{what} is negative ({v!r})")
+    return v
+
+
+def _time(v: Any, what: str) -> float:
+    t = _number(v, what)
+    if not 0 <= t <= MAX_TIME:
+        raise IntegrityError(f"{what} is not a plausible unix time ({v!r})")
+    return t
+
+
+def _optional(v: Any, check: Any, what: str) -> Any:
+    return None if v is None else check(v, what)
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_EXTRA_DEPTH:
+            return deepest
+        if isinstance(v, dict):
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, d + 1) for x in v)
+    return deepest
+
+
+# --- paths: one set of rules for push (what we agree to store) and pull (what we agree to write) -----
+
+
+def component_problem(part: str) -> str | None:
+    """Why ``part`` cannot be one path component on every host we restore to, or None."""
+    if part in ("", ".", ".."):
+        return "empty, '.' or '..' component"
+    if _CONTROL.search(part):
+        return "control character (newline, tab, ...) in a name"
+    if "\\" in part or "/" in part:
+        return "slash or backslash in a name"
+    if ":" in part:
+        return "':' in a name (a drive letter or an NTFS stream)"
+    if part != part.strip():
+        return "leading or trailing whitespace in a name"
+    try:
+        encoded = part.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    if len(encoded) > NAME_MAX:
+        return f"a name longer than {NAME_MAX} bytes"
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    """Why ``path`` is not a safe relative POSIX path inside a checkpoint, or None."""
+    if not path:
+        return "empty path"
+    if path.startswith("/"):
+        return "absolute path, escaping the target folder"
+    if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
+        return f"longer than {PATH_MAX} bytes"
+    parts = path.split("/")
+    if len(parts) > MAX_PATH_DEPTH:
+        return f"more than {MAX_PATH_DEPTH} levels deep"
+    for part in parts:
+        problem = component_problem(part)
+        if problem:
+            return problem if part != ".." else "'..' component, escaping the target folder"
+    return None
+
+
+def file_set_problem(paths: list[str]) -> str | None:
+    """Why these paths cannot all be files of one checkpoint (a duplicate, or a file that is also a
+    folder of another), or None."""
+    seen: set[str] = set()
+    for p in paths:
+        if p in seen:
+            return f"{p!r} is listed twice"
+        seen.add(p)
+    for p in paths:
+        parts = p.split("/")
+        for i in range(1, len(parts)):
+            prefix = "/".join(parts[:i])
+            if prefix in seen:
+                return f"{prefix!r} is both a file and a folder (of {p!r})"
+    return None
 
 
 def parse_seed_name(name: str) -> tuple[str | None, int | None]:
@@ -177,10 +452,9 @@ def parse_seed_name(name: str) -> tuple[str | None, int | None]:
 
 
 def safe_relative_path(path: str) -> PurePosixPath:
-    """Validate a manifest path: relative, no ``..``, no empty or ``.`` parts, no backslashes/drives."""
-    if not path or "\\" in path or "\x00" in path:
-        raise IntegrityError(f"unsafe path in manifest: {path!r}")
-    p = PurePosixPath(path)
-    if p.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")) or ":" in p.parts[0]:
-        raise IntegrityError(f"unsafe path in manifest: {path!r} (absolute or escaping the target folder)")
-    return p
+    """A manifest path as a PurePosixPath, or IntegrityError when it is not safe to write (see
+    ``path_problem``)."""
+    problem = path_problem(path) if isinstance(path, str) else "not a string"
+    if problem:
+        raise IntegrityError(f"unsafe path in manifest: {path!r} ({problem})")
+    return PurePosixPath(path)

@@ -1,9 +1,12 @@
 """Remote retention: drop old manifests by policy, then garbage-collect chunks nobody references.
 
-Rules (DESIGN.md §4): only readable manifests of this repository are candidates; the newest valid
+Rules (DESIGN.md §4, §8): only readable manifests of this repository are candidates — a damaged,
+malformed or foreign one never takes a slot and is never deleted by retention; the newest valid
 checkpoint is always kept; a fresh host with an empty folder never causes deletions (the policy
-looks at the repository only). Chunks go only when no remaining manifest references them, they are
-older than a grace period, and no push is in flight (see locks.py).
+looks at the repository only). Chunks go only when no readable manifest references them, they are
+older than a grace period, and no push is in flight (see locks.py). A manifest no key authenticates
+blocks chunk GC only while the ring lacks one of the repository's keys (it might be encrypted with
+that one); otherwise it is damaged, reported, and removable with ``remove_damaged``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from .crypto import token_size
+from .errors import UsageError
 from .locks import live_push_locks, try_acquire_prune_lock
 from .manifest import RESUMABLE
 from .providers.base import ObjectInfo
@@ -40,6 +44,8 @@ class PruneReport:
     bytes_in_grace: int = 0
     grace_first_removable: float | None = None
     grace_all_removable: float | None = None
+    damaged: list[str] = field(default_factory=list)  # unreadable manifest ids (left alone unless removed)
+    damaged_removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -54,12 +60,26 @@ class PruneReport:
             "bytes_in_grace": self.bytes_in_grace,
             "grace_first_removable": self.grace_first_removable,
             "grace_all_removable": self.grace_all_removable,
+            "damaged": self.damaged,
+            "damaged_removed": self.damaged_removed,
         }
 
 
 def prune(
-    repo: Repository, policy: RetentionPolicy, *, grace: float = DEFAULT_GRACE, dry_run: bool = False
+    repo: Repository,
+    policy: RetentionPolicy,
+    *,
+    grace: float = DEFAULT_GRACE,
+    dry_run: bool = False,
+    remove_damaged: bool = False,
 ) -> PruneReport:
+    """Apply ``policy``, then collect chunks. ``remove_damaged`` also deletes every manifest that is
+    not a readable manifest of this repository (refused unless the ring holds all its keys)."""
+    if remove_damaged and not repo.has_all_keys():
+        raise UsageError(
+            "--remove-damaged needs every key of the repository (give them all with --key-file): a checkpoint "
+            "none of the given keys opens may be encrypted with one you left out"
+        )
     report = PruneReport(dry_run=dry_run)
     lock = None if dry_run else try_acquire_prune_lock(repo.provider)
     if lock is None and not dry_run:
@@ -70,6 +90,8 @@ def prune(
         # One listing of the chunks serves both steps. Collecting from a listing taken before the
         # manifests are judged is as safe as a later one: a chunk stored since is simply not a
         # candidate, and what protects chunks a push may reuse is the push lock, checked below.
+        if remove_damaged:
+            _remove_damaged(repo, report)
         chunks = {info.key.rsplit("/", 1)[-1]: info for info in repo.provider.list(CHUNKS)}
         _drop_manifests(repo, policy, report, chunks)
         _collect_chunks(repo, grace, report, chunks)
@@ -77,6 +99,15 @@ def prune(
         if lock is not None:
             lock.release()
     return report
+
+
+def _remove_damaged(repo: Repository, report: PruneReport) -> None:
+    for _ in repo.manifests(lambda mid, _err: report.damaged_removed.append(mid)):
+        pass
+    for mid in report.damaged_removed:
+        if not report.dry_run:
+            repo.provider.delete(manifest_key(mid))
+            log.info("removed damaged manifest %s", mid)
 
 
 def _drop_manifests(
@@ -87,8 +118,9 @@ def _drop_manifests(
         for mid in repo.superseded_ids():
             repo.provider.delete(manifest_key(mid))
             log.info("removed superseded manifest %s", mid)
-    # An unreadable manifest is not ours to judge: never deleted by retention.
-    manifests = {m.id: m for m in repo.manifests()}
+    # An unreadable or foreign manifest is not this repository's checkpoint: it takes no slot and
+    # is never deleted by retention (only by --remove-damaged).
+    manifests = {m.id: m for m in repo.manifests(lambda mid, _err: report.damaged.append(mid))}
     if not manifests:
         return
     doomed = {c.key for c in to_remove(policy, [Candidate.of(m) for m in manifests.values()])}
@@ -119,8 +151,11 @@ def _collect_chunks(repo: Repository, grace: float, report: PruneReport, chunks:
     for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):  # fresh: includes new commits
         if m.id not in dropped:
             referenced |= m.chunk_ids()
-    if unreadable:
-        report.gc_skipped = f"manifest {unreadable[0]} is unreadable with these keys; its chunks cannot be judged"
+    if unreadable and not repo.has_all_keys():
+        report.gc_skipped = (
+            f"manifest {unreadable[0]} is unreadable with these keys and the repository has keys not given; "
+            "its chunks cannot be judged (give every key, or remove it with --remove-damaged)"
+        )
         return
     now = time.time()
     cutoff = now - grace

@@ -17,7 +17,19 @@ from .chunking import ChunkPolicy, plan_chunks
 from .crypto import token_size
 from .errors import Cancelled, OperationFailed, UsageError
 from .locks import acquire_push_lock
-from .manifest import BEST, BEST_MARKER, ROLES, ChunkRef, FileEntry, Manifest, infer_role, parse_seed_name
+from .manifest import (
+    BEST,
+    BEST_MARKER,
+    ROLES,
+    ChunkRef,
+    FileEntry,
+    Manifest,
+    component_problem,
+    file_set_problem,
+    infer_role,
+    parse_seed_name,
+    path_problem,
+)
 from .pipeline import default_workers, ordered_map
 from .repository import Repository, hostname, new_manifest_id
 from .transfer import TransferStats
@@ -37,6 +49,7 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
     except PermissionError:
         raise UsageError(f"cannot read {path}: permission denied") from None
     if stat.S_ISREG(st.st_mode):
+        _refuse_unsafe_names(path, [path.name])
         return "file", [(path.name, path)]
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{path} is neither a file nor a directory")
@@ -49,7 +62,20 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
                 files.append((p.relative_to(path).as_posix(), p))
     if not files:
         raise UsageError(f"{path} is an empty directory: nothing to push")
+    _refuse_unsafe_names(path, [path.name] + [rel for rel, _ in files])
     return "dir", sorted(files)
+
+
+def _refuse_unsafe_names(path: Path, names: list[str]) -> None:
+    """The names a pull would refuse (manifest.path_problem) are refused here, before any upload."""
+    problem = component_problem(names[0]) or file_set_problem(names[1:])
+    bad = names[0]
+    for rel in names[1:]:
+        if problem:
+            break
+        problem, bad = path_problem(rel), rel
+    if problem:
+        raise UsageError(f"cannot push {path}: {bad!r}: {problem}; rename it")
 
 
 def push_file(

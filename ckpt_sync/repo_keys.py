@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 from .crypto import fingerprint
 from .errors import IntegrityError, NotFound, UsageError
-from .repository import CONFIG_KEY, Repository, manifest_key
-
-KEY_OBJECTS = "keys/"  # per-key entry objects, where rotation writes them (put-if-absent)
+from .manifest import MAX_MANIFEST_BYTES
+from .repository import CONFIG_KEY, Repository, manifest_key, read_bounded
+from .repository import KEYS as KEY_OBJECTS  # per-key entry objects, where rotation writes them (put-if-absent)
 
 
 @dataclass(frozen=True)
@@ -52,9 +52,10 @@ def list_keys(repo: Repository) -> tuple[list[KeyInfo], int]:
     tokens = []
     for mid in repo.manifest_ids():
         try:
-            tokens.append(repo.provider.get(manifest_key(mid)))
+            token = read_bounded(repo.provider, manifest_key(mid), MAX_MANIFEST_BYTES)
         except NotFound:
             continue  # pruned meanwhile
+        tokens.append(token if token is not None else b"")  # oversized: opened by no key
     opens: dict[str, int] = {}
     opened_by_any = [False] * len(tokens)
     for fp in held:

@@ -3,22 +3,32 @@
 Layout (docs/FORMAT.md)::
 
     config                 plaintext JSON: format version, and the chunk-id key wrapped per key
+    keys/<fingerprint>     the chunk-id key wrapped for a key added later (rotation; put-if-absent)
     chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = HMAC-SHA256(id_key, plaintext)
     manifests/<mid>        binary Fernet token of one manifest's JSON; mid is time-sortable
 
 A checkpoint exists iff its manifest exists; manifests are written last and never overwrite.
+
+The store is not trusted (DESIGN.md §8): every object is read with a bound on its size (a ranged
+read of at most what it may be), the config is checked strictly, and a manifest names the
+repository it belongs to (one copied in from another repository under the same key is refused).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import hmac
 import json
+import math
 import os
+import re
 import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 
 from cryptography.fernet import InvalidToken
@@ -34,16 +44,21 @@ from .errors import (
     OperationFailed,
 )
 from .locations import cache_home
-from .manifest import ChunkRef, Manifest
+from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding, parse_manifest
 from .manifest_cache import ManifestCache
 from .providers import Provider
 from .providers.base import ObjectInfo, read_into
 
 FORMAT_NAME = "ckpt-sync"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # what this version writes
+READABLE_FORMAT_VERSIONS = frozenset({1})  # what it reads: the one home of the config version check
 CONFIG_KEY = "config"
+KEYS = "keys/"
 CHUNKS = "chunks/"
 MANIFESTS = "manifests/"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_KEY_ENTRY_BYTES = 4096
+_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 
 
 def chunk_key(chunk_id: str) -> str:
@@ -58,6 +73,86 @@ def new_manifest_id(now: float | None = None) -> str:
     """Milliseconds since the epoch (13 digits, sorts by time) and 64 random bits."""
     ms = int((time.time() if now is None else now) * 1000)
     return f"{ms:013d}-{secrets.token_hex(8)}"
+
+
+def repository_id(id_key: bytes) -> str:
+    """The repository's public name (docs/FORMAT.md; what `init` prints and every manifest names):
+    random per repository (its id key is), so two repositories under one Fernet key never share it."""
+    return hmac.digest(id_key, b"ckpt-sync repository id v1", "sha256")[:8].hex()
+
+
+def read_bounded(provider: Provider, key: str, limit: int) -> bytes | None:
+    """The object, or None when it is larger than ``limit`` bytes: a ranged read of at most
+    ``limit + 1`` bytes, so memory never depends on what the store holds. Raises NotFound."""
+    data = provider.get(key, 0, limit + 1)
+    return None if len(data) > limit else data
+
+
+def holds_data(provider: Provider) -> bool:
+    """Whether the prefix holds any chunk or manifest (then it is never initialised anew)."""
+    return any(next(iter(provider.list(prefix)), None) is not None for prefix in (MANIFESTS, CHUNKS))
+
+
+def config_missing_error(url: str) -> ConfigError:
+    return ConfigError(
+        f"the repository at {url} holds checkpoints but its config object is missing (deleted?): "
+        f"not creating a new one; rebuild it with `ckpt-sync repair-config --repo {url}` and the key"
+    )
+
+
+def parse_config(raw: bytes, url: str) -> dict:
+    """The one strict check of a ``config`` object: ConfigError naming what is wrong."""
+
+    def damaged(why: str) -> ConfigError:
+        return ConfigError(
+            f"the repository config at {url} is damaged ({why}): rebuild it with "
+            f"`ckpt-sync repair-config --repo {url}` and the key"
+        )
+
+    try:
+        config = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise damaged("nested too deeply") from None
+    except _NotANumber as e:
+        raise damaged(f"{e} is not a number JSON allows") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{url} is not a ckpt-sync repository (its config object is not JSON)") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        what = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ConfigError(f"{url} is not a ckpt-sync repository (format {what!r})")
+    version = config.get("version")
+    if type(version) is not int:
+        raise damaged(f"version {version!r} is not an integer")
+    if version < 1:
+        raise damaged(f"there is no format version {version}")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise ConfigError(
+            f"the repository at {url} uses format version {version}, newer than this "
+            f"ckpt-sync ({FORMAT_VERSION}): upgrade ckpt-sync"
+        )
+    created = config.get("created", 0.0)
+    if type(created) not in (int, float) or not math.isfinite(created) or created < 0:
+        raise damaged(f"created {created!r} is not a time")
+    if config.get("chunk_id", "hmac-sha256") != "hmac-sha256":
+        raise damaged(f"unknown chunk_id {config.get('chunk_id')!r}")
+    keys = config.get("keys")
+    if not isinstance(keys, dict):
+        raise damaged("keys is not an object")
+    for fp, token in keys.items():
+        if not _FINGERPRINT.match(fp) or not isinstance(token, str) or len(token) > MAX_KEY_ENTRY_BYTES:
+            raise damaged("a key entry is not <32 hex digits>: <Fernet token>")
+    pad = config.get("pad", 0)
+    if type(pad) is not int or pad < 0:
+        raise damaged(f"pad {pad!r} is not a size")
+    return config
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NotANumber(name)
 
 
 class Repository:
@@ -75,7 +170,7 @@ class Repository:
     @property
     def id(self) -> str:
         """A public name for this repository (one-way from its secret id key; stable, never stored)."""
-        return hmac.digest(self._id_key, b"ckpt-sync repository id v1", "sha256")[:8].hex()
+        return repository_id(self._id_key)
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -83,83 +178,122 @@ class Repository:
     def open(cls, provider: Provider, keys: KeyRing, *, create: bool = False) -> Repository:
         """Open (or with ``create``, initialise) the repository and check the key before touching data.
 
-        Raises ConfigError when there is no repository and ``create`` is false, and
-        KeyMismatchError when none of ``keys`` is one of the repository's keys.
+        Raises ConfigError when there is no repository and ``create`` is false, when the config is
+        missing from a prefix that holds data (it is never re-initialised: a new id key would orphan
+        every checkpoint) or damaged, and KeyMismatchError when none of ``keys`` is one of the
+        repository's keys.
         """
         try:
-            raw = provider.get(CONFIG_KEY)
+            raw = cls._read_config(provider)
         except NotFound:
+            if holds_data(provider):
+                raise config_missing_error(provider.url) from None
             if not create:
                 raise ConfigError(
                     f"no ckpt-sync repository at {provider.url}: check the URL (nothing was pushed there yet)"
                 ) from None
             provider.check()
             raw = cls._initialise(provider, keys)
-        config = cls._parse_config(raw, provider.url)
-        wrapped: dict[str, str] = config["keys"]
-        for fp in keys.fingerprints():
-            if fp in wrapped:
-                id_key = cls._unwrap(keys, fp, wrapped[fp], provider.url)
-                break
-        else:
-            raise KeyMismatchError(
-                f"the key does not match the repository at {provider.url}: use the key it was created with "
-                "(--key-file or BACKUP_ENCRYPTION_KEY)"
-            )
+        config = parse_config(raw, provider.url)
+        id_key = cls._find_id_key(provider, keys, config)
         repo = cls(provider, keys, id_key, config)
-        if create and keys.fingerprints()[0] not in wrapped:
+        if create and keys.fingerprints()[0] not in repo.key_entries(config):
             repo._add_primary_key()
         return repo
 
     @staticmethod
+    def _read_config(provider: Provider) -> bytes:
+        raw = read_bounded(provider, CONFIG_KEY, MAX_CONFIG_BYTES)
+        if raw is None:
+            raise ConfigError(
+                f"the repository config at {provider.url} is larger than {MAX_CONFIG_BYTES >> 20} MiB (replaced "
+                f"or foreign object): rebuild it with `ckpt-sync repair-config --repo {provider.url}` and the key"
+            )
+        return raw
+
+    @classmethod
+    def _find_id_key(cls, provider: Provider, keys: KeyRing, config: dict) -> bytes:
+        entries = dict(config["keys"])
+        if not any(fp in entries for fp in keys.fingerprints()):
+            entries.update(cls._key_objects(provider))  # keys added by rotation
+        if not entries:
+            raise ConfigError(
+                f"the repository config at {provider.url} is damaged (it holds no key entry): rebuild it with "
+                f"`ckpt-sync repair-config --repo {provider.url}` and the key"
+            )
+        for fp in keys.fingerprints():
+            if fp in entries:
+                return cls._unwrap(keys, fp, entries[fp], provider.url)
+        raise KeyMismatchError(
+            f"the key does not match the repository at {provider.url}: use the key it was created with "
+            "(--key-file or BACKUP_ENCRYPTION_KEY)"
+        )
+
+    @staticmethod
+    def _key_objects(provider: Provider) -> dict[str, str]:
+        """Key entries written as separate objects (``keys/<fingerprint>``); malformed ones are ignored."""
+        out: dict[str, str] = {}
+        for info in provider.list(KEYS):
+            fp = info.key[len(KEYS) :]
+            if not _FINGERPRINT.match(fp) or info.size > MAX_KEY_ENTRY_BYTES:
+                continue
+            try:
+                raw = read_bounded(provider, info.key, MAX_KEY_ENTRY_BYTES)
+                if raw is not None:
+                    out[fp] = raw.decode("ascii").strip()
+            except (NotFound, UnicodeDecodeError):
+                continue
+        return out
+
+    def key_entries(self, config: dict | None = None) -> dict[str, str]:
+        """Every key entry: the config's and the ``keys/`` objects rotation added."""
+        return {**self._key_objects(self.provider), **(config or self.config)["keys"]}
+
+    def has_all_keys(self) -> bool:
+        """Whether the ring holds every key the repository knows: then an object none of them
+        authenticates is damaged, not merely encrypted with a key we were not given."""
+        return set(self.key_entries()) <= set(self.keys.fingerprints())
+
+    @staticmethod
     def _initialise(provider: Provider, keys: KeyRing) -> bytes:
         id_key = os.urandom(32)
-        config = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "created": time.time(),
-            "chunk_id": "hmac-sha256",
-            "keys": {keys.fingerprints()[0]: keys.fernet().encrypt(id_key).decode("ascii")},
-        }
-        raw = json.dumps(config, indent=1).encode()
+        raw = json.dumps(_new_config(keys, id_key, time.time()), indent=1).encode()
         provider.put_if_absent(CONFIG_KEY, raw)
         # Read back even when we "won": on a store whose create-if-absent is not atomic two first
         # writers could both succeed, and only the config that stayed may be used.
-        return provider.get(CONFIG_KEY)
+        return Repository._read_config(provider)
 
     @staticmethod
     def _unwrap(keys: KeyRing, fp: str, token: str, url: str) -> bytes:
         try:
-            return keys.fernet(fp).decrypt(token.encode())
-        except InvalidToken:
-            raise IntegrityError(f"the repository config at {url} is damaged (key entry fails to decrypt)") from None
-
-    @staticmethod
-    def _parse_config(raw: bytes, url: str) -> dict:
-        try:
-            config = json.loads(raw)
-            assert isinstance(config, dict) and isinstance(config.get("keys"), dict)
-        except (ValueError, AssertionError):
-            raise ConfigError(f"{url} is not a ckpt-sync repository (its config object is not readable)") from None
-        if config.get("format") != FORMAT_NAME:
-            raise ConfigError(f"{url} is not a ckpt-sync repository (format {config.get('format')!r})")
-        if not isinstance(config.get("version"), int) or config["version"] > FORMAT_VERSION:
+            id_key = keys.fernet(fp).decrypt(token.encode())
+        except (InvalidToken, ValueError):
+            id_key = b""
+        if len(id_key) != 32:
             raise ConfigError(
-                f"the repository at {url} uses format version {config.get('version')}, newer than this "
-                f"ckpt-sync ({FORMAT_VERSION}): upgrade ckpt-sync"
+                f"the repository config at {url} is damaged (its key entry fails to decrypt): rebuild it with "
+                f"`ckpt-sync repair-config --repo {url}` and the key"
             )
-        return config
+        return id_key
 
     def _add_primary_key(self) -> None:
         """Key rotation: the first key is new to the repository, an older one opened it; record the new one.
 
-        Rewrites the small config object (stores have no compare-and-swap on overwrite for all
-        providers); re-reading first keeps entries other writers added meanwhile.
+        Each key's entry is its own object, written put-if-absent: two hosts rotating at once each add
+        theirs, and nothing rewrites the config (a blind overwrite would drop the other's entry).
         """
-        latest = self._parse_config(self.provider.get(CONFIG_KEY), self.url)
-        latest["keys"][self.keys.fingerprints()[0]] = self.keys.fernet().encrypt(self._id_key).decode("ascii")
-        self.provider.put(CONFIG_KEY, json.dumps(latest, indent=1).encode())
-        self.config = latest
+        fp = self.keys.fingerprints()[0]
+        token = self.keys.fernet().encrypt(self._id_key)
+        self.provider.put_if_absent(f"{KEYS}{fp}", token)
+
+    def binding(self) -> RepositoryBinding:
+        """What every manifest this repository commits carries: its id, and the config's backup."""
+        return RepositoryBinding(
+            self.id,
+            base64.urlsafe_b64encode(self._id_key).decode("ascii"),
+            float(self.config.get("created", 0.0)),
+            int(self.config.get("pad", 0)),
+        )
 
     # --- chunks ----------------------------------------------------------------------------------
 
@@ -217,9 +351,14 @@ class Repository:
         self, ref: ChunkRef, *, out: bytearray | None = None, scratch: bytearray | None = None
     ) -> bytearray | memoryview:
         """Fetch, authenticate, decrypt and check a chunk against its id and size (into ``out``, a
-        reusable buffer, when given; the token is read into ``scratch``, another, when given)."""
+        reusable buffer, when given; the token is read into ``scratch``, another, when given).
+
+        The read is bounded by the expected token size (the store is not trusted): an oversized
+        object is refused without ever being held in memory."""
         key = chunk_key(ref.id)
-        token = self.provider.get(key) if scratch is None else read_into(self.provider, key, scratch)
+        expected = token_size(ref.size)
+        bounded = self.provider.get(key, 0, expected + 1) if scratch is None else None
+        token = bounded if scratch is None else read_into(self.provider, key, scratch)
         return self.open_token(ref, token, out=out)
 
     def open_token(
@@ -240,9 +379,9 @@ class Repository:
     def _unreadable_because(self, err: IntegrityError) -> str:
         """Why a chunk fails to decrypt. The key already opened the repository, so when the ring holds
         every key the repository knows, "wrong key" is ruled out: the object was altered."""
-        missing = set(self.config.get("keys", {})) - set(self.keys.fingerprints())
         if "authentication failed" not in str(err):
             return f"is damaged ({err})"
+        missing = set(self.key_entries()) - set(self.keys.fingerprints())
         if not missing:
             return "fails authentication: the stored object was altered or damaged (the key is right)"
         return (
@@ -274,11 +413,12 @@ class Repository:
         self._cache = None
 
     def manifests(self, on_unreadable: Callable[[str, IntegrityError], None] | None = None) -> Iterator[Manifest]:
-        """Committed manifests, newest first.
+        """This repository's readable manifests, newest first.
 
-        One that cannot be read (damaged, or encrypted with a key not in this ring) is reported to
-        ``on_unreadable`` and skipped; one removed since the listing (a concurrent prune) is skipped;
-        one another readable manifest supersedes (a tag change, see ``supersede``) is hidden.
+        One that cannot be read (damaged, malformed, oversized, another repository's, or encrypted
+        with a key not in this ring) is reported to ``on_unreadable`` and skipped; one removed since
+        the listing (a concurrent prune) is skipped; one another readable manifest supersedes (a tag
+        change, see ``supersede``) is hidden.
         """
         loaded: list[Manifest] = []
         for mid in self.manifest_ids():
@@ -327,7 +467,9 @@ class Repository:
         return sorted(set(self.config.get("keys", {})) - set(self.keys.fingerprints()))
 
     def load_manifest(self, manifest_id: str) -> Manifest:
-        """The manifest, authenticated and checked. When ``manifest_id`` is in the latest listing and
+        """The manifest, read size-bounded, authenticated, checked strictly (manifest.parse_manifest)
+        and checked to be this repository's (version-1 manifests from before repository ids carry
+        none and stay readable); IntegrityError otherwise. When ``manifest_id`` is in the latest listing and
         the host has a copy of that very object (manifest_cache.py), the copy is read instead of the
         store; it is decrypted and checked exactly like a fetched one."""
         cache = self._cache
@@ -337,7 +479,11 @@ class Repository:
                 return self._decode_manifest(manifest_id, token)
             except IntegrityError:
                 cache.discard(manifest_id, info)  # a damaged copy: judge the stored object
-        token = self.provider.get(manifest_key(manifest_id))
+        token = read_bounded(self.provider, manifest_key(manifest_id), MAX_MANIFEST_BYTES)
+        if token is None:
+            raise IntegrityError(
+                f"manifest {manifest_id} is larger than {MAX_MANIFEST_BYTES >> 20} MiB (replaced or foreign object)"
+            )
         manifest = self._decode_manifest(manifest_id, token)
         if cache is not None and info is not None:
             cache.put(manifest_id, info, token)
@@ -345,7 +491,7 @@ class Repository:
 
     def _decode_manifest(self, manifest_id: str, token: bytes) -> Manifest:
         try:
-            data = json.loads(self.keys.decrypt(token))
+            plain = self.keys.decrypt(token)
         except IntegrityError as err:
             missing = self.missing_key_fingerprints() if "authentication failed" in str(err) else []
             if missing:
@@ -355,30 +501,42 @@ class Repository:
                     missing,
                 ) from None
             raise IntegrityError(f"manifest {manifest_id} {self._unreadable_because(err)}") from None
-        except ValueError:
-            raise IntegrityError(f"manifest {manifest_id} is not valid JSON") from None
-        try:
-            return Manifest.from_json(data, expected_id=manifest_id)
-        except (KeyError, TypeError, ValueError) as err:
-            raise IntegrityError(f"manifest {manifest_id} is malformed ({err})") from None
+        m = parse_manifest(plain, expected_id=manifest_id)
+        if m.repository is not None and m.repository.id != self.id:
+            raise IntegrityError(
+                f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)"
+            )
+        return m
 
     def commit(self, manifest: Manifest) -> Manifest:
         """The commit point: verify every chunk is stored, then write the manifest without overwriting.
 
         Idempotent: when this version (``Manifest.same_version``: name, tags, file hashes) is
         already committed — a retried job, a crash between commit and bookkeeping, a restored file
-        pushed again — nothing is written and the existing checkpoint is returned.
+        pushed again — nothing is written and the existing checkpoint is returned. Otherwise returns
+        the manifest as committed (stamped with this repository's binding).
         """
         for existing in self.manifests():
             if existing.same_version(manifest):
                 return existing
+        manifest = dataclasses.replace(manifest, repository=self.binding())
         missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)
         if missing:
             raise OperationFailed(
                 f"not committing {manifest.name}: {len(missing)} chunk(s) are not in {self.url} "
                 "(removed by a concurrent prune?); push again"
             )
-        token = self.keys.encrypt(json.dumps(manifest.to_json(), separators=(",", ":")).encode())
+        raw = json.dumps(manifest.to_json(), separators=(",", ":")).encode()
+        try:  # never write what a reader would refuse (the one schema check: manifest.parse_manifest)
+            parse_manifest(raw, expected_id=manifest.id)
+        except IntegrityError as err:
+            raise OperationFailed(f"not committing {manifest.name}: {err}; nothing was committed") from None
+        token = self.keys.encrypt(raw)
+        if len(token) > MAX_MANIFEST_BYTES:
+            raise OperationFailed(
+                f"not committing {manifest.name}: its manifest would exceed {MAX_MANIFEST_BYTES >> 20} MiB "
+                "(too many files or chunks); push it with a larger --chunk-size"
+            )
         if not self.provider.put_if_absent(manifest_key(manifest.id), token):
             # Either a retry found our own earlier successful write, or a true id collision.
             try:
@@ -388,6 +546,86 @@ class Repository:
                 pass
             raise OperationFailed(f"manifest id {manifest.id} already exists in {self.url}; push again")
         return manifest
+
+
+def _new_config(keys: KeyRing, id_key: bytes, created: float, pad: int = 0) -> dict:
+    config = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "created": created,
+        "chunk_id": "hmac-sha256",
+        "keys": {fp: keys.fernet(fp).encrypt(id_key).decode("ascii") for fp in keys.fingerprints()[:1]},
+    }
+    if pad:
+        config["pad"] = pad
+    return config
+
+
+def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding, int]:
+    """Rebuild a missing or damaged ``config`` from the backup every manifest carries.
+
+    Returns the binding used and how many manifests carried it. The id key is checked against a
+    stored chunk before anything is written. Raises OperationFailed when no readable manifest
+    carries a backup (manifests written before ckpt-sync recorded one), and ConfigError when the
+    config is sound (nothing to repair).
+    """
+    try:
+        raw = Repository._read_config(provider)
+        config = parse_config(raw, provider.url)
+        Repository._find_id_key(provider, keys, config)
+    except NotFound:
+        present = False
+    except KeyMismatchError:
+        raise
+    except ConfigError:
+        present = True
+    else:
+        raise ConfigError(
+            f"the repository config at {provider.url} is sound and opens with this key: nothing to repair"
+        )
+    found: Counter[RepositoryBinding] = Counter()
+    sample: dict[RepositoryBinding, ChunkRef] = {}
+    for info in provider.list(MANIFESTS):
+        mid = info.key[len(MANIFESTS) :]
+        try:
+            token = read_bounded(provider, info.key, MAX_MANIFEST_BYTES)
+            if token is None:
+                continue
+            m = parse_manifest(keys.decrypt(token), expected_id=mid)
+        except (IntegrityError, NotFound):
+            continue
+        if m.repository is not None:
+            found[m.repository] += 1
+            chunk = next((c for f in m.files for c in f.chunks), None)
+            if chunk is not None:
+                sample.setdefault(m.repository, chunk)
+    for binding, count in found.most_common():
+        id_key = base64.urlsafe_b64decode(binding.id_key)
+        if len(id_key) != 32 or repository_id(id_key) != binding.id:
+            continue
+        ref = sample.get(binding)
+        if ref is not None and not _chunk_matches(provider, keys, id_key, ref):
+            continue
+        new = json.dumps(_new_config(keys, id_key, binding.created, binding.pad), indent=1).encode()
+        if present:
+            provider.put(CONFIG_KEY, new)
+        elif not provider.put_if_absent(CONFIG_KEY, new):
+            raise OperationFailed(f"another writer created a config at {provider.url} meanwhile; run this again")
+        return binding, count
+    raise OperationFailed(
+        f"no readable checkpoint in {provider.url} carries a config backup (written by an older ckpt-sync, "
+        "or encrypted with another key): the config cannot be rebuilt"
+    )
+
+
+def _chunk_matches(provider: Provider, keys: KeyRing, id_key: bytes, ref: ChunkRef) -> bool:
+    try:
+        token = provider.get(chunk_key(ref.id), 0, token_size(ref.size) + 1)
+        plain = keys.decrypt(token) if len(token) == token_size(ref.size) else b""
+    except (IntegrityError, NotFound):
+        return False
+    return hmac.compare_digest(hmac.digest(id_key, plain, "sha256").hex(), ref.id)
+
 
 def hostname() -> str:
     return socket.gethostname()

@@ -21,7 +21,19 @@ from typing import BinaryIO
 from .buffers import BufferPool
 from .contents import file_entry, select_files
 from .crypto import token_size
-from .errors import CkptSyncError, IntegrityError, MissingKeyError, NotFound, OperationFailed, UsageError
+from .errors import (
+    Cancelled,
+    CkptSyncError,
+    ConfigError,
+    IntegrityError,
+    MissingKeyError,
+    NoSpace,
+    NotFound,
+    OperationFailed,
+    PermanentStorageError,
+    TransientStorageError,
+    UsageError,
+)
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .pipeline import default_workers, ordered_map
 from .providers.local import WRITE_SLICE, write_all
@@ -106,6 +118,12 @@ def _destination(dest: Path, rel: str) -> Path:
     return final
 
 
+def temp_name() -> str:
+    """A hidden, unique name beside a file being restored. Short and independent of the final name,
+    so any name up to the filesystem's 255-byte limit can be restored (and `watch` ignores it)."""
+    return f".ckpt-sync-{secrets.token_hex(4)}.part"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -144,7 +162,7 @@ def restore(
     mtime_ns = source_mtime if isinstance(source_mtime, int) else None
     free = shutil.disk_usage(dest).free
     if free < manifest.size:
-        raise OperationFailed(
+        raise NoSpace(
             f"not enough space in {dest}: {manifest.name} needs {manifest.size / 2**20:.1f} MiB, "
             f"{free / 2**20:.1f} MiB free; free some space and re-run"
         )
@@ -162,7 +180,7 @@ def restore(
                     stats.files_skipped += 1
                     continue
                 final = finals[entry.path]
-                tmp = final.with_name(f".{final.name}.ckpt-sync-{secrets.token_hex(4)}.part")
+                tmp = final.with_name(temp_name())
                 staged.append((tmp, final))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
                 try:
@@ -190,7 +208,7 @@ def restore(
     except OSError as err:
         _discard(staged)
         if err.errno == errno.ENOSPC:
-            raise OperationFailed(f"no space left on device in {dest}: free some space and re-run") from err
+            raise NoSpace(f"no space left on device in {dest}: free some space and re-run") from err
         if err.errno in _CANNOT_WRITE:  # about the user's folder, not our hidden temp file's name
             raise UsageError(f"cannot write into {dest}: {err.strerror} (choose another --to)") from None
         raise
@@ -332,6 +350,10 @@ def find_manifest(repo: Repository, selector: str) -> Manifest:
     raise OperationFailed(f"no checkpoint with id or name {selector!r} in {repo.url}{hint}")
 
 
+# Failures no older checkpoint can get past: the store, the key or the user's folder, not one checkpoint.
+_FATAL = (Cancelled, ConfigError, NoSpace, PermanentStorageError, TransientStorageError, UsageError)
+
+
 def pull(
     repo: Repository,
     dest: str | os.PathLike[str],
@@ -402,11 +424,16 @@ def pull(
             if on_start:
                 on_start(m)
             return m, restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
-        except (IntegrityError, NotFound) as err:
+        except _FATAL:
+            raise
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise
+            if warn:
+                warn(f"checkpoint {m.name} ({m.id}) could not be restored ({err.strerror or err}); falling back")
+        except CkptSyncError as err:  # anything about this one checkpoint: damaged, missing, unrestorable
             if warn:
                 warn(f"checkpoint {m.name} ({m.id}) is damaged ({err}); falling back to the previous one")
-        except CkptSyncError:
-            raise
     raise OperationFailed(
         f"no valid checkpoint in {repo.url}: all {len(candidates)} {selection.describe()}(s) are damaged"
     )

@@ -21,6 +21,8 @@ from .pipeline import default_workers, ordered_map
 from .repository import Repository
 from .restore import find_manifest, read_verified
 
+UNREADABLE = "(unreadable manifest)"
+
 
 @dataclass
 class CheckResult:
@@ -89,7 +91,7 @@ def verify(
                 pairs.append((mid, repo.load_manifest(mid)))
             except (IntegrityError, NotFound) as err:
                 locked = isinstance(err, MissingKeyError)
-                pairs.append((mid, CheckResult(mid, "(unreadable manifest)", [str(err)], missing_key=locked)))
+                pairs.append((mid, CheckResult(mid, UNREADABLE, [str(err)], missing_key=locked)))
     results: list[CheckResult] = []
     users: dict[ChunkRef, list[CheckResult]] = {}
     with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-verify") as pool:

@@ -68,4 +68,7 @@ def read_into(provider: Provider, key: str, out: bytearray) -> bytes | memoryvie
     again. None when the object is larger than ``out`` and was not read; the caller, who knows the
     size to expect, checks it in every case."""
     fn = getattr(provider, "get_into", None)
-    return fn(key, out) if fn is not None else provider.get(key)
+    if fn is not None:
+        return fn(key, out)
+    data = provider.get(key, 0, len(out) + 1)  # bounded: the store is not trusted to return what we expect
+    return data if len(data) <= len(out) else None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import pytest
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.repository import new_manifest_id
+from ckpt_sync.repository import manifest_key, new_manifest_id
 
 
 def _craft(repo_url, path_in_manifest: str) -> str:
@@ -20,7 +21,9 @@ def _craft(repo_url, path_in_manifest: str) -> str:
         id=new_manifest_id(),
         files=(dataclasses.replace(good.files[0], path=path_in_manifest),),
     )
-    repo.commit(evil)
+    # Written as a buggy or hostile writer would: Repository.commit refuses to write such a manifest.
+    raw = json.dumps(evil.to_json()).encode()
+    assert repo.provider.put_if_absent(manifest_key(evil.id), repo.keys.encrypt(raw))
     return evil.id
 
 

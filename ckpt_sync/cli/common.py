@@ -14,6 +14,7 @@ from ..api import open_repository as _open_repository
 from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..prune import DEFAULT_GRACE
+from ..redact import redact
 from ..selection import ANY, Selection
 from .progress import ProgressLine
 
@@ -30,12 +31,13 @@ OUTPUT = _Output()
 
 
 def err(msg: str) -> None:
-    print(f"ckpt-sync: error: {msg}", file=sys.stderr)
+    """The one error line; secrets redacted (redact.py), whoever built the message."""
+    print(f"ckpt-sync: error: {redact(msg)}", file=sys.stderr)
 
 
 def warn(msg: str) -> None:
     if not OUTPUT.quiet:
-        print(f"ckpt-sync: warning: {msg}", file=sys.stderr)
+        print(f"ckpt-sync: warning: {redact(msg)}", file=sys.stderr)
 
 
 def say(msg: str) -> None:

@@ -31,6 +31,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--per-session", action="store_true", help="apply the --keep-* counts to each session on its own")
     add_grace_option(p)
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    p.add_argument(
+        "--remove-damaged",
+        action="store_true",
+        help="also remove manifests that fail authentication, are malformed or belong to another repository "
+        "(needs every key; try with --dry-run first)",
+    )
     add_json_option(p)
     add_repo_option(p, "--from")
     p.set_defaults(func=run)
@@ -39,13 +45,21 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     policy = _policy(args)
     repo = open_repository(args)
-    report = prune(repo, policy, grace=args.grace, dry_run=args.dry_run)
+    report = prune(repo, policy, grace=args.grace, dry_run=args.dry_run, remove_damaged=args.remove_damaged)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
         return EXIT_OK
     verb = "would remove" if args.dry_run else "removed"
+    for mid in report.damaged_removed:
+        say(f"{verb} damaged manifest {mid}")
     for mid, name in zip(report.removed, report.removed_names, strict=True):
         say(f"{verb} {name} ({mid})")
+    left = [mid for mid in report.damaged if mid not in report.damaged_removed]
+    if left:
+        say(
+            f"left {len(left)} damaged or foreign manifest(s) alone (e.g. {left[0]}); see `ckpt-sync verify`, "
+            "remove them with `ckpt-sync prune --remove-damaged --dry-run` first"
+        )
     say(
         f"kept {len(report.kept)} checkpoint(s); {verb} {len(report.removed)}; "
         f"{verb} {report.chunks_removed} unreferenced chunk(s) ({format_bytes(report.bytes_freed)})"

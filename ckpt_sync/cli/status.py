@@ -9,9 +9,10 @@ from pathlib import Path
 from ..daemon import default_state_dir
 from ..errors import EXIT_OK, CkptSyncError, ConfigError, UsageError
 from ..queue import JobQueue
+from ..redact import redact
 from ..status import gather
 from ..units import format_bytes
-from .common import add_json_option, add_repo_option, open_repository, when
+from .common import add_json_option, add_repo_option, err, open_repository, when
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -36,18 +37,20 @@ def run(args: argparse.Namespace) -> int:
         args.repo = recorded
         if not args.settings.values["endpoint_url"].source.startswith("flag"):
             args.endpoint_url = queue.get_value("endpoint_url") or args.endpoint_url
-    repo, repo_error = None, None
+    # The queue's state is still shown when the repository cannot be opened, but the exit code says
+    # so: a wrong key or an unreachable store is not a healthy status.
+    repo, repo_error, exit_code = None, None, EXIT_OK
     try:
         repo = open_repository(args)
     except CkptSyncError as e:
-        repo_error = str(e)
+        repo_error, exit_code = redact(str(e)), e.exit_code
     try:
         st = gather(queue, repo, repo_error)
     finally:
         queue.close()
     if args.json:
         print(json.dumps(st, indent=2))
-        return EXIT_OK
+        return exit_code
     print(f"repository:  {st['repository'] or 'unavailable: ' + str(st['repository_error'])}")
     print(f"backlog:     {st['backlog']} job(s) ({st['jobs']['failed']} failed, {st['jobs']['done']} done)")
     for j in st["in_flight"]:
@@ -69,4 +72,6 @@ def run(args: argparse.Namespace) -> int:
     if st["last_error"]:
         e = st["last_error"]
         print(f"last error:  {when(e['time'])} {e['job']}: {e['error']}")
-    return EXIT_OK
+    if repo_error:
+        err(repo_error)
+    return exit_code
