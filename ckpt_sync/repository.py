@@ -463,8 +463,8 @@ class Repository:
         """Fingerprints the repository's config lists and this key ring lacks (re-read: another host
         may have added a key since this repository was opened)."""
         with contextlib.suppress(CkptSyncError, OSError):  # else the config as opened still says something
-            self.config = self._parse_config(self.provider.get(CONFIG_KEY), self.url)
-        return sorted(set(self.config.get("keys", {})) - set(self.keys.fingerprints()))
+            self.config = parse_config(self._read_config(self.provider), self.url)
+        return sorted(set(self.key_entries()) - set(self.keys.fingerprints()))
 
     def load_manifest(self, manifest_id: str) -> Manifest:
         """The manifest, read size-bounded, authenticated, checked strictly (manifest.parse_manifest)
