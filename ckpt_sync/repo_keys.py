@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from .crypto import fingerprint
 from .errors import IntegrityError, NotFound, UsageError
 from .manifest import MAX_MANIFEST_BYTES
-from .repository import CONFIG_KEY, Repository, manifest_key, read_bounded
-from .repository import KEYS as KEY_OBJECTS  # per-key entry objects, where rotation writes them (put-if-absent)
+from .repository import CONFIG_KEY, KEYS, Repository, manifest_key, read_bounded
 
 
 @dataclass(frozen=True)
@@ -32,17 +31,20 @@ class KeyInfo:
 
 
 def _entries(repo: Repository) -> dict[str, float | None]:
-    """Every key entry the repository has and when it was added (as well as the store tells)."""
+    """Every key entry the repository has (Repository.key_entries: the config's, then the ``keys/``
+    objects rotation adds put-if-absent) and when it was added, as well as the store tells."""
     config_time = next((i.modified for i in repo.provider.list(CONFIG_KEY) if i.key == CONFIG_KEY), None)
-    out: dict[str, float | None] = {}
+    object_times = {i.key[len(KEYS) :]: i.modified for i in repo.provider.list(KEYS)}
     created = repo.config.get("created")
-    for i, fp in enumerate(repo.config.get("keys", {})):
-        # The first entry is the creating key (the config's created time); later ones rewrote the config.
-        out[fp] = float(created) if i == 0 and isinstance(created, int | float) else config_time
-    for info in repo.provider.list(KEY_OBJECTS):
-        fp = info.key[len(KEY_OBJECTS) :]
-        if len(fp) == 32 and fp not in out:
-            out[fp] = info.modified
+    in_config = list(repo.config.get("keys", {}))
+    out: dict[str, float | None] = {}
+    for fp in repo.key_entries():
+        if fp in object_times:
+            out[fp] = object_times[fp]
+        elif in_config and fp == in_config[0] and isinstance(created, int | float):
+            out[fp] = float(created)  # the creating key
+        else:
+            out[fp] = config_time  # added by an older ckpt-sync, which rewrote the config
     return out
 
 
