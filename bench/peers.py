@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from common import Measured, run_cmd
+from common import Measured, run_cmd, then_sync
 
 PASSWORD = "ckpt-sync-bench"
 
@@ -34,7 +34,7 @@ def restic(work: Path, src: Path) -> tuple[Measured, Measured] | None:
     restore = run_cmd(["restic", "restore", "latest", "--repo", repo, "--target", str(target), "--quiet"], env=env)
     restored = target / str(src).lstrip("/")
     assert restored.stat().st_size == src.stat().st_size, "restic restored the wrong size"
-    return backup, restore
+    return backup, then_sync(restore, restored)  # + sync: our pull fsyncs what it restores
 
 
 def rclone_crypt(work: Path, src: Path) -> tuple[Measured, Measured] | None:
@@ -52,4 +52,14 @@ def rclone_crypt(work: Path, src: Path) -> tuple[Measured, Measured] | None:
     out = work / "rclone-out"
     pull = run_cmd(["rclone", "copy", f"benchcrypt:{src.name}", str(out)], env=env)
     assert (out / src.name).stat().st_size == src.stat().st_size, "rclone restored the wrong size"
-    return push, pull
+    return push, then_sync(pull, out / src.name)  # + sync: our pull fsyncs what it restores
+
+
+def copy_and_sync(work: Path, src: Path) -> tuple[Measured, Measured]:
+    """``cp`` + ``sync FILE``: the disk's own limit for writing these bytes once (both columns)."""
+    dst = work / "copy" / src.name
+    dst.parent.mkdir()
+    there = then_sync(run_cmd(["cp", str(src), str(dst)]), dst)
+    back = work / "copy-back.pt"
+    again = then_sync(run_cmd(["cp", str(dst), str(back)]), back)
+    return there, again
