@@ -8,6 +8,7 @@ repository (argument, ``$CKPT_SYNC_REPO``, embedded default) and keys (argument,
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,12 +36,14 @@ def open_repository(
     keys: KeyRing | None = None,
     create: bool = False,
     retry: RetryPolicy | None = RetryPolicy(),
+    cancel: threading.Event | None = None,
     **provider_options: Any,
 ) -> Repository:
-    """Resolve URL and keys, build the provider and open the repository (checking the key first)."""
+    """Resolve URL and keys, build the provider and open the repository (checking the key first).
+    ``cancel`` ends the waits between retries (raising Cancelled)."""
     url = resolve_repo_url(repo)
     ring = keys or load_keyring(key_file)
-    provider = open_provider(url, retry=retry, **provider_options)
+    provider = open_provider(url, retry=retry, cancel=cancel, **provider_options)
     try:
         return Repository.open(provider, ring, create=create)
     except BaseException:

@@ -15,11 +15,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint_files import incomplete_reason, signature
 from .chunking import ChunkPolicy
 from .errors import UsageError
 from .manifest import Manifest
 from .prune import DEFAULT_GRACE
-from .queue import Job, JobQueue, signature
+from .queue import PENDING, RUNNING, Job, JobQueue
 from .repository import Repository
 from .transfer import TransferStats
 from .watcher import DEFAULT_PATTERNS, CheckpointFinder, CompletionTracker, FolderWatcher, Unit
@@ -70,12 +71,13 @@ def run_watch(
     repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threading.Event, hooks: WatchHooks | None = None
 ) -> int:
     """Run until ``stop`` (or, with ``once``, until everything present is committed). Returns the exit code."""
-    root = opts.root.absolute()
+    root = opts.root.resolve()
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder to watch")
     queue.set("watch_dir", str(root))
     queue.set("patterns", json.dumps(list(opts.patterns)))
-    finder = CheckpointFinder(root, opts.patterns)
+    queue.retry_now()  # a new run tries what earlier runs left queued at once
+    finder = CheckpointFinder(root, opts.patterns, warn=log.warning)
     tracker = CompletionTracker(opts.settle)
     committed = committed_versions(repo)
     worker = SyncWorker(
@@ -85,7 +87,6 @@ def run_watch(
         grace=opts.grace,
         workers=opts.workers,
         policy=opts.policy,
-        max_attempts=opts.once_attempts if opts.once else None,
         on_commit=hooks.on_commit if hooks else None,
         on_failure=hooks.on_failure if hooks else None,
     )
@@ -98,15 +99,22 @@ def run_watch(
     log.info("watching %s -> %s (%d checkpoint(s) present)", root, repo.url, len(present))
     worker_thread.start()
     next_scan = time.monotonic() + opts.rescan_every
+    held_back: dict[Path, tuple[int, int]] = {}
+    still_pending: list[Job] = []
     try:
         while not stop.is_set():
             if hooks and hooks.on_tick:
                 hooks.on_tick(worker_thread.is_alive())
             for unit in tracker.ready():
-                if _enqueue_if_new(queue, unit, committed):
+                if _enqueue_if_new(queue, unit, committed, held_back):
                     worker.wake()
-            if opts.once and tracker.pending() == 0 and queue.unfinished() == 0:
-                break
+            if opts.once and tracker.pending() == 0:
+                unfinished = queue.jobs(PENDING, RUNNING)
+                if not unfinished:
+                    break
+                if all(worker.tried.get(j.id, 0) >= opts.once_attempts for j in unfinished):
+                    still_pending = unfinished
+                    break
             if not opts.once and time.monotonic() >= next_scan:
                 watcher.rescan()
                 next_scan = time.monotonic() + opts.rescan_every
@@ -117,20 +125,46 @@ def run_watch(
         worker_thread.join()
         if not opts.once:
             watcher.stop()
-    return 1 if worker.failed else 0
+    if still_pending:
+        last = still_pending[0]
+        log.error(
+            "%d checkpoint(s) not uploaded yet (%s; last error: %s): they stay queued and held, "
+            "and the next run retries them",
+            len(still_pending),
+            ", ".join(j.name for j in still_pending[:3]) + (", ..." if len(still_pending) > 3 else ""),
+            last.last_error,
+        )
+    return 1 if worker.failed or still_pending else 0
 
 
-def _enqueue_if_new(queue: JobQueue, unit: Unit, committed: set[tuple[str, int, int]]) -> bool:
+def _enqueue_if_new(
+    queue: JobQueue, unit: Unit, committed: set[tuple[str, int, int]], held_back: dict[Path, tuple[int, int]]
+) -> bool:
+    """Queue ``unit`` unless this version is committed or queued already, or is not complete on
+    disk (held back with one warning per version until it changes)."""
     try:
         size, mtime_ns = signature(unit.path)
     except FileNotFoundError:
         return False
     if (unit.path.name, size, mtime_ns) in committed or queue.find(unit.path, size, mtime_ns):
         return False
+    if unit.path.is_file():
+        reason = incomplete_reason(unit.path)
+        if reason:
+            if held_back.get(unit.path) != (size, mtime_ns):
+                held_back[unit.path] = (size, mtime_ns)
+                log.warning("not uploading %s yet: it %s", unit.path, reason)
+            return False
     tags, metadata = unit.describe()
     try:
         job_id = queue.enqueue(unit.path, tags=tags, metadata=metadata)
     except FileNotFoundError:
         return False  # rotated away before we could hold it
+    except UsageError as err:  # e.g. a symlink out of a folder checkpoint: an error, never a silent omission
+        if held_back.get(unit.path) != (size, mtime_ns):
+            held_back[unit.path] = (size, mtime_ns)
+            log.error("not uploading %s: %s", unit.path, err)
+        return False
+    held_back.pop(unit.path, None)
     log.info("queued %s (job %d)", unit.path.name, job_id)
     return True

@@ -1,6 +1,7 @@
 """Coordination objects that make pruning safe next to concurrent writers.
 
-Two kinds, both small plaintext JSON objects under ``locks/`` holding only timestamps:
+Two kinds, both small plaintext JSON objects under ``locks/`` holding timestamps and their owner
+(host, pid, process start time: owners.py):
 
 - ``locks/push-<random>``: held by every push while it runs (refreshed by a heartbeat).
 - ``locks/prune``: at most one pruner at a time (created with put-if-absent).
@@ -8,8 +9,10 @@ Two kinds, both small plaintext JSON objects under ``locks/`` holding only times
 The protocol (each side writes its own lock *before* reading the other's, so at least one sees the
 other): a pruner takes ``locks/prune`` and then deletes unreferenced chunks only if no live push
 lock exists; a pusher takes its push lock and then waits while a live prune lock exists before it
-lists which chunks the repository already has. A lock whose ``expires`` has passed is stale (its
-holder died) and is ignored and cleaned up.
+lists which chunks the repository already has. A lock is broken at once (ignored and removed)
+when its owner is provably dead on this host (a ``kill -9``), or when its heartbeat is stale:
+holders refresh it every ``ttl / 4`` seconds, so ``expires`` passing means the holder is gone.
+Every wait for a lock honours a cancel event (SIGTERM) and raises Cancelled.
 """
 
 from __future__ import annotations
@@ -21,14 +24,15 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .errors import NotFound, OperationFailed
+from .errors import Cancelled, NotFound, OperationFailed
+from .owners import owner_alive, owner_id
 from .providers import Provider
 
 log = logging.getLogger("ckpt_sync.locks")
 
 LOCKS = "locks/"
 PRUNE_LOCK = "locks/prune"
-DEFAULT_TTL = 600.0
+DEFAULT_TTL = 120.0  # refreshed every ttl/4: a holder that stops beating for this long is gone
 
 
 @dataclass(frozen=True)
@@ -36,27 +40,31 @@ class LockInfo:
     key: str
     created: float
     expires: float
+    owner: str | None = None
 
     def live(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) < self.expires
+        if (time.time() if now is None else now) >= self.expires:
+            return False
+        return self.owner is None or owner_alive(self.owner)
 
 
 MAX_LOCK_BYTES = 4096
 
 
-def _body(ttl: float) -> bytes:
+def _body(ttl: float, created: float | None = None) -> bytes:
     now = time.time()
-    return json.dumps({"created": now, "expires": now + ttl}).encode()
+    return json.dumps({"created": created or now, "expires": now + ttl, "owner": owner_id()}).encode()
 
 
 def read_lock(provider: Provider, key: str) -> LockInfo | None:
     try:
         raw = provider.get(key, 0, MAX_LOCK_BYTES + 1)  # the store is not trusted: never read a huge object
         d = json.loads(raw) if len(raw) <= MAX_LOCK_BYTES else {}
-        return LockInfo(key, float(d["created"]), float(d["expires"]))
+        owner = d.get("owner")
+        return LockInfo(key, float(d["created"]), float(d["expires"]), owner if isinstance(owner, str) else None)
     except NotFound:
         return None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return LockInfo(key, 0.0, 0.0)  # unreadable: treat as stale
 
 
@@ -67,6 +75,7 @@ class Lock:
         self.provider = provider
         self.key = key
         self.ttl = ttl
+        self._created = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name=f"lock {key}", daemon=True)
         self._thread.start()
@@ -74,7 +83,7 @@ class Lock:
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.ttl / 4):
             try:
-                self.provider.put(self.key, _body(self.ttl))
+                self.provider.put(self.key, _body(self.ttl, self._created))
             except Exception as err:  # a missed beat only shortens the lock's life
                 log.warning("could not refresh %s: %s", self.key, err)
 
@@ -106,8 +115,17 @@ def live_push_locks(provider: Provider) -> list[LockInfo]:
     return out
 
 
-def acquire_push_lock(provider: Provider, *, ttl: float = DEFAULT_TTL, wait_for_prune: float = 3600.0) -> Lock:
-    """Announce a push, then wait out a running prune so chunks we are about to reuse stay put."""
+def acquire_push_lock(
+    provider: Provider,
+    *,
+    ttl: float = DEFAULT_TTL,
+    wait_for_prune: float = 3600.0,
+    cancel: threading.Event | None = None,
+) -> Lock:
+    """Announce a push, then wait out a running prune so chunks we are about to reuse stay put.
+
+    A prune lock whose owner died is broken at once; ``cancel`` ends the wait with Cancelled.
+    """
     key = f"{LOCKS}push-{int(time.time() * 1000):013d}-{secrets.token_hex(6)}"
     provider.put(key, _body(ttl))
     lock = Lock(provider, key, ttl)
@@ -115,13 +133,19 @@ def acquire_push_lock(provider: Provider, *, ttl: float = DEFAULT_TTL, wait_for_
     delay = 0.2
     while True:
         prune = read_lock(provider, PRUNE_LOCK)
-        if prune is None or not prune.live():
+        if prune is None:
+            return lock
+        if not prune.live():
+            log.warning("breaking a stale prune lock on %s (its owner is gone)", provider.url)
+            provider.delete(PRUNE_LOCK)
             return lock
         if time.monotonic() > deadline:
             lock.release()
             raise OperationFailed(f"{provider.url} is being pruned by another process; try again later")
         log.info("waiting for a prune of %s to finish", provider.url)
-        time.sleep(delay)
+        if (cancel or threading.Event()).wait(delay):
+            lock.release()
+            raise Cancelled("stopped while waiting for a prune to finish; nothing was committed")
         delay = min(delay * 2, 5.0)
 
 

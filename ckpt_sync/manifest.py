@@ -72,15 +72,19 @@ class FileEntry:
     sha256: str
     chunks: tuple[ChunkRef, ...]
     mtime_ns: int | None = None  # the source file's modification time (restored by pull)
+    mode: int | None = None  # the source file's permission bits (0o777 part); None in older manifests
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
             "mtime_ns": self.mtime_ns,
             "chunks": [[c.id, c.size] for c in self.chunks],
         }
+        if self.mode is not None:
+            out["mode"] = self.mode
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> FileEntry:
@@ -108,7 +112,8 @@ class FileEntry:
                 )
             chunks.append(ChunkRef(c[0], csize))
         mtime = _optional(d.get("mtime_ns"), _int, f"mtime_ns of {path!r}")
-        entry = cls(path, size, sha, tuple(chunks), mtime)
+        mode = _optional(d.get("mode"), _int, f"mode of {path!r}")
+        entry = cls(path, size, sha, tuple(chunks), mtime, mode & 0o777 if mode is not None else None)
         if sum(c.size for c in chunks) != entry.size:
             raise IntegrityError(f"manifest entry {entry.path!r}: chunk sizes do not add up to the file size")
         return entry

@@ -36,6 +36,7 @@ class PruneReport:
     removed_names: list[str] = field(default_factory=list)
     chunks_removed: int = 0
     bytes_freed: int = 0
+    temp_removed: int = 0  # temp objects crashed writers left (local repositories)
     gc_skipped: str | None = None  # why chunk GC did not run
     dry_run: bool = False
     # Unreferenced chunks the grace period keeps for now, and when the first and the last of them
@@ -54,6 +55,7 @@ class PruneReport:
             "removed_names": self.removed_names,
             "chunks_removed": self.chunks_removed,
             "bytes_freed": self.bytes_freed,
+            "temp_removed": self.temp_removed,
             "gc_skipped": self.gc_skipped,
             "dry_run": self.dry_run,
             "chunks_in_grace": self.chunks_in_grace,
@@ -95,6 +97,9 @@ def prune(
         chunks = {info.key.rsplit("/", 1)[-1]: info for info in repo.provider.list(CHUNKS)}
         _drop_manifests(repo, policy, report, chunks)
         _collect_chunks(repo, grace, report, chunks)
+        remove_abandoned = getattr(repo.provider, "remove_abandoned", None)
+        if remove_abandoned is not None and not dry_run:
+            report.temp_removed = remove_abandoned(grace)
     finally:
         if lock is not None:
             lock.release()

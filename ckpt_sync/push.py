@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .buffers import BufferPool
+from .checkpoint_files import FileState, folder_files
 from .chunking import ChunkPolicy, plan_chunks
 from .crypto import token_size
 from .errors import Cancelled, OperationFailed, UsageError
@@ -40,7 +41,8 @@ ProgressFn = Callable[[int], None]
 def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
     """("file", [(name, path)]) or ("dir", [(relative posix path, path), ...]) sorted by path.
 
-    Symlinks inside a directory are followed to regular files; other special files are refused.
+    A folder's files follow checkpoint_files.folder_files: hidden and temp files at any depth are
+    not part of it, a symlink leaving it is an error, special files are skipped.
     """
     try:
         st = path.stat()
@@ -53,13 +55,7 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
         return "file", [(path.name, path)]
     if not stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{path} is neither a file nor a directory")
-    files: list[tuple[str, Path]] = []
-    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
-        dirnames.sort()
-        for name in filenames:
-            p = Path(dirpath) / name
-            if p.is_file():
-                files.append((p.relative_to(path).as_posix(), p))
+    files = folder_files(path)
     if not files:
         raise UsageError(f"{path} is an empty directory: nothing to push")
     _refuse_unsafe_names(path, [path.name] + [rel for rel, _ in files])
@@ -122,6 +118,7 @@ def push_file(
 
     with open(path, "rb") as f:
         before = os.fstat(f.fileno())
+        state = FileState.of(before)
         spans = plan_chunks(f, before.st_size, policy)
         sha = hashlib.sha256()
         refs: list[ChunkRef] = []
@@ -134,11 +131,14 @@ def push_file(
                 stats.bytes_sent += sent
             if progress:
                 progress(ref.size)
-        after = os.fstat(f.fileno())
-    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        after = FileState.of(os.fstat(f.fileno()))
+    # Size and mtime alone miss a same-size rewrite that sets the mtime back; ctime cannot be set back.
+    if state.changed_to(after):
         raise OperationFailed(f"{path} changed while it was being read; push it again once it is fully written")
     stats.files += 1
-    return FileEntry(rel, before.st_size, sha.hexdigest(), tuple(refs), before.st_mtime_ns)
+    return FileEntry(
+        rel, before.st_size, sha.hexdigest(), tuple(refs), before.st_mtime_ns, stat.S_IMODE(before.st_mode) & 0o777
+    )
 
 
 def push_path(
@@ -153,6 +153,7 @@ def push_path(
     workers: int | None = None,
     progress: ProgressFn | None = None,
     cancel: threading.Event | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> tuple[Manifest, TransferStats]:
     """Upload ``path`` and commit it as one checkpoint. The manifest is written last (the commit point).
 
@@ -163,6 +164,8 @@ def push_path(
     rest resumable. The source's modification time is recorded (restored by pull). Committing a
     version that is already committed returns the existing checkpoint. Setting ``cancel`` stops at
     the next chunk with ``Cancelled``; chunks already stored are reused by the next push.
+    ``before_commit`` runs after every file was read and before the manifest is written; raising
+    there commits nothing.
     """
     p = Path(path)
     kind, files = collect_files(p)
@@ -174,7 +177,7 @@ def push_path(
     session_id, step = parse_seed_name(name)
     workers = workers or default_workers()
     stats = TransferStats()
-    with acquire_push_lock(repo.provider):
+    with acquire_push_lock(repo.provider, cancel=cancel):
         repo.forget_known_chunks()
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
             entries = [
@@ -195,6 +198,8 @@ def push_path(
         if "source_mtime_ns" not in meta:  # what `watch` compares: the file's, or a folder's newest, mtime
             dir_mtime = [p.stat().st_mtime_ns] if kind == "dir" else []
             meta["source_mtime_ns"] = max(dir_mtime + [e.mtime_ns or 0 for e in entries])
+        if before_commit is not None:
+            before_commit()
         manifest = repo.commit(_manifest(name, kind, entries, session_id, step, tags, meta, role))
     return manifest, stats.finish()
 

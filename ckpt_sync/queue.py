@@ -1,17 +1,24 @@
 """The durable job queue: SQLite (WAL, synchronous=FULL) in a state folder.
 
-A job is "upload this checkpoint". Enqueueing holds the checkpoint (hard links, staging.py) and
-commits a row before returning, so a ``kill -9`` at any moment loses nothing: on restart, jobs
-that were running under a dead owner go back to pending, and the re-push reuses every chunk that
-was already stored. Several processes (a ``watch`` daemon and a trainer's SyncClient) may share
-one queue: claiming a job is a single IMMEDIATE transaction.
+A job is "upload this checkpoint". Enqueueing holds the checkpoint (staging.py) and commits a row
+before returning, so a ``kill -9`` at any moment loses nothing: on restart, jobs that were running
+under a dead owner go back to pending, and the re-push reuses every chunk that was already stored.
+Several processes (a ``watch`` daemon and a trainer's SyncClient) may share one queue: claiming a
+job is a single IMMEDIATE transaction.
+
+Paths are stored absolute and resolved, and a job finds its held copy through its slot under this
+queue's own ``staging/`` (``held_path``), never through the caller's working directory. A job stays
+queued, held, until it is committed or dropped: failures only delay it. The held copies are the
+ground truth: a queue database that was deleted is rebuilt from the slots' records, and one that
+cannot be opened is moved aside (one warning) and rebuilt the same way.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -22,6 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from . import staging
+from .checkpoint_files import signature
+from .errors import OperationFailed
+from .owners import owner_alive, owner_id
+
+log = logging.getLogger("ckpt_sync.queue")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,6 +66,8 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 STALE_AFTER = 60.0  # a running job whose owner has not beaten for this long is orphaned
+ADOPT_AFTER = 600.0  # a slot with a record but no job this old was lost by the database: adopt it
+DB_NAME = "queue.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -77,78 +91,119 @@ class Job:
     created: float
     updated: float
 
-    @property
-    def source(self) -> Path:
-        """The held copy while it exists, else the original path."""
-        if self.held and os.path.exists(self.held):
-            return Path(self.held)
-        return Path(self.path)
 
 
-def signature(path: Path) -> tuple[int, int]:
-    """(total size, newest mtime in ns) of a file or a folder of files: what "unchanged" means."""
-    st = path.stat()
-    if not path.is_dir():
-        return st.st_size, st.st_mtime_ns
-    size, mtime = 0, st.st_mtime_ns
-    for dirpath, _, names in os.walk(path):
-        for n in names:
-            try:
-                s = os.stat(os.path.join(dirpath, n))
-            except FileNotFoundError:
-                continue
-            size += s.st_size
-            mtime = max(mtime, s.st_mtime_ns)
-    return size, mtime
+def _damaged(err: sqlite3.DatabaseError) -> bool:
+    """The file is not a database or is corrupt (not: busy, full, an I/O error that may pass)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or str(err).startswith("integrity check")
 
 
-def owner_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_alive(owner: str | None) -> bool:
-    if not owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True  # cannot tell: rely on the heartbeat
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
+def _no_space(err: BaseException) -> bool:
+    return (isinstance(err, sqlite3.OperationalError) and "full" in str(err)) or (
+        isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+    )
 
 
 class JobQueue:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
-        self.state_dir = Path(state_dir)
+        self.state_dir = Path(state_dir).expanduser().resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.staging = self.state_dir / "staging"
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.state_dir / "queue.sqlite3", timeout=30, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        db_path = self.state_dir / DB_NAME
+        fresh = not db_path.exists()
+        try:
+            self._db = self._connect(db_path)
+        except sqlite3.DatabaseError as err:
+            if _no_space(err):
+                raise self._full(err) from err
+            if not _damaged(err):
+                raise OperationFailed(f"cannot open the queue {db_path}: {err}") from err
+            aside = db_path.with_name(f"{DB_NAME}.damaged-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{db_path}{suffix}")
+                if src.exists():
+                    os.replace(src, f"{aside}{suffix}")
+            log.warning(
+                "the queue %s could not be opened (%s): moved it aside to %s; rebuilding it from the held copies",
+                db_path,
+                err,
+                aside.name,
+            )
+            self._db = self._connect(db_path)
+            fresh = True
+        adopted = self.adopt_held(min_age=0.0 if fresh else ADOPT_AFTER)
+        if adopted and fresh:
+            log.warning("rebuilt %d queued job(s) from the held copies in %s", adopted, self.staging)
+
+    @staticmethod
+    def _connect(db_path: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(db_path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(SCHEMA)
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {check}")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _full(self, err: BaseException) -> OperationFailed:
+        return OperationFailed(f"no space left on device for the queue in {self.state_dir}: free some space and re-run")
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """The connection, under the lock, with a full disk reported as the one-line no-space error."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
+            except sqlite3.OperationalError as err:
+                if _no_space(err):
+                    raise self._full(err) from err
                 raise
-            self._db.execute("COMMIT")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._writing() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    def held_path(self, job: Job) -> Path | None:
+        """Where ``job``'s held copy is now: its slot under this queue's staging folder (the path
+        recorded may be relative, from an older version, or from a state folder since moved)."""
+        if not job.held:
+            return None
+        recorded = Path(job.held)
+        local = self.staging / recorded.parent.name / recorded.name
+        for candidate in (local, recorded):
+            if candidate.is_absolute() and os.path.lexists(candidate):
+                return candidate
+        return None
+
+    def source(self, job: Job) -> Path:
+        """The held copy while it exists, else the original path."""
+        return self.held_path(job) or Path(job.path)
+
+    def held_states(self, job: Job) -> dict | None:
+        """The held files' states taken when the job was held (None for an unheld job)."""
+        held = self.held_path(job)
+        record = staging.read_record(held.parent) if held else None
+        return record.get("states") if record else None
 
     @staticmethod
     def _job(row: sqlite3.Row) -> Job:
@@ -180,13 +235,29 @@ class JobQueue:
     ) -> int:
         """Durably queue ``path`` (held against deletion) and return the job id; a version already
         queued or done is not queued twice."""
-        p = Path(path).absolute()
+        p = Path(path).expanduser().absolute()
+        p = p.parent.resolve() / p.name  # absolute and resolved, yet a symlink keeps its own name
         size, mtime_ns = signature(p)
         existing = self.find(p, size, mtime_ns)
         if existing is not None and set(tags) <= set(existing.tags):
             return existing.id
-        held = str(staging.hold(p, self.staging)) if hold else None
         now = time.time()
+        record = {
+            "path": str(p),
+            "size": size,
+            "mtime_ns": mtime_ns,
+            "tags": list(tags),
+            "metadata": metadata or {},
+            "created": now,
+        }
+        try:
+            held = str(staging.hold(p, self.staging, record)) if hold else None
+        except OSError as err:
+            if _no_space(err):
+                raise OperationFailed(
+                    f"no space left on device holding {p.name} in {self.staging}: free some space and re-run"
+                ) from err
+            raise
         try:
             with self._tx() as db:
                 cur = db.execute(
@@ -211,13 +282,57 @@ class JobQueue:
 
     # --- consuming -------------------------------------------------------------------------------
 
-    def recover_orphans(self) -> int:
-        """Put running jobs whose owner died (or stopped beating) back to pending; sweep stray holds."""
+    def adopt_held(self, *, min_age: float = ADOPT_AFTER) -> int:
+        """Queue again every held copy whose job the database lost (deleted, damaged); returns how many.
+
+        A slot whose version has a job already (any state) is not this one's to adopt: one left by
+        a crash just after its job was done or dropped is removed. ``min_age`` spares slots another
+        process sharing the queue has just made and not yet recorded.
+        """
         now = time.time()
+        adopted = 0
+        for slot in staging.slots(self.staging):
+            record = staging.read_record(slot)
+            if record is None or now - float(record.get("created", 0)) < min_age:
+                continue
+            held = slot / record["held"]
+            with self._tx() as db:
+                if db.execute("SELECT 1 FROM jobs WHERE held LIKE ?", (f"%{slot.name}/%",)).fetchone():
+                    continue
+                same = db.execute(
+                    "SELECT 1 FROM jobs WHERE path=? AND size=? AND mtime_ns=?",
+                    (record["path"], record["size"], record["mtime_ns"]),
+                ).fetchone()
+                if same is None and os.path.lexists(held):
+                    db.execute(
+                        "INSERT INTO jobs (path, name, held, size, mtime_ns, tags, metadata, created, updated)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            record["path"],
+                            Path(record["path"]).name,
+                            str(held),
+                            int(record["size"]),
+                            int(record["mtime_ns"]),
+                            json.dumps(record.get("tags", [])),
+                            json.dumps(record.get("metadata", {})),
+                            float(record.get("created", now)),
+                            now,
+                        ),
+                    )
+                    adopted += 1
+                    continue
+            staging.release(held)
+        return adopted
+
+    def recover_orphans(self) -> int:
+        """Put running jobs whose owner died (or stopped beating) back to pending; adopt held copies
+        the database lost; sweep stray holds."""
+        now = time.time()
+        self.adopt_held()
         with self._tx() as db:
             rows = db.execute("SELECT id, owner, heartbeat FROM jobs WHERE status=?", (RUNNING,)).fetchall()
             orphans = [
-                r["id"] for r in rows if not _owner_alive(r["owner"]) or (r["heartbeat"] or 0) < now - STALE_AFTER
+                r["id"] for r in rows if not owner_alive(r["owner"]) or (r["heartbeat"] or 0) < now - STALE_AFTER
             ]
             for job_id in orphans:
                 db.execute("UPDATE jobs SET status=?, owner=NULL, updated=? WHERE id=?", (PENDING, now, job_id))
@@ -227,8 +342,13 @@ class JobQueue:
                     "SELECT held FROM jobs WHERE held IS NOT NULL AND status IN (?, ?)", (PENDING, RUNNING)
                 )
             }
-        staging.sweep(self.staging, {str(Path(h).parent) for h in held})
+        staging.sweep(self.staging, {str(self.staging / Path(h).parent.name) for h in held})
         return len(orphans)
+
+    def retry_now(self) -> None:
+        """Clear every pending job's backoff (a new run tries them at once)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET not_before=0 WHERE status=?", (PENDING,))
 
     def claim(self) -> Job | None:
         now = time.time()
@@ -246,8 +366,8 @@ class JobQueue:
 
     def beat(self, job_id: int, bytes_done: int) -> None:
         now = time.time()
-        with self._lock:
-            self._db.execute("UPDATE jobs SET heartbeat=?, bytes_done=? WHERE id=?", (now, bytes_done, job_id))
+        with self._writing() as db:
+            db.execute("UPDATE jobs SET heartbeat=?, bytes_done=? WHERE id=?", (now, bytes_done, job_id))
 
     def complete(self, job: Job, manifest_id: str, bytes_new: int, bytes_sent: int, seconds: float) -> None:
         now = time.time()
@@ -257,7 +377,7 @@ class JobQueue:
                 " last_error=NULL, held=NULL, updated=? WHERE id=?",
                 (DONE, manifest_id, bytes_new, bytes_sent, seconds, now, job.id),
             )
-        staging.release(job.held)
+        staging.release(self.held_path(job))
 
     def release(self, job: Job) -> None:
         """Give a claimed job back untouched (cancelled on shutdown)."""
@@ -282,7 +402,7 @@ class JobQueue:
                 " WHERE id=?",
                 (FAILED, error, now, job.id),
             )
-        staging.release(job.held)
+        staging.release(self.held_path(job))
         self.set("last_error", json.dumps({"time": now, "job": job.name, "error": error}))
 
     # --- reading ---------------------------------------------------------------------------------
@@ -308,7 +428,7 @@ class JobQueue:
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE status=? ORDER BY id", (RUNNING,)).fetchall()
         return [
-            self._job(r) for r in rows if _owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= now - STALE_AFTER
+            self._job(r) for r in rows if owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= now - STALE_AFTER
         ]
 
     def counts(self) -> dict[str, int]:
@@ -323,8 +443,8 @@ class JobQueue:
         return c[PENDING] + c[RUNNING]
 
     def set(self, key: str, value: str) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
+        with self._writing() as db:
+            db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))
 
     def get_value(self, key: str) -> str | None:
         with self._lock:

@@ -1,7 +1,11 @@
 """Pull: rebuild a committed checkpoint into a folder, verified, with no partial file under a final name.
 
-Every file of the checkpoint is written to a hidden temp name beside its destination, checked
-against its whole-file hash, and only when all files are sound are they renamed into place.
+A single-file checkpoint is written to a hidden temp name beside its destination, checked against
+its whole-file hash, then renamed into place. A folder checkpoint is assembled whole in a hidden
+sibling folder and renamed into place as a whole, so a crash at any point never leaves a folder
+that looks complete (a ``.metadata`` beside some of its shards). Files get the source's permission
+bits, never wider. Temp names carry their owner (host tag, pid): each pull first removes what a
+crashed pull left in the same folder (its owner dead on this host, or older than a day).
 ``pull_latest`` walks from the newest manifest back to the first one that fully verifies.
 """
 
@@ -11,8 +15,10 @@ import errno
 import hashlib
 import itertools
 import os
+import re
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -35,6 +41,7 @@ from .errors import (
     UsageError,
 )
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
+from .owners import host_tag, pid_dead
 from .pipeline import default_workers, ordered_map
 from .providers.local import WRITE_SLICE, write_all
 from .repository import Repository
@@ -43,6 +50,53 @@ from .transfer import TransferStats
 
 ProgressFn = Callable[[int], None]
 WarnFn = Callable[[str], None]
+
+# .ckpt-sync-<host tag>-<pid>-<random>.part (being written) or .old (a folder being replaced); and
+# the names older versions used (.<name>.ckpt-sync-<random>.part, .ckpt-sync-<random>.part), which
+# carry no owner.
+_TEMP = re.compile(r"^\.ckpt-sync-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]+\.(part|old)$")
+_OLD_TEMP = re.compile(r"^\.(.+\.)?ckpt-sync-[0-9a-f]+\.part$")
+ABANDONED_AFTER = 86400.0  # another host's temp this old is abandoned too
+DEFAULT_MODE = 0o644  # for manifests that did not record the source's bits (the umask applies)
+
+
+def temp_name(kind: str = "part") -> str:
+    """A hidden, unique name for a file or folder being restored, naming its owner (host tag, pid).
+    Short and independent of the final name, so any name up to the filesystem's 255-byte limit can
+    be restored (and `watch` ignores it)."""
+    return f".ckpt-sync-{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}.{kind}"
+
+
+def clean_leftovers(folder: Path) -> int:
+    """Remove temp files and folders a crashed pull left directly in ``folder``; returns how many.
+
+    Ours (this host) go when their pid is dead; others, and the owner-less names of older versions,
+    when older than a day.
+    """
+    removed = 0
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    cutoff = time.time() - ABANDONED_AFTER
+    for e in entries:
+        m = _TEMP.match(e.name)
+        if m is None and not _OLD_TEMP.match(e.name):
+            continue
+        try:
+            old = e.stat(follow_symlinks=False).st_mtime < cutoff
+        except FileNotFoundError:
+            continue
+        dead = m is not None and m["host"] == host_tag() and pid_dead(int(m["pid"]))
+        if not (dead or old):
+            continue
+        path = Path(e.path)
+        if e.is_dir(follow_symlinks=False):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def read_verified(
@@ -100,15 +154,17 @@ def read_verified(
         raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
 
 
-def _destination(dest: Path, rel: str) -> Path:
-    """Where ``rel`` goes under ``dest``; refuses anything that could land outside it."""
+def _destination(dest: Path, rel: str, *, create: bool = True) -> Path:
+    """Where ``rel`` goes under ``dest`` (its folders made, with ``create``); refuses anything that
+    could land outside it."""
     parts = safe_relative_path(rel).parts
     target = dest
     for part in parts[:-1]:
         target = target / part
         if target.is_symlink():
             raise IntegrityError(f"refusing to write through the symlink {target}")
-        target.mkdir(exist_ok=True)
+        if create:
+            target.mkdir(exist_ok=True)
     final = target / parts[-1]
     if final.is_dir() and not final.is_symlink():
         raise UsageError(f"{final} is a directory; cannot restore a file there")
@@ -116,12 +172,6 @@ def _destination(dest: Path, rel: str) -> Path:
     if not final.parent.resolve().is_relative_to(real_dest):
         raise IntegrityError(f"refusing to write {rel!r} outside {dest}")
     return final
-
-
-def temp_name() -> str:
-    """A hidden, unique name beside a file being restored. Short and independent of the final name,
-    so any name up to the filesystem's 255-byte limit can be restored (and `watch` ignores it)."""
-    return f".ckpt-sync-{secrets.token_hex(4)}.part"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -168,52 +218,62 @@ def restore(
         )
     workers = workers or default_workers()
     stats = TransferStats()
-    finals = {
-        e.path: _destination(dest, f"{manifest.name}/{e.path}" if root != dest else e.path) for e in manifest.files
-    }
+    rels = {e.path: f"{manifest.name}/{e.path}" if root != dest else e.path for e in manifest.files}
+    finals = {path: _destination(dest, rel, create=False) for path, rel in rels.items()}
     identical = _existing(manifest, finals, root if root != dest and whole else None, overwrite)
-    staged: list[tuple[Path, Path]] = []
+    clean_leftovers(dest)
+    if manifest.kind == "dir":
+        _check_replaceable(root)
+        clean_leftovers(root)  # the per-file leftovers of older versions, inside the folder
+    # A folder is assembled in a hidden sibling and renamed into place whole (its files already there
+    # and identical are linked in, not downloaded); a single file is written beside its name.
+    build = dest / temp_name() if manifest.kind == "dir" else dest
+    written: list[tuple[Path, str]] = []  # (temp path, path under dest) of each downloaded file
     try:
+        if build != dest:
+            build.mkdir()
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-pull") as pool:
             for entry in manifest.files:
+                final = finals[entry.path]
                 if entry.path in identical:
                     stats.files_skipped += 1
+                    if build != dest and whole:
+                        _link_or_copy(final, _destination(build, entry.path))
                     continue
-                final = finals[entry.path]
-                tmp = final.with_name(temp_name())
-                staged.append((tmp, final))
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    if entry.size:
-                        os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
-                    with _Flusher(fd) as flusher:
-                        read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=flusher.wrap(progress))
-                    file_mtime = entry.mtime_ns if entry.mtime_ns is not None else mtime_ns
-                    if file_mtime is not None:
-                        os.utime(fd, ns=(file_mtime, file_mtime))
-                    os.fsync(fd)  # what the flusher has not already pushed to the disk
-                finally:
-                    os.close(fd)
+                tmp = _destination(build, entry.path) if build != dest else dest / temp_name()
+                written.append((tmp, rels[entry.path]))
+                file_mtime = entry.mtime_ns if entry.mtime_ns is not None else mtime_ns
+                _write_file(repo, pool, entry, tmp, workers=workers, mtime_ns=file_mtime, progress=progress)
                 stats.files += 1
                 stats.chunks += len(entry.chunks)
                 stats.bytes_read += entry.size
-        for tmp, final in staged:
-            os.replace(tmp, final)
-        if root != dest and overwrite and whole:
-            _remove_stale(root, set(finals.values()))
-        if mtime_ns is not None and root != dest:
-            os.utime(root, ns=(mtime_ns, mtime_ns))
-        for parent in {final.parent for _, final in staged} | {dest}:
-            _fsync_dir(parent)
+        if build != dest:
+            for folder in sorted({tmp.parent for tmp, _ in written} | {build}, key=lambda p: -len(p.parts)):
+                _fsync_dir(folder)
+        if build != dest and whole:
+            if mtime_ns is not None:
+                os.utime(build, ns=(mtime_ns, mtime_ns))
+            _replace_folder(build, root)
+        else:  # one file, or a partial restore of a folder: each file renamed into place
+            finals_made = [(tmp, _destination(dest, rel)) for tmp, rel in written]
+            for tmp, final in finals_made:
+                os.replace(tmp, final)
+            for parent in {final.parent for _, final in finals_made}:
+                _fsync_dir(parent)
+            if build != dest:
+                shutil.rmtree(build, ignore_errors=True)
+                if mtime_ns is not None:
+                    os.utime(root, ns=(mtime_ns, mtime_ns))
+        _fsync_dir(dest)
     except OSError as err:
-        _discard(staged)
+        _discard(build, written)
         if err.errno == errno.ENOSPC:
             raise NoSpace(f"no space left on device in {dest}: free some space and re-run") from err
         if err.errno in _CANNOT_WRITE:  # about the user's folder, not our hidden temp file's name
             raise UsageError(f"cannot write into {dest}: {err.strerror} (choose another --to)") from None
         raise
     except BaseException:
-        _discard(staged)
+        _discard(build, written)
         raise
     return stats.finish()
 
@@ -258,6 +318,75 @@ def _remove_stale(root: Path, keep: set[Path]) -> None:
             p.unlink()
         elif p.is_dir() and not p.is_symlink() and not any(p.iterdir()):
             p.rmdir()
+
+
+def _write_file(
+    repo: Repository,
+    pool: ThreadPoolExecutor,
+    entry: FileEntry,
+    tmp: Path,
+    *,
+    workers: int,
+    mtime_ns: int | None,
+    progress: ProgressFn | None,
+) -> None:
+    """Fetch, verify and write one file at ``tmp``: fsynced, with the source's mode bits (never
+    wider; the umask applies where the manifest has none) and modification time."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if entry.size:
+            os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
+        with _Flusher(fd) as flusher:
+            read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=flusher.wrap(progress))
+        if entry.mode is not None:
+            os.fchmod(fd, entry.mode & 0o777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.fchmod(fd, DEFAULT_MODE & ~umask)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.fsync(fd)  # what the flusher has not already pushed to the disk
+    finally:
+        os.close(fd)
+
+
+def _check_replaceable(root: Path) -> None:
+    """A folder restore replaces ``root`` whole: refuse when that would touch a symlink or a file."""
+    if root.is_symlink():
+        raise IntegrityError(f"refusing to write through the symlink {root}")
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"{root} exists and is not a folder; move it away and re-run")
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise IntegrityError(
+                    f"refusing to replace {root}: it holds the symlink {os.path.join(dirpath, name)}; "
+                    "move it away and re-run"
+                )
+
+
+def _replace_folder(build: Path, root: Path) -> None:
+    """Rename the assembled folder to ``root``; one already there is moved aside first, then removed."""
+    aside = None
+    if root.exists():
+        aside = root.parent / temp_name("old")
+        os.rename(root, aside)
+    try:
+        os.rename(build, root)
+    except BaseException:
+        if aside is not None:
+            os.rename(aside, root)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 _CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR)
@@ -310,9 +439,11 @@ class _Flusher:
             fut.result()  # an I/O error is reported to one sync call only: it must not be lost here
 
 
-def _discard(staged: list[tuple[Path, Path]]) -> None:
-    for tmp, _ in staged:
+def _discard(build: Path, written: list[tuple[Path, str]]) -> None:
+    for tmp, _ in written:
         tmp.unlink(missing_ok=True)
+    if build.name.endswith(".part"):
+        shutil.rmtree(build, ignore_errors=True)
 
 
 LATEST = "latest"

@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_files import signature
 from .manifest import RESUMABLE, parse_seed_name
 from .ordering import Position, newest_first
-from .queue import DONE, FAILED, PENDING, RUNNING, JobQueue, signature
+from .queue import DONE, FAILED, PENDING, RUNNING, JobQueue
 from .repository import Repository
 from .selection import newest
 from .watcher import DEFAULT_PATTERNS, CheckpointFinder

@@ -2,12 +2,17 @@
 
 A *unit* is what gets uploaded as one checkpoint: a file matching the patterns, or a folder that a
 framework's layout claims (layouts.py: DCP, best model, Hugging Face ``checkpoint-N``, DeepSpeed
-``global_stepN``; their inner files are never units). Hidden and temp files and symlinks are never units.
+``global_stepN``; their inner files are never units). Hidden and temp files and symlinks are never
+units, and hidden and temp files are never part of a folder unit, at any depth (checkpoint_files.py).
+A symlink leading out of the watched folder, or a special file (FIFO, socket, device) with a
+checkpoint's name, is skipped with one warning naming it.
 
 A unit is complete when nothing is open for writing in it (inotify's close-after-write or a rename
 into place), its size and mtime have not changed for the settle period, and (a folder) its layout
 says it is complete; one that stays incomplete is reported once and waits. Events come from
-watchdog (inotify); a periodic rescan catches what events miss (network filesystems drop them).
+watchdog (inotify); the periodic rescan is a true fallback, whatever the events said: a unit it
+finds unchanged since its previous pass is no longer "open for writing" (a file moved in from
+another folder gets no close event; network filesystems drop events).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,20 +30,14 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from . import layouts
-from .queue import signature
+from .checkpoint_files import is_regular, is_temp, signature
 
 log = logging.getLogger("ckpt_sync.watch")
 
 DEFAULT_PATTERNS = ("*.pt", "*.pth", "*.safetensors", "*.bin", "*.ckpt")
-TEMP_SUFFIXES = (".tmp", ".temp", ".part", ".partial", ".incomplete", ".swp", ".lock", "~")
 # Folders that hold files with checkpoint names that must not be uploaded as checkpoints:
 # CheckpointManager.repair() moves damaged files into quarantine/.
 IGNORED_DIRS = frozenset({"quarantine"})
-
-
-def is_temp(name: str) -> bool:
-    low = name.lower()
-    return low.startswith((".", "~")) or low.endswith(TEMP_SUFFIXES) or ".tmp" in low
 
 
 def is_ignored_dir(name: str) -> bool:
@@ -63,9 +62,32 @@ class Unit:
 
 
 class CheckpointFinder:
-    def __init__(self, root: Path, patterns: Iterable[str] = DEFAULT_PATTERNS) -> None:
-        self.root = root.absolute()
+    def __init__(
+        self, root: Path, patterns: Iterable[str] = DEFAULT_PATTERNS, *, warn: Callable[[str], None] | None = None
+    ) -> None:
+        self.root = root.resolve()  # events and scans name paths under the resolved root
         self.patterns = tuple(patterns)
+        self._warn = warn
+        self._warned: set[Path] = set()
+
+    def _warn_once(self, path: Path, message: str) -> None:
+        if self._warn is not None and path not in self._warned:
+            self._warned.add(path)
+            self._warn(message)
+
+    def _acceptable(self, path: Path) -> bool:
+        """Inside the watched folder (after symlinks) and a regular file or a folder; warned once if not."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return False  # gone, or a dangling or looping link
+        if not real.is_relative_to(self.root):
+            self._warn_once(path, f"skipping {path}: it is a symlink leading outside {self.root} (never followed)")
+            return False
+        if not (real.is_dir() or is_regular(real)):
+            self._warn_once(path, f"skipping {path}: not a regular file (a FIFO, socket or device)")
+            return False
+        return True
 
     def _marked_dir(self, folder: Path) -> Unit | None:
         layout = layouts.folder_layout(folder)
@@ -87,10 +109,13 @@ class CheckpointFinder:
                 return unit
         name = parts[-1]
         if layouts.is_alias(path):
+            self._acceptable(path)  # an alias is never a unit; one leading outside is also worth a warning
             return None
         if path.is_dir():
             return self._marked_dir(path)
         if is_temp(name) or not any(fnmatch.fnmatch(name, p) for p in self.patterns):
+            return None
+        if not self._acceptable(path):
             return None
         return Unit(path.absolute())
 
@@ -119,6 +144,7 @@ class _Tracked:
     stable_since: float = 0.0
     open_files: set[Path] = field(default_factory=set)
     incomplete_since: float | None = None  # stable, but its layout says it is not complete (checked then)
+    rescan_sig: tuple[int, int] | None = None  # what the previous rescan saw
 
 
 class CompletionTracker:
@@ -138,6 +164,22 @@ class CompletionTracker:
                 t.open_files.add(writing)
             if closed is not None:
                 t.open_files.discard(closed)
+
+    def rescanned(self, unit: Unit) -> None:
+        """The rescan saw ``unit``: unchanged since the previous rescan, it is no longer "open for
+        writing", whatever the events said (a close that will never come is not waited for)."""
+        try:
+            sig = signature(unit.path)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            t = self._units.get(unit.path)
+            if t is None:
+                t = self._units[unit.path] = _Tracked(unit, stable_since=time.monotonic())
+            elif t.open_files and t.rescan_sig == sig:
+                log.debug("%s unchanged since the last rescan: no longer open for writing", unit.path)
+                t.open_files.clear()
+            t.rescan_sig = sig
 
     def forget(self, path: Path) -> None:
         with self._lock:
@@ -201,8 +243,10 @@ class _Events(FileSystemEventHandler):
             self.tracker.forget(unit.path)
         elif kind == "closed":
             self.tracker.touched(unit, closed=src)
-        elif kind in ("created", "modified") and not event.is_directory:
+        elif kind == "modified" and not event.is_directory:
             self.tracker.touched(unit, writing=src)
+        # "created" alone is not "open for writing": a file moved in from another folder arrives as
+        # a create with no close to follow. A real writer's first write is a "modified" anyway.
         else:
             self.tracker.touched(unit)
 
@@ -226,5 +270,5 @@ class FolderWatcher:
     def rescan(self) -> list[Unit]:
         units = self.finder.scan()
         for unit in units:
-            self.tracker.touched(unit)
+            self.tracker.rescanned(unit)
         return units

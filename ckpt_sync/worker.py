@@ -2,7 +2,9 @@
 
 Used by ``ckpt-sync watch`` and by the in-process ``SyncClient``. A job that fails for a reason
 that may pass (storage gave up after its retries, a file changed while read, a concurrent prune)
-goes back to the queue with exponential backoff; a cancelled job (SIGTERM) goes back untouched.
+goes back to the queue with exponential backoff, held, however often it fails: only a commit or a
+reason that cannot pass (its checkpoint is gone, or its held copy was rewritten in place so the
+version it describes no longer exists) ends it. A cancelled job (SIGTERM) goes back untouched.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from .checkpoint_files import FileState, changed_files, file_states
 from .chunking import ChunkPolicy
 from .errors import Cancelled, CkptSyncError, UsageError
 from .logs import Throttle
@@ -29,6 +32,10 @@ log = logging.getLogger("ckpt_sync.worker")
 MAX_BACKOFF = 300.0
 
 
+class _HeldCopyChanged(CkptSyncError):
+    """The held copy is no longer the version its job describes."""
+
+
 class SyncWorker:
     def __init__(
         self,
@@ -39,7 +46,6 @@ class SyncWorker:
         grace: float = DEFAULT_GRACE,
         workers: int | None = None,
         policy: ChunkPolicy = ChunkPolicy(),
-        max_attempts: int | None = None,
         on_commit: Callable[[Job, Manifest, TransferStats], None] | None = None,
         on_failure: Callable[[Job, str, bool], None] | None = None,
     ) -> None:
@@ -49,10 +55,10 @@ class SyncWorker:
         self.grace = grace
         self.workers = workers
         self.policy = policy
-        self.max_attempts = max_attempts
         self.on_commit = on_commit
         self.on_failure = on_failure  # (job, message, gave_up): an observer, e.g. metrics
-        self.failed: list[Job] = []
+        self.failed: list[Job] = []  # given up (its version cannot be uploaded any more)
+        self.tried: dict[int, int] = {}  # job id -> failed attempts by this worker (``watch --once`` stops on them)
         self._wake = threading.Event()
         self._failing = Throttle(60.0)  # job id -> its retry lines
 
@@ -92,9 +98,23 @@ class SyncWorker:
         beat = threading.Thread(target=heartbeat, name=f"job {job.id} heartbeat", daemon=True)
         beat.start()
         try:
-            source = job.source
+            source = self.queue.source(job)
             if not source.exists():
                 raise UsageError(f"{job.path} vanished before it could be uploaded (and no held copy exists)")
+            recorded = self.queue.held_states(job)
+            held_before = {k: FileState.from_json(v) for k, v in recorded.items()} if recorded else None
+
+            def unchanged() -> None:  # before the commit: the bytes read are still the version queued
+                if held_before is None:
+                    return
+                changed = changed_files(held_before, file_states(source))
+                if changed:
+                    raise _HeldCopyChanged(
+                        f"the held copy of {job.name} changed after it was queued ({', '.join(changed[:3])} "
+                        "rewritten in place); that version no longer exists and is not uploaded"
+                    )
+
+            unchanged()
             manifest, stats = push_path(
                 self.repo,
                 source,
@@ -105,24 +125,23 @@ class SyncWorker:
                 workers=self.workers,
                 progress=progress,
                 cancel=stop,
+                before_commit=unchanged,
             )
         except Cancelled:
             self.queue.release(job)
             log.info("stopped while uploading %s; it resumes on the next start", job.name)
             return
-        except UsageError as err:
+        except (UsageError, _HeldCopyChanged) as err:
             self._give_up(job, str(err))
             return
         except Exception as err:  # storage gave up, file changed, concurrent prune, a bug: try again later
             message = str(err) if isinstance(err, CkptSyncError) else f"{type(err).__name__}: {err}"
-            if self.max_attempts is not None and job.attempts + 1 >= self.max_attempts:
-                self._give_up(job, message)
-            else:
-                delay = min(MAX_BACKOFF, 2.0**job.attempts)
-                self._log_retry(job, message, delay)
-                self.queue.retry_later(job, message, delay)
-                if self.on_failure:
-                    self.on_failure(job, message, False)
+            delay = min(MAX_BACKOFF, 2.0**job.attempts)
+            self._log_retry(job, message, delay)
+            self.queue.retry_later(job, message, delay)
+            self.tried[job.id] = self.tried.get(job.id, 0) + 1
+            if self.on_failure:
+                self.on_failure(job, message, False)
             return
         finally:
             beating.set()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
+import threading
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -78,14 +79,19 @@ DEFAULT_RETRY = RetryPolicy()
 
 
 def open_provider(
-    url: str, *, retry: RetryPolicy | None = DEFAULT_RETRY, bwlimit: int | None = None, **options: Any
+    url: str,
+    *,
+    retry: RetryPolicy | None = DEFAULT_RETRY,
+    bwlimit: int | None = None,
+    cancel: threading.Event | None = None,
+    **options: Any,
 ) -> Provider:
     """Build the provider for ``url``: paced by the process's shared ``bwlimit`` bytes/s bucket when
     given, then wrapped in retries unless ``retry`` is None (so every attempt pays for its bytes)."""
     provider = _load_class(scheme_of(url)).from_url(url, **options)
     if bwlimit:
         provider = BandwidthLimitedProvider(provider, shared_bucket(bwlimit))
-    return RetryingProvider(provider, retry) if retry is not None else provider
+    return RetryingProvider(provider, retry, cancel=cancel) if retry is not None else provider
 
 
 __all__ = ["ENTRY_POINT_GROUP", "ObjectInfo", "Provider", "RetryPolicy", "RetryingProvider", "open_provider"]

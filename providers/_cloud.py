@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from ckpt_sync.errors import NotFound, StorageError, UsageError
 
 from .base import ObjectInfo
+from .retry import attempt_timeout
 
 log = logging.getLogger("ckpt_sync.providers")
 
@@ -28,6 +29,18 @@ LIST_PAGE_SIZE = 1000
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
 PROBE_PREFIX = ".ckpt-sync-probe/"
+# An attempt's timeouts are cut to what is left of its retry budget, rounded up to one of these
+# steps (S3 needs a client per distinct timeout; a few steps keep that to a few clients).
+TIMEOUT_STEPS = (1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0, 30.0, 45.0)
+
+
+def attempt_timeouts(connect: float, read: float) -> tuple[float, float]:
+    """(connect, read) timeouts for the call running now: never beyond the rest of its retry budget."""
+    left = attempt_timeout()
+    if left is None or left >= read:
+        return connect, read
+    step = next((s for s in TIMEOUT_STEPS if s >= left), left)
+    return min(connect, step), min(read, step)
 
 
 def one_line(text: object, limit: int = 200) -> str:

@@ -34,6 +34,7 @@ from ._cloud import (
     POOL_CONNECTIONS,
     READ_TIMEOUT,
     ObjectStoreProvider,
+    attempt_timeouts,
     one_line,
     parse_url,
 )
@@ -94,6 +95,10 @@ class GCSProvider(ObjectStoreProvider):
         self._timeout = (connect_timeout, read_timeout)
         self._bucket_seen = False  # set once the bucket is known to exist (see _not_found)
 
+    def _t(self) -> tuple[float, float]:
+        """This attempt's (connect, read) timeouts, capped by what is left of its retry budget."""
+        return attempt_timeouts(*self._timeout)
+
     @classmethod
     def from_url(cls, url: str, *, endpoint_url: str | None = None, **options: Any) -> GCSProvider:
         """Build from ``gs://bucket/prefix``; options this store does not know are ignored."""
@@ -143,7 +148,7 @@ class GCSProvider(ObjectStoreProvider):
         if not self._bucket_seen:
             try:
                 next(
-                    iter(self._client.list_blobs(self._bucket, max_results=1, retry=None, timeout=self._timeout)), None
+                    iter(self._client.list_blobs(self._bucket, max_results=1, retry=None, timeout=self._t())), None
                 )
             except gx.NotFound:
                 return PermanentStorageError(self._missing_container())
@@ -160,7 +165,7 @@ class GCSProvider(ObjectStoreProvider):
             content_type="application/octet-stream",
             if_generation_match=generation,
             retry=None,
-            timeout=self._timeout,
+            timeout=self._t(),
         )
 
     def _put(self, name: str, data: bytes | bytearray | memoryview, key: str) -> None:
@@ -182,7 +187,7 @@ class GCSProvider(ObjectStoreProvider):
         end = start + length - 1 if length is not None else None
         try:
             return self._bucket.blob(name).download_as_bytes(
-                start=start or None, end=end, retry=None, timeout=self._timeout
+                start=start or None, end=end, retry=None, timeout=self._t()
             )
         except gx.RequestRangeNotSatisfiable:
             return b""  # start at or past the end
@@ -191,7 +196,7 @@ class GCSProvider(ObjectStoreProvider):
 
     def size(self, key: str) -> int | None:
         try:
-            blob = self._bucket.get_blob(self._name(key), retry=None, timeout=self._timeout)
+            blob = self._bucket.get_blob(self._name(key), retry=None, timeout=self._t())
         except Exception as err:
             raise self._classify(err, "size", key) from err
         return None if blob is None else int(blob.size)
@@ -199,7 +204,7 @@ class GCSProvider(ObjectStoreProvider):
     def _list(self, full_prefix: str) -> Iterator[ObjectInfo]:
         try:
             for blob in self._client.list_blobs(
-                self._bucket, prefix=full_prefix, page_size=LIST_PAGE_SIZE, retry=None, timeout=self._timeout
+                self._bucket, prefix=full_prefix, page_size=LIST_PAGE_SIZE, retry=None, timeout=self._t()
             ):
                 yield ObjectInfo(blob.name, int(blob.size), blob.updated.timestamp() if blob.updated else 0.0)
         except gx.NotFound:
@@ -209,7 +214,7 @@ class GCSProvider(ObjectStoreProvider):
 
     def _delete(self, name: str, key: str) -> None:
         try:
-            self._bucket.blob(name).delete(retry=None, timeout=self._timeout)
+            self._bucket.blob(name).delete(retry=None, timeout=self._t())
         except gx.NotFound:
             pass
         except Exception as err:
@@ -218,7 +223,7 @@ class GCSProvider(ObjectStoreProvider):
     def check(self) -> None:
         """One listing call: fails on a missing bucket, rejected credentials or no list permission."""
         try:
-            next(iter(self._client.list_blobs(self._bucket, max_results=1, retry=None, timeout=self._timeout)), None)
+            next(iter(self._client.list_blobs(self._bucket, max_results=1, retry=None, timeout=self._t())), None)
         except gx.NotFound:
             raise PermanentStorageError(self._missing_container()) from None
         except Exception as err:

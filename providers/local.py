@@ -10,14 +10,20 @@ the folders', then writes its own object durably. Measured here, waiting for an 
 chunk caps a local push near 260 MiB/s; overlapped with the pipeline they cost little. After a
 power loss a chunk written but not yet committed may be short or empty: the repository only trusts
 a stored chunk of exactly the right size, so such a chunk is simply sent again.
+
+Temp files are named ``.tmp-<host tag>-<pid>-<random>-<name>``: the first write of a process
+removes those whose writer is provably dead on this host (a ``kill -9``), and
+``remove_abandoned(older_than)`` (run by prune) those older than its grace, whoever wrote them.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -25,6 +31,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
+from ckpt_sync.owners import host_tag, pid_dead
 
 from .base import ObjectInfo
 
@@ -32,6 +39,7 @@ _TMP = ".tmp-"
 # Writes go to the page cache in slices this size: one 8 MiB write() costs several times the system
 # time of the same bytes in 256 KiB pieces (measured in bench/ab.py; the copy stays in the CPU cache).
 WRITE_SLICE = 256 << 10
+_OWNED_TMP = re.compile(r"^\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]+-")
 
 
 def path_from_url(url: str) -> Path:
@@ -62,6 +70,7 @@ class LocalProvider:
         self._flushes: list[Future[None]] = []  # background fsyncs of files written since then
         self._unsynced_lock = threading.Lock()
         self._flusher: ThreadPoolExecutor | None = None
+        self._swept = False
 
     @classmethod
     def from_url(cls, url: str, **_options: object) -> LocalProvider:
@@ -82,8 +91,11 @@ class LocalProvider:
         return StorageError(f"{what}: {err.strerror or err}")
 
     def _write_temp(self, path: Path, data: bytes | bytearray | memoryview, *, sync: bool = True) -> Path:
+        if not self._swept:
+            self._swept = True
+            self.remove_abandoned()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{_TMP}{path.name}.{secrets.token_hex(6)}")
+        tmp = path.with_name(f"{_TMP}{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}-{path.name}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             write_all(fd, memoryview(data).cast("B"))
@@ -220,6 +232,29 @@ class LocalProvider:
         except OSError as err:
             raise self._error(err, self.url) from err
         return True
+
+    def remove_abandoned(self, older_than: float | None = None) -> int:
+        """Remove temp files left by crashed writers: those whose writer is dead on this host, and
+        with ``older_than`` (seconds) any that old. Returns how many went."""
+        cutoff = None if older_than is None else time.time() - older_than
+        removed = 0
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for name in filenames:
+                if not name.startswith(_TMP):
+                    continue
+                path = os.path.join(dirpath, name)
+                m = _OWNED_TMP.match(name)
+                doomed = m is not None and m["host"] == host_tag() and pid_dead(int(m["pid"]))
+                if not doomed and cutoff is not None:
+                    try:
+                        doomed = os.stat(path).st_mtime < cutoff
+                    except FileNotFoundError:
+                        continue
+                if doomed:
+                    with suppress(FileNotFoundError):
+                        os.unlink(path)
+                        removed += 1
+        return removed
 
     def check(self) -> None:
         if self.root.exists() and not self.root.is_dir():

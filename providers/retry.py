@@ -4,11 +4,17 @@ Exponential backoff with full jitter, bounded by attempts and total time; the fi
 operation is logged at WARNING, then one line a minute with the count (the rest at DEBUG).
 Only ``TransientStorageError`` is retried: a provider's
 permanent errors (no bucket, access denied) and NotFound pass straight through.
+
+The total time is a bound, not a hope: each attempt may take only what is left of the budget
+(``attempt_timeout``, which the cloud providers turn into their connect and read timeouts), and
+the waits between attempts end at once when the ``cancel`` event is set (SIGTERM), raising
+Cancelled.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +29,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ckpt_sync.errors import TransientStorageError
+from ckpt_sync.errors import Cancelled, TransientStorageError
 from ckpt_sync.logs import Throttle
 
 from .base import Provider
@@ -37,6 +43,16 @@ RETRY_LOG = Throttle(60.0)
 # Called as observer(op, error) before each retry's wait (metrics count retries by reason here).
 # Observers must be quick and must not raise: an error in one is logged and ignored.
 RETRY_OBSERVERS: list[Callable[[str, BaseException | None], None]] = []
+MIN_ATTEMPT_SECONDS = 0.5  # an attempt always gets at least this long, even at the end of its budget
+
+_attempt = threading.local()
+
+
+def attempt_timeout() -> float | None:
+    """Seconds the storage call running on this thread may still take (the rest of its retry
+    budget), or None outside a retried call. Providers cap their connect/read timeouts with it."""
+    deadline = getattr(_attempt, "deadline", None)
+    return None if deadline is None else max(MIN_ATTEMPT_SECONDS, deadline - time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -48,9 +64,12 @@ class RetryPolicy:
 
 
 class RetryingProvider(WrappingProvider):
-    def __init__(self, inner: Provider, policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self, inner: Provider, policy: RetryPolicy = RetryPolicy(), *, cancel: threading.Event | None = None
+    ) -> None:
         super().__init__(inner)
         self.policy = policy
+        self.cancel = cancel
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
@@ -67,16 +86,33 @@ class RetryingProvider(WrappingProvider):
                 except Exception:
                     log.debug("retry observer failed", exc_info=True)
 
+        def sleep(seconds: float) -> None:
+            if self.cancel is None:
+                time.sleep(seconds)
+            elif self.cancel.wait(seconds):
+                raise Cancelled(f"stopped while retrying {op}; nothing was committed")
+
+        started = time.monotonic()
+        deadline = started + self.policy.max_seconds
+
+        def attempt() -> T:
+            outer = getattr(_attempt, "deadline", None)
+            _attempt.deadline = deadline if outer is None else min(outer, deadline)
+            try:
+                return fn()
+            finally:
+                _attempt.deadline = outer
+
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(self.policy.max_seconds),
             wait=wait_random_exponential(multiplier=self.policy.initial_wait, max=self.policy.max_wait),
             retry=retry_if_exception_type(TransientStorageError),
             before_sleep=before_sleep,
+            sleep=sleep,
             reraise=True,
         )
-        started = time.monotonic()
         try:
-            return retrying(fn)
+            return retrying(attempt)
         except TransientStorageError as err:
             attempts = retrying.statistics.get("attempt_number", 1)
             spent = time.monotonic() - started

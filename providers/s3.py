@@ -13,6 +13,7 @@ check-then-put fallback described in docs/PROVIDERS.md.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -31,6 +32,7 @@ from ._cloud import (
     READ_TIMEOUT,
     ConditionalWriteUnsupported,
     ObjectStoreProvider,
+    attempt_timeouts,
     one_line,
     parse_url,
 )
@@ -106,6 +108,10 @@ class S3Provider(ObjectStoreProvider):
             session = boto3.session.Session(profile_name=profile, region_name=region)
             # endpoint_url=None lets botocore apply AWS_ENDPOINT_URL(_S3) and the profile's endpoint_url
             self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+            self._session, self._endpoint_url, self._config = session, endpoint_url or None, config
+            self._timeouts = (connect_timeout, read_timeout)
+            self._short: dict[tuple[float, float], Any] = {}  # clients with shorter timeouts, by (connect, read)
+            self._short_lock = threading.Lock()
         except (bx.ProfileNotFound, bx.PartialCredentialsError, bx.InvalidConfigError) as err:
             raise PermanentStorageError(f"{self.url}: AWS configuration problem ({one_line(err)}): fix it") from None
         except ValueError as err:  # botocore rejects a malformed endpoint URL here
@@ -116,6 +122,21 @@ class S3Provider(ObjectStoreProvider):
         host = urlparse(resolved).hostname or ""
         self._use_endpoint(None if host.endswith((".amazonaws.com", ".amazonaws.com.cn")) else resolved)
         self._page = LIST_PAGE_SIZE
+
+    @property
+    def _c(self) -> Any:
+        """The client for this attempt: botocore fixes timeouts per client, so an attempt with less of
+        its retry budget left than the read timeout gets a client with shorter ones (a few, cached)."""
+        timeouts = attempt_timeouts(*self._timeouts)
+        if timeouts == self._timeouts:
+            return self._s3
+        with self._short_lock:
+            client = self._short.get(timeouts)
+            if client is None:
+                config = self._config.merge(Config(connect_timeout=timeouts[0], read_timeout=timeouts[1]))
+                client = self._session.client("s3", endpoint_url=self._endpoint_url, config=config)
+                self._short[timeouts] = client
+            return client
 
     @classmethod
     def from_url(
@@ -189,13 +210,13 @@ class S3Provider(ObjectStoreProvider):
 
     def _put(self, name: str, data: bytes | bytearray | memoryview, key: str) -> None:
         try:
-            self._s3.put_object(Bucket=self.container, Key=name, Body=_body(data))
+            self._c.put_object(Bucket=self.container, Key=name, Body=_body(data))
         except Exception as err:
             raise self._classify(err, "put", key) from err
 
     def _create_only(self, name: str, data: bytes | bytearray | memoryview, key: str) -> bool:
         try:
-            self._s3.put_object(Bucket=self.container, Key=name, Body=_body(data), IfNoneMatch="*")
+            self._c.put_object(Bucket=self.container, Key=name, Body=_body(data), IfNoneMatch="*")
             return True
         except bx.ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
@@ -215,7 +236,7 @@ class S3Provider(ObjectStoreProvider):
         elif start:
             kw["Range"] = f"bytes={start}-"
         try:
-            resp = self._s3.get_object(Bucket=self.container, Key=name, **kw)
+            resp = self._c.get_object(Bucket=self.container, Key=name, **kw)
             return resp["Body"].read()  # botocore checks the length read against Content-Length
         except bx.ClientError as err:
             if err.response.get("Error", {}).get("Code") == "InvalidRange":
@@ -226,7 +247,7 @@ class S3Provider(ObjectStoreProvider):
 
     def size(self, key: str) -> int | None:
         try:
-            return int(self._s3.head_object(Bucket=self.container, Key=self._name(key))["ContentLength"])
+            return int(self._c.head_object(Bucket=self.container, Key=self._name(key))["ContentLength"])
         except Exception as err:
             classified = self._classify(err, "size", key)
             if isinstance(classified, NotFound):
@@ -234,7 +255,7 @@ class S3Provider(ObjectStoreProvider):
             raise classified from err
 
     def _list(self, full_prefix: str) -> Iterator[ObjectInfo]:
-        pages = self._s3.get_paginator("list_objects_v2").paginate(
+        pages = self._c.get_paginator("list_objects_v2").paginate(
             Bucket=self.container, Prefix=full_prefix, PaginationConfig={"PageSize": self._page}
         )
         try:
@@ -246,7 +267,7 @@ class S3Provider(ObjectStoreProvider):
 
     def _delete(self, name: str, key: str) -> None:
         try:
-            self._s3.delete_object(Bucket=self.container, Key=name)  # S3 deletes of missing keys succeed
+            self._c.delete_object(Bucket=self.container, Key=name)  # S3 deletes of missing keys succeed
         except Exception as err:
             classified = self._classify(err, "delete", key)
             if not isinstance(classified, NotFound):
@@ -255,7 +276,7 @@ class S3Provider(ObjectStoreProvider):
     def check(self) -> None:
         """One listing call: fails on a missing bucket, rejected credentials or no list permission."""
         try:
-            self._s3.list_objects_v2(Bucket=self.container, Prefix=self._base, MaxKeys=1)
+            self._c.list_objects_v2(Bucket=self.container, Prefix=self._base, MaxKeys=1)
         except Exception as err:
             raise self._classify(err, "check") from err
 
@@ -281,6 +302,8 @@ class S3Provider(ObjectStoreProvider):
 
     def close(self) -> None:
         self._s3.close()
+        for client in self._short.values():
+            client.close()
 
 
 def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:

@@ -35,9 +35,15 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = 120.
         time.sleep(every)
 
 
-def start_cli(*args: str, put_delay: float = 0.0, log_file: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start ``ckpt-sync ARGS`` as a real process (optionally with slowed chunk uploads)."""
-    env = {**os.environ, "CKPT_TEST_PUT_DELAY": str(put_delay)}
+def start_cli(
+    *args: str,
+    put_delay: float = 0.0,
+    get_delay: float = 0.0,
+    log_file: Path | None = None,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``ckpt-sync ARGS`` as a real process (optionally with slowed chunk uploads or downloads)."""
+    env = {**os.environ, **(env or {}), "CKPT_TEST_PUT_DELAY": str(put_delay), "CKPT_TEST_GET_DELAY": str(get_delay)}
     out = open(log_file, "wb") if log_file else subprocess.DEVNULL  # noqa: SIM115 - owned by the process
     return subprocess.Popen([sys.executable, SLOW_CLI, *args], stdout=subprocess.DEVNULL, stderr=out, env=env)
 

@@ -27,9 +27,9 @@ def test_held_copy_outlives_the_original_and_is_released_when_done(tmp_path):
     q.enqueue(f)
     f.unlink()
     job = q.claim()
-    assert job is not None and job.source.read_bytes() == b"payload"
+    assert job is not None and q.source(job).read_bytes() == b"payload"
     q.complete(job, "mid", 7, 64, 0.1)
-    assert not job.source.exists() and q.get(job.id).status == DONE
+    assert not q.source(job).exists() and q.get(job.id).status == DONE
 
 
 def test_jobs_of_a_dead_owner_return_to_pending(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -95,9 +96,10 @@ def provider_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
-def open_repository(args: argparse.Namespace, *, create: bool = False) -> Any:
-    """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit."""
-    return _open_repository(args.repo, key_file=args.key_file, create=create, **provider_options(args))
+def open_repository(args: argparse.Namespace, *, create: bool = False, cancel: threading.Event | None = None) -> Any:
+    """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit;
+    ``cancel`` (SIGTERM) ends its retry waits."""
+    return _open_repository(args.repo, key_file=args.key_file, create=create, cancel=cancel, **provider_options(args))
 
 
 def load_all(repo: Any) -> list[Manifest]:

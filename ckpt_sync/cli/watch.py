@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from .. import config
 from ..chunking import ChunkPolicy
 from ..daemon import WatchOptions, default_state_dir, run_watch
-from ..errors import UsageError
+from ..errors import Cancelled, UsageError
 from ..queue import JobQueue
 from ..statelock import StateDirLock
 from ..units import parse_size
@@ -58,7 +58,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="full rescan interval, for filesystems that drop events (default 30)",
     )
     add_grace_option(p)
-    p.add_argument("--once", action="store_true", help="upload what is there, wait until committed, exit")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="upload what is there, wait until committed, exit (1 naming what is still queued if storage "
+        "kept failing: it stays held, and the next run retries it)",
+    )
     p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
     p.add_argument("--log-format", choices=("text", "json"), help="log lines as text or JSON (default text)")
     p.add_argument(
@@ -85,11 +90,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
-    repo = open_repository(args, create=True)
+    stop = threading.Event()
+    repo = open_repository(args, create=True, cancel=stop)
     queue = JobQueue(state_dir)
     if args.endpoint_url and "@" not in urlsplit(args.endpoint_url).netloc:  # never a URL with credentials
         queue.set("endpoint_url", args.endpoint_url)
-    stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s: finishing up (nothing half-done is committed)", signal.Signals(signum).name)
@@ -118,6 +123,8 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
         if sys.stderr.isatty() and not OUTPUT.quiet and args.log_format != "json":
             live = LiveLine(_in_flight_line(queue)).start()
         return run_watch(repo, queue, opts, stop, served.hooks if served else None)
+    except Cancelled:  # SIGTERM while a storage call was being retried: nothing half-done was committed
+        return 0
     finally:
         if live:
             live.stop()

@@ -125,12 +125,13 @@ def test_retries_dedup_and_health_in_process(tmp_path, key):
         assert get(server.port, "/livez")[0] == 200
         assert scrape(server.port)["ckpt_sync_repository_up"] == 0
 
-        faulty.broken = False  # back, but every upload now fails: the job is given up
+        faulty.broken = False  # back, but every upload now fails: the job stays queued for the next run
         faulty.fail_next("put", "before", times=1000)
         (ck / "c.pt").write_bytes(os.urandom(64 * KiB))
         failing = WatchOptions(root=ck, once=True, settle=0.05, keep=None, once_attempts=1)
         assert run_watch(repo, queue, failing, threading.Event(), server.hooks) == 1
-        assert scrape(server.port)['ckpt_sync_failures_total{outcome="gave_up"}'] == 1
+        assert scrape(server.port)['ckpt_sync_failures_total{outcome="retrying"}'] == 1
+        assert queue.counts()["pending"] == 1
 
         server.hooks.on_tick(False)  # the worker thread died
         status, body = get(server.port, "/livez")
