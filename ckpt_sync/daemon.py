@@ -105,6 +105,9 @@ def run_watch(
         while not stop.is_set():
             if hooks and hooks.on_tick:
                 hooks.on_tick(worker_thread.is_alive())
+            if worker.superseded:  # a held copy was rewritten in place: look again for the version now on disk
+                del worker.superseded[:]
+                watcher.rescan()
             for unit in tracker.ready():
                 if _enqueue_if_new(queue, unit, committed, held_back):
                     worker.wake()

@@ -58,6 +58,7 @@ class SyncWorker:
         self.on_commit = on_commit
         self.on_failure = on_failure  # (job, message, gave_up): an observer, e.g. metrics
         self.failed: list[Job] = []  # given up (its version cannot be uploaded any more)
+        self.superseded: list[Job] = []  # dropped: their held copy was rewritten in place (a newer version)
         self.tried: dict[int, int] = {}  # job id -> failed attempts by this worker (``watch --once`` stops on them)
         self._wake = threading.Event()
         self._failing = Throttle(60.0)  # job id -> its retry lines
@@ -131,7 +132,12 @@ class SyncWorker:
             self.queue.release(job)
             log.info("stopped while uploading %s; it resumes on the next start", job.name)
             return
-        except (UsageError, _HeldCopyChanged) as err:
+        except _HeldCopyChanged as err:  # superseded: what is on disk now is another version, queued on its own
+            log.warning("%s; the version on disk now is queued on its own", err)
+            self.queue.fail(job, str(err))
+            self.superseded.append(job)
+            return
+        except UsageError as err:
             self._give_up(job, str(err))
             return
         except Exception as err:  # storage gave up, file changed, concurrent prune, a bug: try again later
