@@ -48,6 +48,7 @@ from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding,
 from .manifest_cache import ManifestCache
 from .providers import Provider
 from .providers.base import ObjectInfo, read_into
+from .seen import remember
 
 FORMAT_NAME = "ckpt-sync"
 FORMAT_VERSION = 1  # what this version writes
@@ -518,6 +519,7 @@ class Repository:
         """
         for existing in self.manifests():
             if existing.same_version(manifest):
+                remember(self.id, existing)
                 return existing
         manifest = dataclasses.replace(manifest, repository=self.binding())
         missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)
@@ -541,10 +543,12 @@ class Repository:
             # Either a retry found our own earlier successful write, or a true id collision.
             try:
                 if self.load_manifest(manifest.id) == manifest:
+                    remember(self.id, manifest)
                     return manifest
             except IntegrityError:
                 pass
             raise OperationFailed(f"manifest id {manifest.id} already exists in {self.url}; push again")
+        remember(self.id, manifest)  # this host has seen it: a later rollback past it is noticed (seen.py)
         return manifest
 
 

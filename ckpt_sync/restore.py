@@ -45,6 +45,7 @@ from .owners import host_tag, pid_dead
 from .pipeline import default_workers, ordered_map
 from .providers.local import WRITE_SLICE, write_all
 from .repository import Repository
+from .seen import remember
 from .selection import Selection, newest, select
 from .transfer import TransferStats
 
@@ -517,7 +518,8 @@ def pull(
         if on_start:
             on_start(m)
         try:
-            return m, restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
+            stats = restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
+            return m, _pulled(repo, m, stats)
         except (IntegrityError, NotFound) as err:
             raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
     selection = selection or Selection()
@@ -554,7 +556,8 @@ def pull(
             m = select_files(m, include, exclude)
             if on_start:
                 on_start(m)
-            return m, restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
+            stats = restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
+            return m, _pulled(repo, m, stats)
         except _FATAL:
             raise
         except OSError as err:
@@ -568,6 +571,11 @@ def pull(
     raise OperationFailed(
         f"no valid checkpoint in {repo.url}: all {len(candidates)} {selection.describe()}(s) are damaged"
     )
+
+
+def _pulled(repo: Repository, m: Manifest, stats: TransferStats) -> TransferStats:
+    remember(repo.id, m)  # this host has seen it (rollback detection, seen.py)
+    return stats
 
 
 def stream_file(

@@ -265,3 +265,27 @@ def test_a_deleted_config_is_never_silently_recreated_and_repair_rebuilds_it(tmp
     cli("pull", "first.pt", "--repo", repo_url, "--to", str(dest), check=True)
     assert (dest / "first.pt").read_bytes() == first.read_bytes()
     _no_crash(push, ls, repair)
+
+
+# --- 6: a rollback (the newest manifests deleted or withheld) is noticed -------------------------------
+
+
+def test_a_rolled_back_repository_is_noticed_by_ls_verify_and_pull(tmp_path, key, repo_url, repo_dir, cli):
+    old, new = _files(tmp_path, "old.pt", "new.pt")
+    cli("push", "--repo", repo_url, str(old), check=True)
+    cli("push", "--repo", repo_url, str(new), check=True)
+    newest_id = manifest_names(repo_dir)[-1]
+    quiet = [cli(verb, "--repo", repo_url) for verb in ("ls", "verify")]
+    assert all("rollback" not in p.stderr for p in quiet), [p.stderr for p in quiet]
+    (repo_dir / "manifests" / newest_id).unlink()  # the store rolls back to the older, authentic state
+
+    ls = cli("ls", "--repo", repo_url)
+    verify = cli("verify", "--repo", repo_url)
+    pull = cli("pull", "--latest", "--repo", repo_url, "--to", str(tmp_path / "dest"))
+    for p in (ls, verify, pull):
+        lines = [line for line in p.stderr.splitlines() if "possible rollback" in line]
+        assert len(lines) == 1 and "new.pt" in lines[0] and newest_id in lines[0], p.stderr
+    assert ls.returncode == verify.returncode == pull.returncode == 0
+    # A host that never saw the newer checkpoint has nothing to compare with.
+    fresh = cli("ls", "--repo", repo_url, env={"XDG_STATE_HOME": str(tmp_path / "other-host")})
+    assert "rollback" not in fresh.stderr

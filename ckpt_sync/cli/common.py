@@ -16,6 +16,7 @@ from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..prune import DEFAULT_GRACE
 from ..redact import redact
+from ..seen import rollback_warning
 from ..selection import ANY, Selection
 from .progress import ProgressLine
 
@@ -100,6 +101,14 @@ def open_repository(args: argparse.Namespace, *, create: bool = False, cancel: t
     """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit;
     ``cancel`` (SIGTERM) ends its retry waits."""
     return _open_repository(args.repo, key_file=args.key_file, create=create, cancel=cancel, **provider_options(args))
+
+
+def warn_if_rolled_back(repo: Any) -> None:
+    """One line when the repository's newest checkpoint is older than the newest this host saw."""
+    ids = repo.manifest_ids()
+    line = rollback_warning(repo.id, ids[0] if ids else None)
+    if line:
+        warn(line)
 
 
 def load_all(repo: Any) -> list[Manifest]:

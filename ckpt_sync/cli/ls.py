@@ -20,6 +20,7 @@ from .common import (
     open_repository,
     selection_from,
     table,
+    warn_if_rolled_back,
     when,
 )
 
@@ -46,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         return _files(find_manifest(repo, args.checkpoint), args.json)
     manifests = select(load_all(repo), selection)
+    warn_if_rolled_back(repo)
     if args.json:
         print(json.dumps([manifest_row(m) for m in manifests], indent=2))
         return EXIT_OK

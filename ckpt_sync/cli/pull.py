@@ -21,6 +21,7 @@ from .common import (
     say,
     selection_from,
     warn,
+    warn_if_rolled_back,
 )
 
 
@@ -94,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
         if bar_ctx.get("fn"):
             bar_ctx["fn"](n)
 
+    if args.latest:
+        warn_if_rolled_back(repo)
     try:
         m, stats = pull(
             repo,

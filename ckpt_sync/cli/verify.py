@@ -9,7 +9,7 @@ import time
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from ..verify import UNREADABLE, parse_subset, verify
-from .common import add_json_option, add_repo_option, err, open_repository, say
+from .common import add_json_option, add_repo_option, err, open_repository, say, warn_if_rolled_back
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run(args: argparse.Namespace) -> int:
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
     repo = open_repository(args)
+    warn_if_rolled_back(repo)
     started = time.monotonic()
     results = verify(
         repo, checkpoints=args.checkpoints, read_data=args.read_data, read_data_subset=subset, workers=args.workers
