@@ -15,6 +15,7 @@ from .errors import UsageError
 from .manifest import Manifest
 from .repository import Repository, manifest_key
 from .restore import find_manifest
+from .seen import removed_here
 from .selection import Selection, select
 
 
@@ -59,6 +60,8 @@ def forget(repo: Repository, selectors: Sequence[str], *, force: bool = False, d
     sizes = repo.list_chunks()
     gone = set().union(*(m.chunk_ids() for m in doomed)) - kept_chunks
     report = ForgetReport(unique_bytes=sum(sizes.get(c, 0) for c in gone), dry_run=dry_run)
+    if not dry_run:
+        removed_here(repo.id, {m.id for m in doomed})
     for m in doomed:
         if not dry_run:
             repo.provider.delete(manifest_key(m.id))

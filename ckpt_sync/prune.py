@@ -22,6 +22,7 @@ from .manifest import RESUMABLE
 from .providers.base import ObjectInfo
 from .repository import CHUNKS, Repository, chunk_key, manifest_key
 from .retention import Candidate, RetentionPolicy, to_remove
+from .seen import removed_here
 from .selection import newest
 
 log = logging.getLogger("ckpt_sync.prune")
@@ -138,6 +139,8 @@ def _drop_manifests(
             doomed.discard(m.id)
             break
     report.kept = [m.id for m in ordered if m.id not in doomed]
+    if not report.dry_run:
+        removed_here(repo.id, doomed)
     for mid in reversed([m.id for m in ordered if m.id in doomed]):  # oldest first
         report.removed.append(mid)
         report.removed_names.append(manifests[mid].name)

@@ -57,6 +57,14 @@ def remember(repository_id: str, manifest: Manifest) -> None:
         pass
 
 
+def removed_here(repository_id: str, removed_ids: set[str]) -> None:
+    """This host itself removed manifests (prune, forget): when the newest it saw is among them, its
+    record goes (the next push or pull makes a new one), so its own deletion is never a "rollback"."""
+    seen = newest_seen(repository_id)
+    if seen is not None and seen["id"] in removed_ids:
+        seen_file(repository_id).unlink(missing_ok=True)
+
+
 def rollback_warning(repository_id: str, newest_id: str | None) -> str | None:
     """One line when the repository's newest checkpoint is older than the newest this host saw."""
     seen = newest_seen(repository_id)
