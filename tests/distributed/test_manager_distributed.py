@@ -91,3 +91,24 @@ def test_fsdp_sharded_state_saves_through_dcp_and_resumes_bit_exactly(where, key
     train(tmp_path / "run", 2, steps=6, **spec)
     for r in range(2):
         assert losses(first[r]) == losses(reference[r])
+
+
+def test_sigterm_to_one_rank_with_sharded_state_commits_that_step_for_all_and_resumes_bit_exactly(
+    key, repo_url, tmp_path
+):
+    reference = train(tmp_path / "ref", 2, mode="fsdp", steps=6, session="g")
+    spec = {"mode": "fsdp", "steps": 6, "session": "g", "sleep": 0.2, "repo": repo_url, "direct": True}
+    group = start(SCRIPT, [json.dumps(spec)], 2, tmp_path / "run")
+    progress = group.folders[1] / "progress"
+    wait_until(lambda: progress.exists() and int(progress.read_text() or 0) >= 2, "rank 1 to train a few steps")
+    os.kill(group.procs[1].pid, signal.SIGTERM)
+    assert group.wait() == [0, 0], group.logs()
+    seen = int((group.folders[1] / "signal_seen_at").read_text())
+    (m,) = list(open_repository(repo_url).manifests())  # one DCP checkpoint: the emergency one, all ranks
+    assert m.name == f"checkpoint_g_{seen}.dcp" and sorted(f.path for f in m.files)[1:] == [
+        "__0_0.distcp",
+        "__1_0.distcp",
+    ]
+    train(tmp_path / "run", 2, **spec)
+    for r in range(2):
+        assert losses(group.folders[r]) == losses(reference[r])
