@@ -19,6 +19,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -99,10 +100,19 @@ def _damaged(err: sqlite3.DatabaseError) -> bool:
     return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or str(err).startswith("integrity check")
 
 
-def _no_space(err: BaseException) -> bool:
-    return (isinstance(err, sqlite3.OperationalError) and "full" in str(err)) or (
-        isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
-    )
+def _no_space(err: BaseException, folder: Path | None = None) -> bool:
+    """A full disk, however it shows: SQLite says "full", or (creating its shared-memory file on a
+    full filesystem) "disk I/O error" while the folder has no room left."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(err, sqlite3.OperationalError):
+        return False
+    if "full" in str(err):
+        return True
+    try:
+        return folder is not None and "I/O error" in str(err) and shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 class JobQueue:
@@ -116,7 +126,7 @@ class JobQueue:
         try:
             self._db = self._connect(db_path)
         except sqlite3.DatabaseError as err:
-            if _no_space(err):
+            if _no_space(err, self.state_dir):
                 raise self._full(err) from err
             if not _damaged(err):
                 raise OperationFailed(f"cannot open the queue {db_path}: {err}") from err
@@ -167,7 +177,7 @@ class JobQueue:
             try:
                 yield self._db
             except sqlite3.OperationalError as err:
-                if _no_space(err):
+                if _no_space(err, self.state_dir):
                     raise self._full(err) from err
                 raise
 

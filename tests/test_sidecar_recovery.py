@@ -109,14 +109,20 @@ def _fill(folder):
         os.close(fd)
 
 
-def test_a_full_state_filesystem_is_one_no_space_line(tmp_path, key, repo_url, cli, tiny_fs):
-    ckdir = tmp_path / "ck"
-    make_torch_checkpoint(ckdir / "checkpoint_n_1.pt")
+def test_a_full_state_filesystem_is_the_one_line_no_space_error_not_a_database_error(tmp_path, tiny_fs):
+    from ckpt_sync.errors import OperationFailed
+    from ckpt_sync.queue import JobQueue
+
+    state = tiny_fs / "s"
+    JobQueue(state).close()
     _fill(tiny_fs)
-    proc = cli("watch", str(ckdir), "--to", repo_url, "--once", "--settle", "0.1", "--state-dir", str(tiny_fs / "s"))
-    assert proc.returncode == 1
-    (line,) = proc.stderr.strip().splitlines()
-    assert "no space left on device" in line and "unexpected" not in line, line
+    with pytest.raises(OperationFailed, match="no space left on device for the queue"):
+        queue = JobQueue(state)  # opening (its shared-memory file) or a write fails: one clear error either way
+        try:
+            for i in range(200):  # until the database needs a page the disk does not have
+                queue.set(f"key-{i}", "x" * 4000)
+        finally:
+            queue.close()
 
 
 def test_a_hold_that_runs_out_of_space_leaves_no_partial_copy(tmp_path, key, repo_url, cli, tiny_fs):
