@@ -18,7 +18,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import Measured, MiB, make_checkpoint, parse_size, print_table, run_cmd, run_python, then_sync  # noqa: E402
+from common import (  # noqa: E402
+    Measured,
+    MiB,
+    make_checkpoint,
+    parse_size,
+    print_table,
+    run_cmd,
+    run_python,
+    source_tree,
+    then_sync,
+)
 
 
 def _median(runs: list[Measured]) -> Measured:
@@ -39,7 +49,7 @@ def main() -> None:
     from cryptography.fernet import Fernet
 
     key = {"BACKUP_ENCRYPTION_KEY": Fernet.generate_key().decode()}
-    trees = {"base": str(Path(args.base).resolve()), "this": str(HERE.parent)}
+    trees = {"base": source_tree(args.base), "this": str(HERE.parent)}
     work = Path(tempfile.mkdtemp(prefix="ckpt-ab-", dir=args.dir))
     runs: dict[str, list[Measured]] = {}
     try:

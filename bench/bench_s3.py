@@ -32,7 +32,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))
-from common import Measured, MiB, fmt_rate, make_checkpoint, parse_size, print_table, run_python  # noqa: E402
+from common import Measured, MiB, fmt_rate, make_checkpoint, parse_size, print_table, run_python, source_tree  # noqa: E402
 
 # The baselines, each run in its own process like ours so all pay interpreter start-up alike:
 # s3transfer's multipart upload_file/download_file (what a user would reach for), and the request
@@ -111,7 +111,7 @@ def run(work: Path, size: int, workers: int, part: int, chunk_arg: str, base: st
     from cryptography.fernet import Fernet
 
     s3 = boto3.client("s3")
-    trees = {"": None, **({" (base)": str(Path(base).resolve())} if base else {})}
+    trees = {"": None, **({" (base)": source_tree(base)} if base else {})}
     buckets = ["bench-plain"] + [f"bench-ours{i}" for i in range(len(trees))]
     for bucket in buckets:
         s3.create_bucket(Bucket=bucket)

@@ -141,3 +141,19 @@ def parse_size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
     text = text.strip().upper().removesuffix("IB").removesuffix("B")
     return int(float(text[:-1]) * units[text[-1]]) if text[-1] in units else int(text)
+
+
+def source_tree(path: str) -> str:
+    """``path`` as a tree whose ``ckpt_sync`` (providers included) imports on its own from PYTHONPATH.
+
+    This checkout maps ``ckpt_sync.providers`` to the top-level ``providers/`` folder through its
+    editable install, so another tree without a ``ckpt_sync/providers`` would silently borrow this
+    tree's providers and a before/after would compare the wrong code.
+    """
+    tree = Path(path).resolve()
+    if (tree / "providers").is_dir() and not (tree / "ckpt_sync" / "providers").exists():
+        raise SystemExit(
+            f"{tree}: its ckpt_sync.providers would come from this checkout; give it its own first: "
+            f"ln -s ../providers {tree / 'ckpt_sync' / 'providers'}"
+        )
+    return str(tree)
