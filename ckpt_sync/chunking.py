@@ -18,6 +18,8 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from .errors import UsageError
+
 MiB = 1 << 20
 MAX_CHUNK_SIZE = 256 * MiB  # no writer cuts larger; a manifest claiming more is malformed
 
@@ -32,6 +34,8 @@ class ChunkPolicy:
         """The default policy, or one cutting at ``chunk_size`` (small sizes lower the minimum too)."""
         if not chunk_size:
             return cls()
+        if not 64 * 1024 <= chunk_size <= MAX_CHUNK_SIZE:
+            raise UsageError(f"chunk size {chunk_size} bytes is out of range: give 64K to 256M (e.g. --chunk-size 8M)")
         return cls(chunk_size=chunk_size, min_size=min(chunk_size, cls().min_size))
 
     def __post_init__(self) -> None:

@@ -150,3 +150,14 @@ def test_unexpected_errors_are_one_line_unless_debug(tmp_path, key, repo_url, cl
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
     debug = cli("push", "--repo", str(target), str(target), "--debug")
     assert "Traceback" in debug.stderr
+
+
+@pytest.mark.parametrize("size", ["16K", "1G"])
+def test_a_chunk_size_out_of_range_is_one_usage_line(cli, key, repo_url, tmp_path, size):
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 1000)
+    proc = cli("push", str(src), "--to", repo_url, "--chunk-size", size)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "chunk size" in lines[0] and "64K to 256M" in lines[0], proc.stderr
+    assert "unexpected" not in proc.stderr
