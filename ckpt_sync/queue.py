@@ -31,7 +31,7 @@ from typing import Any
 
 from . import staging
 from .checkpoint_files import signature
-from .errors import OperationFailed
+from .errors import OperationFailed, UsageError
 from .owners import owner_alive, owner_id
 
 log = logging.getLogger("ckpt_sync.queue")
@@ -414,6 +414,30 @@ class JobQueue:
             )
         staging.release(self.held_path(job))
         self.set("last_error", json.dumps({"time": now, "job": job.name, "error": error}))
+
+    def drop(self, job_id: int) -> Job:
+        """The user gives up on a job: it leaves the queue and its held copy is released.
+
+        Raises UsageError for an unknown or finished job, and for one a live worker is uploading
+        now (stop that watch first): a drop never pulls a job out from under its upload.
+        """
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None:
+                raise UsageError(f"no job {job_id} in the queue in {self.state_dir}: see `ckpt-sync queue`")
+            if row["status"] == DONE:
+                raise UsageError(f"job {job_id} ({row['name']}) is already committed: nothing to drop")
+            if row["status"] == RUNNING and owner_alive(row["owner"]):
+                raise UsageError(
+                    f"job {job_id} ({row['name']}) is being uploaded by a running watch: stop it first, then drop"
+                )
+            db.execute(
+                "UPDATE jobs SET status=?, owner=NULL, last_error=?, held=NULL, updated=? WHERE id=?",
+                (FAILED, "dropped by the user", time.time(), job_id),
+            )
+        job = self._job(row)
+        staging.release(self.held_path(job))
+        return job
 
     # --- reading ---------------------------------------------------------------------------------
 

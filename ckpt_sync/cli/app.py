@@ -24,6 +24,7 @@ from . import (
     prune,
     pull,
     push,
+    queue,
     repair_config,
     stats,
     status,
@@ -37,8 +38,8 @@ log = logging.getLogger("ckpt_sync")
 
 # In the order `ckpt-sync --help` lists them.
 VERBS = (
-    init, keygen, key, push, ls, pull, cat, verify, stats, tag, forget, copy, watch, prune, status, check, config_show,
-    repair_config,
+    init, keygen, key, push, ls, pull, cat, verify, stats, tag, forget, copy, watch, queue, prune, status, check,
+    config_show, repair_config,
 )  # fmt: skip
 # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
 LOGGING_VERBS = ("watch", "prune")

@@ -9,12 +9,16 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from ..api import open_repository as _open_repository
+from ..daemon import default_state_dir
+from ..errors import ConfigError, UsageError
 from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..prune import DEFAULT_GRACE
+from ..queue import JobQueue
 from ..redact import redact
 from ..seen import rollback_warning
 from ..selection import ANY, Selection
@@ -114,6 +118,19 @@ def warn_if_rolled_back(repo: Any) -> None:
 def load_all(repo: Any) -> list[Manifest]:
     """Every readable checkpoint; each unreadable one is named in a warning line."""
     return list(repo.manifests(lambda mid, e: warn(f"skipping unreadable checkpoint {mid}: {e}")))
+
+
+def open_queue(args: argparse.Namespace, verb: str) -> JobQueue:
+    """The queue of the watch on ``args.dir`` (or ``--state-dir``); one usage line when there is none."""
+    if args.state_dir:
+        state_dir = Path(args.state_dir)
+    elif args.dir:
+        state_dir = default_state_dir(Path(args.dir))
+    else:
+        raise UsageError(f"{verb} needs the watched folder (ckpt-sync {verb} DIR) or --state-dir")
+    if not (state_dir / "queue.sqlite3").is_file():
+        raise ConfigError(f"no ckpt-sync queue in {state_dir}: is `ckpt-sync watch` running on that folder?")
+    return JobQueue(state_dir)
 
 
 def add_repo_option(p: argparse.ArgumentParser, alias: str) -> None:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from ..daemon import default_state_dir
-from ..errors import EXIT_OK, CkptSyncError, ConfigError, UsageError
-from ..queue import JobQueue
+from ..errors import EXIT_OK, CkptSyncError
 from ..redact import redact
 from ..status import gather
 from ..units import format_bytes
-from .common import add_json_option, add_repo_option, err, open_repository, when
+from .common import add_json_option, add_repo_option, err, open_queue, open_repository, when
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,12 +22,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(Path(args.dir)) if args.dir else None
-    if state_dir is None:
-        raise UsageError("status needs the watched folder (ckpt-sync status DIR) or --state-dir")
-    if not (state_dir / "queue.sqlite3").is_file():
-        raise ConfigError(f"no ckpt-sync queue in {state_dir}: is `ckpt-sync watch` running on that folder?")
-    queue = JobQueue(state_dir)
+    queue = open_queue(args, "status")
     # The repository the watch uploads to (recorded by its worker), unless a flag names another.
     recorded = queue.get_value("repository")
     if recorded and not args.settings.values["repo"].source.startswith("flag"):

@@ -4,6 +4,7 @@ a watch promptly while the store is down. Real moto server, real processes, test
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -109,3 +110,35 @@ def test_sigterm_with_the_store_down_exits_0_promptly(s3, cli, key, tmp_path):
     assert code == 0, log.read_text()
     assert JobQueue(ckdir / ".ckpt-sync").counts()[PENDING] == 1  # kept for the next start
     assert not Path(ckdir / ".ckpt-sync" / "staging").exists() or any((ckdir / ".ckpt-sync" / "staging").iterdir())
+
+
+def test_a_job_held_through_an_outage_is_listed_and_dropped_only_when_the_user_says_so(s3, cli, key, tmp_path):
+    bucket = s3.new_bucket()
+    url = s3.url(bucket)
+    ckdir = tmp_path / "ck"
+    ck = make_torch_checkpoint(ckdir / "checkpoint_d_7.pt", hidden=256, step=7)
+    with FaultProxy(s3.server.port) as proxy:
+        env = {"AWS_ENDPOINT_URL": proxy.url}
+        _init_repo(cli, url, env, tmp_path)
+        proxy.down_after_bytes = proxy.bytes_up + 300_000  # the store goes away during the upload
+        budget = ["--retry-attempts", "2", "--retry-time", "2", "--chunk-size", "64K"]
+        assert cli("watch", str(ckdir), "--to", url, "--once", "--settle", "0.1", *budget, env=env).returncode == 1
+        listed = cli("queue", str(ckdir), "--json", check=True)
+        jobs = json.loads(listed.stdout)
+        assert [(j["name"], j["status"]) for j in jobs] == [(ck.name, PENDING)]
+        held = list((ckdir / ".ckpt-sync" / "staging").rglob(ck.name))
+        assert held, "the job's copy is held while it is queued"
+        unknown = cli("queue", str(ckdir), "--drop", "999")
+        assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
+        dropped = cli("queue", str(ckdir), "--drop", str(jobs[0]["id"]), check=True)
+        assert f"dropped job {jobs[0]['id']} ({ck.name})" in dropped.stdout
+        assert not any(p.exists() for p in held), "a dropped job's held copy is released"
+        assert json.loads(cli("queue", str(ckdir), "--json", check=True).stdout)[0]["status"] == FAILED
+        again = cli("queue", str(ckdir), "--drop", str(jobs[0]["id"]))
+        assert again.returncode == 0  # dropping a given-up job again is harmless
+        proxy.down, proxy.down_after_bytes = False, None
+        ck.unlink()
+        # The next run does not resurrect it (no held copy to adopt, nothing on disk): nothing committed.
+        before = cli("ls", "--from", url, "--json", check=True, env=env).stdout
+        assert cli("watch", str(ckdir), "--to", url, "--once", "--settle", "0.1", env=env).returncode == 0
+        assert cli("ls", "--from", url, "--json", check=True, env=env).stdout == before
