@@ -62,7 +62,9 @@ class CountingProvider(WrappingProvider):
             self.puts.append(key)
             n = len(self.puts)
         if self.pause_after_puts is not None and n >= self.pause_after_puts:
-            Path("paused").write_text(str(os.getpid()))
+            # Renamed into place so the test never reads a half-written pid.
+            Path("paused.tmp").write_text(str(os.getpid()))
+            os.replace("paused.tmp", "paused")
             while True:  # inside write_data, with chunks stored and the commit not reached: kill -9 me
                 time.sleep(1)
 
