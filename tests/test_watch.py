@@ -154,7 +154,9 @@ def test_a_slow_writer_is_uploaded_once_and_complete(tmp_path, key, repo_url, re
         log_file=log,
     )
     try:
-        time.sleep(1.0)  # let the watcher start before the writer opens the file
+        # The writer opens the file only once inotify is on (the "watching" line follows watcher.start):
+        # a file already open when the watch starts is judged by the settle period alone.
+        wait_until(lambda: log.exists() and "watching " in log.read_text(), "the watcher to start")
         target = ckdir / "checkpoint_slow_1.pt"
         subprocess.run([sys.executable, "-c", SLOW_WRITER, str(target)], check=True)
         wait_until(lambda: json_events(log, "committed"), "the slow file to be committed")
