@@ -111,3 +111,31 @@ def test_copy_says_what_it_needs(new_repo_url, cli, key, tmp_path, torch_checkpo
         proc = cli("copy", *args, "--from", src, "--to", dst)
         assert proc.returncode == 2 and proc.stderr.startswith("ckpt-sync: error:"), (args, proc.stderr)
     assert cli("copy", "--all", "--from", src, "--to", src).returncode == 2
+
+
+
+@pytest.mark.s3
+@pytest.mark.gcs
+def test_copy_across_clouds_s3_to_gcs_verifies_and_a_second_run_copies_nothing(
+    cloud_factory, cli, key, tmp_path, torch_checkpoint
+):
+    s3c, gcsc = cloud_factory("s3"), cloud_factory("gcs")
+    env = {**s3c.env, **gcsc.env}  # both stores reachable from one process, as on a real host
+    s3, gcs = s3c.url(s3c.new_bucket()), gcsc.url(gcsc.new_bucket())
+    ckpts = [torch_checkpoint(tmp_path / "c" / f"checkpoint_x_{step}.pt", seed=2, step=step) for step in (10, 20)]
+    for p in ckpts:
+        cli("push", str(p), "--to", s3, "--chunk-size", "64K", check=True, env=env)
+    first = json.loads(cli("copy", "--all", "--from", s3, "--to", gcs, "--json", check=True, env=env).stdout)
+    assert len(first["copied"]) == 2 and first["bytes_sent"] > 0
+
+    def listing(url):
+        rows = json.loads(cli("ls", "--from", url, "--json", check=True, env=env).stdout)
+        return [(m["name"], m["step"], m["size"]) for m in rows]
+
+    assert listing(gcs) == listing(s3)
+    assert cli("verify", "--read-data", "--from", gcs, env=env).returncode == 0
+    again = json.loads(cli("copy", "--all", "--from", s3, "--to", gcs, "--json", check=True, env=env).stdout)
+    assert again["copied"] == [] and again["bytes_sent"] == 0
+    out = tmp_path / "out"
+    cli("pull", "--latest", "--from", gcs, "--to", str(out), check=True, env=env)
+    assert (out / ckpts[1].name).read_bytes() == ckpts[1].read_bytes()
