@@ -91,9 +91,8 @@ class BandwidthLimitedProvider(WrappingProvider):
         return self.inner.put_if_absent(key, data)
 
     def get(self, key: str, start: int = 0, length: int | None = None) -> bytes:
-        if length is not None:
-            self.bucket.take(length)
-            return self.inner.get(key, start, length)
+        # Paid for what came back: ``length`` is often a bound (size-checked reads ask for up to the
+        # largest object that may be there), and paying for it would stall a small read for minutes.
         data = self.inner.get(key, start, length)
         self.bucket.take(len(data))
         return data

@@ -149,3 +149,20 @@ def test_pull_honours_the_limit_from_the_config_file(tmp_path, cli, key, repo_ur
     assert Path(tmp_path / "out" / "ckpt.pt").read_bytes() == src.read_bytes()
     # 1 MiB at 256 KiB/s, from an empty bucket, cannot arrive in under 4 s (a lower bound: never flaky).
     assert elapsed >= 1024 / 256, out.stdout
+
+
+def test_a_bounded_read_pays_for_the_bytes_that_came_back_not_the_bound(tmp_path):
+    class CountingBucket(TokenBucket):
+        paid = 0
+
+        def take(self, n: int) -> float:
+            self.paid += n
+            return 0.0
+
+    inner = LocalProvider(tmp_path / "repo", fsync=False)
+    inner.put("manifests/m", b"x" * 1000)
+    bucket = CountingBucket(256 * KiB)
+    provider = BandwidthLimitedProvider(inner, bucket)
+    # Size-checked reads ask for up to the largest object allowed (e.g. 32 MiB for a manifest).
+    assert provider.get("manifests/m", 0, 32 * 1024 * KiB) == b"x" * 1000
+    assert bucket.paid == 1000
