@@ -175,7 +175,12 @@ class CompletionTracker:
         with self._lock:
             t = self._units.get(unit.path)
             if t is None:
-                t = self._units[unit.path] = _Tracked(unit, stable_since=time.monotonic())
+                # Unchanged on disk for the settle period already (a watch restarted over a folder
+                # of finished saves): ready at once, so rotation gets no extra window to delete it
+                # before it is held.
+                unchanged_for = time.time() - sig[1] / 1e9
+                stable_since = time.monotonic() - (self.settle if unchanged_for >= self.settle else 0.0)
+                t = self._units[unit.path] = _Tracked(unit, sig=sig, stable_since=stable_since)
             elif t.open_files and t.rescan_sig == sig:
                 log.debug("%s unchanged since the last rescan: no longer open for writing", unit.path)
                 t.open_files.clear()
