@@ -108,7 +108,14 @@ def _phase(
     try:
         for i in range(kills):
             watch = start_watch(i)
-            time.sleep(rng.uniform(0.3, per_round * interval * 1.5))
+            # Killed at a random point of its *running* life: from the moment it has looked at the folder
+            # (its "watching" line). A watch killed before it ever scanned is a sidecar that was not up,
+            # and what the trainer rotates away meanwhile no sidecar could have held.
+            log_path = logs / f"watch-{url.split(':')[0]}-{i}.log"
+            deadline = time.monotonic() + 120
+            while watch.poll() is None and time.monotonic() < deadline and "watching " not in log_path.read_text():
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, per_round * interval * 1.5))
             if watch.poll() is None:
                 os.kill(watch.pid, signal.SIGKILL)
                 landed += 1
