@@ -22,6 +22,8 @@ from common import (  # noqa: E402
     Measured,
     MiB,
     make_checkpoint,
+    median_cpu,
+    median_wall,
     parse_size,
     print_table,
     run_cmd,
@@ -29,14 +31,6 @@ from common import (  # noqa: E402
     source_tree,
     then_sync,
 )
-
-
-def _median(runs: list[Measured]) -> Measured:
-    return sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
-
-
-def _median_cpu(runs: list[Measured]) -> Measured:
-    return sorted(runs, key=lambda m: m.cpu)[len(runs) // 2]
 
 
 def main() -> None:
@@ -73,7 +67,7 @@ def main() -> None:
                 shutil.rmtree(out)
         rows = []
         for name in ("cp + sync", "push base", "push this", "pull base", "pull this"):
-            m, c = _median(runs[name]), _median_cpu(runs[name])
+            m, c = median_wall(runs[name]), median_cpu(runs[name])
             each = " ".join(f"{nbytes / MiB / r.seconds:.0f}" for r in runs[name])
             rows.append(
                 (
@@ -87,9 +81,9 @@ def main() -> None:
         print(f"{nbytes / MiB:.0f} MiB checkpoint, median of {args.repeat} interleaved rounds; base={trees['base']}")
         print_table(rows, ("run", "MiB/s", "CPU s/GiB", "peak RSS MiB", "each run MiB/s"))
         for op in ("push", "pull"):
-            b, t = _median(runs[f"{op} base"]), _median(runs[f"{op} this"])
-            bc, tc = _median_cpu(runs[f"{op} base"]), _median_cpu(runs[f"{op} this"])
-            cp = _median(runs["cp + sync"])
+            b, t = median_wall(runs[f"{op} base"]), median_wall(runs[f"{op} this"])
+            bc, tc = median_cpu(runs[f"{op} base"]), median_cpu(runs[f"{op} this"])
+            cp = median_wall(runs["cp + sync"])
             print(
                 f"{op}: this/base speed {b.seconds / t.seconds:.2f}x, CPU {tc.cpu / bc.cpu:.2f}x; "
                 f"this vs cp + sync {cp.seconds / t.seconds:.2f}x (base {cp.seconds / b.seconds:.2f}x)"

@@ -16,7 +16,7 @@ on dim 0), so the state is ``size`` in all and nothing deduplicates. Side by sid
 
 Peak RSS per rank is the rank's VmHWM during the operation only (reset through
 ``/proc/self/clear_refs`` just before it), printed as ``peak (+ growth over the RSS before the
-operation, which holds the state and torch)``; the push child's own peak is read from its /proc too. Figures are
+operation, which holds the state and torch)``; the push child is measured by bench/common.py's launcher. Figures are
 ratios from one run on one machine, not promises.
 """
 

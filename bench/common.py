@@ -1,38 +1,61 @@
 """Shared benchmark helpers: generated checkpoints, measured subprocess runs, a results table.
 
-Everything is measured side by side in one run on the same machine; we report ratios, and peak
-RSS read from each child's own /proc/<pid>/status VmHWM (ru_maxrss would inherit the parent's peak).
+Everything is measured side by side in one run on the same machine; we report ratios. Every child
+is started by one small launcher process (``Launcher``) and measured by its ``wait4``: wall time,
+user and system CPU, and peak RSS (``ru_maxrss``: the child and any children it waited for). A
+child forked straight from the benchmark would inherit the benchmark's own high-water mark (a big
+process holding a torch model), so nothing is measured from there; the launcher's own peak (a
+bare interpreter) is the floor every figure carries, printed by ``launcher_floor_mib``.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
 import os
-import resource
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 MiB = 1 << 20
 
-# Runs a command in a child and reports that child's peak RSS (VmHWM) on its last stdout line.
-_MEASURED = r"""
-import runpy, sys
-sys.argv = sys.argv[1:]
-try:
-    if sys.argv[0] == "-m":
-        sys.argv = sys.argv[1:]
-        runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
-    else:
-        runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit as e:
-    code = e.code
-else:
-    code = 0
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-print("\nPEAK_RSS_KIB", hwm, flush=True)
-sys.exit(code if isinstance(code, int) else 1)
+# The launcher: reads one JSON request a line (cmd, env, and optionally a regex after whose first
+# match on the child's stdout or stderr it sends SIGTERM: a daemon that did one thing, then stopped),
+# runs it, and answers one JSON line with the child's wait4 figures and its output.
+_LAUNCHER = r"""
+import json, os, re, signal, subprocess, sys, threading, time
+def serve(req):
+    stop_on = re.compile(req["stop_on"]) if req.get("stop_on") else None
+    start = time.perf_counter()
+    proc = subprocess.Popen(req["cmd"], env=req["env"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace")
+    out = {"stdout": [], "stderr": []}
+    stopped = []
+    def pump(name, stream):
+        for line in stream:
+            out[name].append(line)
+            if stop_on is not None and not stopped and stop_on.search(line):
+                stopped.append(time.perf_counter() - start)
+                proc.send_signal(signal.SIGTERM)
+    pumps = [threading.Thread(target=pump, args=(n, getattr(proc, n))) for n in out]
+    for t in pumps:
+        t.start()
+    _, status, ru = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
+    for t in pumps:
+        t.join()
+    return {"rc": proc.returncode, "seconds": seconds, "user": ru.ru_utime, "sys": ru.ru_stime,
+            "peak_kib": ru.ru_maxrss, "stdout": "".join(out["stdout"]), "stderr": "".join(out["stderr"]),
+            "stopped_at": stopped[0] if stopped else None}
+for line in sys.stdin:
+    if line.strip() == "floor":
+        hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+        print(json.dumps({"peak_kib": int(hwm)}), flush=True)
+        continue
+    print(json.dumps(serve(json.loads(line))), flush=True)
 """
 
 
@@ -43,6 +66,7 @@ class Measured:
     stdout: str
     user: float = 0.0  # the child's CPU seconds (it and its waited-for children), user and system
     sys: float = 0.0
+    stopped_at: float | None = None  # when the launcher sent SIGTERM (``stop_on`` matched), seconds from start
 
     @property
     def cpu(self) -> float:
@@ -54,41 +78,76 @@ class Measured:
         return f"{self.cpu / g:.2f} (u {self.user / g:.2f}, s {self.sys / g:.2f})"
 
 
-def _timed(cmd: list[str], env: dict[str, str] | None) -> tuple[subprocess.CompletedProcess[str], float, float, float]:
-    """Run ``cmd``; wall seconds and its user/system CPU (RUSAGE_CHILDREN grows by exactly the
-    children reaped meanwhile, and the benchmarks run one child at a time)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
-    seconds = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return proc, seconds, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+class Launcher:
+    """One small long-lived process that starts every measured child (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-S", "-c", _LAUNCHER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self._lock = threading.Lock()
+        atexit.register(self.close)
+
+    def run(self, cmd: list[str], env: dict[str, str] | None = None, stop_on: str | None = None) -> dict:
+        request = {"cmd": cmd, "env": {**os.environ, **(env or {})}, "stop_on": stop_on}
+        with self._lock:
+            assert self._proc.stdin and self._proc.stdout
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            return json.loads(self._proc.stdout.readline())
+
+    def floor_mib(self) -> float:
+        with self._lock:
+            assert self._proc.stdin and self._proc.stdout
+            self._proc.stdin.write("floor\n")
+            self._proc.stdin.flush()
+            return json.loads(self._proc.stdout.readline())["peak_kib"] / 1024
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.stdin.close()  # type: ignore[union-attr]
+            self._proc.wait()
 
 
-def run_python(*args: str, env: dict[str, str] | None = None) -> Measured:
-    """Run ``python -m module ...`` or ``python script.py ...`` in a child; time it and read its peak RSS."""
-    proc, seconds, user, system = _timed([sys.executable, "-c", _MEASURED, *args], env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{args} failed:\n{proc.stdout}\n{proc.stderr}")
-    peak = None
-    for line in proc.stdout.splitlines():
-        if line.startswith("PEAK_RSS_KIB"):
-            peak = int(line.split()[1]) / 1024
-    return Measured(seconds, peak, proc.stdout, user, system)
+_launcher: Launcher | None = None
 
 
-def run_cmd(cmd: list[str], env: dict[str, str] | None = None) -> Measured:
-    """Run a non-Python tool; peak RSS from GNU time's ``%M`` when /usr/bin/time exists."""
-    timer = Path("/usr/bin/time")
-    full = [str(timer), "-f", "PEAK_RSS_KIB %M", *cmd] if timer.exists() else cmd
-    proc, seconds, user, system = _timed(full, env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}")
-    peak = None
-    for line in proc.stderr.splitlines():
-        if line.startswith("PEAK_RSS_KIB"):
-            peak = int(line.split()[1]) / 1024
-    return Measured(seconds, peak, proc.stdout, user, system)
+def launcher() -> Launcher:
+    global _launcher
+    if _launcher is None:
+        _launcher = Launcher()
+    return _launcher
+
+
+def launcher_floor_mib() -> float:
+    """The launcher's own peak RSS: what every child's figure may carry from it (a bare interpreter)."""
+    return launcher().floor_mib()
+
+
+def run_cmd(cmd: list[str], env: dict[str, str] | None = None, *, stop_on: str | None = None) -> Measured:
+    """Run ``cmd`` from the launcher; its wall time, CPU and peak RSS. ``stop_on``: a regex; on its
+    first match in the child's output the child gets SIGTERM (and must then exit 0)."""
+    r = launcher().run(cmd, env, stop_on)
+    if r["rc"] != 0:
+        raise RuntimeError(f"{cmd} failed (exit {r['rc']}):\n{r['stdout']}\n{r['stderr']}")
+    if stop_on and r["stopped_at"] is None:
+        raise RuntimeError(f"{cmd} exited before printing {stop_on!r}:\n{r['stdout']}\n{r['stderr']}")
+    return Measured(r["seconds"], r["peak_kib"] / 1024, r["stdout"], r["user"], r["sys"], r["stopped_at"])
+
+
+def run_python(*args: str, env: dict[str, str] | None = None, stop_on: str | None = None) -> Measured:
+    """``python -m module ...`` or ``python script.py ...`` in a child of the launcher (see ``run_cmd``)."""
+    return run_cmd([sys.executable, *args], env, stop_on=stop_on)
+
+
+def median_wall(runs: list[Measured]) -> Measured:
+    """The run of median wall time."""
+    return sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
+
+
+def median_cpu(runs: list[Measured]) -> Measured:
+    """The run of median CPU (user + system) seconds."""
+    return sorted(runs, key=lambda m: m.cpu)[len(runs) // 2]
 
 
 def then_sync(m: Measured, path: Path) -> Measured:
@@ -124,6 +183,61 @@ def make_checkpoint(path: Path, size: int, *, seed: int = 0, frozen_share: float
         },
         path,
     )
+    return path
+
+
+def make_streamed_checkpoint(path: Path, size: int, *, seed: int = 0) -> Path:
+    """The same shape as ``make_checkpoint`` (Linear weights and biases, Adam's two moments, a pickle
+    with a loss history), of any size, made with little memory: every tensor is a file-backed
+    mapping (``torch.from_file(shared=True)``) filled in place, so ``torch.save`` streams 16 GiB from
+    the page cache instead of holding it. The scratch files are removed afterwards.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    hidden = 2048
+    layers = max(1, -(-size // (hidden * hidden * 4 * 3)))
+    scratch = path.parent / f".{path.name}.tensors"
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    def mapped(name: str, shape: tuple[int, ...], fill: str) -> torch.Tensor:
+        numel = 1
+        for d in shape:
+            numel *= d
+        f = scratch / name
+        with open(f, "wb") as out:
+            out.truncate(numel * 4)
+        t = torch.from_file(str(f), shared=True, size=numel, dtype=torch.float32).view(shape)
+        t.normal_() if fill == "normal" else t.uniform_()
+        return t
+
+    try:
+        model, state = {}, {}
+        for i in range(layers):
+            model[f"{i}.weight"] = mapped(f"w{i}", (hidden, hidden), "normal")
+            model[f"{i}.bias"] = mapped(f"b{i}", (hidden,), "normal")
+            for j, key in ((2 * i, "weight"), (2 * i + 1, "bias")):
+                shape = (hidden, hidden) if key == "weight" else (hidden,)
+                state[j] = {
+                    "step": torch.tensor(1.0),
+                    "exp_avg": mapped(f"m{j}", shape, "normal"),
+                    "exp_avg_sq": mapped(f"v{j}", shape, "uniform"),
+                }
+        groups = [{"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "params": list(range(2 * layers))}]
+        torch.save(
+            {
+                "model_state_dict": model,
+                "optimizer_state_dict": {"state": state, "param_groups": groups},
+                "epoch": 0,
+                "global_step": 0,
+                "training_stats": {"loss_history": [1.0] * 100},
+            },
+            path,
+        )
+    finally:
+        import shutil
+
+        shutil.rmtree(scratch, ignore_errors=True)
     return path
 
 

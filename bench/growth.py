@@ -53,7 +53,7 @@ class CountingProvider(WrappingProvider):
         result = fn()
         if op == "list":
             n = len(result)  # type: ignore[arg-type]
-            self.calls["list pages"] += max(1, -(-n // PAGE))
+            self.calls[f"list {key.split('/')[0] or '(all)'}"] += max(1, -(-n // PAGE))  # pages, by prefix
             self.calls["objects listed"] += n
         else:
             self.calls[op] += 1

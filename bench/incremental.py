@@ -69,7 +69,7 @@ def run(work: Path, env: dict[str, str]) -> dict:
     stats = []
     for path in (pair["first"], pair["second"]):
         m = run_python("-m", "ckpt_sync.cli", "push", "--repo", repo, str(path), "--json", env=env)
-        stats.append(json.loads(m.stdout.split("\nPEAK_RSS_KIB")[0])[0]["stats"])
+        stats.append(json.loads(m.stdout)[0]["stats"])
     size = pair["second"].stat().st_size
     return {
         "backbone_share": pair["backbone_share"],

@@ -1,17 +1,31 @@
 """Every performance figure in one run, side by side on the same generated checkpoints.
 
-    python bench/run.py [--size 1G] [--big 4G] [--repeat 3] [--no-s3] [--growth 30,300,3000] [--dir PATH]
+    python bench/run.py [--size 1G] [--repeat 5] [--rss-sizes 1G,4G] [--dcp-size 1G] [--no-s3]
+                        [--s3-repeat 3] [--growth 30,300,3000] [--dir PATH] [--only SECTION,...]
 
-Sections: the CPU's own limits; push/pull to a local-folder repository against restic and rclone
-crypt (a missing peer is reported as skipped); the incremental fine-tuning checkpoint; peak RSS for a
-``--size`` and a ``--big`` checkpoint (the same budget must hold for both); and push/pull to moto's
-S3 server against plain boto3 (bench/bench_s3.py); provider requests per verb as the repository grows
-(bench/growth.py). Results are ratios measured in this run only.
+Sections, each measured in this run only (every child started by bench/common.py's small launcher:
+wall time, user/system CPU and peak RSS from its wait4):
+
+- the CPU's own limits;
+- push/pull to a local-folder repository against rclone crypt, restic and ``cp`` (every restore
+  followed by ``sync FILE``, as our pull fsyncs), ``--repeat`` interleaved rounds, medians, in the
+  layout of issue 17's table, and the ratios its targets name;
+- the incremental fine-tuning checkpoint;
+- peak RSS of push, pull and ``watch`` (one checkpoint uploaded, then SIGTERM) at each of
+  ``--rss-sizes`` (e.g. ``1G,4G,16G``: 16 GiB needs ~35 GB of free disk and takes long);
+- a DCP save per rank (bench/bench_dcp.py);
+- push/pull to moto's S3 server against plain parallel put_object/get_object of the same bytes in
+  8 and 16 MiB parts (bench/bench_s3.py);
+- provider requests per verb as the repository grows, local and S3 (bench/growth.py);
+- a summary: each figure next to its target.
+
+``--only rss --rss-sizes 16G`` runs one section (names: local, incremental, rss, dcp, s3, growth).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -24,11 +38,26 @@ sys.path.insert(0, str(HERE))
 import cpu_limits  # noqa: E402
 import incremental  # noqa: E402
 import peers  # noqa: E402
-from common import Measured, MiB, make_checkpoint, parse_size, print_table, run_python  # noqa: E402
+from common import (  # noqa: E402
+    Measured,
+    MiB,
+    launcher_floor_mib,
+    make_checkpoint,
+    make_streamed_checkpoint,
+    median_cpu,
+    median_wall,
+    parse_size,
+    print_table,
+    run_python,
+)
+
+PEERS = ("rclone crypt", "restic")
+LIMIT = "cp + sync (the limit)"
+SECTIONS = "local,incremental,rss,dcp,s3,growth"
 
 
 def _rate(nbytes: int, m: Measured) -> str:
-    return f"{nbytes / MiB / m.seconds:.0f} MiB/s"
+    return f"{nbytes / MiB / m.seconds:.0f}"
 
 
 def _ours(ckpt: Path, repo: Path, out: Path, env: dict[str, str]) -> tuple[Measured, Measured]:
@@ -36,6 +65,14 @@ def _ours(ckpt: Path, repo: Path, out: Path, env: dict[str, str]) -> tuple[Measu
     pull = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env)
     assert (out / ckpt.name).stat().st_size == ckpt.stat().st_size
     return push, pull
+
+
+def _watch_one(ckpt: Path, repo: Path, env: dict[str, str]) -> Measured:
+    """``ckpt-sync watch`` of the folder holding ``ckpt``: SIGTERM once it logged the commit."""
+    return run_python(
+        "-m", "ckpt_sync.cli", "watch", str(ckpt.parent), "--to", str(repo), "--settle", "0.5",
+        "--state-dir", str(repo.parent / f"{repo.name}-state"), env=env, stop_on=r"committed ",
+    )  # fmt: skip
 
 
 def section_cpu(ckpt: Path) -> None:
@@ -52,26 +89,18 @@ def section_cpu(ckpt: Path) -> None:
     )
 
 
-def _median(runs: list[Measured]) -> Measured:
-    return sorted(runs, key=lambda m: m.seconds)[len(runs) // 2]
-
-
-def _median_cpu(runs: list[Measured]) -> Measured:
-    return sorted(runs, key=lambda m: m.cpu)[len(runs) // 2]
-
-
 def section_local(work: Path, ckpt: Path, env: dict[str, str], repeat: int) -> dict[str, float]:
     """Each tool ``repeat`` times, interleaved (so drift in the machine's load hits all alike); medians.
 
-    CPU is user + system seconds of the tool's process per GiB (median): far steadier than wall
-    time on a shared machine. Peers' restores are followed by ``sync FILE``, as our pull fsyncs.
+    Wall MiB/s is the median run's; CPU is the median of user + system seconds of the tool's
+    process per GiB (far steadier than wall time on a shared machine); peak RSS the largest seen.
     """
     nbytes = ckpt.stat().st_size
     tools = {
         "ckpt-sync": lambda w: _ours(ckpt, w / "repo", w / "out", env),
-        "restic": lambda w: peers.restic(w, ckpt),
         "rclone crypt": lambda w: peers.rclone_crypt(w, ckpt),
-        "cp + sync (the limit)": lambda w: peers.copy_and_sync(w, ckpt),
+        "restic": lambda w: peers.restic(w, ckpt),
+        LIMIT: lambda w: peers.copy_and_sync(w, ckpt),
     }
     runs: dict[str, list[tuple[Measured, Measured]]] = {name: [] for name in tools}
     for i in range(repeat):
@@ -82,85 +111,100 @@ def section_local(work: Path, ckpt: Path, env: dict[str, str], repeat: int) -> d
             if result is not None:
                 runs[name].append(result)
             shutil.rmtree(scratch, ignore_errors=True)
+    labels = {
+        "ckpt-sync": ("ckpt-sync push", "ckpt-sync pull (fsyncs)"),
+        "rclone crypt": ("rclone crypt copy", "rclone crypt copy back, + sync"),
+        "restic": ("restic backup", "restic restore, + sync"),
+        LIMIT: ("cp + sync (the limit)", "cp + sync (the limit)"),
+    }
+    med: dict[str, list[Measured]] = {}  # name -> [push, pull]: the median-wall run of each side
+    cpu: dict[str, list[Measured]] = {}  # the same, median CPU
     rows = []
-    medians: dict[str, tuple[Measured, Measured]] = {}
-    for name, results in runs.items():
-        if not results:
-            rows.append((name, "skipped (not installed)", "", "", "", "", ""))
-            continue
-        push, pull = _median([r[0] for r in results]), _median([r[1] for r in results])
-        cpu_push, cpu_pull = _median_cpu([r[0] for r in results]), _median_cpu([r[1] for r in results])
-        medians[name] = (push, pull)
-        peak = f"{push.peak_mib or 0:.0f}/{pull.peak_mib or 0:.0f}"
-        spread = "  ".join(f"{nbytes / MiB / r[0].seconds:.0f}/{nbytes / MiB / r[1].seconds:.0f}" for r in results)
-        rows.append(
-            (
-                name,
-                _rate(nbytes, push),
-                cpu_push.cpu_per_gib(nbytes),
-                _rate(nbytes, pull),
-                cpu_pull.cpu_per_gib(nbytes),
-                peak,
-                spread,
-            )
-        )
+    for side in (0, 1):
+        for name, results in runs.items():
+            label = labels[name][side]
+            if not results:
+                rows.append((label, "skipped (not installed)", "", "", ""))
+                continue
+            ms = [r[side] for r in results]
+            m, c = median_wall(ms), median_cpu(ms)
+            med.setdefault(name, []).append(m)
+            cpu.setdefault(name, []).append(c)
+            peak = "-" if name == LIMIT else f"{max(x.peak_mib or 0 for x in ms):.0f}"
+            each = " ".join(_rate(nbytes, x) for x in ms)
+            rows.append((label, _rate(nbytes, m), c.cpu_per_gib(nbytes), peak, each))
     print(
         f"\n## Local-folder repository, {nbytes / MiB:.0f} MiB torch checkpoint (MLP + Adam state), "
-        f"median of {repeat} interleaved runs"
+        f"median of {repeat} interleaved runs, {os.cpu_count()} CPUs; CPU = user + sys of the whole process; "
+        f"peak RSS includes the launcher's floor of {launcher_floor_mib():.0f} MiB"
     )
-    print_table(
-        rows,
-        (
-            "tool",
-            "push / backup",
-            "CPU s/GiB",
-            "pull / restore (+ sync)",
-            "CPU s/GiB",
-            "peak RSS MiB push/pull",
-            "each run MiB/s push/pull",
-        ),
-    )
-    ours = medians["ckpt-sync"]
-    limit = medians["cp + sync (the limit)"]
+    print_table(rows, ("", "wall MiB/s", "CPU s/GiB (user, sys)", "peak RSS MiB", "each run MiB/s"))
+    ours, limit = med["ckpt-sync"], med[LIMIT]
     gib = nbytes / (1 << 30)
     out = {
         "pull vs cp + sync": limit[1].seconds / ours[1].seconds,
-        "push CPU s/GiB": _median_cpu([r[0] for r in runs["ckpt-sync"]]).cpu / gib,
-        "pull CPU s/GiB": _median_cpu([r[1] for r in runs["ckpt-sync"]]).cpu / gib,
+        "push CPU s/GiB": cpu["ckpt-sync"][0].cpu / gib,
+        "pull CPU s/GiB": cpu["ckpt-sync"][1].cpu / gib,
     }
-    peer_push = [m[0].seconds for n, m in medians.items() if n in ("restic", "rclone crypt")]
-    peer_pull = [m[1].seconds for n, m in medians.items() if n in ("restic", "rclone crypt")]
-    if peer_push:
-        out["push vs faster peer"] = min(peer_push) / ours[0].seconds
-        out["pull vs faster peer"] = min(peer_pull) / ours[1].seconds
+    present = [n for n in PEERS if n in med]
+    if present:
+        out["push vs faster peer"] = min(med[n][0].seconds for n in present) / ours[0].seconds
+        out["pull vs faster peer"] = min(med[n][1].seconds for n in present) / ours[1].seconds
+        out["push vs cp + sync"] = limit[0].seconds / ours[0].seconds
     return out
 
 
 def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, float]:
+    """Push, pull and watch of one streamed checkpoint per size; at most ~2x the size on disk at once."""
     rows, peaks = [], {}
     for size in sizes:
-        ckpt = make_checkpoint(work / f"rss-{size}" / "checkpoint_rss_1.pt", size)
-        push, pull = _ours(ckpt, work / f"rss-repo-{size}", work / f"rss-out-{size}", env)
-        label = f"{ckpt.stat().st_size / (1 << 30):.1f} GiB"
-        rows.append((label, f"{push.peak_mib:.0f}", f"{pull.peak_mib:.0f}"))
-        peaks[label] = max(push.peak_mib or 0, pull.peak_mib or 0)
-        shutil.rmtree(ckpt.parent, ignore_errors=True)
-        shutil.rmtree(work / f"rss-repo-{size}", ignore_errors=True)
-        shutil.rmtree(work / f"rss-out-{size}", ignore_errors=True)
-    print("\n## Peak RSS (MiB) by checkpoint size")
-    print_table(rows, ("checkpoint", "push", "pull"))
+        folder = work / f"rss-{size}"
+        ckpt = make_streamed_checkpoint(folder / "src" / "checkpoint_rss_1.pt", size)
+        nbytes = ckpt.stat().st_size
+        label = f"{nbytes / (1 << 30):.1f} GiB" if nbytes >= 1 << 30 else f"{nbytes / MiB:.0f} MiB"
+        watch = _watch_one(ckpt, folder / "repo-watch", env)
+        shutil.rmtree(folder / "repo-watch", ignore_errors=True)
+        push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(folder / "repo"), str(ckpt), env=env)
+        shutil.rmtree(ckpt.parent, ignore_errors=True)  # the source goes before pull writes its copy
+        pull = run_python(
+            "-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(folder / "repo"), "--to", str(folder / "out"),
+            env=env,
+        )  # fmt: skip
+        assert (folder / "out" / ckpt.name).stat().st_size == nbytes
+        shutil.rmtree(folder, ignore_errors=True)
+        for verb, m in (("push", push), ("pull", pull), ("watch", watch)):
+            seconds = m.stopped_at if verb == "watch" and m.stopped_at else m.seconds
+            rows.append((label, verb, f"{m.peak_mib:.0f}", f"{nbytes / MiB / seconds:.0f}", m.cpu_per_gib(nbytes)))
+        peaks[label] = max(push.peak_mib or 0, pull.peak_mib or 0, watch.peak_mib or 0)
+        print(f"  ({label}: done)", file=sys.stderr, flush=True)
+    print("\n## Peak RSS by checkpoint size (streamed torch.save: Linear layers + Adam moments)")
+    print("watch: started on the folder, SIGTERM once it logged the commit; its MiB/s is to that line")
+    print_table(rows, ("checkpoint", "verb", "peak RSS MiB", "MiB/s", "CPU s/GiB (user, sys)"))
     return peaks
+
+
+def section_dcp(work: Path, size: str, env: dict[str, str]) -> None:
+    print("\n## DCP save per rank (bench/bench_dcp.py)")
+    sys.stdout.flush()
+    cmd = [sys.executable, str(HERE / "bench_dcp.py"), "--size", size, "--dir", str(work)]
+    subprocess.run(cmd, check=True, env={**os.environ, **env})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="main checkpoint size (default 1G)")
-    ap.add_argument("--big", default="4G", help="second size for the memory check (default 4G; 0 to skip)")
-    ap.add_argument("--no-s3", action="store_true", help="skip the S3 section")
+    ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds in the local section (default 5)")
+    ap.add_argument("--rss-sizes", default="1G,4G", help="sizes for push/pull/watch peak RSS ('' skips; 16G: long)")
+    ap.add_argument("--dcp-size", default="1G", help="sharded state for the DCP save ('' skips)")
+    ap.add_argument("--no-s3", action="store_true", help="skip the S3 sections (throughput and growth)")
+    ap.add_argument("--s3-repeat", type=int, default=3, help="interleaved rounds in the S3 section (default 3)")
     ap.add_argument("--growth", default="30,300,3000", help="checkpoint counts for the growth curve ('' skips)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per tool in the local section (median; default 3)")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
+    ap.add_argument("--only", default=SECTIONS, help=f"comma-separated sections to run (default {SECTIONS})")
     args = ap.parse_args()
+    only = set(args.only.split(","))
+    if unknown := only - set(SECTIONS.split(",")):
+        ap.error(f"unknown section(s) {', '.join(sorted(unknown))}: choose from {SECTIONS}")
     from cryptography.fernet import Fernet
 
     env = {"BACKUP_ENCRYPTION_KEY": Fernet.generate_key().decode()}
@@ -168,36 +212,47 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ckpt-bench-", dir=args.dir))
     summary: list[tuple[str, str, str]] = []
     try:
-        ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
-        section_cpu(ckpt)
-        targets = {
-            "push vs faster peer": ">= 2.0 x",
-            "pull vs faster peer": ">= 1.1 x",
-            "pull vs cp + sync": ">= 0.85 x",
-            "push CPU s/GiB": "<= 3.0",
-            "pull CPU s/GiB": "<= 2.0",
-        }
-        for name, value in section_local(work, ckpt, env, args.repeat).items():
-            summary.append((f"local {name}", f"{value:.2f}", targets[name]))
-        inc = incremental.run(work, env)
-        print(f"\n## Incremental: fine-tuned head, frozen backbone ({inc['backbone_share']:.0%} of parameters)")
-        print(
-            f"second checkpoint {inc['size'] / MiB:.1f} MiB: {inc['bytes_new'] / MiB:.2f} MiB new, "
-            f"{inc['bytes_sent'] / MiB:.2f} MiB sent = {inc['share_sent']:.1%} of the file"
-        )
-        summary.append(("incremental bytes sent / file size", f"{inc['share_sent']:.1%}", "<= 15%"))
-        sizes = [size] + ([parse_size(args.big)] if parse_size(args.big) else [])
-        for label, peak in section_rss(work, sizes, env).items():
-            summary.append((f"peak RSS push/pull, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
-        if not args.no_s3:
-            print("\n## S3 (moto server on loopback) vs plain boto3")
+        if only & {"local", "incremental"}:
+            ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
+        if "local" in only:
+            section_cpu(ckpt)
+            targets = {
+                "push vs faster peer": ">= 2.0 x",
+                "push vs cp + sync": "-",
+                "pull vs faster peer": ">= 1.1 x",
+                "pull vs cp + sync": ">= 0.85 x",
+                "push CPU s/GiB": "<= 3.0",
+                "pull CPU s/GiB": "<= 2.0",
+            }
+            for name, value in section_local(work, ckpt, env, args.repeat).items():
+                summary.append((f"local {name}", f"{value:.2f}", targets[name]))
+        if "incremental" in only:
+            inc = incremental.run(work, env)
+            print(f"\n## Incremental: fine-tuned head, frozen backbone ({inc['backbone_share']:.0%} of parameters)")
+            print(
+                f"second checkpoint {inc['size'] / MiB:.1f} MiB: {inc['bytes_new'] / MiB:.2f} MiB new, "
+                f"{inc['bytes_sent'] / MiB:.2f} MiB sent = {inc['share_sent']:.1%} of the file"
+            )
+            summary.append(("incremental bytes sent / file size", f"{inc['share_sent']:.1%}", "<= 15%"))
+        shutil.rmtree(work / "src", ignore_errors=True)
+        if "rss" in only and args.rss_sizes:
+            for label, peak in section_rss(work, [parse_size(s) for s in args.rss_sizes.split(",")], env).items():
+                summary.append((f"peak RSS push/pull/watch, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
+        if "dcp" in only and args.dcp_size:
+            section_dcp(work, args.dcp_size, env)
+        if "s3" in only and not args.no_s3:
+            import bench_s3
+
+            print("\n## S3 (moto server on loopback) vs plain boto3 (bench/bench_s3.py)")
             sys.stdout.flush()
-            subprocess.run([sys.executable, str(HERE / "bench_s3.py"), "--size", args.size], check=True)
-        if args.growth:
+            ratios = bench_s3.measure(work / "s3", size, repeat=args.s3_repeat)
+            for name, value in ratios.items():
+                summary.append((f"S3 {name}", f"{value:.2f}", ">= 0.9 x"))
+        if "growth" in only and args.growth:
             print()
             sys.stdout.flush()
             growth = [sys.executable, str(HERE / "growth.py"), "--counts", args.growth, "--dir", str(work)]
-            subprocess.run(growth, check=True)
+            subprocess.run(growth + ([] if args.no_s3 else ["--s3"]), check=True)
         print("\n## Summary (ratios from this run)")
         print_table(summary, ("figure", "measured", "target"))
     finally:
