@@ -28,8 +28,42 @@ def _start_ticks(pid: int) -> int | None:
 
 @cache
 def host_tag() -> str:
-    """A short, file-name-safe tag of this host (for temp names)."""
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+    """A short, file-name-safe tag of this host and its pid namespace (for temp names).
+
+    Pids are only comparable inside one namespace: two containers of a pod share a host name but
+    not their pids, so each is "another host" to the other and judges the other's temps by age.
+    """
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux: the host name alone
+        namespace = ""
+    seed = socket.gethostname() + (f"\0{namespace}" if namespace else "")
+    return hashlib.sha256(seed.encode()).hexdigest()[:8]
+
+
+# How a temp file's name names its writer: host tag, pid and (where known) the process's start time.
+WRITER_TAG = r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)(?:\.(?P<start>\d+))?"
+
+
+@cache
+def _writer_tag(pid: int) -> str:
+    start = _start_ticks(pid)
+    return f"{host_tag()}-{pid}" + (f".{start}" if start else "")
+
+
+def writer_tag() -> str:
+    """This process as WRITER_TAG spells it, for the name of a temp file it writes."""
+    return _writer_tag(os.getpid())
+
+
+def writer_alive(host: str, pid: str | int, start: str | int | None = None) -> bool | None:
+    """Whether the writer a temp name's WRITER_TAG names is running: True when it is (or may be: a
+    process we may not signal), False when it is provably gone (no such pid, or the pid now belongs
+    to a process started at another time), None when it cannot be told here (another host or
+    namespace) and only the temp's age can judge it."""
+    if host != host_tag():
+        return None
+    return not pid_dead(int(pid), int(start) if start else None)
 
 
 def owner_id(pid: int | None = None) -> str:

@@ -11,14 +11,16 @@ chunk caps a local push near 260 MiB/s; overlapped with the pipeline they cost l
 power loss a chunk written but not yet committed may be short or empty: the repository only trusts
 a stored chunk of exactly the right size, so such a chunk is simply sent again.
 
-Temp files are named ``.tmp-<host tag>-<pid>-<random>-<name>``: the first write of a process
-removes those whose writer is provably dead on this host (a ``kill -9``), and
-``remove_abandoned(older_than)`` (run by prune) those older than its grace, whoever wrote them.
+Temp files are named ``.tmp-<host tag>-<pid>.<start>-<random>-<name>`` (owners.WRITER_TAG) and
+are removed only when abandoned (``remove_abandoned``): the first write of a process removes those
+whose writer is provably dead on this host (a ``kill -9``), and prune also those whose writer
+cannot be checked from here, by age.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import secrets
@@ -31,15 +33,22 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
-from ckpt_sync.owners import host_tag, pid_dead
+from ckpt_sync.owners import WRITER_TAG, writer_alive, writer_tag
 
 from .base import ObjectInfo
+
+log = logging.getLogger("ckpt_sync.providers.local")
 
 _TMP = ".tmp-"
 # Writes go to the page cache in slices this size: one 8 MiB write() costs several times the system
 # time of the same bytes in 256 KiB pieces (measured in bench/ab.py; the copy stays in the CPU cache).
 WRITE_SLICE = 256 << 10
-_OWNED_TMP = re.compile(r"^\.tmp-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]+-")
+_OWNED_TMP = re.compile(rf"^\.tmp-{WRITER_TAG}-[0-9a-f]+-")
+# A temp whose writer cannot be checked from here (another host, an older version's name) is judged
+# abandoned only once this old, whatever the prune's grace: a live writer rewrites its temp until
+# it links it an fsync later, so an hour untouched is a crash, while --grace 0 ("collect chunks
+# now") says nothing about how long another host's write may take.
+FOREIGN_TEMP_MIN_AGE = 3600.0
 
 
 def path_from_url(url: str) -> Path:
@@ -95,7 +104,7 @@ class LocalProvider:
             self._swept = True
             self.remove_abandoned()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{_TMP}{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}-{path.name}")
+        tmp = path.with_name(f"{_TMP}{writer_tag()}-{secrets.token_hex(3)}-{path.name}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             write_all(fd, memoryview(data).cast("B"))
@@ -138,27 +147,51 @@ class LocalProvider:
 
     # --- Provider --------------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
+    def _place(self, key: str, data: bytes | bytearray | memoryview, *, commit: bool) -> bool:
+        """Write ``data`` to a temp file, then move it to ``key``: by rename (``commit`` False), or by
+        link, which refuses an existing name (True; returns False when ``key`` exists).
+
+        A temp that vanishes before it is placed (removed by a prune elsewhere that judged it
+        abandoned by its age, e.g. an older version's with --grace 0) is written once more: the
+        bytes are still in hand and placing is all-or-nothing, so a retry cannot tear anything.
+        Twice in a row is not a race but a repository something keeps emptying: an error.
+        """
         path = self._path(key)
+        for attempt in (1, 2):
+            tmp = self._write_temp(path, data, sync=commit)
+            try:
+                if commit:
+                    os.link(tmp, path)
+                else:
+                    os.replace(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise StorageError(
+                        f"{self.url}/{key}: its temp file was removed while it was being written, twice "
+                        "(something is deleting this repository's files: another prune, a cleanup job?); re-run"
+                    ) from None
+                log.warning("the temp file of %s/%s vanished before it was placed; writing it again", self.url, key)
+            finally:
+                if commit:
+                    tmp.unlink(missing_ok=True)
+        raise AssertionError("unreachable")
+
+    def put(self, key: str, data: bytes | bytearray | memoryview) -> None:
         try:
-            tmp = self._write_temp(path, data, sync=False)
-            os.replace(tmp, path)
-            self._flush_later(path)
+            self._place(key, data, commit=False)
+            self._flush_later(self._path(key))
         except OSError as err:
             raise self._error(err, f"{self.url}/{key}") from err
 
     def put_if_absent(self, key: str, data: bytes | bytearray | memoryview) -> bool:
-        path = self._path(key)
         try:
             self._barrier()
-            tmp = self._write_temp(path, data)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
+            if not self._place(key, data, commit=True):
                 return False
-            finally:
-                tmp.unlink(missing_ok=True)
-            self._fsync_path(path.parent)
+            self._fsync_path(self._path(key).parent)
             return True
         except OSError as err:
             raise self._error(err, f"{self.url}/{key}") from err
@@ -234,9 +267,14 @@ class LocalProvider:
         return True
 
     def remove_abandoned(self, older_than: float | None = None) -> int:
-        """Remove temp files left by crashed writers: those whose writer is dead on this host, and
-        with ``older_than`` (seconds) any that old. Returns how many went."""
-        cutoff = None if older_than is None else time.time() - older_than
+        """Remove temp files crashed writers left; returns how many went.
+
+        A temp whose writer is running on this host stays, however old; one whose writer is
+        provably dead here goes at once; one whose writer cannot be checked from here (another
+        host or container, a name without a writer tag) goes only with ``older_than`` (seconds)
+        and only once older than both it and FOREIGN_TEMP_MIN_AGE.
+        """
+        cutoff = None if older_than is None else time.time() - max(older_than, FOREIGN_TEMP_MIN_AGE)
         removed = 0
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
@@ -244,7 +282,10 @@ class LocalProvider:
                     continue
                 path = os.path.join(dirpath, name)
                 m = _OWNED_TMP.match(name)
-                doomed = m is not None and m["host"] == host_tag() and pid_dead(int(m["pid"]))
+                alive = None if m is None else writer_alive(m["host"], m["pid"], m["start"])
+                if alive:
+                    continue
+                doomed = alive is False
                 if not doomed and cutoff is not None:
                     try:
                         doomed = os.stat(path).st_mtime < cutoff

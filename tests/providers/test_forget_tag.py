@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from helpers import wait_until
 
 import ckpt_sync
@@ -105,11 +104,6 @@ def test_a_crash_between_the_two_writes_still_shows_one_checkpoint(any_repo_url,
     assert cli("verify", "--read-data", "--from", any_repo_url).returncode == 0
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race, open: under load a `tag` racing a prune loop has failed with "
-    "'manifests/<id>: No such file or directory' (seen twice in whole-suite runs; passes alone)",
-)
 def test_tag_waits_for_a_running_prune_and_survives_prunes(any_repo_url, cli, key, tmp_path, torch_checkpoint):
     ids = _three(cli, any_repo_url, tmp_path, torch_checkpoint)
     repo = open_repository(any_repo_url)
