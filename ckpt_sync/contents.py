@@ -1,4 +1,5 @@
-"""What is inside one checkpoint: its files, a chosen part of them, one file of it.
+"""What is inside one checkpoint: its files, a chosen part of them, one file of it, and which
+chunks of a file hold a byte range (``ChunkMap``: the on-demand reader and DCP's ranged reads).
 
 Selection is by glob on the file's path inside the checkpoint (``fnmatch``: ``*`` also crosses
 ``/``), so ``--include '*.safetensors'`` or ``--exclude 'optimizer/*'`` pick files of a folder
@@ -9,11 +10,13 @@ verified, staged restore as a whole one.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from bisect import bisect_right
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
 from .errors import UsageError
-from .manifest import FileEntry, Manifest
+from .manifest import ChunkRef, FileEntry, Manifest
 
 
 def select_files(manifest: Manifest, include: Sequence[str] = (), exclude: Sequence[str] = ()) -> Manifest:
@@ -49,3 +52,34 @@ def file_entry(manifest: Manifest, path: str | None) -> FileEntry:
         if f.path == path:
             return f
     raise UsageError(f"{manifest.name} ({manifest.id}) has no file {path!r} (see `ckpt-sync ls {manifest.id}`)")
+
+
+class ChunkMap:
+    """Where each chunk of one file lies in it: ``offsets[i]`` is where chunk ``i`` starts (the last
+    entry is the file's size; a parsed manifest guarantees the chunk sizes add up to it)."""
+
+    def __init__(self, entry: FileEntry) -> None:
+        self.entry = entry
+        self.offsets = list(itertools.accumulate((c.size for c in entry.chunks), initial=0))
+
+    def covering(self, start: int, length: int) -> range:
+        """Indices, in file order, of the chunks overlapping [start, start + length): empty when
+        ``length`` <= 0; ValueError when the range reaches outside the file."""
+        if length <= 0:
+            return range(0)
+        if start < 0 or start + length > self.entry.size:
+            raise ValueError(f"{self.entry.path}: bytes [{start}, {start + length}) are outside its {self.entry.size}")
+        first = bisect_right(self.offsets, start) - 1
+        return range(first, bisect_right(self.offsets, start + length - 1, lo=first))
+
+    def chunk(self, i: int) -> ChunkRef:
+        return self.entry.chunks[i]
+
+    def copy_overlap(
+        self, i: int, plain: bytes | bytearray | memoryview, out: memoryview | bytearray, start: int
+    ) -> None:
+        """Copy the part of chunk ``i`` (its plaintext ``plain``) that lies in [start, start + len(out))
+        to its place in ``out``, which holds those bytes of the file."""
+        lo = max(start, self.offsets[i])
+        hi = min(start + len(out), self.offsets[i + 1])
+        out[lo - start : hi - start] = memoryview(plain)[lo - self.offsets[i] : hi - self.offsets[i]]

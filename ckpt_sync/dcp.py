@@ -24,11 +24,9 @@ import contextlib
 import dataclasses
 import hashlib
 import io
-import itertools
 import os
 import pickle
 import uuid
-from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future as PoolFuture
@@ -56,6 +54,7 @@ from torch.futures import Future
 
 from .buffers import BufferPool
 from .chunking import ChunkPolicy
+from .contents import ChunkMap
 from .crypto import token_size
 from .errors import IntegrityError, OperationFailed, UsageError
 from .locks import Lock, acquire_push_lock
@@ -409,28 +408,6 @@ class Writer(StorageWriter):
 # --- reading -------------------------------------------------------------------------------------
 
 
-class _FileChunks:
-    """One file of the manifest: which chunks cover a byte range."""
-
-    def __init__(self, entry: FileEntry) -> None:
-        self.entry = entry
-        self.offsets = list(itertools.accumulate((c.size for c in entry.chunks), initial=0))
-
-    def covering(self, start: int, length: int) -> list[tuple[ChunkRef, int]]:
-        """(chunk, its offset in the file) for every chunk overlapping [start, start + length)."""
-        if length <= 0:
-            return []
-        if start < 0 or start + length > self.entry.size:
-            raise IntegrityError(f"{self.entry.path}: DCP metadata points outside the file")
-        first = bisect_right(self.offsets, start) - 1
-        out = []
-        i = first
-        while i < len(self.entry.chunks) and self.offsets[i] < start + length:
-            out.append((self.entry.chunks[i], self.offsets[i]))
-            i += 1
-        return out
-
-
 class Reader(StorageReader):
     """A DCP ``StorageReader`` over a committed checkpoint: ``checkpoint`` is ``"latest"`` (the newest
     DCP checkpoint by training position), a manifest id (or unique prefix) or a checkpoint name.
@@ -460,7 +437,7 @@ class Reader(StorageReader):
         self.storage_data: dict[MetadataIndex, _StorageInfo] = {}
         self.load_id = str(uuid.uuid4())
         self.stats = TransferStats()
-        self._files: dict[str, _FileChunks] = {}
+        self._files: dict[str, ChunkMap] = {}
         self._recent: dict[str, Any] = {}  # the last chunk, when the next item may begin in it
 
     def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
@@ -475,7 +452,7 @@ class Reader(StorageReader):
         if self.repo is None:
             self.repo = _open(self._repo_arg, self.key_file, create=False)
         self.manifest = self._resolve()
-        self._files = {f.path: _FileChunks(f) for f in self.manifest.files}
+        self._files = {f.path: ChunkMap(f) for f in self.manifest.files}
         meta_entry = self._files.get(METADATA_FILE)
         if meta_entry is None:
             raise UsageError(f"checkpoint {self.manifest.name} ({self.manifest.id}) is not a DCP checkpoint")
@@ -539,40 +516,37 @@ class Reader(StorageReader):
         info = self.storage_data[req.storage_index]
         return info.offset, info.relative_path
 
-    def _file(self, path: str) -> _FileChunks:
+    def _file(self, path: str) -> ChunkMap:
         try:
             return self._files[path]
         except KeyError:
             raise IntegrityError(f"DCP metadata names {path!r}, which is not in the checkpoint") from None
 
-    def _read_range(self, f: _FileChunks, start: int, length: int) -> bytearray:
+    def _read_range(self, f: ChunkMap, start: int, length: int) -> bytearray:
         """The plaintext bytes [start, start + length) of the file, from the chunks covering them
         (fetched in parallel; each authenticated and checked against its id). Requests come in file
         order, so a chunk shared by several small items is kept for the next ones, not fetched again."""
         out = bytearray(length)
-        covering = f.covering(start, length)
+        try:
+            covering = f.covering(start, length)
+        except ValueError:
+            raise IntegrityError(f"{f.entry.path}: DCP metadata points outside the file") from None
         assert self.repo is not None
         repo = self.repo
+        last = f.chunk(covering[-1]) if covering else None
 
-        def place(ref: ChunkRef, offset: int, plain: Any) -> None:
-            lo = max(start, offset)
-            hi = min(start + length, offset + ref.size)
-            out[lo - start : hi - start] = memoryview(plain)[lo - offset : hi - offset]
-
-        last = covering[-1][0] if covering else None
-
-        def fetch(item: tuple[ChunkRef, int]) -> tuple[ChunkRef, Any]:
-            ref, offset = item
+        def fetch(i: int) -> tuple[ChunkRef, Any]:
+            ref = f.chunk(i)
             plain = repo.load_chunk(ref)
-            place(ref, offset, plain)
+            f.copy_overlap(i, plain, out, start)
             return ref, (plain if ref is last else None)  # only the last may be needed again
 
         todo = []
-        for ref, offset in covering:
-            if ref.id in self._recent:
-                place(ref, offset, self._recent[ref.id])
+        for i in covering:
+            if f.chunk(i).id in self._recent:
+                f.copy_overlap(i, self._recent[f.chunk(i).id], out, start)
             else:
-                todo.append((ref, offset))
+                todo.append(i)
         fetched: dict[str, Any] = {}
         if todo:
             with ThreadPoolExecutor(min(self.workers, len(todo)), thread_name_prefix="ckpt-dcp") as pool:
@@ -582,8 +556,7 @@ class Reader(StorageReader):
                     if plain is not None:
                         fetched = {ref.id: plain}
         if last is not None:
-            offset = covering[-1][1]
-            ends_inside = offset + last.size > start + length  # the next item begins in this chunk
+            ends_inside = f.offsets[covering[-1] + 1] > start + length  # the next item begins in this chunk
             keep = fetched.get(last.id, self._recent.get(last.id))
             self._recent = {last.id: keep} if ends_inside and keep is not None else {}
         self.stats.bytes_read += length

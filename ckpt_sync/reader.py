@@ -14,16 +14,15 @@ was already authenticated with its chunk, so the hash is a second line of defenc
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import io
-import itertools
 import logging
 import os
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from .contents import ChunkMap
 from .crypto import token_size
 from .errors import IntegrityError, UsageError
 from .manifest import FileEntry, Manifest
@@ -62,7 +61,7 @@ class CheckpointFile(io.RawIOBase):
         self.entry = entry
         self.name = entry.path
         self._owns_repo = owns_repo
-        self._offsets = list(itertools.accumulate((c.size for c in entry.chunks), initial=0))
+        self._map = ChunkMap(entry)
         self._pos = 0
         biggest = max((c.size for c in entry.chunks), default=1)
         # Plaintexts live in reusable buffers (no chunk-sized allocation per read, which glibc would
@@ -125,20 +124,18 @@ class CheckpointFile(io.RawIOBase):
         length = max(0, min(len(out), self.entry.size - start))
         if not length:
             return 0
-        first = bisect.bisect_right(self._offsets, start) - 1
-        last = bisect.bisect_right(self._offsets, start + length - 1) - 1
+        covering = self._map.covering(start, length)
+        wanted = out[:length]
         # A few chunks at a time, so a long read (a large tensor, readall) never holds more than the budget.
-        for lo_index in range(first, last + 1, self._parallel):
-            batch = range(lo_index, min(last + 1, lo_index + self._parallel))
+        for lo_index in range(covering.start, covering.stop, self._parallel):
+            batch = range(lo_index, min(covering.stop, lo_index + self._parallel))
             self._furthest = max(self._furthest, batch[-1])
             missing = [i for i in batch if i not in self._cache]
             fetched = self._fetch(missing)
             try:
                 for i in batch:
                     plain = fetched[i][1] if i in fetched else self._cache[i][1]
-                    lo = max(start, self._offsets[i])
-                    hi = min(start + length, self._offsets[i + 1])
-                    out[lo - start : hi - start] = plain[lo - self._offsets[i] : hi - self._offsets[i]]
+                    self._map.copy_overlap(i, plain, wanted, start)
                     if i in self._cache:
                         self._cache.move_to_end(i)
                 # Hash first (it may need the chunks just fetched), then keep them for the next reads.
