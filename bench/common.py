@@ -136,8 +136,12 @@ def run_cmd(cmd: list[str], env: dict[str, str] | None = None, *, stop_on: str |
 
 
 def run_python(*args: str, env: dict[str, str] | None = None, stop_on: str | None = None) -> Measured:
-    """``python -m module ...`` or ``python script.py ...`` in a child of the launcher (see ``run_cmd``)."""
-    return run_cmd([sys.executable, *args], env, stop_on=stop_on)
+    """``python -m module ...`` or ``python script.py ...`` in a child of the launcher (see ``run_cmd``).
+
+    ``-P``: the current folder (or the script's) does not go first on sys.path, so a ``PYTHONPATH``
+    naming another source tree (a before/after) is the ``ckpt_sync`` that runs wherever this started.
+    """
+    return run_cmd([sys.executable, "-P", *args], env, stop_on=stop_on)
 
 
 def median_wall(runs: list[Measured]) -> Measured:

@@ -5,11 +5,16 @@ The sync core imports without torch; only the training-side manager needs it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .api import cat, checkpoint, init_repository, open_repository, pull, push
 from .errors import CkptSyncError
-from .reader import CheckpointFile
-from .reader import open_file as open  # ckpt_sync.open(...) mirrors the builtin on purpose
-from .sync_client import SyncClient
+
+if TYPE_CHECKING:
+    from .reader import CheckpointFile
+    from .reader import open_file as open  # ckpt_sync.open(...) mirrors the builtin on purpose
+    from .sync_client import SyncClient
+    from .training import CheckpointManager
 
 __version__ = "0.1.0"
 __all__ = [
@@ -28,10 +33,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> object:
-    # Lazy, so `import ckpt_sync` never imports torch: only touching CheckpointManager does.
-    if name == "CheckpointManager":
-        from .training import CheckpointManager
+# Imported on first touch: `import ckpt_sync` never imports torch (CheckpointManager), and a CLI
+# verb does not pay for the durable queue (SyncClient: sqlite3, the worker) or the lazy reader.
+_LAZY = {
+    "CheckpointManager": ("training", "CheckpointManager"),
+    "SyncClient": ("sync_client", "SyncClient"),
+    "CheckpointFile": ("reader", "CheckpointFile"),
+    "open": ("reader", "open_file"),
+}
 
-        return CheckpointManager
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -14,17 +14,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint_files import incomplete_reason, signature
 from .chunking import ChunkPolicy
 from .errors import UsageError
-from .manifest import Manifest
 from .prune import DEFAULT_GRACE
-from .queue import PENDING, RUNNING, Job, JobQueue
-from .repository import Repository
-from .transfer import TransferStats
-from .watcher import DEFAULT_PATTERNS, CheckpointFinder, CompletionTracker, FolderWatcher, Unit
-from .worker import SyncWorker
+from .watcher import DEFAULT_PATTERNS
+
+if TYPE_CHECKING:  # the queue (sqlite3), the worker and the watcher are imported by run_watch: config
+    # reads WatchOptions' defaults at every start-up, and only `watch` runs a daemon.
+    from .manifest import Manifest
+    from .queue import Job, JobQueue
+    from .repository import Repository
+    from .transfer import TransferStats
+    from .watcher import Unit
 
 log = logging.getLogger("ckpt_sync.watch")
 
@@ -71,6 +75,10 @@ def run_watch(
     repo: Repository, queue: JobQueue, opts: WatchOptions, stop: threading.Event, hooks: WatchHooks | None = None
 ) -> int:
     """Run until ``stop`` (or, with ``once``, until everything present is committed). Returns the exit code."""
+    from .queue import PENDING, RUNNING
+    from .watcher import CheckpointFinder, CompletionTracker, FolderWatcher
+    from .worker import SyncWorker
+
     root = opts.root.resolve()
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder to watch")

@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
+from typing import TYPE_CHECKING
 
 from . import layouts
 from .checkpoint_files import is_regular, is_temp, signature
+
+if TYPE_CHECKING:  # watchdog itself is imported when a FolderWatcher is made: only `watch` needs it
+    from watchdog.events import FileSystemEvent
 
 log = logging.getLogger("ckpt_sync.watch")
 
@@ -225,7 +226,9 @@ class CompletionTracker:
         return [unit for _, unit in sorted(out, key=lambda x: (x[0], str(x[1].path)))]
 
 
-class _Events(FileSystemEventHandler):
+class _Events:
+    """What an inotify event means for the tracker (made a watchdog handler by ``_event_handler``)."""
+
     def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker) -> None:
         self.finder = finder
         self.tracker = tracker
@@ -256,14 +259,25 @@ class _Events(FileSystemEventHandler):
             self.tracker.touched(unit)
 
 
+def _event_handler(finder: CheckpointFinder, tracker: CompletionTracker) -> _Events:
+    from watchdog.events import FileSystemEventHandler
+
+    class Handler(_Events, FileSystemEventHandler):
+        pass
+
+    return Handler(finder, tracker)
+
+
 class FolderWatcher:
     """inotify events (watchdog) feeding a CompletionTracker; call ``rescan`` periodically too."""
 
     def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker) -> None:
+        from watchdog.observers import Observer
+
         self.finder = finder
         self.tracker = tracker
         self._observer = Observer()
-        self._observer.schedule(_Events(finder, tracker), str(finder.root), recursive=True)
+        self._observer.schedule(_event_handler(finder, tracker), str(finder.root), recursive=True)
 
     def start(self) -> None:
         self._observer.start()

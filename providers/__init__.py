@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import re
 import threading
-from importlib.metadata import entry_points
 from typing import Any
 
 from ckpt_sync.errors import ConfigError, UsageError
@@ -54,9 +53,17 @@ def scheme_of(url: str) -> str:
     return "file"
 
 
+def _plugins() -> list[Any]:
+    """Third-party providers' entry points. importlib.metadata is imported here, not at start-up:
+    it costs more than a local-repository verb (it scans every installed distribution)."""
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
 def known_schemes() -> set[str]:
     """The built-in schemes and those third-party providers register."""
-    return {*BUILTIN, *(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))}
+    return {*BUILTIN, *(ep.name for ep in _plugins())}
 
 
 def _load_class(scheme: str) -> Any:
@@ -68,7 +75,7 @@ def _load_class(scheme: str) -> Any:
         except ImportError as err:
             hint = f"pip install 'ckpt-sync[{extra}]'" if extra else "reinstall ckpt-sync"
             raise ConfigError(f"{scheme}:// needs a library that is not installed ({err.name}): {hint}") from None
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for ep in _plugins():
         if ep.name == scheme:
             return ep.load()
     known = ", ".join(sorted(known_schemes()))

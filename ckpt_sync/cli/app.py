@@ -6,46 +6,32 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import logging
+import sys
 from collections.abc import Sequence
 
 from .. import __version__, config, logs
 from ..errors import EXIT_FAILED, CkptSyncError
-from . import (
-    cat,
-    check,
-    config_show,
-    copy,
-    forget,
-    init,
-    key,
-    keygen,
-    ls,
-    prune,
-    pull,
-    push,
-    queue,
-    repair_config,
-    stats,
-    status,
-    tag,
-    verify,
-    watch,
-)
 from .common import OUTPUT, common_options, err
 
 log = logging.getLogger("ckpt_sync")
 
-# In the order `ckpt-sync --help` lists them.
-VERBS = (
-    init, keygen, key, push, ls, pull, cat, verify, stats, tag, forget, copy, watch, queue, prune, status, check,
-    config_show, repair_config,
-)  # fmt: skip
+# Verb -> the module that registers it, in the order `ckpt-sync --help` lists them. A command line
+# naming a verb imports only that verb's module: `ls` does not pay for what `watch` or `verify` need.
+VERBS = {
+    "init": "init", "keygen": "keygen", "key": "key", "push": "push", "ls": "ls", "pull": "pull", "cat": "cat",
+    "verify": "verify", "stats": "stats", "tag": "tag", "forget": "forget", "copy": "copy", "watch": "watch",
+    "queue": "queue", "prune": "prune", "status": "status", "check": "check", "config": "config_show",
+    "repair-config": "repair_config",
+}  # fmt: skip
 # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
 LOGGING_VERBS = ("watch", "prune")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; when ``argv`` starts with a verb, with only that verb registered (the rest of the
+    command line is that verb's), else every verb (``--help``, a typo: all are listed)."""
     parser = argparse.ArgumentParser(
         prog="ckpt-sync",
         description="Keep PyTorch training checkpoints safe off-machine (encrypted).",
@@ -53,14 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ckpt-sync {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     common = common_options()
-    for verb in VERBS:
-        verb.register(sub, common)
+    names = [argv[0]] if argv and argv[0] in VERBS else list(VERBS)
+    for name in names:
+        importlib.import_module(f".{VERBS[name]}", __package__).register(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     try:
         config.check_environment()
         # The one place settings are resolved: flags > env > config file > defaults, onto ``args``.

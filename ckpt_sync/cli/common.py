@@ -10,19 +10,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..api import open_repository as _open_repository
-from ..daemon import default_state_dir
 from ..errors import ConfigError, UsageError
 from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..prune import DEFAULT_GRACE
-from ..queue import JobQueue
 from ..redact import redact
 from ..seen import rollback_warning
 from ..selection import ANY, Selection
 from .progress import ProgressLine
+
+if TYPE_CHECKING:
+    from ..queue import JobQueue
 
 ProgressFn = Callable[[int], None]
 
@@ -122,6 +123,9 @@ def load_all(repo: Any) -> list[Manifest]:
 
 def open_queue(args: argparse.Namespace, verb: str) -> JobQueue:
     """The queue of the watch on ``args.dir`` (or ``--state-dir``); one usage line when there is none."""
+    from ..daemon import default_state_dir  # the daemon and sqlite3 only for the verbs that read a queue
+    from ..queue import JobQueue
+
     if args.state_dir:
         state_dir = Path(args.state_dir)
     elif args.dir:

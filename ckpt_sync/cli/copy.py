@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..copying import choose, copy_checkpoints
 from ..errors import EXIT_OK
 from ..units import format_bytes
 from .common import add_json_option, add_repo_option, open_repository, progress_bar, say
@@ -30,6 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..copying import choose, copy_checkpoints  # imported by the verb that needs it, not at every start-up
+
     src = open_repository(args)
     chosen = choose(src, selectors=args.checkpoints, latest=args.latest, tag=args.tag, everything=args.all)
     to = argparse.Namespace(**{**vars(args), "repo": args.to, "key_file": args.to_key_file or args.key_file})

@@ -6,7 +6,6 @@ import argparse
 import json
 
 from ..errors import EXIT_OK
-from ..forget import forget
 from ..units import format_bytes
 from .common import add_json_option, add_repo_option, open_repository, say
 
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..forget import forget  # imported by the verb that needs it, not at every start-up
+
     repo = open_repository(args)
     report = forget(repo, args.checkpoints, force=args.force, dry_run=args.dry_run)
     if args.json:

@@ -7,7 +7,6 @@ import json
 
 from ..errors import EXIT_OK
 from ..keys import load_keyring
-from ..repo_keys import add_key, list_keys
 from .common import add_json_option, add_repo_option, open_repository, say, table, warn, when
 
 
@@ -26,6 +25,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from ..repo_keys import list_keys  # imported by the verb that needs it, not at every start-up
+
     repo = open_repository(args)
     keys, unopened = list_keys(repo)
     if args.json:
@@ -48,6 +49,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
+    from ..repo_keys import add_key  # imported by the verb that needs it, not at every start-up
+
     repo = open_repository(args)
     new_key = load_keyring(args.new_key_file)
     rotated = add_key(repo, new_key.raw_keys()[0])

@@ -7,7 +7,6 @@ import argparse
 import json
 
 from ..errors import EXIT_OK
-from ..queue import FAILED, PENDING, RUNNING
 from ..units import format_bytes
 from .common import add_json_option, open_queue, say, table, when
 
@@ -24,6 +23,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..queue import FAILED, PENDING, RUNNING  # imported by the verb that needs it, not at every start-up
+
     queue = open_queue(args, "queue")
     try:
         for job_id in args.drop:

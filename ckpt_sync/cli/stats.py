@@ -8,7 +8,6 @@ import json
 
 from ..errors import EXIT_OK
 from ..prune import DEFAULT_GRACE
-from ..stats import repository_stats
 from ..units import format_bytes
 from .common import add_grace_option, add_json_option, add_repo_option, open_repository, table, warn
 
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..stats import repository_stats  # imported by the verb that needs it, not at every start-up
+
     repo = open_repository(args)
     st = repository_stats(repo, grace=DEFAULT_GRACE if args.grace is None else args.grace)
     for mid in st.unreadable:

@@ -7,7 +7,6 @@ import json
 
 from ..errors import EXIT_OK, CkptSyncError
 from ..redact import redact
-from ..status import gather
 from ..units import format_bytes
 from .common import add_json_option, add_repo_option, err, open_queue, open_repository, when
 
@@ -22,6 +21,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..status import gather  # imported by the verb that needs it, not at every start-up
+
     queue = open_queue(args, "status")
     # The repository the watch uploads to (recorded by its worker), unless a flag names another.
     recorded = queue.get_value("repository")

@@ -8,7 +8,6 @@ import json
 import time
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from ..verify import UNREADABLE, parse_subset, verify
 from .common import add_json_option, add_repo_option, err, open_repository, say, warn_if_rolled_back
 
 
@@ -30,6 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..verify import UNREADABLE, parse_subset, verify  # imported by the verb that needs it, not at every start-up
+
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
     repo = open_repository(args)
     warn_if_rolled_back(repo)

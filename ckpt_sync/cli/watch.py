@@ -10,18 +10,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .. import config
 from ..chunking import ChunkPolicy
-from ..daemon import WatchOptions, default_state_dir, run_watch
 from ..errors import Cancelled, UsageError
-from ..queue import JobQueue
 from ..statelock import StateDirLock
 from ..units import parse_size
 from ..watcher import DEFAULT_PATTERNS
 from .common import OUTPUT, add_grace_option, add_repo_option, open_repository
 from .progress import LiveLine
+
+if TYPE_CHECKING:
+    from ..queue import JobQueue
 
 log = logging.getLogger("ckpt_sync")
 
@@ -76,6 +78,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..daemon import default_state_dir  # the daemon, its queue (sqlite3) and inotify: only here
+
     if not args.dir:
         raise UsageError("watch needs a folder: ckpt-sync watch DIR, or watch_dir in the config file")
     root = Path(args.dir)
@@ -90,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
+    from ..daemon import WatchOptions, run_watch
+    from ..queue import JobQueue
+
     stop = threading.Event()
     repo = open_repository(args, create=True, cancel=stop)
     queue = JobQueue(state_dir)
