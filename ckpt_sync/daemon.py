@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the queue (sqlite3), the worker and the watcher are importe
     from .manifest import Manifest
     from .queue import Job, JobQueue
     from .repository import Repository
+    from .retention import RetentionPolicy
     from .transfer import TransferStats
     from .watcher import Unit
 
@@ -40,7 +41,8 @@ class WatchOptions:
     settle: float = 5.0
     rescan_every: float = 30.0
     once: bool = False
-    keep: int | None = 5
+    keep: int | None = 5  # remote FIFO (retention.fifo_with_tags); 0 or None: no remote retention
+    retention: RetentionPolicy | None = None  # when given, replaces keep (e.g. retention.build_policy(...))
     grace: float = DEFAULT_GRACE
     workers: int | None = None
     policy: ChunkPolicy = ChunkPolicy()
@@ -92,6 +94,7 @@ def run_watch(
         repo,
         queue,
         keep=opts.keep,
+        retention=opts.retention,
         grace=opts.grace,
         workers=opts.workers,
         policy=opts.policy,

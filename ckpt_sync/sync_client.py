@@ -19,6 +19,7 @@ from .errors import OperationFailed
 from .locations import state_home
 from .prune import DEFAULT_GRACE
 from .queue import DONE, FAILED, JobQueue
+from .retention import RetentionPolicy
 from .worker import SyncWorker
 
 
@@ -30,6 +31,7 @@ class SyncClient:
         state_dir: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
         keep: int | None = None,
+        retention: RetentionPolicy | None = None,
         grace: float = DEFAULT_GRACE,
         worker: bool = True,
         workers: int | None = None,
@@ -41,7 +43,9 @@ class SyncClient:
         self._worker: SyncWorker | None = None
         self._thread: threading.Thread | None = None
         if worker:
-            self._worker = SyncWorker(self.repo, self.queue, keep=keep, grace=grace, workers=workers)
+            self._worker = SyncWorker(
+                self.repo, self.queue, keep=keep, retention=retention, grace=grace, workers=workers
+            )
             self._thread = threading.Thread(
                 target=self._worker.run, args=(self._stop,), name="ckpt-sync-client", daemon=True
             )

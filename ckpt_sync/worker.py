@@ -23,7 +23,7 @@ from .prune import DEFAULT_GRACE, prune
 from .push import push_path
 from .queue import Job, JobQueue
 from .repository import Repository
-from .retention import fifo_with_tags
+from .retention import RetentionPolicy, fifo_with_tags
 from .transfer import TransferStats
 from .units import format_bytes
 
@@ -43,6 +43,7 @@ class SyncWorker:
         queue: JobQueue,
         *,
         keep: int | None = None,
+        retention: RetentionPolicy | None = None,
         grace: float = DEFAULT_GRACE,
         workers: int | None = None,
         policy: ChunkPolicy = ChunkPolicy(),
@@ -51,7 +52,8 @@ class SyncWorker:
     ) -> None:
         self.repo = repo
         self.queue = queue
-        self.keep = keep
+        # Remote retention after each commit: ``retention`` when given, else the FIFO of ``keep``.
+        self.retention = retention if retention is not None else fifo_with_tags(keep) if keep else None
         self.grace = grace
         self.workers = workers
         self.policy = policy
@@ -205,10 +207,10 @@ class SyncWorker:
 
     def _apply_retention(self) -> None:
         """Retention runs only right after this worker committed something (never on an empty start)."""
-        if not self.keep:
+        if self.retention is None:
             return
         try:
-            report = prune(self.repo, fifo_with_tags(self.keep), grace=self.grace)
+            report = prune(self.repo, self.retention, grace=self.grace)
         except Exception as err:  # retention failing must not stop uploads
             log.warning("remote retention failed: %s", err)
             return

@@ -158,6 +158,55 @@ def add_grace_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_retention_options(p: argparse.ArgumentParser, *, zero: str = "") -> None:
+    """The remote retention options ``prune`` and ``watch`` share (``retention_policy`` reads them)."""
+    g = p.add_argument_group("what to keep (what any --keep-* keeps stays; so do the newest best and every pinned)")
+    g.add_argument(
+        "--keep-last",
+        "--keep",
+        dest="keep",
+        type=int,
+        metavar="N",
+        help="keep the N newest resumable checkpoints (by session and step)"
+        + (f"; {zero}" if zero else "")
+        + " (default 5 unless another --keep-* is given)",
+    )
+    g.add_argument("--keep-within", metavar="DURATION", help="keep all made within e.g. 2d (36h, 90m) of the newest")
+    g.add_argument(
+        "--keep-every-steps", type=int, metavar="N", help="keep the first checkpoint at or past every N steps"
+    )
+    g.add_argument("--keep-tag", action="append", default=[], metavar="TAG", help="keep every checkpoint with TAG")
+    g.add_argument("--per-session", action="store_true", help="apply the --keep-* counts to each session on its own")
+
+
+def retention_policy(args: argparse.Namespace) -> Any:
+    """The retention.RetentionPolicy the --keep-* options name: the union of those given, with the
+    newest best and every pinned (retention.build_policy); --keep-last alone (the ``keep`` setting,
+    default 5) when no other is given. None when the count is 0 and nothing else is asked: keep
+    everything. UsageError for a value no policy takes."""
+    from ..retention import build_policy
+    from ..units import parse_duration
+
+    others = args.keep_within is not None or args.keep_every_steps is not None
+    settings = getattr(args, "settings", None)
+    keep_given = settings is not None and settings.values["keep"].source != "default"
+    keep_last = args.keep if keep_given or not others else None
+    if keep_last == 0:
+        keep_last = None
+        if not others:
+            return None
+    try:
+        return build_policy(
+            keep_last=keep_last,
+            keep_within=parse_duration(args.keep_within) if args.keep_within is not None else None,
+            keep_every_steps=args.keep_every_steps,
+            keep_tags=args.keep_tag,
+            per_session=args.per_session,
+        )
+    except ValueError as err:
+        raise UsageError(f"{err}") from None
+
+
 def add_selection_options(p: argparse.ArgumentParser, default_role: str) -> None:
     """The filters ``ls`` and ``pull --latest`` share; the result is always newest first by training position."""
     g = p.add_argument_group("which checkpoints (newest first by session and step)")

@@ -7,28 +7,23 @@ import json
 
 from ..errors import EXIT_OK, UsageError
 from ..prune import prune
-from ..retention import AnyOf, build_policy
-from ..units import format_bytes, parse_duration
-from .common import add_grace_option, add_json_option, add_repo_option, open_repository, say, when
+from ..retention import RetentionPolicy
+from ..units import format_bytes
+from .common import (
+    add_grace_option,
+    add_json_option,
+    add_repo_option,
+    add_retention_options,
+    open_repository,
+    retention_policy,
+    say,
+    when,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("prune", parents=[common], help="apply remote retention now")
-    p.add_argument(
-        "--keep-last",
-        "--keep",
-        dest="keep",
-        type=int,
-        metavar="N",
-        help="keep the N newest resumable checkpoints (by session and step), plus the newest best and every "
-        "pinned (default 5 unless another --keep-* is given)",
-    )
-    p.add_argument("--keep-within", metavar="DURATION", help="keep all made within e.g. 2d (36h, 90m) of the newest")
-    p.add_argument(
-        "--keep-every-steps", type=int, metavar="N", help="keep the first checkpoint at or past every N steps"
-    )
-    p.add_argument("--keep-tag", action="append", default=[], metavar="TAG", help="keep every checkpoint with TAG")
-    p.add_argument("--per-session", action="store_true", help="apply the --keep-* counts to each session on its own")
+    add_retention_options(p)
     add_grace_option(p)
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     p.add_argument(
@@ -77,18 +72,8 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _policy(args: argparse.Namespace) -> AnyOf:
-    """Best and pinned always stay; besides, the union of the --keep-* given (--keep-last alone by default)."""
-    others = args.keep_within is not None or args.keep_every_steps is not None
-    settings = getattr(args, "settings", None)
-    keep_given = settings is not None and settings.values["keep"].source != "default"
-    try:
-        return build_policy(
-            keep_last=args.keep if keep_given or not others else None,
-            keep_within=parse_duration(args.keep_within) if args.keep_within is not None else None,
-            keep_every_steps=args.keep_every_steps,
-            keep_tags=args.keep_tag,
-            per_session=args.per_session,
-        )
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+def _policy(args: argparse.Namespace) -> RetentionPolicy:
+    policy = retention_policy(args)
+    if policy is None:
+        raise UsageError("keep must be at least 1 (the newest checkpoint is never removed); to keep all, do not prune")
+    return policy

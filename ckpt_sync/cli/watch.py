@@ -19,11 +19,12 @@ from ..errors import Cancelled, UsageError
 from ..statelock import StateDirLock
 from ..units import parse_size
 from ..watcher import DEFAULT_PATTERNS
-from .common import OUTPUT, add_grace_option, add_repo_option, open_repository
+from .common import OUTPUT, add_grace_option, add_repo_option, add_retention_options, open_repository, retention_policy
 from .progress import LiveLine
 
 if TYPE_CHECKING:
     from ..queue import JobQueue
+    from ..retention import RetentionPolicy
 
 log = logging.getLogger("ckpt_sync")
 
@@ -34,13 +35,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "dir", nargs="?", metavar="DIR", help="the folder the training job saves checkpoints into (or watch_dir)"
     )
     p.add_argument("--state-dir", metavar="DIR", help="queue and held files (default DIR/.ckpt-sync)")
-    p.add_argument(
-        "--keep",
-        type=int,
-        metavar="N",
-        help="remote FIFO: keep the N newest resumable checkpoints (plus the newest best and every pinned); "
-        "0 keeps everything (default 5)",
-    )
     p.add_argument(
         "--pattern",
         action="append",
@@ -59,6 +53,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="SECONDS",
         help="full rescan interval, for filesystems that drop events (default 30)",
     )
+    add_retention_options(p, zero="0 keeps everything")
     add_grace_option(p)
     p.add_argument(
         "--once",
@@ -85,15 +80,16 @@ def run(args: argparse.Namespace) -> int:
     root = Path(args.dir)
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder to watch")
+    retention = retention_policy(args)  # a bad --keep-* is exit 2 before anything starts
     state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(root)
     lock = StateDirLock(state_dir).acquire()  # a second watch on this folder exits 2 naming the first
     try:
-        return _watch(args, root, state_dir)
+        return _watch(args, root, state_dir, retention)
     finally:
         lock.release()
 
 
-def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
+def _watch(args: argparse.Namespace, root: Path, state_dir: Path, retention: RetentionPolicy | None) -> int:
     from ..daemon import WatchOptions, run_watch
     from ..queue import JobQueue
 
@@ -115,7 +111,8 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path) -> int:
         settle=args.settle,
         rescan_every=args.rescan,
         once=args.once,
-        keep=args.keep or None,
+        keep=None,
+        retention=retention,
         grace=args.grace,
         workers=args.workers,
         policy=ChunkPolicy.of_size(parse_size(args.chunk_size) if args.chunk_size else None),
