@@ -41,7 +41,7 @@ from .errors import (
     UsageError,
 )
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
-from .owners import host_tag, pid_dead
+from .owners import WRITER_TAG, writer_alive, writer_tag
 from .pipeline import default_workers, ordered_map
 from .providers.local import WRITE_SLICE, write_all
 from .repository import Repository
@@ -52,27 +52,28 @@ from .transfer import TransferStats
 ProgressFn = Callable[[int], None]
 WarnFn = Callable[[str], None]
 
-# .ckpt-sync-<host tag>-<pid>-<random>.part (being written) or .old (a folder being replaced); and
-# the names older versions used (.<name>.ckpt-sync-<random>.part, .ckpt-sync-<random>.part), which
-# carry no owner.
-_TEMP = re.compile(r"^\.ckpt-sync-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]+\.(part|old)$")
+# .ckpt-sync-<writer tag>-<random>.part (being written) or .old (a folder being replaced), the writer
+# tag naming host, pid and start time (owners.WRITER_TAG); and the names older versions used
+# (.<name>.ckpt-sync-<random>.part, .ckpt-sync-<random>.part), which carry no owner.
+_TEMP = re.compile(rf"^\.ckpt-sync-{WRITER_TAG}-[0-9a-f]+\.(part|old)$")
 _OLD_TEMP = re.compile(r"^\.(.+\.)?ckpt-sync-[0-9a-f]+\.part$")
 ABANDONED_AFTER = 86400.0  # another host's temp this old is abandoned too
 DEFAULT_MODE = 0o644  # for manifests that did not record the source's bits (the umask applies)
 
 
 def temp_name(kind: str = "part") -> str:
-    """A hidden, unique name for a file or folder being restored, naming its owner (host tag, pid).
+    """A hidden, unique name for a file or folder being restored, naming its writer (owners.writer_tag).
     Short and independent of the final name, so any name up to the filesystem's 255-byte limit can
     be restored (and `watch` ignores it)."""
-    return f".ckpt-sync-{host_tag()}-{os.getpid()}-{secrets.token_hex(3)}.{kind}"
+    return f".ckpt-sync-{writer_tag()}-{secrets.token_hex(3)}.{kind}"
 
 
 def clean_leftovers(folder: Path) -> int:
     """Remove temp files and folders a crashed pull left directly in ``folder``; returns how many.
 
-    Ours (this host) go when their pid is dead; others, and the owner-less names of older versions,
-    when older than a day.
+    One whose writer is running on this host stays, however old; one whose writer is provably dead
+    here goes at once; others (another host, the owner-less names of older versions) when older
+    than a day.
     """
     removed = 0
     try:
@@ -84,13 +85,15 @@ def clean_leftovers(folder: Path) -> int:
         m = _TEMP.match(e.name)
         if m is None and not _OLD_TEMP.match(e.name):
             continue
-        try:
-            old = e.stat(follow_symlinks=False).st_mtime < cutoff
-        except FileNotFoundError:
+        alive = None if m is None else writer_alive(m["host"], m["pid"], m["start"])
+        if alive:
             continue
-        dead = m is not None and m["host"] == host_tag() and pid_dead(int(m["pid"]))
-        if not (dead or old):
-            continue
+        if alive is None:
+            try:
+                if e.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
         path = Path(e.path)
         if e.is_dir(follow_symlinks=False):
             shutil.rmtree(path, ignore_errors=True)

@@ -162,3 +162,25 @@ def test_a_write_whose_temp_vanishes_twice_fails_saying_why(tmp_path, op):
         getattr(p, op)("manifests/m1", b"the commit")
     assert "manifests/m1" in str(err.value)
     assert not (tmp_path / "repo" / "manifests" / "m1").exists()
+
+
+def test_a_pull_leaves_a_running_pulls_old_temp_alone_and_removes_another_hosts(tmp_path, key, repo_url, cli):
+    """Restore's leftovers follow the same rule: a writer alive here keeps its temp however old."""
+    _repo(tmp_path, repo_url, cli)
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        running = dest / f".ckpt-sync-{host_tag()}-{other.pid}-abc123.part"  # a pull still writing (no start tag)
+        foreign = dest / ".ckpt-sync-0badc0de-12345.678-abc123.part"
+        dead = dest / f".ckpt-sync-{host_tag()}-{other.pid}.{_start_ticks(other.pid) + 1}-abc123.part"
+        for p in (running, foreign, dead):
+            p.write_bytes(b"part of a restore")
+        _age(running, 2 * DAY)
+        _age(foreign, 2 * DAY)
+        cli("pull", "--latest", "--from", repo_url, "--to", str(dest), check=True)
+        assert running.exists() and not foreign.exists() and not dead.exists()
+    finally:
+        other.kill()
+        other.wait()
+    assert (dest / "checkpoint_t_1.pt").exists()
