@@ -2,7 +2,9 @@
 
 An owner is ``host:pid:start`` where ``start`` is the process's start time in clock ticks since
 boot (``/proc/<pid>/stat``), so a pid reused by another process does not keep a dead owner alive.
-Only an owner on this host can be proven dead; elsewhere callers rely on heartbeats.
+Only an owner on this host can be proven dead; elsewhere callers rely on heartbeats. "This host" is
+this host name *and* pid namespace (``this_host``): two containers of a pod share a host name but
+not their pids, so to each the other's pids prove nothing.
 """
 
 from __future__ import annotations
@@ -27,18 +29,24 @@ def _start_ticks(pid: int) -> int | None:
 
 
 @cache
-def host_tag() -> str:
-    """A short, file-name-safe tag of this host and its pid namespace (for temp names).
-
-    Pids are only comparable inside one namespace: two containers of a pod share a host name but
-    not their pids, so each is "another host" to the other and judges the other's temps by age.
-    """
+def _pid_namespace() -> str:
     try:
-        namespace = os.readlink("/proc/self/ns/pid")
+        link = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
     except OSError:  # not Linux: the host name alone
-        namespace = ""
-    seed = socket.gethostname() + (f"\0{namespace}" if namespace else "")
-    return hashlib.sha256(seed.encode()).hexdigest()[:8]
+        return ""
+    return link[5:-1] if link.startswith("pid:[") else link
+
+
+def this_host() -> str:
+    """The host part of an owner: the host name, and ``/<pid namespace>`` where there is one."""
+    namespace = _pid_namespace()
+    return socket.gethostname() + (f"/{namespace}" if namespace else "")
+
+
+@cache
+def host_tag() -> str:
+    """A short, file-name-safe tag of ``this_host`` (for temp names)."""
+    return hashlib.sha256(this_host().encode()).hexdigest()[:8]
 
 
 # How a temp file's name names its writer: host tag, pid and (where known) the process's start time.
@@ -68,7 +76,7 @@ def writer_alive(host: str, pid: str | int, start: str | int | None = None) -> b
 
 def owner_id(pid: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid) or 0}"
+    return f"{this_host()}:{pid}:{_start_ticks(pid) or 0}"
 
 
 def pid_dead(pid: int, start: int | None = None) -> bool:
@@ -96,6 +104,6 @@ def owner_alive(owner: str | None) -> bool:
         host, pid, start = ":".join(parts[:-1]), int(parts[-1]), 0
     else:
         return True
-    if host != socket.gethostname():
-        return True  # cannot tell from here: rely on the heartbeat
+    if host != this_host():  # another host, container, or an older version's name: rely on the heartbeat
+        return True
     return not pid_dead(pid, start)
