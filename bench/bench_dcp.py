@@ -141,7 +141,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run(work: Path, args: argparse.Namespace) -> None:
+def run(work: Path, args: argparse.Namespace) -> list[dict]:
+    """Run the ranks, print the table, and return each rank's results (as its worker wrote them)."""
     from cryptography.fernet import Fernet
 
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "OMP_NUM_THREADS": "1"}
@@ -183,6 +184,7 @@ def run(work: Path, args: argparse.Namespace) -> None:
     print(f"state per rank: {results[0]['state_mib']:.0f} MiB")
     agree = " / ".join(f"{r['agree_us']:.0f}" for r in results)
     print(f"agreement all-reduce per maybe_save: {agree} us (median)")
+    return results
 
 
 def _peaks(results: list[dict], name: str) -> str:

@@ -183,11 +183,27 @@ def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, 
     return peaks
 
 
-def section_dcp(work: Path, size: str, env: dict[str, str]) -> None:
+def section_dcp(work: Path, size: str, env: dict[str, str]) -> dict[str, float]:
+    """bench/bench_dcp.py's save of ``size`` sharded state by 2 ranks; the largest growth of a rank's
+    peak RSS over what it held before (the state and torch) per scenario."""
+    import bench_dcp
+
     print("\n## DCP save per rank (bench/bench_dcp.py)")
     sys.stdout.flush()
-    cmd = [sys.executable, str(HERE / "bench_dcp.py"), "--size", size, "--dir", str(work)]
-    subprocess.run(cmd, check=True, env={**os.environ, **env})
+    folder = work / "dcp"
+    folder.mkdir()
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        results = bench_dcp.run(folder, argparse.Namespace(size=parse_size(size), ranks=2, dir=str(folder)))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(folder, ignore_errors=True)
+    return {
+        name: max(r[key]["peak_mib"] - r[key]["before_mib"] for r in results)
+        for name, key in (("Writer", "writer"), ("async_save (stages a copy of the state)", "async"))
+    }
 
 
 def main() -> None:
@@ -239,7 +255,8 @@ def main() -> None:
             for label, peak in section_rss(work, [parse_size(s) for s in args.rss_sizes.split(",")], env).items():
                 summary.append((f"peak RSS push/pull/watch, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
         if "dcp" in only and args.dcp_size:
-            section_dcp(work, args.dcp_size, env)
+            for name, growth in section_dcp(work, args.dcp_size, env).items():
+                summary.append((f"DCP save per rank, {name}: peak RSS growth", f"{growth:.0f} MiB", "<= 300 MiB"))
         if "s3" in only and not args.no_s3:
             import bench_s3
 
