@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import UsageError
+from .locks import acquire_manifests_lock
 from .manifest import Manifest
 from .repository import Repository, manifest_key
 from .restore import find_manifest
@@ -41,6 +42,13 @@ def forget(repo: Repository, selectors: Sequence[str], *, force: bool = False, d
     """
     if not selectors:
         raise UsageError("forget needs at least one checkpoint ID_OR_NAME")
+    if dry_run:
+        return _forget(repo, selectors, force=force, dry_run=True)
+    with acquire_manifests_lock(repo.provider):  # a tag change in flight would bring one back (tags.py)
+        return _forget(repo, selectors, force=force, dry_run=False)
+
+
+def _forget(repo: Repository, selectors: Sequence[str], *, force: bool, dry_run: bool) -> ForgetReport:
     doomed = list({m.id: m for m in (find_manifest(repo, s) for s in selectors)}.values())
     everything = list(repo.manifests())
     newest_resumable = select(everything, Selection())

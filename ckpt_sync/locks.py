@@ -5,6 +5,7 @@ Two kinds, both small plaintext JSON objects under ``locks/`` holding timestamps
 
 - ``locks/push-<random>``: held by every push while it runs (refreshed by a heartbeat).
 - ``locks/prune``: at most one pruner at a time (created with put-if-absent).
+- ``locks/manifests``: at most one hand change of committed manifests (tag, forget) at a time.
 
 The protocol (each side writes its own lock *before* reading the other's, so at least one sees the
 other): a pruner takes ``locks/prune`` and then deletes unreferenced chunks only if no live push
@@ -32,6 +33,7 @@ log = logging.getLogger("ckpt_sync.locks")
 
 LOCKS = "locks/"
 PRUNE_LOCK = "locks/prune"
+MANIFESTS_LOCK = "locks/manifests"
 DEFAULT_TTL = 120.0  # refreshed every ttl/4: a holder that stops beating for this long is gone
 
 
@@ -149,14 +151,44 @@ def acquire_push_lock(
         delay = min(delay * 2, 5.0)
 
 
-def try_acquire_prune_lock(provider: Provider, *, ttl: float = DEFAULT_TTL) -> Lock | None:
-    """The exclusive prune lock, or None if another live pruner holds it (a stale one is broken)."""
+def _try_acquire(provider: Provider, key: str, ttl: float, what: str) -> Lock | None:
+    """The exclusive lock ``key``, or None if a live holder has it (a stale one is broken)."""
     for _ in range(2):
-        if provider.put_if_absent(PRUNE_LOCK, _body(ttl)):
-            return Lock(provider, PRUNE_LOCK, ttl)
-        held = read_lock(provider, PRUNE_LOCK)
+        if provider.put_if_absent(key, _body(ttl)):
+            return Lock(provider, key, ttl)
+        held = read_lock(provider, key)
         if held is not None and held.live():
             return None
-        log.warning("breaking a stale prune lock on %s", provider.url)
-        provider.delete(PRUNE_LOCK)
+        log.warning("breaking a stale %s on %s", what, provider.url)
+        provider.delete(key)
     return None
+
+
+def try_acquire_prune_lock(provider: Provider, *, ttl: float = DEFAULT_TTL) -> Lock | None:
+    """The exclusive prune lock, or None if another live pruner holds it (a stale one is broken)."""
+    return _try_acquire(provider, PRUNE_LOCK, ttl, "prune lock")
+
+
+def acquire_manifests_lock(
+    provider: Provider,
+    *,
+    ttl: float = DEFAULT_TTL,
+    wait: float = 600.0,
+    cancel: threading.Event | None = None,
+) -> Lock:
+    """The exclusive lock of changes made to committed manifests by hand (``tag``, ``forget``),
+    waited for. Without it two tag changes of one checkpoint both replaced the same manifest: the
+    checkpoint was listed twice, each copy missing the other's tag. Pushes and prunes do not take it
+    (a commit adds a new checkpoint; retention next to a tag change is safe, see tags.py)."""
+    deadline = time.monotonic() + wait
+    delay = 0.1
+    while True:
+        lock = _try_acquire(provider, MANIFESTS_LOCK, ttl, "tag/forget lock")
+        if lock is not None:
+            return lock
+        if time.monotonic() > deadline:
+            raise OperationFailed(f"another tag or forget is changing {provider.url}; try again later")
+        log.info("waiting for another tag or forget on %s to finish", provider.url)
+        if (cancel or threading.Event()).wait(delay):
+            raise Cancelled("stopped while waiting for another tag or forget; nothing was changed")
+        delay = min(delay * 2, 2.0)

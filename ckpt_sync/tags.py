@@ -5,7 +5,11 @@ old one in ``supersedes``, then deletes the old one (Repository.supersede). Read
 superseded manifest, so at every moment — and after a crash between the two writes — the
 checkpoint is listed once; the next tag change or prune removes a left-behind old manifest. The
 change runs under a push lock, so a concurrent prune never collects the checkpoint's chunks while
-it is between its two manifests (locks.py).
+it is between its two manifests, and under the manifests lock, so two changes of one checkpoint
+never both replace the same manifest (locks.py). A prune next to it: one that listed before the new
+manifest may remove the old one by retention (the new one stays); one that lists after sees the old
+one hidden; one that removes a leftover old manifest removes what the change would remove itself.
+A change gives the checkpoint a new id: select it by name to change it again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from .errors import UsageError
-from .locks import acquire_push_lock
+from .locks import acquire_manifests_lock, acquire_push_lock
 from .manifest import Manifest
 from .repository import Repository, manifest_key, new_manifest_id
 from .restore import find_manifest
@@ -29,7 +33,7 @@ def retag(repo: Repository, selector: str, *, add: Sequence[str] = (), remove: S
     both = set(add) & set(remove)
     if both:
         raise UsageError(f"cannot both add and remove {', '.join(sorted(both))}")
-    with acquire_push_lock(repo.provider):
+    with acquire_push_lock(repo.provider), acquire_manifests_lock(repo.provider):
         old = find_manifest(repo, selector)
         tags = tuple(t for t in dict.fromkeys((*old.tags, *add)) if t not in set(remove))
         if tags == old.tags:

@@ -14,7 +14,7 @@ from helpers import wait_until
 
 import ckpt_sync
 from ckpt_sync.api import open_repository
-from ckpt_sync.locks import try_acquire_prune_lock
+from ckpt_sync.locks import acquire_manifests_lock, try_acquire_prune_lock
 from ckpt_sync.repository import MANIFESTS, new_manifest_id
 
 
@@ -136,6 +136,56 @@ def test_tag_waits_for_a_running_prune_and_survives_prunes(any_repo_url, cli, ke
     assert sorted(m["name"] for m in listed) == ["checkpoint_s1_100.pt", "checkpoint_s1_200.pt", "checkpoint_s1_300.pt"]
     assert [m["tags"] for m in listed if m["name"] == "checkpoint_s1_100.pt"] == [["pinned"]]
     assert cli("verify", "--read-data", "--from", any_repo_url).returncode == 0
+
+
+def test_two_tag_changes_at_once_both_land_on_one_manifest(any_repo_url, cli, key, tmp_path, torch_checkpoint):
+    """Tag changes of one checkpoint are serialised (locks/manifests): two started together — here
+    released at the same moment by a prune they both waited for — neither lists the checkpoint twice
+    nor loses the other's tag."""
+    _three(cli, any_repo_url, tmp_path, torch_checkpoint)
+    repo = open_repository(any_repo_url)
+    lock = try_acquire_prune_lock(repo.provider)
+    assert lock is not None
+    tags = ("a", "b", "c")
+    tagging = [
+        subprocess.Popen(
+            [sys.executable, "-m", "ckpt_sync.cli", "tag", "checkpoint_s1_100.pt", "--add", t, "--from", any_repo_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for t in tags
+    ]
+    wait_until(lambda: len(list(repo.provider.list("locks/push-"))) == len(tags), "every tag to wait for the prune")
+    lock.release()
+    for proc in tagging:
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, proc.stderr.read()
+    listed = json.loads(cli("ls", "--from", any_repo_url, "--json", check=True).stdout)
+    assert sorted(m["name"] for m in listed) == ["checkpoint_s1_100.pt", "checkpoint_s1_200.pt", "checkpoint_s1_300.pt"]
+    assert [sorted(m["tags"]) for m in listed if m["name"] == "checkpoint_s1_100.pt"] == [list(tags)]
+    assert len(_manifest_objects(any_repo_url)) == 3
+
+
+def test_forget_waits_for_a_tag_change_in_flight(any_repo_url, cli, key, tmp_path, torch_checkpoint):
+    """A forget next to a tag change of the same checkpoint would otherwise see its old manifest
+    gone and report success while the new one stays: it waits for the change (locks/manifests)."""
+    ids = _three(cli, any_repo_url, tmp_path, torch_checkpoint)
+    repo = open_repository(any_repo_url)
+    change = acquire_manifests_lock(repo.provider)  # a tag change is in flight
+    before = _manifest_objects(any_repo_url)
+    forgetting = subprocess.Popen(
+        [sys.executable, "-m", "ckpt_sync.cli", "forget", ids[0], "--from", any_repo_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(2)  # not a speed check: the forget must simply not have touched anything meanwhile
+    assert forgetting.poll() is None and _manifest_objects(any_repo_url) == before
+    change.release()
+    wait_until(lambda: forgetting.poll() is not None, "the forget to finish once the change is done")
+    assert forgetting.returncode == 0, forgetting.stderr.read()
+    assert sorted(m.name for m in repo.manifests()) == ["checkpoint_s1_200.pt", "checkpoint_s1_300.pt"]
 
 
 PRUNE_LOOP = """
