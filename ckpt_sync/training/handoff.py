@@ -27,11 +27,14 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .atomic import atomic_write_json, fsync_dir
 from .errors import HandoffError
 from .naming import STAGING_DIR, SYNC_STATE_DIR
+
+if TYPE_CHECKING:
+    from ..retention import RetentionPolicy
 
 log = logging.getLogger("ckpt_sync.training")
 
@@ -258,12 +261,14 @@ def make_handoff(
     directory: str | os.PathLike[str],
     key_file: str | os.PathLike[str] | None = None,
     remote_keep: int | None = None,
+    remote_retention: RetentionPolicy | None = None,
 ) -> SyncHandoff:
     """The durable ``ckpt_sync.SyncClient`` when this installation has it, else ``BackgroundPush``.
 
     Both keep their state (queue, held links) in a hidden folder inside ``directory``: the same
     filesystem as the checkpoints, so holding a file is a hard link, never a copy. ``remote_keep``
-    (SyncClient only) prunes the repository to that many newest checkpoints plus ``best``; 0 or None: never.
+    (SyncClient only) prunes the repository to that many newest checkpoints plus ``best``; 0 or None: never;
+    ``remote_retention`` (a retention policy) replaces that count.
     """
     import ckpt_sync
 
@@ -277,7 +282,12 @@ def make_handoff(
         try:
             params = inspect.signature(client_cls).parameters
             kwargs: dict[str, Any] = {"repo": repo}
-            optional = {"key_file": key_file, "state_dir": directory / SYNC_STATE_DIR, "keep": remote_keep or None}
+            optional = {
+                "key_file": key_file,
+                "state_dir": directory / SYNC_STATE_DIR,
+                "keep": remote_keep or None,
+                "retention": remote_retention,
+            }
             kwargs.update({k: v for k, v in optional.items() if v is not None and k in params})
             return SyncClientHandoff(client_cls(**kwargs), fallback=fallback)
         except (TypeError, ValueError) as err:

@@ -87,7 +87,8 @@ class CheckpointManager:
     - ``repo``: a repository URL; each finished checkpoint is handed to sync in the background, the
       best model tagged ``best``; ``recover()`` pulls from it when the folder has no valid checkpoint.
       ``remote_keep`` prunes the repository to that many newest checkpoints (plus ``best``) after each
-      upload; default ``max_keep`` (as ``ckpt-sync watch --keep``), 0 never prunes.
+      upload; default ``max_keep`` (as ``ckpt-sync watch --keep``), 0 never prunes. ``remote_retention``
+      (a policy, e.g. ``build_policy(keep_last=3, keep_every_steps=10000)``) replaces that count.
     - ``on_signal``: after the emergency checkpoint, ``"raise"`` TrainingInterrupted or ``"exit"``
       (``exit_code``, default 128 + signal number). ``handle_signals=False`` leaves signals alone.
     - ``pid_file``: written at start, removed at close, for external power-event hooks.
@@ -135,6 +136,7 @@ class CheckpointManager:
         process_group: Any = None,
         direct: bool = False,
         retention: RetentionPolicy | None = None,
+        remote_retention: RetentionPolicy | None = None,
     ) -> None:
         if if_busy not in ("wait", "skip"):
             raise UsageError(f"if_busy must be 'wait' or 'skip', not {if_busy!r}")
@@ -212,7 +214,9 @@ class CheckpointManager:
         coordinator = self._ranks is None or self._ranks.is_coordinator  # the one rank that uploads
         if handoff is None and repo is not None and coordinator and not direct:
             keep = max_keep if remote_keep is None else remote_keep
-            handoff = make_handoff(repo, directory=self.directory, key_file=key_file, remote_keep=keep)
+            handoff = make_handoff(
+                repo, directory=self.directory, key_file=key_file, remote_keep=keep, remote_retention=remote_retention
+            )
         self._handoff = handoff
         self._signals: EmergencySignals | None = None
         if handle_signals or pid_file:
