@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .daemon import WatchOptions
+from .defaults import DEFAULT_GRACE, DEFAULT_PATTERNS, WATCH_KEEP, WATCH_RESCAN, WATCH_SETTLE
 from .errors import ConfigError, UsageError
 from .keys import ENV_KEY
 from .locations import ENV_REPO, config_dir, default_key_file, default_repo_url
 from .providers import RetryPolicy
-from .prune import DEFAULT_GRACE
 from .redact import REDACTED, redact, redact_url
 from .units import format_bytes, parse_size
-from .watcher import DEFAULT_PATTERNS
 
 ENV_CONFIG = "CKPT_SYNC_CONFIG"
 ENV_PREFIX = "CKPT_SYNC_"
@@ -185,13 +183,13 @@ SETTINGS: tuple[Setting, ...] = (
         relative_to_file=True,
     ),
     Setting("state_dir", _path, None, "queue and held copies (default WATCH_DIR/.ckpt-sync)", relative_to_file=True),
-    Setting("keep", _whole(0), WatchOptions.keep, "remote FIFO: keep the N newest resumable (0 keeps all)"),
+    Setting("keep", _whole(0), WATCH_KEEP, "remote FIFO: keep the N newest resumable (0 keeps all)"),
     Setting("patterns", _patterns, None, "checkpoint file name globs for `watch`", dest="pattern", flag="--pattern"),
-    Setting("settle", _seconds(0), WatchOptions.settle, "seconds a file must be closed and unchanged before upload"),
+    Setting("settle", _seconds(0), WATCH_SETTLE, "seconds a file must be closed and unchanged before upload"),
     Setting(
         "rescan",
         _seconds(0, inclusive=False),
-        WatchOptions.rescan_every,
+        WATCH_RESCAN,
         "seconds between full rescans of the watched folder",
     ),
     Setting("grace", _seconds(0), DEFAULT_GRACE, "unreferenced chunks younger than this are kept (seconds)"),

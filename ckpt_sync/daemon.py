@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING
 
 from .checkpoint_files import incomplete_reason, signature
 from .chunking import ChunkPolicy
+from .defaults import DEFAULT_GRACE, DEFAULT_PATTERNS, WATCH_KEEP, WATCH_RESCAN, WATCH_SETTLE
 from .errors import UsageError
-from .prune import DEFAULT_GRACE
-from .watcher import DEFAULT_PATTERNS
 
 if TYPE_CHECKING:  # the queue (sqlite3), the worker and the watcher are imported by run_watch: config
     # reads WatchOptions' defaults at every start-up, and only `watch` runs a daemon.
@@ -38,10 +37,10 @@ log = logging.getLogger("ckpt_sync.watch")
 class WatchOptions:
     root: Path
     patterns: tuple[str, ...] = DEFAULT_PATTERNS
-    settle: float = 5.0
-    rescan_every: float = 30.0
+    settle: float = WATCH_SETTLE
+    rescan_every: float = WATCH_RESCAN
     once: bool = False
-    keep: int | None = 5  # remote FIFO (retention.fifo_with_tags); 0 or None: no remote retention
+    keep: int | None = WATCH_KEEP  # remote FIFO (retention.fifo_with_tags); 0 or None: no remote retention
     retention: RetentionPolicy | None = None  # when given, replaces keep (e.g. retention.build_policy(...))
     grace: float = DEFAULT_GRACE
     workers: int | None = None

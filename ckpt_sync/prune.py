@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 
 from .crypto import token_size
+from .defaults import DEFAULT_GRACE
 from .errors import UsageError
 from .locks import live_push_locks, try_acquire_prune_lock
 from .manifest import RESUMABLE
@@ -26,8 +27,6 @@ from .seen import removed_here
 from .selection import newest
 
 log = logging.getLogger("ckpt_sync.prune")
-
-DEFAULT_GRACE = 3600.0
 
 
 @dataclass

@@ -19,8 +19,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .defaults import DEFAULT_GRACE
 from .manifest import Manifest
-from .prune import DEFAULT_GRACE
 from .repository import CHUNKS, MANIFESTS, Repository
 from .selection import newest
 

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint_files import signature
+from .defaults import DEFAULT_PATTERNS
 from .manifest import RESUMABLE, parse_seed_name
 from .ordering import Position, newest_first
 from .queue import DONE, FAILED, PENDING, RUNNING, JobQueue
 from .repository import Repository
 from .selection import newest
-from .watcher import DEFAULT_PATTERNS, CheckpointFinder
+from .watcher import CheckpointFinder
 
 
 def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = None) -> dict[str, Any]:

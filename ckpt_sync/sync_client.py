@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from .api import open_repository
+from .defaults import DEFAULT_GRACE
 from .errors import OperationFailed
 from .locations import state_home
-from .prune import DEFAULT_GRACE
 from .queue import DONE, FAILED, JobQueue
 from .retention import RetentionPolicy
 from .worker import SyncWorker

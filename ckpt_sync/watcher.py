@@ -29,13 +29,13 @@ from typing import TYPE_CHECKING
 
 from . import layouts
 from .checkpoint_files import is_regular, is_temp, signature
+from .defaults import DEFAULT_PATTERNS
 
 if TYPE_CHECKING:  # watchdog itself is imported when a FolderWatcher is made: only `watch` needs it
     from watchdog.events import FileSystemEvent
 
 log = logging.getLogger("ckpt_sync.watch")
 
-DEFAULT_PATTERNS = ("*.pt", "*.pth", "*.safetensors", "*.bin", "*.ckpt")
 # Folders that hold files with checkpoint names that must not be uploaded as checkpoints:
 # CheckpointManager.repair() moves damaged files into quarantine/.
 IGNORED_DIRS = frozenset({"quarantine"})

@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 from .checkpoint_files import FileState, changed_files, file_states
 from .chunking import ChunkPolicy
+from .defaults import DEFAULT_GRACE
 from .errors import Cancelled, CkptSyncError, UsageError
 from .logs import Throttle
 from .manifest import Manifest
-from .prune import DEFAULT_GRACE, prune
+from .prune import prune
 from .push import push_path
 from .queue import Job, JobQueue
 from .repository import Repository

@@ -42,6 +42,9 @@ OTHER_VERBS = (
     "ckpt_sync.sync_client",
     "ckpt_sync.reader",
     "ckpt_sync.queue",
+    "ckpt_sync.daemon",
+    "ckpt_sync.watcher",
+    "ckpt_sync.prune",
     "ckpt_sync.worker",
 )
 

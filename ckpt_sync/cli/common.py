@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..api import open_repository as _open_repository
+from ..defaults import DEFAULT_GRACE
 from ..errors import ConfigError, UsageError
 from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
-from ..prune import DEFAULT_GRACE
 from ..redact import redact
 from ..seen import rollback_warning
 from ..selection import ANY, Selection

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from ..errors import EXIT_OK, UsageError
-from ..prune import prune
-from ..retention import RetentionPolicy
 from ..units import format_bytes
 from .common import (
     add_grace_option,
@@ -19,6 +18,9 @@ from .common import (
     say,
     when,
 )
+
+if TYPE_CHECKING:
+    from ..retention import RetentionPolicy
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -38,6 +40,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..prune import prune  # imported by the verb that needs it, not at every start-up
+
     policy = _policy(args)
     repo = open_repository(args)
     report = prune(repo, policy, grace=args.grace, dry_run=args.dry_run, remove_damaged=args.remove_damaged)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..defaults import DEFAULT_GRACE
 from ..errors import EXIT_OK
-from ..prune import DEFAULT_GRACE
 from ..units import format_bytes
 from .common import add_grace_option, add_json_option, add_repo_option, open_repository, table, warn
 

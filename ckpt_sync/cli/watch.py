@@ -15,10 +15,10 @@ from urllib.parse import urlsplit
 
 from .. import config
 from ..chunking import ChunkPolicy
+from ..defaults import DEFAULT_PATTERNS
 from ..errors import Cancelled, UsageError
 from ..statelock import StateDirLock
 from ..units import parse_size
-from ..watcher import DEFAULT_PATTERNS
 from .common import OUTPUT, add_grace_option, add_repo_option, add_retention_options, open_repository, retention_policy
 from .progress import LiveLine
 
