@@ -11,8 +11,9 @@ wall time, user/system CPU and peak RSS from its wait4):
   followed by ``sync FILE``, as our pull fsyncs), ``--repeat`` interleaved rounds, medians, in the
   layout of issue 17's table, and the ratios its targets name;
 - the incremental fine-tuning checkpoint;
-- peak RSS of push, pull and ``watch`` (one checkpoint uploaded, then SIGTERM) at each of
-  ``--rss-sizes`` (e.g. ``1G,4G,16G``: 16 GiB needs ~35 GB of free disk and takes long);
+- peak RSS and speed of push, pull and ``watch`` (one checkpoint uploaded, then SIGTERM) at each of
+  ``--rss-sizes`` (e.g. ``1G,4G,16G``: 16 GiB needs ~35 GB of free disk and takes long), beside
+  rclone crypt and ``cp`` + ``sync`` of the same file up to ``--rss-peers-up-to``;
 - a DCP save per rank (bench/bench_dcp.py);
 - push/pull to moto's S3 server against plain parallel put_object/get_object of the same bytes in
   8 and 16 MiB parts (bench/bench_s3.py);
@@ -154,8 +155,10 @@ def section_local(work: Path, ckpt: Path, env: dict[str, str], repeat: int) -> d
     return out
 
 
-def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, float]:
-    """Push, pull and watch of one streamed checkpoint per size; at most ~2x the size on disk at once."""
+def section_rss(work: Path, sizes: list[int], env: dict[str, str], peers_up_to: int) -> dict[str, float]:
+    """Push, pull and watch of one streamed checkpoint per size; at most ~2x the size on disk at once.
+    Sizes up to ``peers_up_to`` also get rclone crypt's copy and copy back + sync, and cp + sync,
+    on the same file (3x the size on disk while they run)."""
     rows, peaks = [], {}
     for size in sizes:
         folder = work / f"rss-{size}"
@@ -165,6 +168,16 @@ def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, 
         watch = _watch_one(ckpt, folder / "repo-watch", env)
         shutil.rmtree(folder / "repo-watch", ignore_errors=True)
         push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(folder / "repo"), str(ckpt), env=env)
+        others: list[tuple[str, Measured]] = []
+        if nbytes <= peers_up_to:
+            for name, fn in (("rclone crypt", peers.rclone_crypt), (LIMIT, peers.copy_and_sync)):
+                scratch = folder / "peer"
+                scratch.mkdir()
+                result = fn(scratch, ckpt)
+                shutil.rmtree(scratch, ignore_errors=True)
+                if result is not None:
+                    others += [(f"{name}: {'copy' if name != LIMIT else 'there'}", result[0]),
+                               (f"{name}: {'copy back, + sync' if name != LIMIT else 'back'}", result[1])]  # fmt: skip
         shutil.rmtree(ckpt.parent, ignore_errors=True)  # the source goes before pull writes its copy
         pull = run_python(
             "-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(folder / "repo"), "--to", str(folder / "out"),
@@ -172,12 +185,13 @@ def section_rss(work: Path, sizes: list[int], env: dict[str, str]) -> dict[str, 
         )  # fmt: skip
         assert (folder / "out" / ckpt.name).stat().st_size == nbytes
         shutil.rmtree(folder, ignore_errors=True)
-        for verb, m in (("push", push), ("pull", pull), ("watch", watch)):
+        for verb, m in (("push", push), ("pull", pull), ("watch", watch), *others):
             seconds = m.stopped_at if verb == "watch" and m.stopped_at else m.seconds
-            rows.append((label, verb, f"{m.peak_mib:.0f}", f"{nbytes / MiB / seconds:.0f}", m.cpu_per_gib(nbytes)))
+            peak = "-" if verb.startswith(LIMIT) else f"{m.peak_mib:.0f}"
+            rows.append((label, verb, peak, f"{nbytes / MiB / seconds:.0f}", m.cpu_per_gib(nbytes)))
         peaks[label] = max(push.peak_mib or 0, pull.peak_mib or 0, watch.peak_mib or 0)
         print(f"  ({label}: done)", file=sys.stderr, flush=True)
-    print("\n## Peak RSS by checkpoint size (streamed torch.save: Linear layers + Adam moments)")
+    print("\n## Peak RSS and speed by checkpoint size (streamed torch.save: Linear layers + Adam moments)")
     print("watch: started on the folder, SIGTERM once it logged the commit; its MiB/s is to that line")
     print_table(rows, ("checkpoint", "verb", "peak RSS MiB", "MiB/s", "CPU s/GiB (user, sys)"))
     return peaks
@@ -211,6 +225,9 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="main checkpoint size (default 1G)")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds in the local section (default 5)")
     ap.add_argument("--rss-sizes", default="1G,4G", help="sizes for push/pull/watch peak RSS ('' skips; 16G: long)")
+    ap.add_argument(
+        "--rss-peers-up-to", default="4G", help="rclone crypt and cp + sync beside those sizes up to this (default 4G)"
+    )
     ap.add_argument("--dcp-size", default="1G", help="sharded state for the DCP save ('' skips)")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 sections (throughput and growth)")
     ap.add_argument("--s3-repeat", type=int, default=3, help="interleaved rounds in the S3 section (default 3)")
@@ -252,7 +269,8 @@ def main() -> None:
             summary.append(("incremental bytes sent / file size", f"{inc['share_sent']:.1%}", "<= 15%"))
         shutil.rmtree(work / "src", ignore_errors=True)
         if "rss" in only and args.rss_sizes:
-            for label, peak in section_rss(work, [parse_size(s) for s in args.rss_sizes.split(",")], env).items():
+            sizes = [parse_size(s) for s in args.rss_sizes.split(",")]
+            for label, peak in section_rss(work, sizes, env, parse_size(args.rss_peers_up_to)).items():
                 summary.append((f"peak RSS push/pull/watch, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
         if "dcp" in only and args.dcp_size:
             for name, growth in section_dcp(work, args.dcp_size, env).items():
