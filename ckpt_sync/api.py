@@ -21,7 +21,7 @@ from .locations import default_key_file, resolve_repo_url
 from .manifest import FileEntry, Manifest, RepositoryBinding
 from .providers import RetryPolicy, open_provider
 from .push import push_path
-from .repository import CONFIG_KEY, Repository
+from .repository import CONFIG_KEY, Repository, Settings
 from .repository import repair_config as _repair_config
 from .restore import find_manifest, stream_file
 from .restore import pull as _pull
@@ -35,17 +35,20 @@ def open_repository(
     key_file: str | os.PathLike[str] | None = None,
     keys: KeyRing | None = None,
     create: bool = False,
+    settings: Settings | None = None,
     retry: RetryPolicy | None = RetryPolicy(),
     cancel: threading.Event | None = None,
     **provider_options: Any,
 ) -> Repository:
     """Resolve URL and keys, build the provider and open the repository (checking the key first).
-    ``cancel`` ends the waits between retries (raising Cancelled)."""
+    ``settings`` (format version, padding, compression; repository.Settings) apply when it is
+    created, and are refused for an existing one that differs. ``cancel`` ends the waits between
+    retries (raising Cancelled)."""
     url = resolve_repo_url(repo)
     ring = keys or load_keyring(key_file)
     provider = open_provider(url, retry=retry, cancel=cancel, **provider_options)
     try:
-        return Repository.open(provider, ring, create=create)
+        return Repository.open(provider, ring, create=create, settings=settings)
     except BaseException:
         provider.close()
         raise
@@ -66,6 +69,7 @@ def init_repository(
     *,
     key_file: str | os.PathLike[str] | None = None,
     create_bucket: bool = False,
+    settings: Settings | None = None,
     retry: RetryPolicy | None = RetryPolicy(),
     **provider_options: Any,
 ) -> Initialised:
@@ -81,7 +85,8 @@ def init_repository(
         if not existed and not key_configured(key_file):
             made_key = write_key_file(default_key_file(), generate_key())
         ring = load_keyring(key_file)
-        return Initialised(Repository.open(provider, ring, create=True), not existed, bucket, made_key)
+        repository = Repository.open(provider, ring, create=True, settings=settings)
+        return Initialised(repository, not existed, bucket, made_key)
     except BaseException:
         provider.close()
         raise

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .crypto import token_size
 from .errors import UsageError
 from .locks import acquire_push_lock
 from .manifest import ChunkRef, Manifest
@@ -84,9 +83,11 @@ def copy_checkpoints(
         raise UsageError(f"copy needs two repositories; both are {src.url}")
     workers = workers or default_workers()
     report = CopyReport()
-    same_ids = src.id == dst.id  # one id key: chunk names carry over
-    # Any token the source can decrypt, the destination can too: stored objects are copied as they are.
-    same_keys = set(src.keys.fingerprints()) <= set(dst.keys.fingerprints())
+    # One id key and one id function: chunk names carry over.
+    same_ids = src.id == dst.id and src.format.version == dst.format.version
+    # Any token the source can decrypt, the destination can too, and it is encoded as the destination
+    # encodes (chunk_format.ChunkFormat.reusable_from): stored objects are copied as they are.
+    same_keys = set(src.keys.fingerprints()) <= set(dst.keys.fingerprints()) and dst.format.reusable_from(src.format)
     with acquire_push_lock(dst.provider):
         dst.forget_known_chunks()
         present = list(dst.manifests())
@@ -119,11 +120,11 @@ def _copy_chunk(
     progress: ProgressFn | None,
 ) -> ChunkRef:
     known = dst.known_chunks()
-    if same_ids and known.get(ref.id) == token_size(ref.size):  # already there: not even read
+    if same_ids and dst.format.size_ok(ref.size, known.get(ref.id)):  # already there: not even read
         if progress:
             progress(ref.size)
         return ref
-    token = src.provider.get(chunk_key(ref.id))
+    token = src.provider.get(chunk_key(ref.id), 0, src.format.max_token_size(ref.size) + 1)
     plain = src.open_token(ref, token)  # verified before anything is written
     if same_keys:
         new = ChunkRef(ref.id if same_ids else dst.chunk_id(plain), ref.size)

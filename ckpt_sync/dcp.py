@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import os
 import pickle
@@ -55,8 +54,8 @@ from torch.futures import Future
 from .buffers import BufferPool
 from .chunking import ChunkPolicy
 from .contents import ChunkMap
-from .crypto import token_size
 from .errors import IntegrityError, OperationFailed, UsageError
+from .file_digest import FileHasher
 from .locks import Lock, acquire_push_lock
 from .manifest import ChunkRef, FileEntry, Manifest
 from .pipeline import default_workers
@@ -126,11 +125,11 @@ class _ChunkSink(io.RawIOBase):
         self.stats = stats
         self.window = workers + 2
         self._inputs = BufferPool(self.window + 1, policy.chunk_size)
-        self._tokens = BufferPool(workers, token_size(policy.chunk_size))
+        self._tokens = BufferPool(workers, repo.format.max_token_size(policy.chunk_size))
         self._buf: bytearray | None = None
         self._fill = 0
         self._pos = 0
-        self._sha = hashlib.sha256()
+        self._sha = repo.file_hasher()
         self._pending: deque[PoolFuture[tuple[ChunkRef, int]]] = deque()
         self._refs: list[ChunkRef] = []
 
@@ -192,7 +191,10 @@ class _ChunkSink(io.RawIOBase):
         while self._pending:
             self._collect(self._pending.popleft())
         self.stats.files += 1
-        return FileEntry(self.path, self._pos, self._sha.hexdigest(), tuple(self._refs))
+        digests = self._sha.hexdigests()
+        return FileEntry(
+            self.path, self._pos, digests.get("sha256"), tuple(self._refs), blake3=digests.get("blake3")
+        )
 
     def abandon(self) -> None:
         """Stop after an error: cancel what has not started, let running stores finish."""
@@ -457,7 +459,9 @@ class Reader(StorageReader):
         if meta_entry is None:
             raise UsageError(f"checkpoint {self.manifest.name} ({self.manifest.id}) is not a DCP checkpoint")
         blob = self._read_range(meta_entry, 0, meta_entry.entry.size)
-        if hashlib.sha256(blob).hexdigest() != meta_entry.entry.sha256:
+        check = FileHasher.checking(meta_entry.entry)
+        check.update(blob)
+        if not check.matches(meta_entry.entry):
             raise IntegrityError(f"{self.manifest.name}/{METADATA_FILE}: whole-file hash mismatch")
         # An authenticated object of this repository (Fernet HMAC, chunk ids): as trusted as the
         # .metadata FileSystemReader unpickles from local disk.
@@ -552,7 +556,7 @@ class Reader(StorageReader):
             with ThreadPoolExecutor(min(self.workers, len(todo)), thread_name_prefix="ckpt-dcp") as pool:
                 for ref, plain in pool.map(fetch, todo):
                     self.stats.chunks += 1
-                    self.stats.bytes_sent += token_size(ref.size)
+                    self.stats.bytes_sent += repo.format.max_token_size(ref.size)
                     if plain is not None:
                         fetched = {ref.id: plain}
         if last is not None:

@@ -85,7 +85,7 @@ class CkptSyncFileSystem(AbstractFileSystem):
         seen: dict[str, dict[str, Any]] = {}
         for f in manifest.files:
             if f.path == inner:
-                return [{"name": base, "size": f.size, "type": "file", "sha256": f.sha256}]
+                return [{"name": base, "size": f.size, "type": "file", "sha256": f.sha256, "blake3": f.blake3}]
             if not f.path.startswith(prefix):
                 continue
             head, sep, _ = f.path[len(prefix) :].partition("/")
@@ -94,7 +94,7 @@ class CkptSyncFileSystem(AbstractFileSystem):
                 d = seen.setdefault(name, {"name": name, "size": 0, "type": "directory"})
                 d["size"] += f.size
             else:
-                seen[name] = {"name": name, "size": f.size, "type": "file", "sha256": f.sha256}
+                seen[name] = {"name": name, "size": f.size, "type": "file", "sha256": f.sha256, "blake3": f.blake3}
         if not seen:
             raise FileNotFoundError(f"ckptsync://{base}: no such file in checkpoint {manifest.name} ({manifest.id})")
         return sorted(seen.values(), key=lambda e: e["name"])
@@ -108,7 +108,7 @@ class CkptSyncFileSystem(AbstractFileSystem):
             return {"name": name, "size": manifest.size, "type": "directory", "checkpoint": manifest.name}
         for f in manifest.files:
             if f.path == inner:
-                return {"name": name, "size": f.size, "type": "file", "sha256": f.sha256}
+                return {"name": name, "size": f.size, "type": "file", "sha256": f.sha256, "blake3": f.blake3}
         if any(f.path.startswith(f"{inner}/") for f in manifest.files):
             size = sum(f.size for f in manifest.files if f.path.startswith(f"{inner}/"))
             return {"name": name, "size": size, "type": "directory"}

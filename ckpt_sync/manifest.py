@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from .chunk_format import COMPRESSIONS, PAD_SCHEMES
+from .chunk_format import VERSIONS as CHUNK_VERSIONS
 from .chunking import MAX_CHUNK_SIZE
 from .errors import IntegrityError
 from .ordering import Position
@@ -69,19 +71,28 @@ class ChunkRef:
 class FileEntry:
     path: str  # relative POSIX path inside the checkpoint
     size: int
-    sha256: str
+    sha256: str | None  # always in format-1 repositories; in format 2 only when asked for (push --sha256)
     chunks: tuple[ChunkRef, ...]
     mtime_ns: int | None = None  # the source file's modification time (restored by pull)
     mode: int | None = None  # the source file's permission bits (0o777 part); None in older manifests
+    blake3: str | None = None  # BLAKE3-256 of the file (format 2); at least one of the two is present
+
+    @property
+    def digest(self) -> tuple[str, str]:
+        """The whole-file hash readers check: (algorithm, hex), BLAKE3 when recorded (cheaper)."""
+        if self.blake3 is not None:
+            return "blake3", self.blake3
+        assert self.sha256 is not None
+        return "sha256", self.sha256
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "path": self.path,
-            "size": self.size,
-            "sha256": self.sha256,
-            "mtime_ns": self.mtime_ns,
-            "chunks": [[c.id, c.size] for c in self.chunks],
-        }
+        out: dict[str, Any] = {"path": self.path, "size": self.size}
+        if self.sha256 is not None:
+            out["sha256"] = self.sha256
+        if self.blake3 is not None:
+            out["blake3"] = self.blake3
+        out["mtime_ns"] = self.mtime_ns
+        out["chunks"] = [[c.id, c.size] for c in self.chunks]
         if self.mode is not None:
             out["mode"] = self.mode
         return out
@@ -95,9 +106,9 @@ class FileEntry:
         if problem:
             raise IntegrityError(f"unsafe path in manifest: {path!r} ({problem})")
         size = _int(d.get("size"), f"size of {path!r}")
-        sha = d.get("sha256")
-        if not isinstance(sha, str) or not _HEX64.match(sha):
-            raise IntegrityError(f"file {path!r}: sha256 is not 64 hex digits")
+        sha, b3 = (_optional(d.get(k), _hex64, f"{k} of {path!r}") for k in ("sha256", "blake3"))
+        if sha is None and b3 is None:
+            raise IntegrityError(f"file {path!r} has no whole-file hash (sha256 or blake3)")
         raw_chunks = d.get("chunks")
         if not isinstance(raw_chunks, list):
             raise IntegrityError(f"file {path!r}: chunks is not a list")
@@ -113,7 +124,7 @@ class FileEntry:
             chunks.append(ChunkRef(c[0], csize))
         mtime = _optional(d.get("mtime_ns"), _int, f"mtime_ns of {path!r}")
         mode = _optional(d.get("mode"), _int, f"mode of {path!r}")
-        entry = cls(path, size, sha, tuple(chunks), mtime, mode & 0o777 if mode is not None else None)
+        entry = cls(path, size, sha, tuple(chunks), mtime, mode & 0o777 if mode is not None else None, b3)
         if sum(c.size for c in chunks) != entry.size:
             raise IntegrityError(f"manifest entry {entry.path!r}: chunk sizes do not add up to the file size")
         return entry
@@ -132,9 +143,19 @@ class RepositoryBinding:
     id_key: str
     created: float
     pad: int = 0
+    version: int = 1  # the repository's format version (chunk_format.py); absent in format-1 manifests
+    compression: str | None = None
+    sha256: bool = False  # format 2: pushes record each file's SHA-256 too
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "id_key": self.id_key, "created": self.created, "pad": self.pad}
+        out: dict[str, Any] = {"id": self.id, "id_key": self.id_key, "created": self.created, "pad": self.pad}
+        if self.version != 1:
+            out["version"] = self.version
+        if self.compression is not None:
+            out["compression"] = self.compression
+        if self.sha256:
+            out["sha256"] = True
+        return out
 
     @classmethod
     def from_json(cls, d: Any) -> RepositoryBinding:
@@ -144,8 +165,14 @@ class RepositoryBinding:
             raise IntegrityError("repository id is not 16 hex digits")
         if not isinstance(key, str) or len(key) != 44:
             raise IntegrityError("repository id_key is not a base64 32-byte key")
-        pad = _int(d.get("pad", 0), "repository pad")
-        return cls(rid, key, _time(d.get("created"), "repository created"), pad)
+        pad, version = _int(d.get("pad", 0), "repository pad"), _int(d.get("version", 1), "repository version")
+        compression = _optional(d.get("compression"), _text, "repository compression")
+        if version not in CHUNK_VERSIONS or pad not in PAD_SCHEMES or compression not in COMPRESSIONS:
+            raise IntegrityError(f"repository format {version}/{pad}/{compression} is unknown")
+        sha = d.get("sha256", False)
+        if type(sha) is not bool:
+            raise IntegrityError("repository sha256 is not true or false")
+        return cls(rid, key, _time(d.get("created"), "repository created"), pad, version, compression, sha)
 
 
 @dataclass(frozen=True)
@@ -197,7 +224,7 @@ class Manifest:
             self.name == other.name
             and self.kind == other.kind
             and sorted(self.tags) == sorted(other.tags)
-            and [(f.path, f.size, f.sha256) for f in self.files] == [(f.path, f.size, f.sha256) for f in other.files]
+            and [(f.path, f.size, f.digest) for f in self.files] == [(f.path, f.size, f.digest) for f in other.files]
         )
 
     def chunk_ids(self) -> set[str]:
@@ -339,6 +366,12 @@ def _manifest_id(v: Any, what: str) -> str:
 def _text(v: Any, what: str, *, limit: int = MAX_TEXT) -> str:
     if not isinstance(v, str) or len(v) > limit:
         raise IntegrityError(f"{what} is not a string of at most {limit} characters")
+    return v
+
+
+def _hex64(v: Any, what: str) -> str:
+    if not isinstance(v, str) or not _HEX64.match(v):
+        raise IntegrityError(f"{what} is not 64 hex digits")
     return v
 
 

@@ -15,7 +15,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from .crypto import token_size
 from .defaults import DEFAULT_GRACE
 from .errors import UsageError
 from .locks import live_push_locks, try_acquire_prune_lock
@@ -134,7 +133,7 @@ def _drop_manifests(
     stored = {cid: info.size for cid, info in chunks.items()}
     ordered = newest(manifests.values())
     for m in [m for m in ordered if m.role == RESUMABLE] or ordered:
-        if all(stored.get(r.id) == token_size(r.size) for f in m.files for r in f.chunks):
+        if all(repo.format.size_ok(r.size, stored.get(r.id)) for f in m.files for r in f.chunks):
             doomed.discard(m.id)
             break
     report.kept = [m.id for m in ordered if m.id not in doomed]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -15,7 +14,6 @@ from typing import Any
 from .buffers import BufferPool
 from .checkpoint_files import FileState, folder_files
 from .chunking import ChunkPolicy, plan_chunks
-from .crypto import token_size
 from .errors import Cancelled, OperationFailed, UsageError
 from .locks import acquire_push_lock
 from .manifest import (
@@ -93,7 +91,7 @@ def push_file(
     at most (window + 1 + workers) x chunk size whatever the file's size.
     """
     inputs = BufferPool(window + 1, policy.chunk_size)
-    tokens = BufferPool(workers, token_size(policy.chunk_size))  # one per running store
+    tokens = BufferPool(workers, repo.format.max_token_size(policy.chunk_size))  # one per running store
 
     def read(fd: int, spans: list[tuple[int, int]], sha: Any) -> Iterator[tuple[bytearray, memoryview]]:
         for off, length in spans:
@@ -120,7 +118,7 @@ def push_file(
         before = os.fstat(f.fileno())
         state = FileState.of(before)
         spans = plan_chunks(f, before.st_size, policy)
-        sha = hashlib.sha256()
+        sha = repo.file_hasher()
         refs: list[ChunkRef] = []
         for ref, sent in ordered_map(pool, store, read(f.fileno(), spans, sha), window):
             refs.append(ref)
@@ -136,8 +134,10 @@ def push_file(
     if state.changed_to(after):
         raise OperationFailed(f"{path} changed while it was being read; push it again once it is fully written")
     stats.files += 1
+    digests = sha.hexdigests()
+    mode = stat.S_IMODE(before.st_mode) & 0o777
     return FileEntry(
-        rel, before.st_size, sha.hexdigest(), tuple(refs), before.st_mtime_ns, stat.S_IMODE(before.st_mode) & 0o777
+        rel, before.st_size, digests.get("sha256"), tuple(refs), before.st_mtime_ns, mode, digests.get("blake3")
     )
 
 

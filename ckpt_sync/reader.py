@@ -14,7 +14,6 @@ was already authenticated with its chunk, so the hash is a second line of defenc
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import os
@@ -23,8 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .contents import ChunkMap
-from .crypto import token_size
 from .errors import IntegrityError, UsageError
+from .file_digest import FileHasher
 from .manifest import FileEntry, Manifest
 from .repository import Repository
 
@@ -71,15 +70,15 @@ class CheckpointFile(io.RawIOBase):
         # So memory stays within cache_bytes (at least 4 chunks), whatever the file's size.
         self._parallel = max(1, min(workers, cache_bytes // (4 * biggest)))
         self._slots = max(1, cache_bytes // biggest - 3 * self._parallel)
-        self._buffer_size = token_size(biggest)
+        self._buffer_size = repo.format.max_token_size(biggest)
         self._free: list[bytearray] = []
         self._made = 0
         self._cache: OrderedDict[int, tuple[bytearray, memoryview]] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
-        self._sha = hashlib.sha256()
+        self._sha = FileHasher.checking(entry)
         self._hashed = 0  # chunks hashed so far, in file order
         self._furthest = -1  # the highest chunk index read so far
-        self.verified = not entry.chunks and hashlib.sha256().hexdigest() == entry.sha256
+        self.verified = not entry.chunks and self._sha.matches(entry)
         self.error: IntegrityError | None = None
 
     # --- io.RawIOBase ----------------------------------------------------------------------------
@@ -227,7 +226,7 @@ class CheckpointFile(io.RawIOBase):
                 self._sha.update(self.repo.load_chunk(chunks[self._hashed]))
             self._hashed += 1
         if not self.verified:
-            if self._sha.hexdigest() != self.entry.sha256:
+            if not self._sha.matches(self.entry):
                 raise IntegrityError(f"{self.entry.path}: whole-file hash mismatch")
             self.verified = True
 

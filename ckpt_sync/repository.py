@@ -2,9 +2,9 @@
 
 Layout (docs/FORMAT.md)::
 
-    config                 plaintext JSON: format version, and the chunk-id key wrapped per key
+    config                 plaintext JSON: format version, chunk encoding, the chunk-id key wrapped per key
     keys/<fingerprint>     the chunk-id key wrapped for a key added later (rotation; put-if-absent)
-    chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = HMAC-SHA256(id_key, plaintext)
+    chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = keyed hash of its plaintext (chunk_format.py)
     manifests/<mid>        binary Fernet token of one manifest's JSON; mid is time-sortable
 
 A checkpoint exists iff its manifest exists; manifests are written last and never overwrite.
@@ -30,10 +30,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from cryptography.fernet import InvalidToken
 
-from .crypto import KeyRing, token_size
+from .chunk_format import COMPRESSIONS, PAD_SCHEMES, ChunkFormat, ChunkMismatch
+from .chunk_format import VERSIONS as CHUNK_VERSIONS
+from .crypto import KeyRing
 from .errors import (
     CkptSyncError,
     ConfigError,
@@ -42,7 +45,9 @@ from .errors import (
     MissingKeyError,
     NotFound,
     OperationFailed,
+    UsageError,
 )
+from .file_digest import FileHasher
 from .locations import cache_home
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding, parse_manifest
 from .manifest_cache import ManifestCache
@@ -51,8 +56,9 @@ from .providers.base import ObjectInfo, read_into
 from .seen import remember
 
 FORMAT_NAME = "ckpt-sync"
-FORMAT_VERSION = 1  # what this version writes
-READABLE_FORMAT_VERSIONS = frozenset({1})  # what it reads: the one home of the config version check
+FORMAT_VERSION = 2  # what a new repository uses (format 1 repositories stay readable and writable)
+READABLE_FORMAT_VERSIONS = frozenset(CHUNK_VERSIONS)  # what it reads: the one home of the config version check
+CHUNK_IDS = {1: "hmac-sha256", 2: "blake3-keyed"}
 CONFIG_KEY = "config"
 KEYS = "keys/"
 CHUNKS = "chunks/"
@@ -134,8 +140,8 @@ def parse_config(raw: bytes, url: str) -> dict:
     created = config.get("created", 0.0)
     if type(created) not in (int, float) or not math.isfinite(created) or created < 0:
         raise damaged(f"created {created!r} is not a time")
-    if config.get("chunk_id", "hmac-sha256") != "hmac-sha256":
-        raise damaged(f"unknown chunk_id {config.get('chunk_id')!r}")
+    if config.get("chunk_id", CHUNK_IDS[version]) != CHUNK_IDS[version]:
+        raise damaged(f"chunk_id {config.get('chunk_id')!r} is not format {version}'s")
     keys = config.get("keys")
     if not isinstance(keys, dict):
         raise damaged("keys is not an object")
@@ -143,9 +149,51 @@ def parse_config(raw: bytes, url: str) -> dict:
         if not _FINGERPRINT.match(fp) or not isinstance(token, str) or len(token) > MAX_KEY_ENTRY_BYTES:
             raise damaged("a key entry is not <32 hex digits>: <Fernet token>")
     pad = config.get("pad", 0)
-    if type(pad) is not int or pad < 0:
-        raise damaged(f"pad {pad!r} is not a size")
+    if type(pad) is not int or pad not in PAD_SCHEMES:
+        raise damaged(f"pad {pad!r} is not a padding scheme ({', '.join(map(str, PAD_SCHEMES))})")
+    if config.get("compression") not in COMPRESSIONS:
+        raise damaged(f"compression {config.get('compression')!r} is not one of none, zstd")
+    if type(config.get("sha256", False)) is not bool:
+        raise damaged(f"sha256 {config.get('sha256')!r} is not true or false")
     return config
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a repository fixes when it is created (docs/FORMAT.md): its format version and chunk
+    encoding (chunk_format.py), and whether pushes also record each file's SHA-256 (format 1 always
+    does). A field left None was not chosen: the default at creation, anything for one that exists."""
+
+    version: int | None = None
+    pad: int | None = None
+    compression: str | None = None  # "zstd", or "none" when chosen off; None: not chosen
+    sha256: bool | None = None
+
+    @classmethod
+    def of_config(cls, config: dict) -> Settings:
+        version = int(config["version"])
+        sha = version == 1 or bool(config.get("sha256", False))
+        return cls(version, int(config.get("pad", 0)), config.get("compression") or "none", sha)
+
+    def resolved(self) -> Settings:
+        version = FORMAT_VERSION if self.version is None else self.version
+        return Settings(version, self.pad or 0, self.compression or "none", version == 1 or bool(self.sha256))
+
+    def conflicts(self, existing: Settings) -> list[str]:
+        """The chosen fields that differ from ``existing``'s."""
+        mine = dataclasses.asdict(self)
+        theirs = dataclasses.asdict(existing)
+        return [k for k, v in mine.items() if v is not None and v != theirs[k]]
+
+    def describe(self, fields: Iterable[str] | None = None) -> str:
+        values = dataclasses.asdict(self)
+        shown = {
+            "version": lambda v: f"format {v}",
+            "pad": lambda v: "padding" if v else "no padding",
+            "compression": lambda v: "no compression" if v == "none" else f"{v} compression",
+            "sha256": lambda v: "SHA-256 file hashes" if v else "no SHA-256 file hashes",
+        }
+        return ", ".join(shown[k](values[k]) for k in (fields or values) if values[k] is not None)
 
 
 class _NotANumber(ValueError):
@@ -163,6 +211,7 @@ class Repository:
         self.url = provider.url
         self.config = config
         self._id_key = id_key
+        self.format = ChunkFormat.of_config(config, id_key)
         self._known: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
@@ -176,8 +225,13 @@ class Repository:
     # --- opening ---------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, provider: Provider, keys: KeyRing, *, create: bool = False) -> Repository:
+    def open(
+        cls, provider: Provider, keys: KeyRing, *, create: bool = False, settings: Settings | None = None
+    ) -> Repository:
         """Open (or with ``create``, initialise) the repository and check the key before touching data.
+
+        ``settings`` are used when this call creates the repository; given for one that exists and
+        differing from its own, they raise UsageError (they are fixed at creation).
 
         Raises ConfigError when there is no repository and ``create`` is false, when the config is
         missing from a prefix that holds data (it is never re-initialised: a new id key would orphan
@@ -194,10 +248,16 @@ class Repository:
                     f"no ckpt-sync repository at {provider.url}: check the URL (nothing was pushed there yet)"
                 ) from None
             provider.check()
-            raw = cls._initialise(provider, keys)
+            raw = cls._initialise(provider, keys, (settings or Settings()).resolved())
         config = parse_config(raw, provider.url)
         id_key = cls._find_id_key(provider, keys, config)
         repo = cls(provider, keys, id_key, config)
+        differ = settings.conflicts(repo.settings) if settings is not None else []
+        if differ:
+            raise UsageError(
+                f"the repository at {provider.url} already exists with {repo.settings.describe(differ)}: "
+                f"{settings.describe(differ)} can only be chosen when a repository is created (use a new one)"
+            )
         if create and keys.fingerprints()[0] not in repo.key_entries(config):
             repo._add_primary_key()
         return repo
@@ -256,9 +316,9 @@ class Repository:
         return set(self.key_entries()) <= set(self.keys.fingerprints())
 
     @staticmethod
-    def _initialise(provider: Provider, keys: KeyRing) -> bytes:
+    def _initialise(provider: Provider, keys: KeyRing, settings: Settings) -> bytes:
         id_key = os.urandom(32)
-        raw = json.dumps(_new_config(keys, id_key, time.time()), indent=1).encode()
+        raw = json.dumps(_new_config(keys, id_key, time.time(), settings), indent=1).encode()
         provider.put_if_absent(CONFIG_KEY, raw)
         # Read back even when we "won": on a store whose create-if-absent is not atomic two first
         # writers could both succeed, and only the config that stayed may be used.
@@ -289,17 +349,31 @@ class Repository:
 
     def binding(self) -> RepositoryBinding:
         """What every manifest this repository commits carries: its id, and the config's backup."""
+        s = self.settings
         return RepositoryBinding(
             self.id,
             base64.urlsafe_b64encode(self._id_key).decode("ascii"),
             float(self.config.get("created", 0.0)),
-            int(self.config.get("pad", 0)),
+            s.pad or 0,
+            s.version or FORMAT_VERSION,
+            None if s.compression == "none" else s.compression,
+            bool(s.sha256) and s.version != 1,
         )
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.of_config(self.config)
+
+    def file_hasher(self) -> FileHasher:
+        """What a push hashes each file with (file_digest.py): SHA-256 in format 1; BLAKE3 in format
+        2, and SHA-256 too when the repository was created with ``sha256``."""
+        s = self.settings
+        return FileHasher(("sha256",) if s.version == 1 else ("blake3", "sha256") if s.sha256 else ("blake3",))
 
     # --- chunks ----------------------------------------------------------------------------------
 
     def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> str:
-        return hmac.digest(self._id_key, plaintext, "sha256").hex()
+        return self.format.chunk_id(plaintext)
 
     def list_chunks(self) -> dict[str, int]:
         """Stored chunk ids and their object sizes."""
@@ -327,25 +401,28 @@ class Repository:
     ) -> tuple[ChunkRef, int]:
         """Encrypt and upload unless already stored. Returns the ref and the bytes sent (0 if deduplicated).
 
-        A stored object counts only with exactly the expected size: one cut short (a power loss
-        before the commit barrier, a truncating store) is replaced, never trusted. ``scratch`` is a
-        reusable buffer for the token (see buffers.py).
+        A stored object counts only with a size it can have (``ChunkFormat.size_ok``: exact, unless
+        the repository compresses): one cut short (a power loss before the commit barrier, a
+        truncating store) is replaced, never trusted. ``scratch`` is a reusable buffer for the token
+        (see buffers.py).
         """
         cid = self.chunk_id(plaintext)
         ref = ChunkRef(cid, len(plaintext))
-        expected = token_size(len(plaintext))
         known = self.known_chunks()
         with self._lock:
-            if known.get(cid) == expected:
+            if self.format.size_ok(ref.size, known.get(cid)):
                 return ref, 0
-            known[cid] = expected  # claimed: a duplicate chunk in flight elsewhere in this push is skipped
+            # claimed: a duplicate chunk in flight elsewhere in this push is skipped
+            known[cid] = self.format.max_token_size(ref.size)
         try:
-            token = self.keys.encrypt(plaintext, out=scratch)
+            token = self.format.seal(self.keys, plaintext, cid, out=scratch)
             self.provider.put(chunk_key(cid), token)
         except BaseException:
             with self._lock:
                 known.pop(cid, None)
             raise
+        with self._lock:
+            known[cid] = len(token)
         return ref, len(token)
 
     def load_chunk(
@@ -357,25 +434,22 @@ class Repository:
         The read is bounded by the expected token size (the store is not trusted): an oversized
         object is refused without ever being held in memory."""
         key = chunk_key(ref.id)
-        expected = token_size(ref.size)
-        bounded = self.provider.get(key, 0, expected + 1) if scratch is None else None
+        bound = self.format.max_token_size(ref.size)
+        bounded = self.provider.get(key, 0, bound + 1) if scratch is None else None
         token = bounded if scratch is None else read_into(self.provider, key, scratch)
         return self.open_token(ref, token, out=out)
 
     def open_token(
         self, ref: ChunkRef, token: bytes | bytearray | memoryview | None, *, out: bytearray | None = None
     ) -> bytearray | memoryview:
-        """Check a chunk's stored token (its size, authentication, and its plaintext against the id)
-        and return the plaintext; raises IntegrityError. ``load_chunk`` is fetch + this."""
-        if token is None or len(token) != token_size(ref.size):
-            raise IntegrityError(f"chunk {ref.id[:16]} has the wrong size (truncated or replaced)")
+        """Check a chunk's stored token (its size, authentication, that it is the chunk its id names)
+        and return the plaintext (chunk_format.py); raises IntegrityError. ``load_chunk`` is fetch + this."""
         try:
-            plain = self.keys.decrypt(token, out=out)
+            return self.format.open(self.keys, ref.id, ref.size, token if token is not None else b"", out=out)
+        except ChunkMismatch as err:
+            raise IntegrityError(f"chunk {ref.id[:16]} {err}") from None
         except IntegrityError as err:
             raise IntegrityError(f"chunk {ref.id[:16]} {self._unreadable_because(err)}") from None
-        if len(plain) != ref.size or not hmac.compare_digest(self.chunk_id(plain), ref.id):
-            raise IntegrityError(f"chunk {ref.id[:16]} does not match its id (swapped or substituted object)")
-        return plain
 
     def _unreadable_because(self, err: IntegrityError) -> str:
         """Why a chunk fails to decrypt. The key already opened the repository, so when the ring holds
@@ -393,7 +467,7 @@ class Repository:
     def missing_chunks(self, refs: Iterable[ChunkRef]) -> list[str]:
         """Ids among ``refs`` with no stored object of the right size (fresh listing)."""
         stored = self.list_chunks()
-        return sorted({r.id for r in refs if stored.get(r.id) != token_size(r.size)})
+        return sorted({r.id for r in refs if not self.format.size_ok(r.size, stored.get(r.id))})
 
     # --- manifests -------------------------------------------------------------------------------
 
@@ -552,17 +626,27 @@ class Repository:
         return manifest
 
 
-def _new_config(keys: KeyRing, id_key: bytes, created: float, pad: int = 0) -> dict:
-    config = {
+def _new_config(keys: KeyRing, id_key: bytes, created: float, settings: Settings) -> dict:
+    s = settings.resolved()
+    assert s.version is not None
+    config: dict = {
         "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
+        "version": s.version,
         "created": created,
-        "chunk_id": "hmac-sha256",
+        "chunk_id": CHUNK_IDS[s.version],
         "keys": {fp: keys.fernet(fp).encrypt(id_key).decode("ascii") for fp in keys.fingerprints()[:1]},
     }
-    if pad:
-        config["pad"] = pad
+    if s.pad:
+        config["pad"] = s.pad
+    if s.compression != "none":
+        config["compression"] = s.compression
+    if s.version != 1 and s.sha256:
+        config["sha256"] = True
     return config
+
+
+def _settings_of(binding: RepositoryBinding) -> Settings:
+    return Settings(binding.version, binding.pad, binding.compression or "none", binding.sha256)
 
 
 def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding, int]:
@@ -608,9 +692,10 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
         if len(id_key) != 32 or repository_id(id_key) != binding.id:
             continue
         ref = sample.get(binding)
-        if ref is not None and not _chunk_matches(provider, keys, id_key, ref):
+        fmt = ChunkFormat(binding.version, id_key, binding.pad, binding.compression)
+        if ref is not None and not _chunk_matches(provider, keys, fmt, ref):
             continue
-        new = json.dumps(_new_config(keys, id_key, binding.created, binding.pad), indent=1).encode()
+        new = json.dumps(_new_config(keys, id_key, binding.created, _settings_of(binding)), indent=1).encode()
         if present:
             provider.put(CONFIG_KEY, new)
         elif not provider.put_if_absent(CONFIG_KEY, new):
@@ -622,13 +707,14 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
     )
 
 
-def _chunk_matches(provider: Provider, keys: KeyRing, id_key: bytes, ref: ChunkRef) -> bool:
+def _chunk_matches(provider: Provider, keys: KeyRing, fmt: ChunkFormat, ref: ChunkRef) -> bool:
+    """Whether a stored chunk opens with ``fmt`` (a candidate id key) and hashes to its id under it."""
     try:
-        token = provider.get(chunk_key(ref.id), 0, token_size(ref.size) + 1)
-        plain = keys.decrypt(token) if len(token) == token_size(ref.size) else b""
+        token = provider.get(chunk_key(ref.id), 0, fmt.max_token_size(ref.size) + 1)
+        plain = fmt.open(keys, ref.id, ref.size, token)
     except (IntegrityError, NotFound):
         return False
-    return hmac.compare_digest(hmac.digest(id_key, plain, "sha256").hex(), ref.id)
+    return hmac.compare_digest(fmt.chunk_id(plain), ref.id)
 
 
 def hostname() -> str:

@@ -12,7 +12,6 @@ crashed pull left in the same folder (its owner dead on this host, or older than
 from __future__ import annotations
 
 import errno
-import hashlib
 import itertools
 import os
 import re
@@ -26,7 +25,6 @@ from typing import BinaryIO
 
 from .buffers import BufferPool
 from .contents import file_entry, select_files
-from .crypto import token_size
 from .errors import (
     Cancelled,
     CkptSyncError,
@@ -40,6 +38,7 @@ from .errors import (
     TransientStorageError,
     UsageError,
 )
+from .file_digest import FileHasher, file_matches
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .owners import WRITER_TAG, writer_alive, writer_tag
 from .pipeline import default_workers, ordered_map
@@ -120,13 +119,13 @@ def read_verified(
     Raises IntegrityError (or NotFound) for any chunk or hash mismatch.
     """
     if not entry.chunks:
-        if hashlib.sha256().hexdigest() != entry.sha256:
+        if not FileHasher.checking(entry).matches(entry):
             raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
         return
     offsets = itertools.accumulate((c.size for c in entry.chunks), initial=0)
     # Tokens and plaintexts go into reusable buffers: each pending chunk holds a plaintext, this
     # thread one more, and each running fetch a token until it is decrypted.
-    size = token_size(max(c.size for c in entry.chunks))
+    size = repo.format.max_token_size(max(c.size for c in entry.chunks))
     plains = BufferPool(window + 1, size)
     tokens = BufferPool(window, size)
 
@@ -140,7 +139,7 @@ def read_verified(
         finally:
             tokens.release(scratch)
 
-    sha = hashlib.sha256()
+    sha = FileHasher.checking(entry)
     # One writer, in order, in slices: workers writing one file in parallel spin on its lock, and a
     # slice just hashed is still in the CPU's cache when it is copied into the page cache.
     for (buf, plain), offset in zip(ordered_map(pool, fetch, entry.chunks, window), offsets, strict=False):
@@ -154,7 +153,7 @@ def read_verified(
         if progress:
             progress(len(plain))
         plains.release(buf)
-    if sha.hexdigest() != entry.sha256:
+    if not sha.matches(entry):
         raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
 
 
@@ -290,7 +289,7 @@ def _existing(manifest: Manifest, finals: dict[str, Path], root: Path | None, ov
         final = finals[entry.path]
         if not final.is_file() or final.is_symlink():
             continue
-        if final.stat().st_size == entry.size and _sha256_of(final) == entry.sha256:
+        if file_matches(final, entry):
             identical.add(entry.path)
         elif not overwrite:
             raise UsageError(
@@ -305,14 +304,6 @@ def _existing(manifest: Manifest, finals: dict[str, Path], root: Path | None, ov
                 f"{stale[0].relative_to(root)}; pass --overwrite to replace that folder's content"
             )
     return identical
-
-
-def _sha256_of(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            sha.update(block)
-    return sha.hexdigest()
 
 
 def _remove_stale(root: Path, keep: set[Path]) -> None:

@@ -14,7 +14,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .crypto import token_size
 from .errors import IntegrityError, MissingKeyError, NotFound, UsageError
 from .manifest import ChunkRef
 from .pipeline import default_workers, ordered_map
@@ -105,7 +104,7 @@ def verify(
                     have = stored.get(ref.id)
                     if have is None:
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} is missing")
-                    elif have != token_size(ref.size):
+                    elif not repo.format.size_ok(ref.size, have):
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} has the wrong size")
                     else:
                         users.setdefault(ref, []).append(result)

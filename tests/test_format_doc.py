@@ -1,4 +1,6 @@
-"""docs/FORMAT.md is enough to recover data: this test follows it with plain `cryptography` only.
+"""docs/FORMAT.md is enough to recover data: this test follows it with plain `cryptography` (plus
+`zstandard` for compressed chunks and `blake3` for format-2 hashes) only, for every repository
+format and chunk encoding a user can choose.
 
 Deliberately imports nothing from ckpt_sync (the push runs as a separate process).
 """
@@ -12,13 +14,55 @@ import json
 import subprocess
 import sys
 
+import blake3
+import pytest
+import torch
+import zstandard
 from cryptography.fernet import Fernet
 
+HEADER = 25  # 0x80 | timestamp (8) | IV (16)
 
-def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir, torch_checkpoint):
-    ckpt = torch_checkpoint(tmp_path / "checkpoint_abc_5.pt", hidden=384)
+
+def _token_size(n: int) -> int:
+    return 57 + 16 * (n // 16 + 1)
+
+
+def _padme(n: int) -> int:
+    """FORMAT.md's padme(n), written from its text."""
+    m = max(n, 256)
+    e = m.bit_length() - 1
+    s = e.bit_length()
+    step = 2 ** (e - s)
+    return -(-m // step) * step
+
+
+def _checkpoint(path):
+    """A real torch.save with a model (floats), a compressible buffer and an incompressible one, so a
+    compressing repository stores both compressed and raw chunks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(384, 384), torch.nn.ReLU(), torch.nn.Linear(384, 384))
+    torch.save(
+        {
+            "model_state_dict": model.state_dict(),
+            "mask": torch.zeros(300_000),
+            "noise": torch.randint(0, 256, (400_000,), dtype=torch.uint8),
+            "global_step": 5,
+        },
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--format", "1"], [], ["--pad"], ["--compression", "zstd"], ["--pad", "--compression", "zstd", "--sha256"]],
+    ids=["v1", "v2", "v2-pad", "v2-zstd", "v2-pad-zstd-sha256"],
+)
+def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir, options):
+    ckpt = _checkpoint(tmp_path / "checkpoint_abc_5.pt")
     subprocess.run(
-        [sys.executable, "-m", "ckpt_sync.cli", "push", "--repo", str(repo_dir), str(ckpt), "--chunk-size", "128K"],
+        [sys.executable, "-m", "ckpt_sync.cli", "push", "--repo", str(repo_dir), str(ckpt), "--chunk-size", "128K"]
+        + options,
         check=True,
         capture_output=True,
     )
@@ -29,7 +73,11 @@ def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir,
         return fernet.decrypt(base64.urlsafe_b64encode((repo_dir / name).read_bytes()))
 
     config = json.loads((repo_dir / "config").read_text())
-    assert config["format"] == "ckpt-sync" and config["version"] == 1
+    version = config["version"]
+    assert config["format"] == "ckpt-sync" and version == (1 if "1" in options else 2)
+    assert config["chunk_id"] == {1: "hmac-sha256", 2: "blake3-keyed"}[version]
+    pad, compression = config.get("pad", 0), config.get("compression")
+    assert pad == (1 if "--pad" in options else 0) and compression == ("zstd" if "zstd" in options else None)
     raw_key = base64.urlsafe_b64decode(key)
     fingerprint = hmac.digest(raw_key, b"ckpt-sync key fingerprint v1", "sha256")[:16].hex()
     id_key = fernet.decrypt(config["keys"][fingerprint].encode())
@@ -39,16 +87,35 @@ def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir,
     assert manifest["version"] == 1 and manifest["id"] == names[-1]
     assert manifest["name"] == ckpt.name and manifest["global_step"] == 5
     (entry,) = manifest["files"]
-    assert len(entry["chunks"]) > 1
+    assert len(entry["chunks"]) > 3
 
-    pieces = []
+    pieces, kinds = [], set()
     for cid, size in entry["chunks"]:
         obj = (repo_dir / "chunks" / cid[:2] / cid).read_bytes()
-        assert len(obj) == 57 + 16 * (size // 16 + 1)
-        plain = read(f"chunks/{cid[:2]}/{cid}")
+        stored_size = _padme(size) if pad else size
+        stored = read(f"chunks/{cid[:2]}/{cid}")
+        assert len(obj) == _token_size(len(stored)) <= _token_size(stored_size)
+        if len(stored) == stored_size:
+            plain = stored[:size]
+            kinds.add("raw")
+        else:
+            assert compression == "zstd" and len(stored) < size
+            plain = zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
+            kinds.add("zstd")
         assert len(plain) == size
-        assert hmac.digest(id_key, plain, "sha256").hex() == cid
+        if version == 1:
+            assert hmac.digest(id_key, plain, "sha256").hex() == cid
+        else:
+            assert blake3.blake3(plain, key=id_key).hexdigest() == cid
+            iv = hmac.digest(id_key, b"ckpt-sync chunk iv v2" + bytes.fromhex(cid), "sha256")[:16]
+            assert obj[9:HEADER] == iv
         pieces.append(plain)
     data = b"".join(pieces)
-    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    assert kinds == ({"raw", "zstd"} if compression else {"raw"})
+    if version == 1 or "--sha256" in options:
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    else:
+        assert "sha256" not in entry
+    if version == 2:
+        assert blake3.blake3(data).hexdigest() == entry["blake3"]
     assert data == ckpt.read_bytes()

@@ -18,6 +18,7 @@ from ..errors import ConfigError, UsageError
 from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..redact import redact
+from ..repository import Settings
 from ..seen import rollback_warning
 from ..selection import ANY, Selection
 from .progress import ProgressLine
@@ -104,8 +105,61 @@ def provider_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def open_repository(args: argparse.Namespace, *, create: bool = False, cancel: threading.Event | None = None) -> Any:
     """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit;
-    ``cancel`` (SIGTERM) ends its retry waits."""
-    return _open_repository(args.repo, key_file=args.key_file, create=create, cancel=cancel, **provider_options(args))
+    ``cancel`` (SIGTERM) ends its retry waits. Verbs that create one pass the repository settings
+    the user chose (``add_repository_settings_options``)."""
+    return _open_repository(
+        args.repo,
+        key_file=args.key_file,
+        create=create,
+        settings=repository_settings(args),
+        cancel=cancel,
+        **provider_options(args),
+    )
+
+
+def add_repository_settings_options(p: argparse.ArgumentParser) -> None:
+    """What a new repository fixes at creation (docs/FORMAT.md); given for one that exists, each must
+    match it (a clear error otherwise)."""
+    g = p.add_argument_group("new repository settings (chosen once, when the repository is created)")
+    g.add_argument(
+        "--format",
+        dest="repo_format",
+        type=int,
+        choices=(1, 2),
+        help="repository format: 2 (the default: BLAKE3 chunk ids, IVs bound to chunk ids) or 1 (readable by "
+        "older ckpt-sync)",
+    )
+    g.add_argument(
+        "--pad",
+        dest="repo_pad",
+        action="store_const",
+        const=1,
+        help="pad chunks to size buckets so stored object sizes stop hinting at tensor sizes (~11%% more at most)",
+    )
+    g.add_argument(
+        "--compression",
+        dest="repo_compression",
+        choices=("none", "zstd"),
+        help="compress each chunk with zstd before encryption (chunks that do not shrink are stored as they are); "
+        "default none",
+    )
+    g.add_argument(
+        "--sha256",
+        dest="repo_sha256",
+        action="store_const",
+        const=True,
+        help="format 2: record each file's SHA-256 too (to compare with sha256sum); format 1 always does",
+    )
+
+
+def repository_settings(args: argparse.Namespace) -> Settings | None:
+    """The repository settings chosen on the command line, or None when none was."""
+    chosen = {k: getattr(args, f"repo_{k}", None) for k in ("format", "pad", "compression", "sha256")}
+    if all(v is None for v in chosen.values()):
+        return None
+    if chosen["format"] == 1 and chosen["sha256"]:
+        chosen["sha256"] = None  # format 1 always records it
+    return Settings(chosen["format"], chosen["pad"], chosen["compression"], chosen["sha256"])
 
 
 def warn_if_rolled_back(repo: Any) -> None:

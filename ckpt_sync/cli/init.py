@@ -7,7 +7,14 @@ import json
 
 from ..api import init_repository
 from ..errors import EXIT_OK
-from .common import add_json_option, add_repo_option, provider_options, say
+from .common import (
+    add_json_option,
+    add_repo_option,
+    add_repository_settings_options,
+    provider_options,
+    repository_settings,
+    say,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,6 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         action="store_true",
         help="first create the S3/GCS bucket or Azure container, where the credentials allow it",
     )
+    add_repository_settings_options(p)
     add_json_option(p)
     add_repo_option(p, "--to")
     p.set_defaults(func=run)
@@ -28,7 +36,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     done = init_repository(
-        args.repo, key_file=args.key_file, create_bucket=args.create_bucket, **provider_options(args)
+        args.repo,
+        key_file=args.key_file,
+        create_bucket=args.create_bucket,
+        settings=repository_settings(args),
+        **provider_options(args),
     )
     repo = done.repository
     try:
@@ -40,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
                         "repository": repo.url,
                         "id": repo.id,
                         "key_fingerprint": fingerprint,
+                        "format": repo.settings.version,
+                        "pad": repo.settings.pad,
+                        "compression": repo.settings.compression,
+                        "sha256": repo.settings.sha256,
                         "created": done.created,
                         "bucket_created": done.bucket_created,
                         "key_file_created": str(done.key_file_created) if done.key_file_created else None,
@@ -58,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             noun = {"az": "container", "file": "folder"}.get(scheme, "bucket")
             say(f"created the {noun} {rest if scheme == 'file' else rest.split('/', 1)[0]}")
         what = "initialised" if done.created else "already initialised (nothing changed):"
-        say(f"{what} repository {repo.url}: id {repo.id}, key fingerprint {fingerprint}")
+        say(f"{what} repository {repo.url}: id {repo.id}, key fingerprint {fingerprint}, {repo.settings.describe()}")
     finally:
         repo.provider.close()
     return EXIT_OK

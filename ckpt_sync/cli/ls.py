@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "checkpoint",
         nargs="?",
         metavar="ID_OR_NAME",
-        help="list this checkpoint's files (path, size, sha256) instead; id, unique id prefix, name or latest",
+        help="list this checkpoint's files (path, size, file hashes) instead; id, unique id prefix, name or latest",
     )
     add_json_option(p, "print a JSON array")
     add_selection_options(p, "any")
@@ -73,9 +73,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _files(m: Manifest, as_json: bool) -> int:
+    """A checkpoint's files with their whole-file hashes (SHA-256 in format 1, BLAKE3 in format 2,
+    both when the repository records SHA-256 too)."""
     if as_json:
-        print(json.dumps([{"path": f.path, "size": f.size, "sha256": f.sha256} for f in m.files], indent=2))
+        rows = [{"path": f.path, "size": f.size, "sha256": f.sha256, "blake3": f.blake3} for f in m.files]
+        print(json.dumps(rows, indent=2))
         return EXIT_OK
-    rows = [[f.path, str(f.size), f.sha256] for f in m.files]
-    print(table(rows, ["PATH", "SIZE", "SHA256"]))
+    algos = [a for a in ("sha256", "blake3") if any(getattr(f, a) for f in m.files)]
+    table_rows = [[f.path, str(f.size), *(getattr(f, a) or "-" for a in algos)] for f in m.files]
+    print(table(table_rows, ["PATH", "SIZE", *(a.upper() for a in algos)]))
     return EXIT_OK

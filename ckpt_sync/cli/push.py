@@ -11,7 +11,15 @@ from ..errors import EXIT_OK, UsageError
 from ..manifest import ROLES
 from ..push import collect_files, total_size
 from ..units import format_bytes, parse_size
-from .common import add_json_option, add_repo_option, manifest_row, open_repository, progress_bar, say
+from .common import (
+    add_json_option,
+    add_repo_option,
+    add_repository_settings_options,
+    manifest_row,
+    open_repository,
+    progress_bar,
+    say,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,6 +33,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "else resumable); pull --latest restores the newest resumable one",
     )
     p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
+    add_repository_settings_options(p)
     add_json_option(p)
     add_repo_option(p, "--to")
     p.set_defaults(func=run)

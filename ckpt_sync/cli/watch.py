@@ -19,7 +19,15 @@ from ..defaults import DEFAULT_PATTERNS
 from ..errors import Cancelled, UsageError
 from ..statelock import StateDirLock
 from ..units import parse_size
-from .common import OUTPUT, add_grace_option, add_repo_option, add_retention_options, open_repository, retention_policy
+from .common import (
+    OUTPUT,
+    add_grace_option,
+    add_repo_option,
+    add_repository_settings_options,
+    add_retention_options,
+    open_repository,
+    retention_policy,
+)
 from .progress import LiveLine
 
 if TYPE_CHECKING:
@@ -68,6 +76,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz, /livez probes here, e.g. 127.0.0.1:9109 (default off)",
     )
+    add_repository_settings_options(p)
     add_repo_option(p, "--to")
     p.set_defaults(func=run)
 
