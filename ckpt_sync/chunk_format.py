@@ -122,21 +122,19 @@ class ChunkFormat:
         out: bytearray | None = None,
     ) -> bytearray | memoryview:
         """The stored object for ``plaintext`` (whose id is ``chunk_id``), in ``out`` when given."""
-        body = self._encode(plaintext)
-        return keys.primary.encrypt(body, iv=self.iv(chunk_id), out=out)
+        body = self._compressed(plaintext)
+        if body is None:
+            body = plaintext
+        return keys.primary.encrypt(body, iv=self.iv(chunk_id), zeros=self.padded(len(body)) - len(body), out=out)
 
-    def _encode(self, plaintext: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
-        n = len(plaintext)
-        target = self.padded(n)
-        if self.compression == "zstd":
-            import zstandard  # only repositories that compress pay for the import
+    def _compressed(self, plaintext: bytes | bytearray | memoryview) -> bytes | None:
+        """The zstd frame to store, when the repository compresses and it makes the object smaller."""
+        if self.compression != "zstd":
+            return None
+        import zstandard  # only repositories that compress pay for the import
 
-            packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(plaintext)
-            if self.padded(len(packed)) < target:
-                return packed + bytes(self.padded(len(packed)) - len(packed))
-        if target == n:
-            return plaintext
-        return bytes(plaintext) + bytes(target - n)
+        packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True).compress(plaintext)
+        return packed if self.padded(len(packed)) < self.padded(len(plaintext)) else None
 
     def open(
         self,

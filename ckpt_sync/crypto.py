@@ -47,14 +47,20 @@ class FernetKey:
         self.encryption = raw[16:]
 
     def encrypt(
-        self, plaintext: bytes | bytearray | memoryview, *, iv: bytes | None = None, out: bytearray | None = None
+        self,
+        plaintext: bytes | bytearray | memoryview,
+        *,
+        iv: bytes | None = None,
+        zeros: int = 0,
+        out: bytearray | None = None,
     ) -> bytearray | memoryview:
-        """The binary token; written into ``out`` (a reusable buffer of at least ``token_size``) when
-        given, and then returned as a view of it."""
+        """The binary token of ``plaintext`` followed by ``zeros`` zero bytes (padding, without a
+        copy of the plaintext); written into ``out`` (a reusable buffer of at least ``token_size``)
+        when given, and then returned as a view of it."""
         # bytes, bytearray and writable views are encrypted in place; a read-only view is copied once.
         data = plaintext if not isinstance(plaintext, memoryview) or not plaintext.readonly else bytes(plaintext)
-        n = len(data)
-        full = n - n % BLOCK
+        n = len(data) + zeros
+        full = len(data) - len(data) % BLOCK
         total = token_size(n)
         buf = bytearray(total) if out is None else out
         if len(buf) < total:
@@ -65,12 +71,12 @@ class FernetKey:
         buf[9:HEADER] = iv
         if full:  # the whole blocks straight from the caller's buffer, no copy
             cbc_encrypt_into(self.encryption, iv, data, full, buf, HEADER)
-        # The padded last block continues the CBC chain from the last ciphertext block.
+        # The rest (a partial block, the zeros, PKCS7) continues the CBC chain from the last ciphertext block.
         chain = bytes(buf[HEADER + full - BLOCK : HEADER + full]) if full else iv
         pad = BLOCK - n % BLOCK
-        tail = bytes(data[full:]) + bytes([pad]) * pad
-        cbc_encrypt_into(self.encryption, chain, tail, BLOCK, buf, HEADER + full)
-        pos = HEADER + full + BLOCK
+        tail = bytes(data[full:]) + bytes(zeros) + bytes([pad]) * pad
+        cbc_encrypt_into(self.encryption, chain, tail, len(tail), buf, HEADER + full)
+        pos = HEADER + full + len(tail)
         buf[pos : pos + MAC] = hmac.digest(self.signing, memoryview(buf)[:pos], "sha256")
         return buf if out is None else memoryview(buf)[:total]
 

@@ -60,9 +60,9 @@ def _checkpoint(path):
 )
 def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir, options):
     ckpt = _checkpoint(tmp_path / "checkpoint_abc_5.pt")
+    push = [sys.executable, "-m", "ckpt_sync.cli", "push", "--repo", str(repo_dir), str(ckpt), "--chunk-size", "128K"]
     subprocess.run(
-        [sys.executable, "-m", "ckpt_sync.cli", "push", "--repo", str(repo_dir), str(ckpt), "--chunk-size", "128K"]
-        + options,
+        [*push, *options],
         check=True,
         capture_output=True,
     )
