@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .api import cat, checkpoint, init_repository, open_repository, pull, push
 from .errors import CkptSyncError
+from .repository import RepositorySettings
 
 if TYPE_CHECKING:
     from .reader import CheckpointFile
@@ -21,6 +22,7 @@ __all__ = [
     "CheckpointFile",
     "CheckpointManager",
     "CkptSyncError",
+    "RepositorySettings",
     "SyncClient",
     "__version__",
     "cat",

@@ -21,7 +21,7 @@ from .locations import default_key_file, resolve_repo_url
 from .manifest import FileEntry, Manifest, RepositoryBinding
 from .providers import RetryPolicy, open_provider
 from .push import push_path
-from .repository import CONFIG_KEY, Repository, Settings
+from .repository import CONFIG_KEY, Repository, RepositorySettings
 from .repository import repair_config as _repair_config
 from .restore import find_manifest, stream_file
 from .restore import pull as _pull
@@ -35,13 +35,13 @@ def open_repository(
     key_file: str | os.PathLike[str] | None = None,
     keys: KeyRing | None = None,
     create: bool = False,
-    settings: Settings | None = None,
+    settings: RepositorySettings | None = None,
     retry: RetryPolicy | None = RetryPolicy(),
     cancel: threading.Event | None = None,
     **provider_options: Any,
 ) -> Repository:
     """Resolve URL and keys, build the provider and open the repository (checking the key first).
-    ``settings`` (format version, padding, compression; repository.Settings) apply when it is
+    ``settings`` (format version, padding, compression; repository.RepositorySettings) apply when it is
     created, and are refused for an existing one that differs. ``cancel`` ends the waits between
     retries (raising Cancelled)."""
     url = resolve_repo_url(repo)
@@ -69,7 +69,7 @@ def init_repository(
     *,
     key_file: str | os.PathLike[str] | None = None,
     create_bucket: bool = False,
-    settings: Settings | None = None,
+    settings: RepositorySettings | None = None,
     retry: RetryPolicy | None = RetryPolicy(),
     **provider_options: Any,
 ) -> Initialised:

@@ -159,7 +159,7 @@ def parse_config(raw: bytes, url: str) -> dict:
 
 
 @dataclass(frozen=True)
-class Settings:
+class RepositorySettings:
     """What a repository fixes when it is created (docs/FORMAT.md): its format version and chunk
     encoding (chunk_format.py), and whether pushes also record each file's SHA-256 (format 1 always
     does). A field left None was not chosen: the default at creation, anything for one that exists."""
@@ -170,16 +170,16 @@ class Settings:
     sha256: bool | None = None
 
     @classmethod
-    def of_config(cls, config: dict) -> Settings:
+    def of_config(cls, config: dict) -> RepositorySettings:
         version = int(config["version"])
         sha = version == 1 or bool(config.get("sha256", False))
         return cls(version, int(config.get("pad", 0)), config.get("compression") or "none", sha)
 
-    def resolved(self) -> Settings:
+    def resolved(self) -> RepositorySettings:
         version = FORMAT_VERSION if self.version is None else self.version
-        return Settings(version, self.pad or 0, self.compression or "none", version == 1 or bool(self.sha256))
+        return RepositorySettings(version, self.pad or 0, self.compression or "none", version == 1 or bool(self.sha256))
 
-    def conflicts(self, existing: Settings) -> list[str]:
+    def conflicts(self, existing: RepositorySettings) -> list[str]:
         """The chosen fields that differ from ``existing``'s."""
         mine = dataclasses.asdict(self)
         theirs = dataclasses.asdict(existing)
@@ -226,7 +226,7 @@ class Repository:
 
     @classmethod
     def open(
-        cls, provider: Provider, keys: KeyRing, *, create: bool = False, settings: Settings | None = None
+        cls, provider: Provider, keys: KeyRing, *, create: bool = False, settings: RepositorySettings | None = None
     ) -> Repository:
         """Open (or with ``create``, initialise) the repository and check the key before touching data.
 
@@ -248,7 +248,7 @@ class Repository:
                     f"no ckpt-sync repository at {provider.url}: check the URL (nothing was pushed there yet)"
                 ) from None
             provider.check()
-            raw = cls._initialise(provider, keys, (settings or Settings()).resolved())
+            raw = cls._initialise(provider, keys, (settings or RepositorySettings()).resolved())
         config = parse_config(raw, provider.url)
         id_key = cls._find_id_key(provider, keys, config)
         repo = cls(provider, keys, id_key, config)
@@ -316,7 +316,7 @@ class Repository:
         return set(self.key_entries()) <= set(self.keys.fingerprints())
 
     @staticmethod
-    def _initialise(provider: Provider, keys: KeyRing, settings: Settings) -> bytes:
+    def _initialise(provider: Provider, keys: KeyRing, settings: RepositorySettings) -> bytes:
         id_key = os.urandom(32)
         raw = json.dumps(_new_config(keys, id_key, time.time(), settings), indent=1).encode()
         provider.put_if_absent(CONFIG_KEY, raw)
@@ -361,8 +361,8 @@ class Repository:
         )
 
     @property
-    def settings(self) -> Settings:
-        return Settings.of_config(self.config)
+    def settings(self) -> RepositorySettings:
+        return RepositorySettings.of_config(self.config)
 
     def file_hasher(self) -> FileHasher:
         """What a push hashes each file with (file_digest.py): SHA-256 in format 1; BLAKE3 in format
@@ -626,7 +626,7 @@ class Repository:
         return manifest
 
 
-def _new_config(keys: KeyRing, id_key: bytes, created: float, settings: Settings) -> dict:
+def _new_config(keys: KeyRing, id_key: bytes, created: float, settings: RepositorySettings) -> dict:
     s = settings.resolved()
     assert s.version is not None
     config: dict = {
@@ -645,8 +645,8 @@ def _new_config(keys: KeyRing, id_key: bytes, created: float, settings: Settings
     return config
 
 
-def _settings_of(binding: RepositoryBinding) -> Settings:
-    return Settings(binding.version, binding.pad, binding.compression or "none", binding.sha256)
+def _settings_of(binding: RepositoryBinding) -> RepositorySettings:
+    return RepositorySettings(binding.version, binding.pad, binding.compression or "none", binding.sha256)
 
 
 def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding, int]:

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 WRITER = r"""
 import hashlib, json, os, sys, time
+import blake3
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
 from helpers import make_torch_checkpoint
@@ -47,7 +48,9 @@ for step in range(1, count + 1):
         os.replace(tmp, path)
     else:  # a non-atomic save: written in place, then closed
         make_torch_checkpoint(path, hidden=96, seed=step, step=step, history=step)
-    log.write(json.dumps({"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}) + "\n")
+    data = path.read_bytes()
+    hashes = {"sha256": hashlib.sha256(data).hexdigest(), "blake3": blake3.blake3(data).hexdigest()}
+    log.write(json.dumps({"name": path.name, **hashes}) + "\n")
     log.flush()
     saved.append(path)
     while len(saved) > keep:  # FIFO rotation, as CheckpointManager does
@@ -136,11 +139,11 @@ def _phase(
 def _check(url: str, env: dict[str, str], ckdirs: list[Path], figures: Figures, extra: tuple[str, ...]) -> None:
     from ckpt_sync.api import open_repository
 
-    written: dict[str, str] = {}
+    written: dict[str, dict[str, str]] = {}
     for ckdir in ckdirs:
         for line in (ckdir.parent / "written.jsonl").read_text().splitlines():
             d = json.loads(line)
-            written[d["name"]] = d["sha256"]
+            written[d["name"]] = d
     figures.written += len(written)
     saved_env = dict(os.environ)
     os.environ.update(env)
@@ -155,7 +158,11 @@ def _check(url: str, env: dict[str, str], ckdirs: list[Path], figures: Figures, 
     figures.committed += len(names)
     figures.duplicates += sorted(n for n, c in names.items() if c > 1)
     figures.lost += sorted(set(written) - set(names))
-    figures.torn += sorted(m.name for m in manifests if written.get(m.name) not in (None, m.files[0].sha256))
+    figures.torn += sorted(
+        m.name
+        for m in manifests
+        if m.name in written and written[m.name][m.files[0].digest[0]] != m.files[0].digest[1]
+    )
     verify = _cli("verify", "--read-data", "--repo", url, *extra, env=env)
     result = "ok" if verify.returncode == 0 else f"failed: {verify.stderr.strip()[-300:]}"
     figures.verify_read_data = result if figures.verify_read_data in ("", "ok") else figures.verify_read_data

@@ -18,7 +18,7 @@ from ..errors import ConfigError, UsageError
 from ..manifest import ROLES, Manifest
 from ..providers import RetryPolicy
 from ..redact import redact
-from ..repository import Settings
+from ..repository import RepositorySettings
 from ..seen import rollback_warning
 from ..selection import ANY, Selection
 from .progress import ProgressLine
@@ -152,14 +152,14 @@ def add_repository_settings_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def repository_settings(args: argparse.Namespace) -> Settings | None:
+def repository_settings(args: argparse.Namespace) -> RepositorySettings | None:
     """The repository settings chosen on the command line, or None when none was."""
     chosen = {k: getattr(args, f"repo_{k}", None) for k in ("format", "pad", "compression", "sha256")}
     if all(v is None for v in chosen.values()):
         return None
     if chosen["format"] == 1 and chosen["sha256"]:
         chosen["sha256"] = None  # format 1 always records it
-    return Settings(chosen["format"], chosen["pad"], chosen["compression"], chosen["sha256"])
+    return RepositorySettings(chosen["format"], chosen["pad"], chosen["compression"], chosen["sha256"])
 
 
 def warn_if_rolled_back(repo: Any) -> None:
