@@ -103,7 +103,9 @@ class ChunkFormat:
     def size_ok(self, plain_size: int, stored: int | None) -> bool:
         """Whether a stored object of ``stored`` bytes can be this chunk. Without compression the size
         is exact, so an object cut short (a power loss before the commit, a truncating store) is
-        never trusted; a compressed chunk may be any whole token up to the bound."""
+        never trusted; a compressed chunk may be any whole token up to the bound. (A whole token is
+        57 + 16k bytes, an odd number: a file cut at a page or block boundary, or emptied, never is
+        one; any other cut fails authentication when read, and ``verify`` names it.)"""
         if stored is None:
             return False
         bound = self.max_token_size(plain_size)
