@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             noun = {"az": "container", "file": "folder"}.get(scheme, "bucket")
             say(f"created the {noun} {rest if scheme == 'file' else rest.split('/', 1)[0]}")
         what = "initialised" if done.created else "already initialised (nothing changed):"
-        say(f"{what} repository {repo.url}: id {repo.id}, key fingerprint {fingerprint}, {repo.settings.describe()}")
+        say(f"{what} repository {repo.url}: id {repo.id}, {repo.settings.describe()}, key fingerprint {fingerprint}")
     finally:
         repo.provider.close()
     return EXIT_OK

@@ -4,12 +4,12 @@ local store and on S3."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 from helpers import flip_chunk_byte, make_folder_checkpoint
 
 import ckpt_sync
@@ -28,16 +28,18 @@ def _files(src: Path) -> dict[str, bytes]:
     return {p.relative_to(src).as_posix(): p.read_bytes() for p in sorted(src.rglob("*")) if p.is_file()}
 
 
-def test_ls_of_a_checkpoint_lists_its_files_with_size_and_sha256(any_repo_url, cli, key, tmp_path):
+def test_ls_of_a_checkpoint_lists_its_files_with_size_and_hash(any_repo_url, cli, key, tmp_path):
+    """Format 2 records BLAKE3 (sha256 only when the repository was created with --sha256)."""
     src, cid = _push_folder(cli, any_repo_url, tmp_path)
     for selector in (cid, cid[:16], "step_100", "latest"):
         listed = json.loads(cli("ls", selector, "--from", any_repo_url, "--json", check=True).stdout)
         expected = [
-            {"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in _files(src).items()
+            {"path": p, "size": len(b), "sha256": None, "blake3": blake3.blake3(b).hexdigest()}
+            for p, b in _files(src).items()
         ]
         assert listed == expected
     text = cli("ls", cid, "--from", any_repo_url, check=True).stdout
-    assert text.splitlines()[0].split() == ["PATH", "SIZE", "SHA256"]
+    assert text.splitlines()[0].split() == ["PATH", "SIZE", "BLAKE3"]
     assert "optim/state.pt" in text
     assert [f.path for f in ckpt_sync.checkpoint(cid, any_repo_url).files] == list(_files(src))
 

@@ -85,7 +85,7 @@ def test_a_whole_file_hash_mismatch_fails_the_read_that_completes_it(any_repo_ur
     # An authentic manifest whose recorded hash is wrong (a writer's bug): only the whole-file hash sees it.
     repo = open_repository(any_repo_url)
     m = repo.load_manifest(pushed["id"])
-    wrong = dataclasses.replace(m.files[0], sha256="0" * 64)
+    wrong = dataclasses.replace(m.files[0], **{m.files[0].digest[0]: "0" * 64})
     assert isinstance(wrong, FileEntry)
     repo.commit(dataclasses.replace(m, id=new_manifest_id(), files=(wrong,)))
     with ckpt_sync.open(repo, "latest") as f:
