@@ -169,7 +169,7 @@ def section_rss(work: Path, sizes: list[int], env: dict[str, str], peers_up_to: 
         shutil.rmtree(folder / "repo-watch", ignore_errors=True)
         push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(folder / "repo"), str(ckpt), env=env)
         others: list[tuple[str, Measured]] = []
-        if nbytes <= peers_up_to:
+        if size <= peers_up_to:  # the size asked for (the file is a little larger: whole layers)
             for name, fn in (("rclone crypt", peers.rclone_crypt), (LIMIT, peers.copy_and_sync)):
                 scratch = folder / "peer"
                 scratch.mkdir()
