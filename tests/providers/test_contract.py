@@ -62,6 +62,12 @@ def test_read_into_returns_the_whole_object_and_refuses_one_too_large(store: Sto
     got = read_into(p, "chunks/big", tight)
     assert got is None or got == blob  # not read (get_into), or fetched whole by get: never cut to fit
     assert tight == b"x" * 1000
+    exact = bytearray(len(blob))  # a buffer the object fills to the last byte
+    assert read_into(p, "chunks/big", exact) == blob
+    p.put("chunks/empty", b"")
+    assert read_into(p, "chunks/empty", out) == b""
+    for _ in range(20):  # every read gives its connection back (a leak would exhaust the pool)
+        assert read_into(p, "chunks/small", out) == b"abc"
     with pytest.raises(NotFound):
         read_into(p, "chunks/missing", out)
 
