@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
-from typing import Any
 
 import blake3
 
@@ -67,10 +66,6 @@ class ChunkFormat:
     def __post_init__(self) -> None:
         if self.version not in VERSIONS or self.pad not in PAD_SCHEMES or self.compression not in COMPRESSIONS:
             raise ValueError(f"unsupported chunk format {self.version}/{self.pad}/{self.compression}")
-
-    @classmethod
-    def of_config(cls, config: dict[str, Any], id_key: bytes) -> ChunkFormat:
-        return cls(int(config["version"]), id_key, int(config.get("pad", 0)), config.get("compression"))
 
     # --- names -----------------------------------------------------------------------------------
 

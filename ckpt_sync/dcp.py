@@ -191,10 +191,7 @@ class _ChunkSink(io.RawIOBase):
         while self._pending:
             self._collect(self._pending.popleft())
         self.stats.files += 1
-        digests = self._sha.hexdigests()
-        return FileEntry(
-            self.path, self._pos, digests.get("sha256"), tuple(self._refs), blake3=digests.get("blake3")
-        )
+        return FileEntry(path=self.path, size=self._pos, chunks=tuple(self._refs), **self._sha.entry_hashes())
 
     def abandon(self) -> None:
         """Stop after an error: cancel what has not started, let running stores finish."""

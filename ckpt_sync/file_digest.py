@@ -42,8 +42,9 @@ class FileHasher:
         for h in self._hashes.values():
             h.update(data)
 
-    def hexdigests(self) -> dict[str, str]:
-        return {name: h.hexdigest() for name, h in self._hashes.items()}
+    def entry_hashes(self) -> dict[str, str | None]:
+        """``sha256`` and ``blake3`` of the bytes fed so far, as FileEntry takes them (None: not computed)."""
+        return {name: (h.hexdigest() if (h := self._hashes.get(name)) else None) for name in ALGORITHMS}
 
     def matches(self, entry: FileEntry) -> bool:
         """Whether the bytes fed so far are ``entry``'s file (by the hash ``checking`` chose)."""

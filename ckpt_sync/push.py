@@ -134,10 +134,9 @@ def push_file(
     if state.changed_to(after):
         raise OperationFailed(f"{path} changed while it was being read; push it again once it is fully written")
     stats.files += 1
-    digests = sha.hexdigests()
     mode = stat.S_IMODE(before.st_mode) & 0o777
     return FileEntry(
-        rel, before.st_size, digests.get("sha256"), tuple(refs), before.st_mtime_ns, mode, digests.get("blake3")
+        path=rel, size=before.st_size, chunks=tuple(refs), mtime_ns=before.st_mtime_ns, mode=mode, **sha.entry_hashes()
     )
 
 

@@ -175,6 +175,12 @@ class RepositorySettings:
         sha = version == 1 or bool(config.get("sha256", False))
         return cls(version, int(config.get("pad", 0)), config.get("compression") or "none", sha)
 
+    def chunk_format(self, id_key: bytes) -> ChunkFormat:
+        """The chunk encoding these (resolved) settings give a repository with ``id_key``."""
+        s = self.resolved()
+        assert s.version is not None and s.pad is not None
+        return ChunkFormat(s.version, id_key, s.pad, None if s.compression == "none" else s.compression)
+
     def resolved(self) -> RepositorySettings:
         version = FORMAT_VERSION if self.version is None else self.version
         return RepositorySettings(version, self.pad or 0, self.compression or "none", version == 1 or bool(self.sha256))
@@ -211,7 +217,8 @@ class Repository:
         self.url = provider.url
         self.config = config
         self._id_key = id_key
-        self.format = ChunkFormat.of_config(config, id_key)
+        self.settings = RepositorySettings.of_config(config)  # fixed at creation
+        self.format = self.settings.chunk_format(id_key)
         self._known: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
@@ -359,10 +366,6 @@ class Repository:
             None if s.compression == "none" else s.compression,
             bool(s.sha256) and s.version != 1,
         )
-
-    @property
-    def settings(self) -> RepositorySettings:
-        return RepositorySettings.of_config(self.config)
 
     def file_hasher(self) -> FileHasher:
         """What a push hashes each file with (file_digest.py): SHA-256 in format 1; BLAKE3 in format
@@ -692,7 +695,7 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
         if len(id_key) != 32 or repository_id(id_key) != binding.id:
             continue
         ref = sample.get(binding)
-        fmt = ChunkFormat(binding.version, id_key, binding.pad, binding.compression)
+        fmt = _settings_of(binding).chunk_format(id_key)
         if ref is not None and not _chunk_matches(provider, keys, fmt, ref):
             continue
         new = json.dumps(_new_config(keys, id_key, binding.created, _settings_of(binding)), indent=1).encode()
