@@ -1,14 +1,15 @@
-"""AES-128-CBC encryption through the system's OpenSSL, called so that it drops the GIL.
+"""AES-128-CBC through the system's OpenSSL, called so that it drops the GIL.
 
-``cryptography``'s AES holds the GIL for the whole call, so on push the encryption of one chunk
-stalls every other worker thread; measured here (bench/threads_vs_processes.py), chunk workers
-then scale to ~1.5x on 2 cores instead of ~2x. ctypes releases the GIL around foreign calls, so
-calling libcrypto's EVP interface directly lets encryption of several chunks run truly in parallel.
+``cryptography``'s AES holds the GIL for the whole call, so the encryption of one chunk stalls
+every other worker thread; measured here (bench/threads_vs_processes.py), push workers then scale
+to ~1.5x on 2 cores instead of ~2x. Decryption is fast (~1.5 ms per 8 MiB) but held the GIL too:
+on pull, the thread writing the file waited that long each time it wanted the GIL back. ctypes
+releases the GIL around foreign calls, so calling libcrypto's EVP interface directly lets both run
+truly in parallel with the other threads.
 
 Used only where it is safe and proven: Linux, a versioned libcrypto (3 or 1.1), and a known-answer
 check against ``cryptography`` at load. Anything else — or ``CKPT_SYNC_AES=cryptography`` — falls
-back to ``cryptography``. Decryption always uses ``cryptography`` (CBC decryption is parallel in
-AES-NI and already fast).
+back to ``cryptography``, as does a read-only input to decrypt (no address to hand to C).
 """
 
 from __future__ import annotations
@@ -37,24 +38,20 @@ def _load() -> ctypes.CDLL | None:
             lib.EVP_CIPHER_CTX_free.argtypes = [ctypes.c_void_p]
             lib.EVP_aes_128_cbc.restype = ctypes.c_void_p
             lib.EVP_aes_128_cbc.argtypes = []
-            lib.EVP_EncryptInit_ex.restype = ctypes.c_int
-            lib.EVP_EncryptInit_ex.argtypes = [
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.c_char_p,
-                ctypes.c_char_p,
-            ]
             lib.EVP_CIPHER_CTX_set_padding.restype = ctypes.c_int
             lib.EVP_CIPHER_CTX_set_padding.argtypes = [ctypes.c_void_p, ctypes.c_int]
-            lib.EVP_EncryptUpdate.restype = ctypes.c_int
-            lib.EVP_EncryptUpdate.argtypes = [
-                ctypes.c_void_p,
-                ctypes.c_void_p,
-                ctypes.POINTER(ctypes.c_int),
-                ctypes.c_void_p,
-                ctypes.c_int,
-            ]
+            for fn in (lib.EVP_EncryptInit_ex, lib.EVP_DecryptInit_ex):
+                fn.restype = ctypes.c_int
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
+            for fn in (lib.EVP_EncryptUpdate, lib.EVP_DecryptUpdate):
+                fn.restype = ctypes.c_int
+                fn.argtypes = [
+                    ctypes.c_void_p,
+                    ctypes.c_void_p,
+                    ctypes.POINTER(ctypes.c_int),
+                    ctypes.c_void_p,
+                    ctypes.c_int,
+                ]
         except AttributeError:
             continue
         return lib
@@ -74,28 +71,37 @@ def _address(buf: bytes | bytearray | memoryview, offset: int) -> int:
     return base + offset
 
 
-def _encrypt_openssl(
-    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
+def _crypt_openssl(
+    encrypt: bool,
+    key: bytes,
+    iv: bytes,
+    src: bytes | bytearray | memoryview,
+    length: int,
+    dst: bytearray | memoryview,
+    dst_offset: int,
 ) -> None:
     assert _lib is not None
     if length % 16 or length > len(src) or dst_offset + length > len(dst):
         raise ValueError("CBC input must be whole blocks and fit the output")
+    init, update = (
+        (_lib.EVP_EncryptInit_ex, _lib.EVP_EncryptUpdate)
+        if encrypt
+        else (_lib.EVP_DecryptInit_ex, _lib.EVP_DecryptUpdate)
+    )
     ctx = _lib.EVP_CIPHER_CTX_new()
     if not ctx:
         raise MemoryError("EVP_CIPHER_CTX_new failed")
     try:
-        if _lib.EVP_EncryptInit_ex(ctx, _lib.EVP_aes_128_cbc(), None, key, iv) != 1:
-            raise RuntimeError("EVP_EncryptInit_ex failed")
-        _lib.EVP_CIPHER_CTX_set_padding(ctx, 0)
+        if init(ctx, _lib.EVP_aes_128_cbc(), None, key, iv) != 1:
+            raise RuntimeError("EVP_CipherInit_ex failed")
+        _lib.EVP_CIPHER_CTX_set_padding(ctx, 0)  # whole blocks in, whole blocks out, nothing held back
         done = 0
         out_len = ctypes.c_int()
         while done < length:
             n = min(_MAX_CALL, length - done)
-            ok = _lib.EVP_EncryptUpdate(
-                ctx, _address(dst, dst_offset + done), ctypes.byref(out_len), _address(src, done), n
-            )
+            ok = update(ctx, _address(dst, dst_offset + done), ctypes.byref(out_len), _address(src, done), n)
             if ok != 1 or out_len.value != n:
-                raise RuntimeError("EVP_EncryptUpdate failed")
+                raise RuntimeError("EVP_CipherUpdate failed")
             done += n
     finally:
         _lib.EVP_CIPHER_CTX_free(ctx)
@@ -116,13 +122,15 @@ def _encrypt_cryptography(
 def _known_answer() -> bool:
     key, iv = bytes(range(16)), bytes(range(16, 32))
     src = bytes(range(256)) * 64
-    a, b = bytearray(len(src) + 16), bytearray(len(src) + 16)
+    a, b, c = bytearray(len(src) + 16), bytearray(len(src) + 16), bytearray(len(src))
     _encrypt_cryptography(key, iv, src, len(src) - 16, a, 0)
     try:
-        _encrypt_openssl(key, iv, src, len(src) - 16, b, 0)
+        _crypt_openssl(True, key, iv, src, len(src) - 16, b, 0)
+        _crypt_openssl(False, key, iv, b, len(src) - 16, c, 0)
     except Exception:
         return False
-    return a[: len(src) - 16] == b[: len(src) - 16] and any(b)
+    n = len(src) - 16
+    return a[:n] == b[:n] and any(b) and c[:n] == src[:n]
 
 
 if _lib is not None and not _known_answer():
@@ -137,6 +145,18 @@ def cbc_encrypt_into(
     """Encrypt the first ``length`` bytes of ``src`` (whole blocks) with AES-128-CBC into
     ``dst[dst_offset:]``; no padding is added."""
     if _lib is not None:
-        _encrypt_openssl(key, iv, src, length, dst, dst_offset)
+        _crypt_openssl(True, key, iv, src, length, dst, dst_offset)
     else:
         _encrypt_cryptography(key, iv, src, length, dst, dst_offset)
+
+
+def cbc_decrypt_into(key: bytes, iv: bytes, src: bytes | bytearray | memoryview, dst: bytearray | memoryview) -> None:
+    """Decrypt ``src`` (whole blocks) with AES-128-CBC into the start of ``dst``; the padding is
+    left for the caller to check."""
+    if _lib is not None and not (isinstance(src, memoryview) and src.readonly):
+        _crypt_openssl(False, key, iv, src, len(src), dst, 0)
+        return
+    dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
+    n = dec.update_into(src, dst)
+    dec.finalize()
+    assert n == len(src)

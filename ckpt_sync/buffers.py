@@ -2,23 +2,27 @@
 
 Memory is then count x size by construction, and no 8 MiB buffer is allocated per chunk: measured
 here, decrypting into a fresh zero-filled buffer ran at ~0.9 GB/s (zeroing under the GIL, page
-faults) and into a reused one at ~6.5 GB/s.
+faults) and into a reused one at ~6.5 GB/s. Each buffer starts on a page boundary
+(direct_io.aligned_buffer), so a file or chunk written from it can skip the page cache.
 """
 
 from __future__ import annotations
 
+import mmap
 import queue
 import threading
+
+from .direct_io import aligned_buffer
 
 
 class BufferPool:
     def __init__(self, count: int, size: int) -> None:
         self.size = size
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._free: queue.SimpleQueue[mmap.mmap] = queue.SimpleQueue()
         self._unmade = count  # buffers are made on first need, never more than ``count``
         self._lock = threading.Lock()
 
-    def acquire(self) -> bytearray:
+    def acquire(self) -> mmap.mmap:
         """A free buffer; blocks until one is released once ``count`` exist (that bounds the pipeline)."""
         try:
             return self._free.get_nowait()
@@ -26,7 +30,7 @@ class BufferPool:
             with self._lock:
                 make = self._unmade > 0
                 self._unmade -= make
-            return bytearray(self.size) if make else self._free.get()
+            return aligned_buffer(self.size) if make else self._free.get()
 
-    def release(self, buf: bytearray) -> None:
+    def release(self, buf: mmap.mmap) -> None:
         self._free.put(buf)

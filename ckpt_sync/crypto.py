@@ -19,9 +19,8 @@ import time
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from .aes_openssl import cbc_encrypt_into
+from .aes_openssl import cbc_decrypt_into, cbc_encrypt_into
 from .errors import IntegrityError
 
 VERSION = 0x80
@@ -89,13 +88,12 @@ class FernetKey:
         mac = hmac.digest(self.signing, view[:-MAC], "sha256")
         if not hmac.compare_digest(mac, view[-MAC:]):
             raise IntegrityError("authentication failed (wrong key, or the object was altered)")
-        dec = Cipher(algorithms.AES(self.encryption), modes.CBC(bytes(view[9:HEADER]))).decryptor()
         body = view[HEADER:-MAC]
         buf = bytearray(len(body) + BLOCK) if out is None else out
         if len(buf) < len(body) + BLOCK:
             raise ValueError("output buffer too small for the plaintext")
-        n = dec.update_into(body, buf)
-        dec.finalize()
+        cbc_decrypt_into(self.encryption, bytes(view[9:HEADER]), body, buf)
+        n = len(body)
         pad = buf[n - 1]
         if not 1 <= pad <= BLOCK or buf[n - pad : n] != bytes([pad]) * pad:
             raise IntegrityError("bad padding after authentication (corrupt token)")

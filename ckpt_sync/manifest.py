@@ -118,9 +118,7 @@ class FileEntry:
                 raise IntegrityError(f"file {path!r}: a chunk is not [64 hex digits, size]")
             csize = _int(c[1], f"chunk size in {path!r}")
             if not 1 <= csize <= MAX_CHUNK_SIZE:
-                raise IntegrityError(
-                    f"file {path!r}: a chunk claims {csize} bytes (allowed 1 to {MAX_CHUNK_SIZE})"
-                )
+                raise IntegrityError(f"file {path!r}: a chunk claims {csize} bytes (allowed 1 to {MAX_CHUNK_SIZE})")
             chunks.append(ChunkRef(c[0], csize))
         mtime = _optional(d.get("mtime_ns"), _int, f"mtime_ns of {path!r}")
         mode = _optional(d.get("mode"), _int, f"mode of {path!r}")

@@ -93,7 +93,6 @@ class Job:
     updated: float
 
 
-
 def _damaged(err: sqlite3.DatabaseError) -> bool:
     """The file is not a database or is corrupt (not: busy, full, an I/O error that may pass)."""
     code = getattr(err, "sqlite_errorcode", None)
@@ -461,9 +460,7 @@ class JobQueue:
         now = time.time()
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE status=? ORDER BY id", (RUNNING,)).fetchall()
-        return [
-            self._job(r) for r in rows if owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= now - STALE_AFTER
-        ]
+        return [self._job(r) for r in rows if owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= now - STALE_AFTER]
 
     def counts(self) -> dict[str, int]:
         with self._lock:

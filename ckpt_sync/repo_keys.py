@@ -87,4 +87,3 @@ def add_key(repo: Repository, new_key: bytes) -> Repository:
     if fp in _entries(repo):
         raise UsageError(f"the repository at {repo.url} already has the key {fp}")
     return Repository.open(repo.provider, repo.keys.with_primary(new_key), create=True)
-

@@ -581,9 +581,7 @@ class Repository:
             raise IntegrityError(f"manifest {manifest_id} {self._unreadable_because(err)}") from None
         m = parse_manifest(plain, expected_id=manifest_id)
         if m.repository is not None and m.repository.id != self.id:
-            raise IntegrityError(
-                f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)"
-            )
+            raise IntegrityError(f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)")
         return m
 
     def commit(self, manifest: Manifest) -> Manifest:

@@ -12,7 +12,6 @@ crashed pull left in the same folder (its owner dead on this host, or older than
 from __future__ import annotations
 
 import errno
-import itertools
 import os
 import re
 import secrets
@@ -25,6 +24,7 @@ from typing import BinaryIO
 
 from .buffers import BufferPool
 from .contents import file_entry, select_files
+from .direct_io import DIRECT_MIN, SequentialWriter
 from .errors import (
     Cancelled,
     CkptSyncError,
@@ -42,7 +42,6 @@ from .file_digest import FileHasher, file_matches
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .owners import WRITER_TAG, writer_alive, writer_tag
 from .pipeline import default_workers, ordered_map
-from .providers.local import WRITE_SLICE, write_all
 from .repository import Repository
 from .seen import remember
 from .selection import Selection, newest, select
@@ -108,12 +107,12 @@ def read_verified(
     entry: FileEntry,
     *,
     window: int,
-    fd: int | None = None,
+    writer: SequentialWriter | None = None,
     progress: ProgressFn | None = None,
     sink: Callable[[memoryview], object] | None = None,
 ) -> None:
-    """Fetch and verify every chunk of ``entry`` in parallel, writing each in place at its offset
-    into ``fd`` when given, and handing each in file order to ``sink`` when given (a stream); the
+    """Fetch and verify every chunk of ``entry`` in parallel, writing each in file order to
+    ``writer`` when given, and handing each in file order to ``sink`` when given (a stream); the
     whole-file hash is checked in order at the end.
 
     Raises IntegrityError (or NotFound) for any chunk or hash mismatch.
@@ -122,7 +121,6 @@ def read_verified(
         if not FileHasher.checking(entry).matches(entry):
             raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
         return
-    offsets = itertools.accumulate((c.size for c in entry.chunks), initial=0)
     # Tokens and plaintexts go into reusable buffers: each pending chunk holds a plaintext, this
     # thread one more, and each running fetch a token until it is decrypted.
     size = repo.format.max_token_size(max(c.size for c in entry.chunks))
@@ -140,14 +138,13 @@ def read_verified(
             tokens.release(scratch)
 
     sha = FileHasher.checking(entry)
-    # One writer, in order, in slices: workers writing one file in parallel spin on its lock, and a
-    # slice just hashed is still in the CPU's cache when it is copied into the page cache.
-    for (buf, plain), offset in zip(ordered_map(pool, fetch, entry.chunks, window), offsets, strict=False):
-        for start in range(0, len(plain), WRITE_SLICE):
-            piece = plain[start : start + WRITE_SLICE]
-            sha.update(piece)
-            if fd is not None:
-                write_all(fd, piece, offset + start)
+    # One writer, in order (workers writing one file in parallel spin on its lock), hashing a whole
+    # chunk per call: each call gives up the GIL, and taking it back from six busy workers can wait
+    # a switch interval (5 ms), so per-slice calls left this thread waiting most of the time.
+    for buf, plain in ordered_map(pool, fetch, entry.chunks, window):
+        sha.update(plain)
+        if writer is not None:
+            writer.write(plain)
         if sink is not None:
             sink(plain)
         if progress:
@@ -331,8 +328,14 @@ def _write_file(
     try:
         if entry.size:
             os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
-        with _Flusher(fd) as flusher:
-            read_verified(repo, pool, entry, window=workers + 2, fd=fd, progress=flusher.wrap(progress))
+        direct = entry.size >= DIRECT_MIN  # a small file is cheaper through the cache
+        with SequentialWriter(fd, direct=direct, staging=min(4 << 20, entry.size), background=True) as writer:
+            if writer.direct:  # nothing waits in the page cache for the fsync below
+                read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=progress)
+            else:
+                with _Flusher(fd) as flusher:
+                    read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=flusher.wrap(progress))
+            writer.finish()
         if entry.mode is not None:
             os.fchmod(fd, entry.mode & 0o777)
         else:

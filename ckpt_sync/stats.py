@@ -111,4 +111,3 @@ def repository_stats(repo: Repository, *, grace: float = DEFAULT_GRACE, now: flo
         unique = sum(objects[c].size for c in m.chunk_ids() if users[c] == 1 and c in objects)
         st.per_checkpoint.append(CheckpointStats(m.id, m.name, m.size, unique))
     return st
-

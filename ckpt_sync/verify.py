@@ -132,4 +132,3 @@ def verify(
                     for result in users[ref]:
                         result.problems.append(problem)
     return results
-

@@ -147,9 +147,7 @@ class GCSProvider(ObjectStoreProvider):
         """GCS (and its emulator) answer 404 for a missing object and a missing bucket alike: tell them apart."""
         if not self._bucket_seen:
             try:
-                next(
-                    iter(self._client.list_blobs(self._bucket, max_results=1, retry=None, timeout=self._t())), None
-                )
+                next(iter(self._client.list_blobs(self._bucket, max_results=1, retry=None, timeout=self._t())), None)
             except gx.NotFound:
                 return PermanentStorageError(self._missing_container())
             except Exception as err:

@@ -32,6 +32,7 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ckpt_sync.direct_io import DIRECT_MIN, SequentialWriter, read_file_into, write_all
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
 from ckpt_sync.owners import WRITER_TAG, writer_alive, writer_tag
 
@@ -40,9 +41,6 @@ from .base import ObjectInfo
 log = logging.getLogger("ckpt_sync.providers.local")
 
 _TMP = ".tmp-"
-# Writes go to the page cache in slices this size: one 8 MiB write() costs several times the system
-# time of the same bytes in 256 KiB pieces (measured in bench/ab.py; the copy stays in the CPU cache).
-WRITE_SLICE = 256 << 10
 _OWNED_TMP = re.compile(rf"^\.tmp-{WRITER_TAG}-[0-9a-f]+-")
 # A temp whose writer cannot be checked from here (another host, an older version's name) is judged
 # abandoned only once this old, whatever the prune's grace: a live writer rewrites its temp until
@@ -60,14 +58,6 @@ def path_from_url(url: str) -> Path:
     if not parsed.path:
         raise UsageError(f"{url} names no folder (use file:///absolute/path)")
     return Path(unquote(parsed.path))
-
-
-def write_all(fd: int, view: memoryview, offset: int | None = None) -> None:
-    """All of ``view`` to ``fd`` (at ``offset`` when given, else at the file position), in WRITE_SLICE pieces."""
-    done = 0
-    while done < len(view):
-        piece = view[done : done + WRITE_SLICE]
-        done += os.write(fd, piece) if offset is None else os.pwrite(fd, piece, offset + done)
 
 
 class LocalProvider:
@@ -107,7 +97,13 @@ class LocalProvider:
         tmp = path.with_name(f"{_TMP}{writer_tag()}-{secrets.token_hex(3)}-{path.name}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            write_all(fd, memoryview(data).cast("B"))
+            view = memoryview(data).cast("B")
+            if len(view) >= DIRECT_MIN:
+                writer = SequentialWriter(fd, staging=64 << 10)
+                writer.write(view)
+                writer.finish()
+            else:
+                write_all(fd, view)
             if self._fsync and sync:
                 os.fsync(fd)
         except BaseException:
@@ -211,14 +207,12 @@ class LocalProvider:
     def get_into(self, key: str, out: bytearray) -> memoryview | None:
         path = self._path(key)
         try:
-            with open(path, "rb", buffering=0) as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > len(out):
-                    return None
-                view, done = memoryview(out), 0
-                while done < size and (n := f.readinto(view[done:size])):
-                    done += n
-                return view[:done]
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                size = os.fstat(fd).st_size
+                return None if size > len(out) else read_file_into(fd, size, out)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             raise NotFound(f"{self.url}/{key} does not exist") from None
         except OSError as err:

@@ -21,9 +21,7 @@ def run(args: argparse.Namespace) -> int:
     key = generate_key()
     if args.out:
         path = write_key_file(args.out, key)
-        say(
-            f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe: without it the backups are unreadable"
-        )
+        say(f"wrote a new key to {path} (mode 0600); keep a copy somewhere safe: without it the backups are unreadable")
     else:
         print(key)
     return EXIT_OK

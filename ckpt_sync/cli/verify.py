@@ -64,8 +64,10 @@ def run(args: argparse.Namespace) -> int:
     for r in bad:
         err(f"checkpoint {r.name} ({r.id}) is damaged")
     if any(r.name == UNREADABLE for r in bad):
-        err("a manifest that is damaged or another repository's can be removed with `ckpt-sync prune "
-            "--remove-damaged` (see what it would do with --dry-run first)")
+        err(
+            "a manifest that is damaged or another repository's can be removed with `ckpt-sync prune "
+            "--remove-damaged` (see what it would do with --dry-run first)"
+        )
     if locked and not bad:
         err(f"{len(locked)} checkpoint(s) are encrypted with a key this host does not have: {locked[0].problems[0]}")
         return EXIT_USAGE

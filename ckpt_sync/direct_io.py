@@ -1,0 +1,230 @@
+"""Writing a big file once, durably, without the page cache (O_DIRECT), with a buffered fallback.
+
+A buffered write copies every byte into the page cache, and the fsync that must follow then has the
+kernel write the pages back; a checkpoint file or a chunk is written once and made durable at once,
+so the cache only costs. Measured here with ``dd`` (1 GiB, ext4 on a virtual disk): written through
+the cache and fsynced, 1.90 s wall and 1.41 s of system CPU; with O_DIRECT, 0.78 s and 0.05 s.
+
+O_DIRECT needs the memory, the file offset and the length of each write aligned to the device's
+logical block. ``SequentialWriter`` writes whole aligned blocks straight from the caller's buffer
+when that buffer is aligned (``aligned_buffer`` makes such buffers) and copies the rest through a
+small aligned staging buffer; the last block is padded with zeros and the file then truncated to its
+real size. Where the file system refuses O_DIRECT (some FUSE or network mounts, old tmpfs), it
+writes through the cache as before. The caller still fsyncs: that makes the size and the blocks'
+allocation durable and flushes the device's own cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+
+ALIGN = 4096  # a multiple of every logical block size Linux uses (512, 4096) and of the page size
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+# Files and reads at least this big go around the cache; smaller ones (manifests, locks, the config)
+# through it, where O_DIRECT's padded block and device round trip would cost more than they save.
+DIRECT_MIN = 1 << 20
+# Writes through the cache go in slices this size: one 8 MiB write() costs several times the system
+# time of the same bytes in 256 KiB pieces (bench/ab.py; the copy stays in the CPU cache).
+WRITE_SLICE = 256 << 10
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A writable, zero-filled buffer of at least ``size`` bytes starting on a page boundary (an
+    anonymous mapping), rounded up to whole blocks so the padded last block of a write fits."""
+    # Private (a shared anonymous mapping is shmem, slower to fault and to pin for O_DIRECT), and
+    # populated at once: one call instead of a page fault per 4 KiB on first use.
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+    return mmap.mmap(-1, max(ALIGN, -(-size // ALIGN) * ALIGN), flags=flags)
+
+
+def write_all(fd: int, view: memoryview, offset: int | None = None) -> None:
+    """All of ``view`` to ``fd`` (at ``offset`` when given, else at the file position), in WRITE_SLICE pieces."""
+    done = 0
+    while done < len(view):
+        piece = view[done : done + WRITE_SLICE]
+        done += os.write(fd, piece) if offset is None else os.pwrite(fd, piece, offset + done)
+
+
+def read_file_into(fd: int, size: int, out: bytearray | mmap.mmap) -> memoryview:
+    """The ``size`` bytes of the file ``fd`` (from its start) in ``out``, a buffer at least ``size``
+    long; stops early at the file's end and returns the view of what was read.
+
+    What the page cache holds is copied from it; the rest is read with O_DIRECT when ``out`` is
+    aligned with room for the last whole block and the file system allows it. A chunk on the disk
+    is then not copied through the cache (nor does it push other data out of it), and one in the
+    cache is not read from the disk again."""
+    view = memoryview(out).cast("B")
+    padded = -(-size // ALIGN) * ALIGN
+    if size < DIRECT_MIN or len(view) < padded or not _aligned(view):
+        return view[: _read_at(fd, view[:size], 0)]
+    done = _read_cached(fd, view[:size])
+    if done < size and _set_direct(fd, True):
+        start = done // ALIGN * ALIGN  # buffer offset = file offset, so the rest is aligned in both
+        try:
+            return view[: start + _read_at(fd, view[start:padded], start)]
+        except OSError as err:
+            if err.errno != errno.EINVAL:
+                raise
+            _set_direct(fd, False)
+    return view[: done + _read_at(fd, view[done:size], done)]
+
+
+def _read_at(fd: int, view: memoryview, offset: int) -> int:
+    done = 0
+    while done < len(view) and (n := os.preadv(fd, [view[done:]], offset + done)):
+        done += n
+    return done
+
+
+def _read_cached(fd: int, view: memoryview) -> int:
+    """Read from offset 0 what the page cache holds, without waiting for the disk (RWF_NOWAIT)."""
+    nowait = getattr(os, "RWF_NOWAIT", 0)
+    done = 0
+    while nowait and done < len(view):
+        try:
+            n = os.preadv(fd, [view[done:]], done, nowait)
+        except OSError as err:
+            if err.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
+                break
+            raise
+        if not n:
+            break
+        done += n
+    return done
+
+
+def _set_direct(fd: int, on: bool) -> bool:
+    """Turn O_DIRECT on or off for ``fd``; False when the file system refuses it."""
+    if not _O_DIRECT:
+        return False
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        return False
+    return on
+
+
+def _aligned(view: memoryview) -> bool:
+    """Whether ``view`` starts on a block boundary in memory (read-only views are never used directly)."""
+    return not view.readonly and ctypes.addressof(ctypes.c_char.from_buffer(view)) % ALIGN == 0
+
+
+class SequentialWriter:
+    """Writes ``fd`` from offset 0, in order, with O_DIRECT where the file system allows it.
+
+    ``finish()`` writes what is staged and sets the file's size; without it the file may end in a
+    padded block or lack its last bytes. With ``background``, full staging buffers are written by
+    a thread of its own while the caller fills the next (the caller never waits on the disk unless
+    it is behind); use the writer as a context manager then, so no write outlives the file
+    descriptor. Not thread-safe: one caller per file.
+    """
+
+    def __init__(self, fd: int, *, direct: bool = True, staging: int = 1 << 20, background: bool = False) -> None:
+        self.fd = fd
+        self.pos = 0  # bytes handed to the file so far (whole blocks while direct)
+        self.direct = direct and _set_direct(fd, True)
+        # Two writes in flight keep the disk busy while a thread waits for the GIL; a third buffer fills meanwhile.
+        self._pool = ThreadPoolExecutor(2, thread_name_prefix="direct-write") if background and self.direct else None
+        self._size, self._unmade = staging, 2 if self._pool else 0  # more staging buffers, made on first need
+        self._free: list[mmap.mmap] = []
+        self._pending: deque[tuple[Future[None], mmap.mmap]] = deque()
+        self._stage = aligned_buffer(staging) if self.direct else None
+        self._staged = 0
+
+    def __enter__(self) -> SequentialWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._drain(raise_errors=exc[0] is None)
+
+    def write(self, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
+        view = memoryview(data).cast("B")
+        if self._stage is None:
+            write_all(self.fd, view, self.pos)
+            self.pos += len(view)
+            return
+        done = self._stage_bytes(view) if self._staged else 0  # the file position is aligned after it
+        whole = (len(view) - done) // ALIGN * ALIGN
+        if whole and not self._staged and self._pool is None and _aligned(view[done:]):
+            self._write_at(view[done : done + whole], self.pos)  # straight from the caller's aligned buffer
+            self.pos += whole
+            done += whole
+        while done < len(view):
+            done += self._stage_bytes(view[done:])
+
+    def _stage_bytes(self, view: memoryview) -> int:
+        assert self._stage is not None
+        n = min(len(view), len(self._stage) - self._staged)
+        self._stage[self._staged : self._staged + n] = view[:n]
+        self._staged += n
+        if self._staged == len(self._stage):
+            self._hand_over(len(self._stage))
+        return n
+
+    def _hand_over(self, n: int) -> None:
+        """Write the first ``n`` bytes of the staging buffer at the file position (in the background
+        when there is a thread for it, taking another buffer to fill)."""
+        assert self._stage is not None
+        view, pos = memoryview(self._stage)[:n], self.pos
+        self.pos += n
+        self._staged = 0
+        if self._pool is None:
+            self._write_at(view, pos)
+            return
+        self._pending.append((self._pool.submit(self._write_at, view, pos), self._stage))
+        if not self._free and self._unmade:
+            self._unmade -= 1
+            self._free.append(aligned_buffer(self._size))
+        elif not self._free:
+            fut, buf = self._pending.popleft()
+            fut.result()
+            self._free.append(buf)
+        self._stage = self._free.pop()
+
+    def _write_at(self, view: memoryview, pos: int) -> None:
+        done = 0
+        while done < len(view):
+            try:
+                done += os.pwrite(self.fd, view[done:], pos + done)
+            except OSError as err:
+                if err.errno != errno.EINVAL or not self.direct:
+                    raise
+                # Accepted at fcntl, refused at the write (an alignment this file system needs that we do
+                # not meet): the rest goes through the cache, and nothing written so far is lost.
+                self.direct = _set_direct(self.fd, False)
+
+    def _drain(self, *, raise_errors: bool) -> None:
+        while self._pending:
+            fut, buf = self._pending.popleft()
+            self._free.append(buf)
+            try:
+                fut.result()
+            except BaseException:
+                if raise_errors:
+                    self._drain(raise_errors=False)
+                    raise
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+    def finish(self) -> int:
+        """Write what is staged, wait for every write, set the file's size, and return it."""
+        size = self.pos + self._staged
+        if self._staged:
+            assert self._stage is not None
+            padded = -(-self._staged // ALIGN) * ALIGN if self.direct else self._staged
+            self._stage[self._staged : padded] = bytes(padded - self._staged)
+            self._hand_over(padded)
+        self._drain(raise_errors=True)
+        self.pos = size
+        if os.fstat(self.fd).st_size != size:
+            os.ftruncate(self.fd, size)
+        return size
