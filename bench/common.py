@@ -274,4 +274,20 @@ def source_tree(path: str) -> str:
             f"{tree}: its ckpt_sync.providers would come from this checkout; give it its own first: "
             f"ln -s ../providers {tree / 'ckpt_sync' / 'providers'}"
         )
+    compile_tree(tree)
     return str(tree)
+
+
+def compile_tree(tree: Path) -> None:
+    """Write ``tree``'s bytecode, as installing a wheel does. An editable install leaves it to the
+    first import, which never writes it where PYTHONDONTWRITEBYTECODE is set (as on this machine):
+    every child would then compile every module it imports, ~0.1 CPU s a command, and a per-GiB
+    figure would charge ckpt-sync for compiling itself where rclone and restic start as binaries."""
+    import compileall
+
+    for folder in ("ckpt_sync", "providers"):
+        if (tree / folder).is_dir():
+            compileall.compile_dir(tree / folder, quiet=2)
+
+
+compile_tree(Path(__file__).resolve().parent.parent)

@@ -13,4 +13,7 @@ if [ "${CKPT_SYNC_SETUP_ONLY:-}" = 1 ]; then exit 0; fi
 #   .venv/bin/python -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e '.[torch]'
+# The bytecode a wheel install writes. An editable install leaves it to the first import, which never
+# writes it where PYTHONDONTWRITEBYTECODE is set: every command would then compile what it imports.
+"$PY" -m compileall -q ckpt_sync providers >/dev/null
 "$PY" examples/quickstart.py

@@ -11,6 +11,9 @@ if [ "${CKPT_SYNC_SETUP_ONLY:-}" = 1 ]; then exit 0; fi
 # CPU-only host gets the CPU build with --index-url https://download.pytorch.org/whl/cpu).
 "$PY" -m pip install -q torch==2.13.0
 "$PY" -m pip install -q -e '.[test]'
+# The bytecode a wheel install writes. An editable install leaves it to the first import, which never
+# writes it where PYTHONDONTWRITEBYTECODE is set: every command would then compile what it imports.
+"$PY" -m compileall -q ckpt_sync providers >/dev/null
 "$PY" -m ruff check .
 set +e
 "$PY" -m pytest -q -p no:cacheprovider "$@"

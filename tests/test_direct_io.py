@@ -239,3 +239,30 @@ def test_reads_into_unaligned_or_short_buffers_and_of_shrunk_files(tmp_path):
         assert bytes(read_file_into(fd, len(data), aligned_buffer(len(data)))) == data[: 1 << 20]
     finally:
         os.close(fd)
+
+
+def test_push_and_pull_leave_big_files_out_of_the_page_cache(tmp_path, key, repo_url, repo_dir, cli):
+    """The chunks a push stores and the file a pull restores skip the cache (where the file system
+    allows it), and both are exact; a small file in the same checkpoint goes through the cache."""
+    probe = tmp_path / "probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if not SequentialWriter(fd).direct:
+            pytest.skip("this file system refuses O_DIRECT")
+    finally:
+        os.close(fd)
+    src = tmp_path / "ckpt"
+    src.mkdir()
+    big = random.Random(11).randbytes((9 << 20) + 12345)
+    (src / "model.bin").write_bytes(big)
+    (src / "meta.json").write_text('{"step": 3}')
+    cli("push", "--repo", repo_url, str(src), "--chunk-size", "2M", check=True)
+    chunks = [p for p in (repo_dir / "chunks").rglob("*") if p.is_file()]
+    large = [p for p in chunks if p.stat().st_size >= DIRECT_MIN]
+    assert large and not any(_cached(p) for p in large)
+    out = tmp_path / "out"
+    cli("pull", "--latest", "--repo", repo_url, "--to", str(out), check=True)
+    restored = out / "ckpt" / "model.bin"
+    assert not _cached(restored)
+    assert restored.read_bytes() == big
+    assert (out / "ckpt" / "meta.json").read_text() == '{"step": 3}'
