@@ -3,10 +3,11 @@
 A repository's config fixes, at creation, everything this module decides (docs/FORMAT.md):
 
 - **format version** — v1: the chunk id is HMAC-SHA256 under the repository's id key and the Fernet
-  IV is random, so a reader re-hashes every plaintext to tie it to its id. v2: the id is keyed
-  BLAKE3 (about 3x cheaper) and the IV is derived from the id under the id key, so a stored object
-  that is not the chunk it is named after fails the IV check after Fernet authentication, and a
-  reader need not hash the plaintext at all. Tokens stay standard Fernet tokens in both.
+  IV is random. v2: the id is keyed BLAKE3 (about 3x cheaper) and the IV is derived from the id
+  under the id key, so a stored object that is not the chunk it is named after fails the IV check
+  after Fernet authentication. In both a reader re-hashes every plaintext to its id; in v2 that
+  pass is also the file's check (a file records no whole-file hash unless asked, see file_digest.py).
+  Tokens stay standard Fernet tokens in both.
 - **pad** — 0: none; 1: plaintexts are zero-padded to the Padmé bucket of their length (at most
   ~11% larger, and a length then leaks O(log log n) bits), so object sizes stop fingerprinting the
   tensors they hold.
@@ -157,8 +158,8 @@ class ChunkFormat:
             plain = self._decompress(body, plain_size)
         else:
             raise ChunkMismatch("has the wrong size inside (damaged or written by a buggy writer)")
-        if self.version == 1 and not hmac.compare_digest(self.chunk_id(plain), chunk_id):
-            raise ChunkMismatch("does not match its id (swapped or substituted object)")
+        if not hmac.compare_digest(self.chunk_id(plain), chunk_id):
+            raise ChunkMismatch("does not match its id (swapped or substituted object, or a buggy writer)")
         return plain
 
     @staticmethod

@@ -125,7 +125,7 @@ class _ChunkSink(io.RawIOBase):
         self.stats = stats
         self.window = workers + 2
         self._inputs = BufferPool(self.window + 1, policy.chunk_size)
-        self._tokens = BufferPool(workers, repo.format.max_token_size(policy.chunk_size))
+        self._tokens = repo.token_buffers(workers, policy.chunk_size)
         self._buf: bytearray | None = None
         self._fill = 0
         self._pos = 0

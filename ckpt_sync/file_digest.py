@@ -1,20 +1,25 @@
 """Whole-file hashes: which a push records and which a reader checks (docs/FORMAT.md).
 
-Format-1 repositories record the SHA-256 of every file. Format 2 records BLAKE3-256 (about a third
-of SHA-256's CPU here), and SHA-256 as well only when asked (``push --sha256``: for users who compare
-with ``sha256sum``). Readers check BLAKE3 when a file has it, else SHA-256. The hash sits inside the
+Format-1 repositories record the SHA-256 of every file. Format 2 records none unless asked (``push
+--sha256``, for users who compare with ``sha256sum``): a file's bytes are fixed by its chunk ids, in
+order, and a reader re-hashes every chunk's plaintext to its id anyway (chunk_format.py), so a
+whole-file pass on push and another on pull would add CPU and no check. (The first format-2
+writers recorded BLAKE3-256 of each file; readers check it where present.) Readers check BLAKE3
+when a file has it, else SHA-256, else nothing beyond the chunks. The hash sits inside the
 encrypted manifest, so it needs no key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import blake3
 
+from .chunk_format import ChunkFormat
 from .manifest import FileEntry
 
 ALGORITHMS = ("blake3", "sha256")
@@ -26,17 +31,23 @@ def _new(name: str) -> Any:
 
 
 class FileHasher:
-    """Hashes one file's bytes, fed in order, with each of ``algorithms``."""
+    """Hashes one file's bytes, fed in order, with each of ``algorithms`` (none: it only counts as
+    fed, for a file whose chunks are its check)."""
 
     def __init__(self, algorithms: Iterable[str]) -> None:
         self._hashes = {name: _new(name) for name in algorithms}
-        if not self._hashes or set(self._hashes) - set(ALGORITHMS):
+        if set(self._hashes) - set(ALGORITHMS):
             raise ValueError(f"file hashes are some of {', '.join(ALGORITHMS)}")
 
     @classmethod
     def checking(cls, entry: FileEntry) -> FileHasher:
-        """A hasher for the one hash a reader checks of ``entry``."""
-        return cls((entry.digest[0],))
+        """A hasher for the one whole-file hash a reader checks of ``entry`` (none when it records none)."""
+        return cls(() if entry.digest is None else (entry.digest[0],))
+
+    @property
+    def hashing(self) -> bool:
+        """Whether fed bytes are hashed at all (a caller can skip feeding a hasher that is not)."""
+        return bool(self._hashes)
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         for h in self._hashes.values():
@@ -47,19 +58,32 @@ class FileHasher:
         return {name: (h.hexdigest() if (h := self._hashes.get(name)) else None) for name in ALGORITHMS}
 
     def matches(self, entry: FileEntry) -> bool:
-        """Whether the bytes fed so far are ``entry``'s file (by the hash ``checking`` chose)."""
+        """Whether the bytes fed so far are ``entry``'s file by the hash ``checking`` chose (True
+        when it records none: its chunks were each checked against their ids instead)."""
+        if entry.digest is None:
+            return True
         name, expected = entry.digest
         return self._hashes[name].hexdigest() == expected
 
 
-def file_matches(path: Path, entry: FileEntry) -> bool:
-    """Whether the file at ``path`` holds exactly ``entry``'s bytes (size, then the whole-file hash)."""
+def file_matches(path: Path, entry: FileEntry, fmt: ChunkFormat) -> bool:
+    """Whether the file at ``path`` holds exactly ``entry``'s bytes: its size, then its whole-file
+    hash, or, where it records none, the id of each of its chunks (``fmt`` names them)."""
     if path.stat().st_size != entry.size:
         return False
-    hasher = FileHasher.checking(entry)
     with open(path, "rb", buffering=0) as f:
+        if entry.digest is None:
+            return all(hmac.compare_digest(fmt.chunk_id(_read_exactly(f, ref.size)), ref.id) for ref in entry.chunks)
+        hasher = FileHasher.checking(entry)
         buf = bytearray(_READ)
         view = memoryview(buf)
         while n := f.readinto(buf):
             hasher.update(view[:n])
     return hasher.matches(entry)
+
+
+def _read_exactly(f: BinaryIO, n: int) -> bytes:
+    data = f.read(n)
+    while len(data) < n and (more := f.read(n - len(data))):
+        data += more
+    return data

@@ -75,15 +75,20 @@ class FileEntry:
     chunks: tuple[ChunkRef, ...]
     mtime_ns: int | None = None  # the source file's modification time (restored by pull)
     mode: int | None = None  # the source file's permission bits (0o777 part); None in older manifests
-    blake3: str | None = None  # BLAKE3-256 of the file (format 2); at least one of the two is present
+    # BLAKE3-256 of the file, as format-2 writers recorded it at first; checked when present. A file
+    # with neither hash (format 2 now, unless --sha256) is fixed by its chunk ids: a reader checks
+    # each chunk's plaintext against its id, and the ids, their order and sizes are in this manifest.
+    blake3: str | None = None
 
     @property
-    def digest(self) -> tuple[str, str]:
-        """The whole-file hash readers check: (algorithm, hex), BLAKE3 when recorded (cheaper)."""
+    def digest(self) -> tuple[str, str] | None:
+        """The whole-file hash readers check: (algorithm, hex), BLAKE3 when recorded (cheaper);
+        None when the file records none (its chunk ids are then its hash, see ``blake3``)."""
         if self.blake3 is not None:
             return "blake3", self.blake3
-        assert self.sha256 is not None
-        return "sha256", self.sha256
+        if self.sha256 is not None:
+            return "sha256", self.sha256
+        return None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "size": self.size}
@@ -107,8 +112,6 @@ class FileEntry:
             raise IntegrityError(f"unsafe path in manifest: {path!r} ({problem})")
         size = _int(d.get("size"), f"size of {path!r}")
         sha, b3 = (_optional(d.get(k), _hex64, f"{k} of {path!r}") for k in ("sha256", "blake3"))
-        if sha is None and b3 is None:
-            raise IntegrityError(f"file {path!r} has no whole-file hash (sha256 or blake3)")
         raw_chunks = d.get("chunks")
         if not isinstance(raw_chunks, list):
             raise IntegrityError(f"file {path!r}: chunks is not a list")
@@ -217,12 +220,17 @@ class Manifest:
         )
 
     def same_version(self, other: Manifest) -> bool:
-        """The same checkpoint committed twice: same name, kind, tags and files (paths, sizes, hashes)."""
+        """The same checkpoint committed twice: same name, kind, tags and files (paths, sizes, hashes
+        and chunk ids, which are a hash of the content too)."""
+
+        def contents(m: Manifest) -> list[tuple[str, int, tuple[str, str] | None, tuple[str, ...]]]:
+            return [(f.path, f.size, f.digest, tuple(c.id for c in f.chunks)) for f in m.files]
+
         return (
             self.name == other.name
             and self.kind == other.kind
             and sorted(self.tags) == sorted(other.tags)
-            and [(f.path, f.size, f.digest) for f in self.files] == [(f.path, f.size, f.digest) for f in other.files]
+            and contents(self) == contents(other)
         )
 
     def chunk_ids(self) -> set[str]:

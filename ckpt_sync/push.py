@@ -91,7 +91,7 @@ def push_file(
     at most (window + 1 + workers) x chunk size whatever the file's size.
     """
     inputs = BufferPool(window + 1, policy.chunk_size)
-    tokens = BufferPool(workers, repo.format.max_token_size(policy.chunk_size))  # one per running store
+    tokens = repo.token_buffers(workers, policy.chunk_size)  # one per running store
 
     def read(fd: int, spans: list[tuple[int, int]], sha: Any) -> Iterator[tuple[bytearray, memoryview]]:
         for off, length in spans:

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from cryptography.fernet import InvalidToken
 
+from .buffers import BufferPool
 from .chunk_format import COMPRESSIONS, PAD_SCHEMES, ChunkFormat, ChunkMismatch
 from .chunk_format import VERSIONS as CHUNK_VERSIONS
 from .crypto import KeyRing
@@ -52,7 +53,7 @@ from .locations import cache_home
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding, parse_manifest
 from .manifest_cache import ManifestCache
 from .providers import Provider
-from .providers.base import ObjectInfo, read_into
+from .providers.base import ObjectInfo, read_into, wants_aligned_buffers
 from .seen import remember
 
 FORMAT_NAME = "ckpt-sync"
@@ -368,10 +369,11 @@ class Repository:
         )
 
     def file_hasher(self) -> FileHasher:
-        """What a push hashes each file with (file_digest.py): SHA-256 in format 1; BLAKE3 in format
-        2, and SHA-256 too when the repository was created with ``sha256``."""
+        """What a push hashes each file with (file_digest.py): SHA-256 in format 1, and in format 2
+        when the repository was created with ``sha256``; in format 2 otherwise nothing (its chunk
+        ids are its hash)."""
         s = self.settings
-        return FileHasher(("sha256",) if s.version == 1 else ("blake3", "sha256") if s.sha256 else ("blake3",))
+        return FileHasher(("sha256",) if s.version == 1 or s.sha256 else ())
 
     # --- chunks ----------------------------------------------------------------------------------
 
@@ -398,6 +400,11 @@ class Repository:
             if self._known is None:
                 self._known = self.list_chunks()
             return self._known
+
+    def token_buffers(self, count: int, plain_size: int) -> BufferPool:
+        """Reusable buffers for ``count`` tokens of chunks up to ``plain_size`` bytes, laid out the way
+        this repository's store moves them best (providers.base.wants_aligned_buffers)."""
+        return BufferPool(count, self.format.max_token_size(plain_size), aligned=wants_aligned_buffers(self.provider))
 
     def store_chunk(
         self, plaintext: bytes | bytearray | memoryview, *, scratch: bytearray | None = None

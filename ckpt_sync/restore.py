@@ -123,9 +123,9 @@ def read_verified(
         return
     # Tokens and plaintexts go into reusable buffers: each pending chunk holds a plaintext, this
     # thread one more, and each running fetch a token until it is decrypted.
-    size = repo.format.max_token_size(max(c.size for c in entry.chunks))
-    plains = BufferPool(window + 1, size)
-    tokens = BufferPool(window, size)
+    largest = max(c.size for c in entry.chunks)
+    plains = BufferPool(window + 1, repo.format.max_token_size(largest))  # decrypted in place, padding and all
+    tokens = repo.token_buffers(window, largest)
 
     def fetch(ref: ChunkRef) -> tuple[bytearray, memoryview]:
         buf, scratch = plains.acquire(), tokens.acquire()
@@ -137,7 +137,7 @@ def read_verified(
         finally:
             tokens.release(scratch)
 
-    sha = FileHasher.checking(entry)
+    sha = FileHasher.checking(entry)  # often none: every chunk is checked against its id in fetch
     # One writer, in order (workers writing one file in parallel spin on its lock), hashing a whole
     # chunk per call: each call gives up the GIL, and taking it back from six busy workers can wait
     # a switch interval (5 ms), so per-slice calls left this thread waiting most of the time.
@@ -220,7 +220,7 @@ def restore(
     stats = TransferStats()
     rels = {e.path: f"{manifest.name}/{e.path}" if root != dest else e.path for e in manifest.files}
     finals = {path: _destination(dest, rel, create=False) for path, rel in rels.items()}
-    identical = _existing(manifest, finals, root if root != dest and whole else None, overwrite)
+    identical = _existing(repo, manifest, finals, root if root != dest and whole else None, overwrite)
     clean_leftovers(dest)
     if manifest.kind == "dir":
         _check_replaceable(root)
@@ -278,7 +278,9 @@ def restore(
     return stats.finish()
 
 
-def _existing(manifest: Manifest, finals: dict[str, Path], root: Path | None, overwrite: bool) -> set[str]:
+def _existing(
+    repo: Repository, manifest: Manifest, finals: dict[str, Path], root: Path | None, overwrite: bool
+) -> set[str]:
     """Paths of the checkpoint already at the destination and identical; refuses (UsageError) to
     replace a different file, or to leave stale files in a folder checkpoint, unless ``overwrite``."""
     identical: set[str] = set()
@@ -286,7 +288,7 @@ def _existing(manifest: Manifest, finals: dict[str, Path], root: Path | None, ov
         final = finals[entry.path]
         if not final.is_file() or final.is_symlink():
             continue
-        if file_matches(final, entry):
+        if file_matches(final, entry, repo.format):
             identical.add(entry.path)
         elif not overwrite:
             raise UsageError(

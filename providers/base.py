@@ -45,6 +45,8 @@ class Provider(Protocol):
     # Optional: ``get_into(key, out: bytearray) -> memoryview | None`` reads the whole object into
     # ``out`` and returns the view of ``out`` it fills, or None (nothing read) when it is larger than
     # ``out``. Chunks are read that way into reusable buffers; ``read_into`` falls back to ``get``.
+    # Optional: ``aligned_buffers = True`` asks for chunk tokens in page-aligned buffers (the local
+    # provider then writes and reads them with O_DIRECT, without a copy); see wants_aligned_buffers.
 
     def size(self, key: str) -> int | None:
         """The object's size, or None if it does not exist."""
@@ -60,6 +62,11 @@ class Provider(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def wants_aligned_buffers(provider: Provider) -> bool:
+    """Whether ``provider`` moves tokens best from page-aligned buffers (``aligned_buffers``)."""
+    return bool(getattr(provider, "aligned_buffers", False))
 
 
 def read_into(provider: Provider, key: str, out: bytearray) -> bytes | memoryview | None:

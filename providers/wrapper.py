@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from ckpt_sync.errors import UsageError
 
-from .base import ObjectInfo, Provider, read_into
+from .base import ObjectInfo, Provider, read_into, wants_aligned_buffers
 
 T = TypeVar("T")
 
@@ -21,6 +21,7 @@ class WrappingProvider:
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
         self.url = inner.url
+        self.aligned_buffers = wants_aligned_buffers(inner)
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         return fn()

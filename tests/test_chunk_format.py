@@ -1,7 +1,7 @@
-"""Repository formats and chunk encodings (chunk_format.py, docs/FORMAT.md): format 2's IV binding,
-padding that hides tensor sizes, per-chunk compression that keeps deduplication, and format 1 still
-readable and writable. Real pushes (a subprocess), real torch.save checkpoints, objects edited in
-the store as a hostile or broken store would."""
+"""Repository formats and chunk encodings (chunk_format.py, docs/FORMAT.md): format 2's IV binding
+and chunk re-hashing, padding that hides tensor sizes, per-chunk compression that keeps
+deduplication, and format 1 still readable and writable. Real pushes (a subprocess), real
+torch.save checkpoints, objects edited in the store as a hostile or broken store would."""
 
 from __future__ import annotations
 
@@ -169,39 +169,85 @@ def test_format2_refuses_a_chunk_copied_from_another_repository_under_the_same_k
     assert proc.returncode != 0 and "is not the chunk it is named after" in proc.stderr
 
 
-def test_format2_records_blake3_and_sha256_only_when_asked(cli, key, tmp_path):
+def test_format2_records_a_whole_file_hash_only_when_asked(cli, key, tmp_path):
+    """Format 2's chunk ids are each file's hash; SHA-256 is recorded with --sha256 (for sha256sum),
+    and always in format 1."""
     ckpt = _save(tmp_path / "c.pt", {"w": torch.randn(2000)})
     import hashlib
 
-    import blake3
-
-    want_sha, want_b3 = hashlib.sha256(ckpt.read_bytes()).hexdigest(), blake3.blake3(ckpt.read_bytes()).hexdigest()
+    want_sha = hashlib.sha256(ckpt.read_bytes()).hexdigest()
     _push(cli, tmp_path / "plain", ckpt)
     (entry,) = _manifest(tmp_path / "plain", key)["files"]
-    assert entry["blake3"] == want_b3 and "sha256" not in entry
-    _push(cli, tmp_path / "both", ckpt, "--sha256")
-    (entry,) = _manifest(tmp_path / "both", key)["files"]
-    assert (entry["blake3"], entry["sha256"]) == (want_b3, want_sha)
-    listed = json.loads(cli("ls", "latest", "--repo", str(tmp_path / "both"), "--json", check=True).stdout)
-    assert listed == [{"path": "c.pt", "size": ckpt.stat().st_size, "sha256": want_sha, "blake3": want_b3}]
+    assert "blake3" not in entry and "sha256" not in entry and entry["chunks"]
+    _push(cli, tmp_path / "sha", ckpt, "--sha256")
+    (entry,) = _manifest(tmp_path / "sha", key)["files"]
+    assert entry["sha256"] == want_sha and "blake3" not in entry
+    listed = json.loads(cli("ls", "latest", "--repo", str(tmp_path / "sha"), "--json", check=True).stdout)
+    assert listed == [{"path": "c.pt", "size": ckpt.stat().st_size, "sha256": want_sha, "blake3": None}]
     _push(cli, tmp_path / "v1", ckpt, "--format", "1")
     (entry,) = _manifest(tmp_path / "v1", key)["files"]
     assert entry["sha256"] == want_sha and "blake3" not in entry
 
 
-def test_a_flipped_byte_in_a_format2_file_hash_is_caught_even_though_chunks_are_not_rehashed(cli, key, tmp_path):
-    """The whole-file BLAKE3 still guards the assembled file: a manifest (re-encrypted with the key,
-    as a buggy writer would) whose hash does not match its chunks restores nothing."""
+def test_format2_catches_a_chunk_that_is_not_what_its_writer_named(cli, key, tmp_path):
+    """A writer bug (say, a buffer reused before it was encrypted) stores other bytes under a chunk's
+    id, sealed with the key and the right IV: only re-hashing the plaintext can tell. Pull restores
+    nothing, verify names the chunk."""
+    from ckpt_sync.api import open_repository
+
     repo = tmp_path / "repo"
-    ckpt = _save(tmp_path / "c.pt", {"w": torch.randn(20_000)})
+    ckpt = _save(tmp_path / "c.pt", {"w": torch.randn(40_000)})
     _push(cli, repo, ckpt)
-    name = sorted(p.name for p in (repo / "manifests").iterdir())[-1]
-    m = _manifest(repo, key)
-    m["files"][0]["blake3"] = "0" * 64
-    token = Fernet(key.encode()).encrypt(json.dumps(m).encode())
-    (repo / "manifests" / name).write_bytes(base64.urlsafe_b64decode(token))
-    proc = cli("pull", name, "--repo", str(repo), "--to", str(tmp_path / "out"))
-    assert proc.returncode != 0 and "whole-file hash mismatch" in proc.stderr
+    cid, size = _manifest(repo, key)["files"][0]["chunks"][1]
+    r = open_repository(str(repo))
+    plain = bytearray(r.load_chunk(r_ref(cid, size)))
+    plain[size // 2] ^= 0x01
+    _chunk_path(repo, cid).write_bytes(bytes(r.format.seal(r.keys, bytes(plain), cid)))
+    proc = cli("pull", "--latest", "--repo", str(repo), "--to", str(tmp_path / "out"))
+    assert proc.returncode != 0 and "does not match its id" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    proc = cli("verify", "--read-data", "--repo", str(repo))
+    assert proc.returncode != 0 and cid[:16] in proc.stdout + proc.stderr
+
+
+def r_ref(cid: str, size: int):
+    from ckpt_sync.manifest import ChunkRef
+
+    return ChunkRef(cid, size)
+
+
+def test_a_recorded_sha256_that_does_not_match_the_chunks_is_caught(cli, key, tmp_path):
+    """Where a file records a whole-file hash (format 1, or format 2 with --sha256), a reader checks
+    it too: a manifest (re-encrypted with the key, as a buggy writer would) whose hash does not match
+    its chunks restores nothing."""
+    for options in (("--sha256",), ("--format", "1")):
+        repo = tmp_path / f"repo{len(options)}"
+        ckpt = _save(tmp_path / "c.pt", {"w": torch.randn(20_000)})
+        _push(cli, repo, ckpt, *options)
+        name = sorted(p.name for p in (repo / "manifests").iterdir())[-1]
+        m = _manifest(repo, key)
+        m["files"][0]["sha256"] = "0" * 64
+        token = Fernet(key.encode()).encrypt(json.dumps(m).encode())
+        (repo / "manifests" / name).write_bytes(base64.urlsafe_b64decode(token))
+        proc = cli("pull", name, "--repo", str(repo), "--to", str(tmp_path / f"out{len(options)}"))
+        assert proc.returncode != 0 and "whole-file hash mismatch" in proc.stderr
+
+
+def test_a_restored_file_changed_since_is_told_apart_by_its_chunk_ids(cli, key, tmp_path):
+    """With no whole-file hash recorded, "already restored and identical" is decided chunk by chunk:
+    an identical copy is kept, one with a flipped byte is refused without --overwrite."""
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    ckpt = _save(tmp_path / "c.pt", {"w": torch.randn(60_000)})
+    _push(cli, repo, ckpt)
+    cli("pull", "--latest", "--repo", str(repo), "--to", str(out), check=True)
+    cli("pull", "--latest", "--repo", str(repo), "--to", str(out), check=True)  # identical: kept
+    data = bytearray((out / "c.pt").read_bytes())
+    data[len(data) // 3] ^= 0x40
+    (out / "c.pt").write_bytes(bytes(data))
+    proc = cli("pull", "--latest", "--repo", str(repo), "--to", str(out))
+    assert proc.returncode != 0 and "differs" in proc.stderr
+    cli("pull", "--latest", "--repo", str(repo), "--to", str(out), "--overwrite", check=True)
+    assert (out / "c.pt").read_bytes() == ckpt.read_bytes()
 
 
 def test_format1_repositories_stay_readable_and_writable(cli, key, tmp_path):

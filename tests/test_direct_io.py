@@ -12,7 +12,7 @@ import random
 import pytest
 
 from ckpt_sync import direct_io
-from ckpt_sync.direct_io import ALIGN, DIRECT_MIN, SequentialWriter, aligned_buffer, read_file_into
+from ckpt_sync.direct_io import ALIGN, DIRECT_MIN, SequentialWriter, _aligned, aligned_buffer, read_file_into
 
 
 def _cached(path) -> bool:
@@ -266,3 +266,21 @@ def test_push_and_pull_leave_big_files_out_of_the_page_cache(tmp_path, key, repo
     assert not _cached(restored)
     assert restored.read_bytes() == big
     assert (out / "ckpt" / "meta.json").read_text() == '{"step": 3}'
+
+
+def test_token_buffers_suit_the_store(tmp_path, key):
+    """Aligned for the local provider, behind its wrappers (O_DIRECT from the buffer); exact
+    bytearrays for the cloud stores, which the S3 SDK sends without a copy (providers/s3.py ``_body``)."""
+    from ckpt_sync.api import open_repository
+    from ckpt_sync.providers import azure, gcs, s3
+
+    repo = open_repository(str(tmp_path / "repo"), create=True)
+    chunk = 8 << 20
+    buf = repo.token_buffers(1, chunk).acquire()
+    assert _aligned(memoryview(buf)) and len(buf) >= repo.format.max_token_size(chunk)
+    clouds = (s3.S3Provider, azure.AzureBlobProvider, gcs.GCSProvider)
+    assert not any(getattr(cls, "aligned_buffers", False) for cls in clouds)
+    repo.provider.aligned_buffers = False  # as the wrapper around a cloud store says
+    buf = repo.token_buffers(1, chunk).acquire()
+    assert isinstance(buf, bytearray) and len(buf) == repo.format.max_token_size(chunk)
+    assert s3._body(memoryview(buf)[: len(buf)]) is buf  # a full-size token is sent as it is
