@@ -22,6 +22,7 @@ import fcntl
 import mmap
 import os
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 ALIGN = 4096  # a multiple of every logical block size Linux uses (512, 4096) and of the page size
@@ -113,6 +114,18 @@ def _set_direct(fd: int, on: bool) -> bool:
     return on
 
 
+def _after_both(fn: Callable[[], object]) -> Callable[[], None]:
+    """A callable that calls ``fn`` on its second call (both users of a buffer are done with it)."""
+    left = [2]
+
+    def arrive() -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            fn()
+
+    return arrive
+
+
 def _aligned(view: memoryview) -> bool:
     """Whether ``view`` starts on a block boundary in memory (read-only views are never used directly)."""
     return not view.readonly and ctypes.addressof(ctypes.c_char.from_buffer(view)) % ALIGN == 0
@@ -121,22 +134,28 @@ def _aligned(view: memoryview) -> bool:
 class SequentialWriter:
     """Writes ``fd`` from offset 0, in order, with O_DIRECT where the file system allows it.
 
-    ``finish()`` writes what is staged and sets the file's size; without it the file may end in a
-    padded block or lack its last bytes. With ``background``, full staging buffers are written by
-    a thread of its own while the caller fills the next (the caller never waits on the disk unless
-    it is behind); use the writer as a context manager then, so no write outlives the file
-    descriptor. Not thread-safe: one caller per file.
+    Whole blocks go straight from the caller's buffer where its memory is aligned as its place in
+    the file is (``aligned_buffer`` memory, at a shift of the file offset modulo ``ALIGN``); the
+    rest is copied through a staging buffer. ``finish()`` writes what is staged and sets the
+    file's size; without it the file may end in a padded block or lack its last bytes.
+
+    With ``background``, writes run on threads of their own while the caller goes on (it waits on
+    the disk only when it is ahead of it); use the writer as a context manager then, so no write
+    outlives the file descriptor. A caller's buffer is written from in the background only when
+    ``write`` is given ``release``, called once the writer is done with it; otherwise it is copied.
+    Not thread-safe: one caller per file.
     """
+
+    IN_FLIGHT = 3  # writes queued or running in the background: two keep the disk busy while one waits
 
     def __init__(self, fd: int, *, direct: bool = True, staging: int = 1 << 20, background: bool = False) -> None:
         self.fd = fd
         self.pos = 0  # bytes handed to the file so far (whole blocks while direct)
         self.direct = direct and _set_direct(fd, True)
-        # Two writes in flight keep the disk busy while a thread waits for the GIL; a third buffer fills meanwhile.
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="direct-write") if background and self.direct else None
-        self._size, self._unmade = staging, 2 if self._pool else 0  # more staging buffers, made on first need
+        self._size, self._unmade = staging, self.IN_FLIGHT if self._pool else 0  # staging buffers made on need
         self._free: list[mmap.mmap] = []
-        self._pending: deque[tuple[Future[None], mmap.mmap]] = deque()
+        self._pending: deque[tuple[Future[None], Callable[[], object]]] = deque()
         self._stage = aligned_buffer(staging) if self.direct else None
         self._staged = 0
 
@@ -146,20 +165,35 @@ class SequentialWriter:
     def __exit__(self, *exc: object) -> None:
         self._drain(raise_errors=exc[0] is None)
 
-    def write(self, data: bytes | bytearray | memoryview | mmap.mmap) -> None:
+    def write(
+        self, data: bytes | bytearray | memoryview | mmap.mmap, release: Callable[[], object] | None = None
+    ) -> None:
+        """Append ``data``; ``release()`` is called once the writer no longer needs its memory."""
         view = memoryview(data).cast("B")
         if self._stage is None:
             write_all(self.fd, view, self.pos)
             self.pos += len(view)
+            if release is not None:
+                release()
             return
-        done = self._stage_bytes(view) if self._staged else 0  # the file position is aligned after it
+        done = 0
+        if self._staged % ALIGN:  # complete the block the staging buffer ends in
+            done = self._stage_bytes(view[: ALIGN - self._staged % ALIGN])
         whole = (len(view) - done) // ALIGN * ALIGN
-        if whole and not self._staged and self._pool is None and _aligned(view[done:]):
-            self._write_at(view[done : done + whole], self.pos)  # straight from the caller's aligned buffer
-            self.pos += whole
+        direct_ok = self._pool is None or release is not None
+        if whole and direct_ok and self._staged % ALIGN == 0 and _aligned(view[done:]):
+            if self._staged:
+                self._hand_over(self._staged)  # whole blocks, and they come first in the file
+            if release is not None:
+                release = _after_both(release)  # the write from the buffer, and the tail's copy below
+                self._submit(view[done : done + whole], release)  # straight from the caller's buffer
+            else:
+                self._submit(view[done : done + whole], None)
             done += whole
         while done < len(view):
             done += self._stage_bytes(view[done:])
+        if release is not None:
+            release()
 
     def _stage_bytes(self, view: memoryview) -> int:
         assert self._stage is not None
@@ -171,24 +205,41 @@ class SequentialWriter:
         return n
 
     def _hand_over(self, n: int) -> None:
-        """Write the first ``n`` bytes of the staging buffer at the file position (in the background
-        when there is a thread for it, taking another buffer to fill)."""
+        """Write the first ``n`` bytes of the staging buffer at the file position, and take another
+        staging buffer to fill while it is written (in the background)."""
         assert self._stage is not None
-        view, pos = memoryview(self._stage)[:n], self.pos
-        self.pos += n
+        stage = self._stage
         self._staged = 0
         if self._pool is None:
-            self._write_at(view, pos)
+            self._submit(memoryview(stage)[:n], None)
             return
-        self._pending.append((self._pool.submit(self._write_at, view, pos), self._stage))
+        self._submit(memoryview(stage)[:n], lambda: self._free.append(stage))
         if not self._free and self._unmade:
             self._unmade -= 1
             self._free.append(aligned_buffer(self._size))
-        elif not self._free:
-            fut, buf = self._pending.popleft()
-            fut.result()
-            self._free.append(buf)
+        while not self._free:
+            self._wait_oldest()
         self._stage = self._free.pop()
+
+    def _submit(self, view: memoryview, done: Callable[[], object] | None) -> None:
+        """Write ``view`` at the file position: now, or in the background (``done`` runs after)."""
+        pos = self.pos
+        self.pos += len(view)
+        if self._pool is None:
+            self._write_at(view, pos)
+            if done is not None:
+                done()
+            return
+        self._pending.append((self._pool.submit(self._write_at, view, pos), done or (lambda: None)))
+        while len(self._pending) > self.IN_FLIGHT:
+            self._wait_oldest()
+
+    def _wait_oldest(self) -> None:
+        fut, done = self._pending.popleft()
+        try:
+            fut.result()
+        finally:
+            done()
 
     def _write_at(self, view: memoryview, pos: int) -> None:
         done = 0
@@ -203,17 +254,17 @@ class SequentialWriter:
                 self.direct = _set_direct(self.fd, False)
 
     def _drain(self, *, raise_errors: bool) -> None:
+        """Wait for every background write (each one's ``done`` runs, whatever happened)."""
+        first: BaseException | None = None
         while self._pending:
-            fut, buf = self._pending.popleft()
-            self._free.append(buf)
             try:
-                fut.result()
-            except BaseException:
-                if raise_errors:
-                    self._drain(raise_errors=False)
-                    raise
+                self._wait_oldest()
+            except BaseException as err:
+                first = first or err
         if self._pool is not None:
             self._pool.shutdown(wait=True)
+        if first is not None and raise_errors:
+            raise first
 
     def finish(self) -> int:
         """Write what is staged, wait for every write, set the file's size, and return it."""

@@ -12,6 +12,8 @@ crashed pull left in the same folder (its owner dead on this host, or older than
 from __future__ import annotations
 
 import errno
+import itertools
+import mmap
 import os
 import re
 import secrets
@@ -24,7 +26,7 @@ from typing import BinaryIO
 
 from .buffers import BufferPool
 from .contents import file_entry, select_files
-from .direct_io import DIRECT_MIN, SequentialWriter
+from .direct_io import ALIGN, DIRECT_MIN, SequentialWriter
 from .errors import (
     Cancelled,
     CkptSyncError,
@@ -122,15 +124,21 @@ def read_verified(
             raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
         return
     # Tokens and plaintexts go into reusable buffers: each pending chunk holds a plaintext, this
-    # thread one more, and each running fetch a token until it is decrypted.
+    # thread one more, the writer the few it is writing from, and each running fetch a token until
+    # it is decrypted. A plaintext is decrypted at its file offset modulo ALIGN into an aligned
+    # buffer, so the writer sends its whole blocks to the disk without copying them (direct_io.py).
     largest = max(c.size for c in entry.chunks)
-    plains = BufferPool(window + 1, repo.format.max_token_size(largest))  # decrypted in place, padding and all
+    plains = BufferPool(
+        window + 1 + SequentialWriter.IN_FLIGHT, repo.format.max_token_size(largest) + ALIGN, aligned=True
+    )
     tokens = repo.token_buffers(window, largest)
 
-    def fetch(ref: ChunkRef) -> tuple[bytearray, memoryview]:
+    def fetch(item: tuple[ChunkRef, int]) -> tuple[mmap.mmap, memoryview]:
+        ref, offset = item
         buf, scratch = plains.acquire(), tokens.acquire()
         try:
-            return buf, memoryview(repo.load_chunk(ref, out=buf, scratch=scratch))
+            out = memoryview(buf)[offset % ALIGN :]
+            return buf, memoryview(repo.load_chunk(ref, out=out, scratch=scratch))
         except BaseException:
             plains.release(buf)
             raise
@@ -141,15 +149,17 @@ def read_verified(
     # One writer, in order (workers writing one file in parallel spin on its lock), hashing a whole
     # chunk per call: each call gives up the GIL, and taking it back from six busy workers can wait
     # a switch interval (5 ms), so per-slice calls left this thread waiting most of the time.
-    for buf, plain in ordered_map(pool, fetch, entry.chunks, window):
+    placed = zip(entry.chunks, itertools.accumulate((c.size for c in entry.chunks), initial=0), strict=False)
+    for buf, plain in ordered_map(pool, fetch, placed, window):
         sha.update(plain)
-        if writer is not None:
-            writer.write(plain)
         if sink is not None:
             sink(plain)
         if progress:
             progress(len(plain))
-        plains.release(buf)
+        if writer is not None:
+            writer.write(plain, release=lambda buf=buf: plains.release(buf))  # kept until written
+        else:
+            plains.release(buf)
     if not sha.matches(entry):
         raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
 
@@ -331,7 +341,7 @@ def _write_file(
         if entry.size:
             os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
         direct = entry.size >= DIRECT_MIN  # a small file is cheaper through the cache
-        with SequentialWriter(fd, direct=direct, staging=min(4 << 20, entry.size), background=True) as writer:
+        with SequentialWriter(fd, direct=direct, staging=min(1 << 20, entry.size), background=True) as writer:
             if writer.direct:  # nothing waits in the page cache for the fsync below
                 read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=progress)
             else:

@@ -271,8 +271,9 @@ def test_push_and_pull_leave_big_files_out_of_the_page_cache(tmp_path, key, repo
 def test_token_buffers_suit_the_store(tmp_path, key):
     """Aligned for the local provider, behind its wrappers (O_DIRECT from the buffer); exact
     bytearrays for the cloud stores, which the S3 SDK sends without a copy (providers/s3.py ``_body``)."""
-    from ckpt_sync.api import open_repository
     from ckpt_sync.providers import azure, gcs, s3
+
+    from ckpt_sync.api import open_repository
 
     repo = open_repository(str(tmp_path / "repo"), create=True)
     chunk = 8 << 20
@@ -284,3 +285,47 @@ def test_token_buffers_suit_the_store(tmp_path, key):
     buf = repo.token_buffers(1, chunk).acquire()
     assert isinstance(buf, bytearray) and len(buf) == repo.format.max_token_size(chunk)
     assert s3._body(memoryview(buf)[: len(buf)]) is buf  # a full-size token is sent as it is
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_whole_blocks_go_from_the_callers_buffers_and_each_is_released_once_after(tmp_path, monkeypatch, background):
+    """Pull's pattern: each chunk decrypted into an aligned buffer at its file offset modulo ALIGN.
+    Its whole blocks are written from that buffer (no copy), ``release`` comes once per buffer, and
+    only when the writer is done with it: a buffer scribbled over as soon as it is released (as the
+    pool reuses it) leaves the file exact."""
+    real, big_writes = os.pwrite, []
+
+    def pwrite(fd, data, offset):
+        if len(data) > 64 << 10:  # larger than the staging buffer: straight from a caller's buffer
+            big_writes.append(len(data))
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    rng = random.Random(f"shifted-{background}")
+    data = rng.randbytes((20 << 20) + 1234)
+    path = tmp_path / "f"
+    released: list[int] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with SequentialWriter(fd, staging=64 << 10, background=background) as writer:
+            if not writer.direct:
+                pytest.skip("this file system refuses O_DIRECT")
+            offset, index = 0, 0
+            while offset < len(data):
+                piece = data[offset : offset + rng.choice([1, 4000, 70_001, 1 << 20, 3_333_333])]
+                buf = aligned_buffer(len(piece) + ALIGN)
+                shift = offset % ALIGN
+                buf[shift : shift + len(piece)] = piece
+
+                def release(buf=buf, index=index):
+                    released.append(index)
+                    buf[:] = b"\xee" * len(buf)  # reused at once
+
+                writer.write(memoryview(buf)[shift : shift + len(piece)], release=release)
+                offset, index = offset + len(piece), index + 1
+            writer.finish()
+    finally:
+        os.close(fd)
+    assert sorted(released) == list(range(index))
+    assert path.read_bytes() == data
+    assert sum(big_writes) > len(data) * 0.8
