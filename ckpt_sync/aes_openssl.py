@@ -79,9 +79,10 @@ def _crypt_openssl(
     length: int,
     dst: bytearray | memoryview,
     dst_offset: int,
+    src_offset: int = 0,
 ) -> None:
     assert _lib is not None
-    if length % 16 or length > len(src) or dst_offset + length > len(dst):
+    if length % 16 or src_offset + length > len(src) or dst_offset + length > len(dst):
         raise ValueError("CBC input must be whole blocks and fit the output")
     init, update = (
         (_lib.EVP_EncryptInit_ex, _lib.EVP_EncryptUpdate)
@@ -99,7 +100,9 @@ def _crypt_openssl(
         out_len = ctypes.c_int()
         while done < length:
             n = min(_MAX_CALL, length - done)
-            ok = update(ctx, _address(dst, dst_offset + done), ctypes.byref(out_len), _address(src, done), n)
+            ok = update(
+                ctx, _address(dst, dst_offset + done), ctypes.byref(out_len), _address(src, src_offset + done), n
+            )
             if ok != 1 or out_len.value != n:
                 raise RuntimeError("EVP_CipherUpdate failed")
             done += n
@@ -150,13 +153,16 @@ def cbc_encrypt_into(
         _encrypt_cryptography(key, iv, src, length, dst, dst_offset)
 
 
-def cbc_decrypt_into(key: bytes, iv: bytes, src: bytes | bytearray | memoryview, dst: bytearray | memoryview) -> None:
-    """Decrypt ``src`` (whole blocks) with AES-128-CBC into the start of ``dst``; the padding is
-    left for the caller to check."""
+def cbc_decrypt_into(
+    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, offset: int, length: int, dst: bytearray | memoryview
+) -> None:
+    """Decrypt ``src[offset:offset + length]`` (whole blocks) with AES-128-CBC into the start of
+    ``dst``; the padding is left for the caller to check. (An offset, not a slice: a slice of a
+    ``bytes`` token, as the cloud stores return them, would be a read-only view with no address.)"""
     if _lib is not None and not (isinstance(src, memoryview) and src.readonly):
-        _crypt_openssl(False, key, iv, src, len(src), dst, 0)
+        _crypt_openssl(False, key, iv, src, length, dst, 0, offset)
         return
     dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    n = dec.update_into(src, dst)
+    n = dec.update_into(memoryview(src)[offset : offset + length], dst)
     dec.finalize()
-    assert n == len(src)
+    assert n == length

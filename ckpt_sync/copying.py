@@ -93,7 +93,7 @@ def copy_checkpoints(
         present = list(dst.manifests())
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-copy") as pool:
             for m in oldest_first(manifests, lambda m: m.position):
-                if any(p.same_version(m) for p in present):
+                if any(p.same_version(m, chunk_ids=same_ids) for p in present):
                     report.skipped.append(m.id)
                     continue
 

@@ -88,12 +88,13 @@ class FernetKey:
         mac = hmac.digest(self.signing, view[:-MAC], "sha256")
         if not hmac.compare_digest(mac, view[-MAC:]):
             raise IntegrityError("authentication failed (wrong key, or the object was altered)")
-        body = view[HEADER:-MAC]
-        buf = bytearray(len(body) + BLOCK) if out is None else out
-        if len(buf) < len(body) + BLOCK:
+        n = len(view) - HEADER - MAC
+        buf = bytearray(n + BLOCK) if out is None else out
+        if len(buf) < n + BLOCK:
             raise ValueError("output buffer too small for the plaintext")
-        cbc_decrypt_into(self.encryption, bytes(view[9:HEADER]), body, buf)
-        n = len(body)
+        cbc_decrypt_into(
+            self.encryption, bytes(view[9:HEADER]), token if isinstance(token, bytes) else view, HEADER, n, buf
+        )
         pad = buf[n - 1]
         if not 1 <= pad <= BLOCK or buf[n - pad : n] != bytes([pad]) * pad:
             raise IntegrityError("bad padding after authentication (corrupt token)")

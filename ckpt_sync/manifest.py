@@ -219,18 +219,23 @@ class Manifest:
             self.id,
         )
 
-    def same_version(self, other: Manifest) -> bool:
+    def same_version(self, other: Manifest, *, chunk_ids: bool = True) -> bool:
         """The same checkpoint committed twice: same name, kind, tags and files (paths, sizes, hashes
-        and chunk ids, which are a hash of the content too)."""
+        and chunk ids, which are a hash of the content too). ``chunk_ids`` False: the two are in
+        repositories whose chunk ids differ (another id key), so ids are not compared; where a file
+        then has no whole-file hash to compare either (format 2), only the same commit (the same
+        manifest id: a copy keeps it) is the same version."""
 
         def contents(m: Manifest) -> list[tuple[str, int, tuple[str, str] | None, tuple[str, ...]]]:
-            return [(f.path, f.size, f.digest, tuple(c.id for c in f.chunks)) for f in m.files]
+            return [(f.path, f.size, f.digest, tuple(c.id for c in f.chunks) if chunk_ids else ()) for f in m.files]
 
+        unhashed = any(f.digest is None for f in (*self.files, *other.files))
         return (
             self.name == other.name
             and self.kind == other.kind
             and sorted(self.tags) == sorted(other.tags)
             and contents(self) == contents(other)
+            and (chunk_ids or not unhashed or self.id == other.id)
         )
 
     def chunk_ids(self) -> set[str]:

@@ -69,8 +69,9 @@ def test_copy_to_a_repository_with_another_key_re_encrypts(
     other = tmp_path / "other.key"
     other.write_text(Fernet.generate_key().decode() + "\n")
     report = json.loads(
-        cli("copy", "--latest", "--from", src, "--to", any_repo_url, "--to-key-file", str(other), "--json", check=True)
-        .stdout
+        cli(
+            "copy", "--latest", "--from", src, "--to", any_repo_url, "--to-key-file", str(other), "--json", check=True
+        ).stdout
     )
     assert len(report["copied"]) == 1 and report["chunks_reencrypted"] > 0 and report["chunks_copied"] == 0
     assert cli("verify", "--read-data", "--from", any_repo_url, "--key-file", str(other)).returncode == 0
@@ -81,8 +82,9 @@ def test_copy_to_a_repository_with_another_key_re_encrypts(
     # Nothing of the source's objects is in the destination: another id key names chunks differently.
     assert not set(_objects(src, CHUNKS)) & set(_objects(any_repo_url, CHUNKS))
     again = json.loads(
-        cli("copy", "--latest", "--from", src, "--to", any_repo_url, "--to-key-file", str(other), "--json", check=True)
-        .stdout
+        cli(
+            "copy", "--latest", "--from", src, "--to", any_repo_url, "--to-key-file", str(other), "--json", check=True
+        ).stdout
     )
     assert again["copied"] == [] and again["bytes_sent"] == 0
 
@@ -113,7 +115,6 @@ def test_copy_says_what_it_needs(new_repo_url, cli, key, tmp_path, torch_checkpo
     assert cli("copy", "--all", "--from", src, "--to", src).returncode == 2
 
 
-
 @pytest.mark.s3
 @pytest.mark.gcs
 def test_copy_across_clouds_s3_to_gcs_verifies_and_a_second_run_copies_nothing(
@@ -139,3 +140,24 @@ def test_copy_across_clouds_s3_to_gcs_verifies_and_a_second_run_copies_nothing(
     out = tmp_path / "out"
     cli("pull", "--latest", "--from", gcs, "--to", str(out), check=True, env=env)
     assert (out / ckpts[1].name).read_bytes() == ckpts[1].read_bytes()
+
+
+def test_copy_tells_a_new_save_under_the_same_name_and_size_from_the_copy_it_has(new_repo_url, cli, key, tmp_path):
+    """Format 2 records no whole-file hash, and another repository's chunk ids differ (another id
+    key): "already copied" must then mean the same commit, never just the same name and sizes. A
+    re-save of ``latest.pt`` with other weights of the same size is copied; a second run copies nothing."""
+    import torch
+
+    src, dst = new_repo_url("file"), new_repo_url("file")
+    path = tmp_path / "latest.pt"
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        torch.save({"w": torch.randn(50_000)}, path)
+        cli("push", str(path), "--to", src, check=True)
+        report = json.loads(cli("copy", "--all", "--from", src, "--to", dst, "--json", check=True).stdout)
+        assert len(report["copied"]) == 1 and len(report["skipped"]) == seed - 1
+    again = json.loads(cli("copy", "--all", "--from", src, "--to", dst, "--json", check=True).stdout)
+    assert again["copied"] == [] and len(again["skipped"]) == 2
+    out = tmp_path / "out"
+    cli("pull", "--latest", "--from", dst, "--to", str(out), check=True)
+    assert (out / "latest.pt").read_bytes() == path.read_bytes()
