@@ -7,11 +7,13 @@ the cache and fsynced, 1.90 s wall and 1.41 s of system CPU; with O_DIRECT, 0.78
 
 O_DIRECT needs the memory, the file offset and the length of each write aligned to the device's
 logical block. ``SequentialWriter`` writes whole aligned blocks straight from the caller's buffer
-when that buffer is aligned (``aligned_buffer`` makes such buffers) and copies the rest through a
-small aligned staging buffer; the last block is padded with zeros and the file then truncated to its
-real size. Where the file system refuses O_DIRECT (some FUSE or network mounts, old tmpfs), it
-writes through the cache as before. The caller still fsyncs: that makes the size and the blocks'
-allocation durable and flushes the device's own cache.
+where its memory is aligned as its place in the file is (``aligned_buffer`` memory; pull decrypts
+each chunk at its file offset modulo ``ALIGN``) and copies the rest through a small aligned staging
+buffer; the last block is padded with zeros and the file then truncated to its real size.
+``read_file_into`` reads a chunk the same way, except what the page cache already holds. Where the
+file system refuses O_DIRECT (some FUSE or network mounts, old tmpfs), both go through the cache as
+before. The caller still fsyncs: that makes the size and the blocks' allocation durable and
+flushes the device's own cache.
 """
 
 from __future__ import annotations
