@@ -9,7 +9,6 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-import blake3
 from helpers import flip_chunk_byte, make_folder_checkpoint
 
 import ckpt_sync
@@ -29,17 +28,15 @@ def _files(src: Path) -> dict[str, bytes]:
 
 
 def test_ls_of_a_checkpoint_lists_its_files_with_size_and_hash(any_repo_url, cli, key, tmp_path):
-    """Format 2 records BLAKE3 (sha256 only when the repository was created with --sha256)."""
+    """Format 2 records no whole-file hash (a file's chunk ids are its hash), and SHA-256 when the
+    repository was created with --sha256; ls shows the columns recorded."""
     src, cid = _push_folder(cli, any_repo_url, tmp_path)
     for selector in (cid, cid[:16], "step_100", "latest"):
         listed = json.loads(cli("ls", selector, "--from", any_repo_url, "--json", check=True).stdout)
-        expected = [
-            {"path": p, "size": len(b), "sha256": None, "blake3": blake3.blake3(b).hexdigest()}
-            for p, b in _files(src).items()
-        ]
+        expected = [{"path": p, "size": len(b), "sha256": None, "blake3": None} for p, b in _files(src).items()]
         assert listed == expected
     text = cli("ls", cid, "--from", any_repo_url, check=True).stdout
-    assert text.splitlines()[0].split() == ["PATH", "SIZE", "BLAKE3"]
+    assert text.splitlines()[0].split() == ["PATH", "SIZE"]
     assert "optim/state.pt" in text
     assert [f.path for f in ckpt_sync.checkpoint(cid, any_repo_url).files] == list(_files(src))
 

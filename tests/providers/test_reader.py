@@ -23,8 +23,10 @@ from ckpt_sync.manifest import FileEntry
 from ckpt_sync.repository import new_manifest_id
 
 
-def _push(cli, url, path, chunk="64K"):
-    return json.loads(cli("push", str(path), "--to", url, "--chunk-size", chunk, "--json", check=True).stdout)[0]
+def _push(cli, url, path, chunk="64K", *options):
+    return json.loads(
+        cli("push", str(path), "--to", url, "--chunk-size", chunk, "--json", *options, check=True).stdout
+    )[0]
 
 
 def test_torch_load_straight_from_the_repository(any_repo_url, cli, key, tmp_path, torch_checkpoint):
@@ -81,7 +83,7 @@ def test_a_flipped_chunk_is_detected_while_streaming(any_repo_url, cli, key, tmp
 def test_a_whole_file_hash_mismatch_fails_the_read_that_completes_it(any_repo_url, cli, key, tmp_path):
     blob = tmp_path / "blob.bin"
     blob.write_bytes(random.Random(2).randbytes(300_000))
-    pushed = _push(cli, any_repo_url, blob)
+    pushed = _push(cli, any_repo_url, blob, "64K", "--sha256")  # format 2 records one only when asked
     # An authentic manifest whose recorded hash is wrong (a writer's bug): only the whole-file hash sees it.
     repo = open_repository(any_repo_url)
     m = repo.load_manifest(pushed["id"])
