@@ -278,6 +278,15 @@ def source_tree(path: str) -> str:
     return str(tree)
 
 
+def read_into_cache(folder: Path) -> None:
+    """Read every file below ``folder`` once, so a restore from it reads the page cache, as a restore
+    by rclone, restic or ``cp`` does from the store its own write just filled (ckpt-sync's push
+    writes its repository around the cache, see ckpt_sync/direct_io.py)."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            path.read_bytes()
+
+
 def compile_tree(tree: Path) -> None:
     """Write ``tree``'s bytecode, as installing a wheel does. An editable install leaves it to the
     first import, which never writes it where PYTHONDONTWRITEBYTECODE is set (as on this machine):

@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     median_wall,
     parse_size,
     print_table,
+    read_into_cache,
     run_python,
 )
 
@@ -72,9 +73,7 @@ def _ours(ckpt: Path, repo: Path, out: Path, env: dict[str, str]) -> tuple[Measu
     push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(repo), str(ckpt), env=env)
     cold = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env)
     shutil.rmtree(out)
-    for path in repo.rglob("*"):
-        if path.is_file():
-            path.read_bytes()
+    read_into_cache(repo)
     warm = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env)
     assert (out / ckpt.name).stat().st_size == ckpt.stat().st_size
     return push, warm, cold
