@@ -188,9 +188,7 @@ class SequentialWriter:
                 self._hand_over(self._staged)  # whole blocks, and they come first in the file
             if release is not None:
                 release = _after_both(release)  # the write from the buffer, and the tail's copy below
-                self._submit(view[done : done + whole], release)  # straight from the caller's buffer
-            else:
-                self._submit(view[done : done + whole], None)
+            self._submit(view[done : done + whole], release)  # straight from the caller's buffer
             done += whole
         while done < len(view):
             done += self._stage_bytes(view[done:])

@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import blake3
 
@@ -44,11 +44,6 @@ class FileHasher:
         """A hasher for the one whole-file hash a reader checks of ``entry`` (none when it records none)."""
         return cls(() if entry.digest is None else (entry.digest[0],))
 
-    @property
-    def hashing(self) -> bool:
-        """Whether fed bytes are hashed at all (a caller can skip feeding a hasher that is not)."""
-        return bool(self._hashes)
-
     def update(self, data: bytes | bytearray | memoryview) -> None:
         for h in self._hashes.values():
             h.update(data)
@@ -71,19 +66,12 @@ def file_matches(path: Path, entry: FileEntry, fmt: ChunkFormat) -> bool:
     hash, or, where it records none, the id of each of its chunks (``fmt`` names them)."""
     if path.stat().st_size != entry.size:
         return False
-    with open(path, "rb", buffering=0) as f:
+    with open(path, "rb") as f:  # buffered: read(n) returns n bytes unless the file ends first
         if entry.digest is None:
-            return all(hmac.compare_digest(fmt.chunk_id(_read_exactly(f, ref.size)), ref.id) for ref in entry.chunks)
+            return all(hmac.compare_digest(fmt.chunk_id(f.read(ref.size)), ref.id) for ref in entry.chunks)
         hasher = FileHasher.checking(entry)
         buf = bytearray(_READ)
         view = memoryview(buf)
         while n := f.readinto(buf):
             hasher.update(view[:n])
     return hasher.matches(entry)
-
-
-def _read_exactly(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    while len(data) < n and (more := f.read(n - len(data))):
-        data += more
-    return data

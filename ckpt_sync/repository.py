@@ -716,13 +716,14 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
 
 
 def _chunk_matches(provider: Provider, keys: KeyRing, fmt: ChunkFormat, ref: ChunkRef) -> bool:
-    """Whether a stored chunk opens with ``fmt`` (a candidate id key) and hashes to its id under it."""
+    """Whether a stored chunk opens with ``fmt`` (a candidate id key): ``open`` checks that its
+    plaintext hashes to its id under that key."""
     try:
         token = provider.get(chunk_key(ref.id), 0, fmt.max_token_size(ref.size) + 1)
-        plain = fmt.open(keys, ref.id, ref.size, token)
+        fmt.open(keys, ref.id, ref.size, token)
     except (IntegrityError, NotFound):
         return False
-    return hmac.compare_digest(fmt.chunk_id(plain), ref.id)
+    return True
 
 
 def hostname() -> str:

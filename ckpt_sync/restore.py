@@ -11,6 +11,7 @@ crashed pull left in the same folder (its owner dead on this host, or older than
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import mmap
@@ -341,12 +342,13 @@ def _write_file(
         if entry.size:
             os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
         direct = entry.size >= DIRECT_MIN  # a small file is cheaper through the cache
-        with SequentialWriter(fd, direct=direct, staging=min(1 << 20, entry.size), background=True) as writer:
-            if writer.direct:  # nothing waits in the page cache for the fsync below
-                read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=progress)
-            else:
-                with _Flusher(fd) as flusher:
-                    read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=flusher.wrap(progress))
+        with (
+            SequentialWriter(fd, direct=direct, staging=min(1 << 20, entry.size), background=True) as writer,
+            # Direct writes leave nothing in the page cache for the fsync below; cached ones are flushed as they go.
+            contextlib.nullcontext() if writer.direct else _Flusher(fd) as flusher,
+        ):
+            on_bytes = progress if flusher is None else flusher.wrap(progress)
+            read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=on_bytes)
             writer.finish()
         if entry.mode is not None:
             os.fchmod(fd, entry.mode & 0o777)

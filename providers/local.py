@@ -32,7 +32,7 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ckpt_sync.direct_io import DIRECT_MIN, SequentialWriter, read_file_into, write_all
+from ckpt_sync.direct_io import DIRECT_MIN, SequentialWriter, read_file_into
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
 from ckpt_sync.owners import WRITER_TAG, writer_alive, writer_tag
 
@@ -100,12 +100,9 @@ class LocalProvider:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data).cast("B")
-            if len(view) >= DIRECT_MIN:
-                writer = SequentialWriter(fd, staging=64 << 10)
-                writer.write(view)
-                writer.finish()
-            else:
-                write_all(fd, view)
+            writer = SequentialWriter(fd, direct=len(view) >= DIRECT_MIN, staging=64 << 10)  # small: cached
+            writer.write(view)
+            writer.finish()
             if self._fsync and sync:
                 os.fsync(fd)
         except BaseException:

@@ -17,6 +17,7 @@ from cryptography.fernet import Fernet
 
 from ckpt_sync.chunk_format import ChunkFormat, padme
 from ckpt_sync.crypto import FernetKey, KeyRing, token_size
+from ckpt_sync.manifest import ChunkRef
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
@@ -200,7 +201,7 @@ def test_format2_catches_a_chunk_that_is_not_what_its_writer_named(cli, key, tmp
     _push(cli, repo, ckpt)
     cid, size = _manifest(repo, key)["files"][0]["chunks"][1]
     r = open_repository(str(repo))
-    plain = bytearray(r.load_chunk(r_ref(cid, size)))
+    plain = bytearray(r.load_chunk(ChunkRef(cid, size)))
     plain[size // 2] ^= 0x01
     _chunk_path(repo, cid).write_bytes(bytes(r.format.seal(r.keys, bytes(plain), cid)))
     proc = cli("pull", "--latest", "--repo", str(repo), "--to", str(tmp_path / "out"))
@@ -208,12 +209,6 @@ def test_format2_catches_a_chunk_that_is_not_what_its_writer_named(cli, key, tmp
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     proc = cli("verify", "--read-data", "--repo", str(repo))
     assert proc.returncode != 0 and cid[:16] in proc.stdout + proc.stderr
-
-
-def r_ref(cid: str, size: int):
-    from ckpt_sync.manifest import ChunkRef
-
-    return ChunkRef(cid, size)
 
 
 def test_a_recorded_sha256_that_does_not_match_the_chunks_is_caught(cli, key, tmp_path):
