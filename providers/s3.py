@@ -108,6 +108,14 @@ class S3Provider(ObjectStoreProvider):
             session = boto3.session.Session(profile_name=profile, region_name=region)
             # endpoint_url=None lets botocore apply AWS_ENDPOINT_URL(_S3) and the profile's endpoint_url
             self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+            if urlparse(self._s3.meta.endpoint_url).scheme == "https":
+                # Over TLS the signature leaves the body out (UNSIGNED-PAYLOAD, as botocore does for
+                # streamed uploads over TLS): TLS protects the bytes in flight and each chunk's HMAC is
+                # checked on every read, so a SHA-256 of every body for the signature would only cost
+                # a pass over every byte pushed. Over plain HTTP the signature still covers the body:
+                # nothing else protects it in flight.
+                config = config.merge(Config(s3={"payload_signing_enabled": False}))
+                self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
             self._session, self._endpoint_url, self._config = session, endpoint_url or None, config
             self._timeouts = (connect_timeout, read_timeout)
             self._short: dict[tuple[float, float], Any] = {}  # clients with shorter timeouts, by (connect, read)
