@@ -16,7 +16,7 @@ wall time, user/system CPU and peak RSS from its wait4):
   rclone crypt and ``cp`` + ``sync`` of the same file up to ``--rss-peers-up-to``;
 - a DCP save per rank (bench/bench_dcp.py);
 - push/pull to moto's S3 server against plain parallel put_object/get_object of the same bytes in
-  8 and 16 MiB parts (bench/bench_s3.py);
+  8 and 16 MiB parts, over plain HTTP and over TLS (bench/bench_s3.py);
 - provider requests per verb as the repository grows, local and S3 (bench/growth.py);
 - a summary: each figure next to its target.
 
@@ -292,11 +292,13 @@ def main() -> None:
         if "s3" in only and not args.no_s3:
             import bench_s3
 
-            print("\n## S3 (moto server on loopback) vs plain boto3 (bench/bench_s3.py)")
-            sys.stdout.flush()
-            ratios = bench_s3.measure(work / "s3", size, repeat=args.s3_repeat)
-            for name, value in ratios.items():
-                summary.append((f"S3 {name}", f"{value:.2f}", ">= 0.9 x"))
+            for tls in (False, True):
+                how = "over TLS" if tls else "over plain HTTP"
+                print(f"\n## S3 (moto server on loopback, {how}) vs plain boto3 (bench/bench_s3.py)")
+                sys.stdout.flush()
+                ratios = bench_s3.measure(work / ("s3-tls" if tls else "s3"), size, repeat=args.s3_repeat, tls=tls)
+                for name, value in ratios.items():
+                    summary.append((f"S3 {how}: {name}", f"{value:.2f}", ">= 0.9 x"))
         if "growth" in only and args.growth:
             print()
             sys.stdout.flush()

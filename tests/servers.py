@@ -284,6 +284,75 @@ def _kill(pid: int, grace: float = 5.0) -> None:
         os.waitpid(pid, 0)
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A fresh certificate for 127.0.0.1 and its key (PEM files in ``folder``), valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    private = serialization.PrivateFormat.PKCS8
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, private, serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+@contextlib.contextmanager
+def moto_over_tls(folder: Path) -> Iterator[dict[str, str]]:
+    """A private moto server over TLS (a fresh self-signed certificate, files and log in ``folder``);
+    yields the environment that reaches it as a user of a private endpoint would: its https
+    ``AWS_ENDPOINT_URL``, ``AWS_CA_BUNDLE`` and test credentials. Stopped on exit."""
+    import ssl
+
+    ensure_python_servers(["s3"])
+    cert, key = self_signed_certificate(folder)
+    port = free_port()
+    cmd = [*_moto_cmd(port, folder), "-c", str(cert), "-k", str(key)]
+    with (folder / "moto-tls.log").open("ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                cwd=folder, start_new_session=True)  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                tail = (folder / "moto-tls.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"moto over TLS exited with {proc.returncode}:\n{tail}")
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", context=context, timeout=1).close()
+                break
+            except urllib.error.HTTPError:
+                break
+            except OSError:  # URLError included: not listening yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"moto over TLS did not answer on {url} within 90s (see {folder})") from None
+                time.sleep(0.1)
+        yield {**_s3_env(port), "AWS_ENDPOINT_URL": url, "AWS_CA_BUNDLE": str(cert)}
+    finally:
+        _kill(proc.pid)
+
+
 # --- state ---------------------------------------------------------------------------------------
 
 

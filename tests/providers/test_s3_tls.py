@@ -5,16 +5,9 @@ each chunk's HMAC protect them, see providers/s3.py), and over plain HTTP it sti
 
 from __future__ import annotations
 
-import datetime
 import hashlib
-import ipaddress
 import os
-import ssl
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,80 +22,22 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.s3
 
 
-def _self_signed(folder: Path) -> tuple[Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_file, key_file
-
-
 @pytest.fixture(scope="module")
-def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """(https endpoint URL, its certificate) of a private moto server over TLS."""
-    folder = tmp_path_factory.mktemp("moto-tls")
-    cert, key = _self_signed(folder)
-    port = harness.free_port()
-    log = (folder / "moto.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port), "-c", str(cert), "-k", str(key)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"https://127.0.0.1:{port}"
-    context = ssl.create_default_context(cafile=str(cert))
-    try:
-        for _ in range(600):  # until it answers (a start-up wait, no timing is asserted)
-            if proc.poll() is not None:
-                pytest.fail(f"moto over TLS exited at start: {(folder / 'moto.log').read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", context=context, timeout=2).close()
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto over TLS did not answer")
-        yield url, cert
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of a private moto server over TLS (servers.moto_over_tls)."""
+    with harness.moto_over_tls(tmp_path_factory.mktemp("moto-tls")) as env:
+        yield env
 
 
 @pytest.fixture
-def tls_env(tls_moto: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> str:
+def tls_env(tls_moto: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
     """The standard AWS variables pointing at the TLS server; returns its URL."""
-    url, cert = tls_moto
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
-    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", harness.MOTO_KEY_ID)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", harness.MOTO_SECRET)
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    return url
+    for name, value in tls_moto.items():
+        monkeypatch.setenv(name, value)
+    return tls_moto["AWS_ENDPOINT_URL"]
 
 
 def _signed_body_hashes(provider: S3Provider) -> list[str]:
