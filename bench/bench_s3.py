@@ -1,13 +1,15 @@
 """Push and pull through the S3 provider against moto's S3 server, next to plain boto3 on the same bytes.
 
     python bench/bench_s3.py [--size 1G] [--workers N] [--chunk-size 8M] [--parts 8M,16M]
-                             [--endpoint-url URL | --tls] [--dir PATH] [--base TREE] [--repeat N]
+                             [--endpoint-url URL | --tls] [--pin-server] [--dir PATH] [--base TREE]
+                             [--repeat N]
 
 Without ``--endpoint-url`` it starts moto's server on loopback with tests/servers.py (and stops it
 afterwards); ``--tls`` serves it over https with a self-signed certificate (AWS_CA_BUNDLE), as
 S3 itself is reached: TLS then costs both sides, and neither request signature covers the body
 (botocore's default over TLS sends it aws-chunked with a CRC32 trailer; ckpt-sync's S3 provider
-sends it whole, see providers/s3.py).
+sends it whole, see providers/s3.py). ``--pin-server`` gives the server one CPU and every client the
+others, so neither side's work slows the other, as with a remote store (Linux).
 
 In one run it measures, each in its own process:
 
@@ -98,6 +100,8 @@ def main() -> None:
     ap.add_argument("--parts", default="8M,16M", help="part sizes of the plain parallel put/get (default 8M,16M)")
     ap.add_argument("--endpoint-url", default=None, help="an S3 endpoint to use instead of starting moto")
     ap.add_argument("--tls", action="store_true", help="moto over TLS (a self-signed certificate), as S3 is reached")
+    pin = "moto on one CPU, the clients on the others (the store's CPU is not the client's, as with S3)"
+    ap.add_argument("--pin-server", action="store_true", help=pin)
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
     ap.add_argument("--base", default=None, help="also run ckpt-sync from this source tree (before/after)")
     ap.add_argument("--repeat", type=int, default=1, help="interleaved rounds; medians (default 1)")
@@ -114,6 +118,7 @@ def main() -> None:
             base=args.base,
             endpoint_url=args.endpoint_url,
             tls=args.tls,
+            pin_server=args.pin_server,
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -130,9 +135,11 @@ def measure(
     base: str | None = None,
     endpoint_url: str | None = None,
     tls: bool = False,
+    pin_server: bool = False,
 ) -> dict[str, float]:
-    """Run the section in ``work`` (starting moto unless ``endpoint_url``, over TLS with ``tls``);
-    print it and return our push and pull as ratios of the faster plain parallel put/get."""
+    """Run the section in ``work`` (starting moto unless ``endpoint_url``, over TLS with ``tls``, on a
+    CPU of its own with ``pin_server``); print it and return our push and pull as ratios of the
+    faster plain parallel put/get."""
     from ckpt_sync.pipeline import default_workers
 
     work.mkdir(parents=True, exist_ok=True)
@@ -140,8 +147,14 @@ def measure(
     saved = dict(os.environ)
     import servers
 
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin_server and len(cpus) < 2:
+        raise SystemExit("--pin-server needs at least 2 CPUs")
     try:
         with contextlib.ExitStack() as stack:
+            if pin_server:  # the server inherits the first CPU; this process, and so every client, the rest
+                os.sched_setaffinity(0, cpus[:1])
+                stack.callback(os.sched_setaffinity, 0, cpus)
             if endpoint_url:
                 os.environ["AWS_ENDPOINT_URL"] = endpoint_url
             elif tls:
@@ -149,16 +162,24 @@ def measure(
             else:
                 os.environ.update(servers.start(["s3"], state, prefer_default_ports=False)["s3"].env)
                 stack.callback(servers.stop, state)
+            if pin_server:
+                os.sched_setaffinity(0, cpus[1:])
             parts = parts or [8 * MiB, 16 * MiB]
-            return run(work, size, workers or default_workers(), chunk_size, parts, base, repeat)
+            cores = (
+                f"server on CPU {cpus[0]}, clients on {len(cpus) - 1} other CPU(s)"
+                if pin_server
+                else f"{len(cpus)} CPUs shared by server and client"
+            )
+            return run(work, size, workers or default_workers(), chunk_size, parts, base, repeat, cores)
     finally:
         os.environ.clear()
         os.environ.update(saved)
 
 
 def run(
-    work: Path, size: int, workers: int, chunk_arg: str, parts: list[int], base: str | None, repeat: int
-) -> dict[str, float]:
+    work: Path, size: int, workers: int, chunk_arg: str, parts: list[int], base: str | None, repeat: int,
+    cores: str,
+) -> dict[str, float]:  # fmt: skip
     import boto3
     from cryptography.fernet import Fernet
 
@@ -174,7 +195,7 @@ def run(
     print(
         f"checkpoint: {nbytes / MiB:.0f} MiB (torch.save of an MLP + Adam state); "
         f"S3 at {os.environ['AWS_ENDPOINT_URL']}; {workers} workers, our chunks {part // MiB} MiB; "
-        f"{os.cpu_count()} CPUs shared by server and client; median of {repeat} interleaved rounds"
+        f"{cores}; median of {repeat} interleaved rounds"
     )
     plain_script = work / "plain_boto3.py"
     plain_script.write_text(PLAIN)
