@@ -27,6 +27,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -217,10 +218,14 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def answers(port: int, timeout: float = 1.0) -> bool:
-    """Any HTTP response (even an error status) means the server is up."""
+def answers(port: int, timeout: float = 1.0, *, cafile: Path | None = None) -> bool:
+    """Any HTTP response (even an error status) means the server is up; over TLS with ``cafile``."""
+    if cafile is None:
+        url, context = f"http://127.0.0.1:{port}/", None
+    else:
+        url, context = f"https://127.0.0.1:{port}/", ssl.create_default_context(cafile=str(cafile))
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=timeout):
+        with urllib.request.urlopen(url, timeout=timeout, context=context):
             return True
     except urllib.error.HTTPError:
         return True
@@ -239,9 +244,15 @@ def _alive(pid: int, command: list[str]) -> bool:
 
 
 def _start_one(kind: ServerKind, state: Path, port: int) -> Running:
-    state.mkdir(parents=True, exist_ok=True)
     cmd = kind.command(port, state)
-    log = open(state / f"{kind.name}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+    return Running(kind.name, _launch(kind.name, cmd, state, port, kind.extra_env), port, cmd)
+
+
+def _launch(name: str, cmd: list[str], state: Path, port: int, extra_env: dict[str, str],
+            cafile: Path | None = None) -> int:  # fmt: skip
+    """Start ``cmd`` in its own process group (log in ``state``); its pid once it answers on ``port``."""
+    state.mkdir(parents=True, exist_ok=True)
+    log = open(state / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
     try:
         proc = subprocess.Popen(
             cmd,
@@ -249,7 +260,7 @@ def _start_one(kind: ServerKind, state: Path, port: int) -> Running:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=state,
-            env={**os.environ, **kind.extra_env},
+            env={**os.environ, **extra_env},
             start_new_session=True,  # its own process group: stop() ends it and its children, nothing else
         )
     finally:
@@ -257,13 +268,13 @@ def _start_one(kind: ServerKind, state: Path, port: int) -> Running:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = (state / f"{kind.name}.log").read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"{kind.name} server exited with {proc.returncode}:\n{tail}")
-        if answers(port, timeout=0.5):
-            return Running(kind.name, proc.pid, port, cmd)
+            tail = (state / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{name} server exited with {proc.returncode}:\n{tail}")
+        if answers(port, timeout=0.5, cafile=cafile):
+            return proc.pid
         time.sleep(0.1)
     _kill(proc.pid)
-    raise RuntimeError(f"{kind.name} server did not answer on 127.0.0.1:{port} within 90s (see {state})")
+    raise RuntimeError(f"{name} server did not answer on 127.0.0.1:{port} within 90s (see {state})")
 
 
 def _kill(pid: int, grace: float = 5.0) -> None:
@@ -322,35 +333,15 @@ def moto_over_tls(folder: Path) -> Iterator[dict[str, str]]:
     """A private moto server over TLS (a fresh self-signed certificate, files and log in ``folder``);
     yields the environment that reaches it as a user of a private endpoint would: its https
     ``AWS_ENDPOINT_URL``, ``AWS_CA_BUNDLE`` and test credentials. Stopped on exit."""
-    import ssl
-
     ensure_python_servers(["s3"])
     cert, key = self_signed_certificate(folder)
     port = free_port()
     cmd = [*_moto_cmd(port, folder), "-c", str(cert), "-k", str(key)]
-    with (folder / "moto-tls.log").open("ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                cwd=folder, start_new_session=True)  # fmt: skip
-    url = f"https://127.0.0.1:{port}"
-    context = ssl.create_default_context(cafile=str(cert))
+    pid = _launch("moto-tls", cmd, folder, port, {}, cafile=cert)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                tail = (folder / "moto-tls.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"moto over TLS exited with {proc.returncode}:\n{tail}")
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", context=context, timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break
-            except OSError:  # URLError included: not listening yet
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"moto over TLS did not answer on {url} within 90s (see {folder})") from None
-                time.sleep(0.1)
-        yield {**_s3_env(port), "AWS_ENDPOINT_URL": url, "AWS_CA_BUNDLE": str(cert)}
+        yield {**_s3_env(port), "AWS_ENDPOINT_URL": f"https://127.0.0.1:{port}", "AWS_CA_BUNDLE": str(cert)}
     finally:
-        _kill(proc.pid)
+        _kill(pid)
 
 
 # --- state ---------------------------------------------------------------------------------------

@@ -204,6 +204,20 @@ def cloud_factory(server_pool: ServerPool, monkeypatch: pytest.MonkeyPatch) -> I
         c.drop_buckets()
 
 
+@pytest.fixture(scope="module")
+def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment of a private moto server over TLS (servers.moto_over_tls), for one module."""
+    with harness.moto_over_tls(tmp_path_factory.mktemp("moto-tls")) as env:
+        yield env
+
+
+@pytest.fixture
+def tls_env(tls_moto: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """That server's environment exported (as a user would, nothing foreign left); returns its URL."""
+    _clean_env(monkeypatch, tls_moto)
+    return tls_moto["AWS_ENDPOINT_URL"]
+
+
 CLOUD_PARAMS = [
     pytest.param("s3", marks=pytest.mark.s3),
     pytest.param("azure", marks=pytest.mark.azure),

@@ -8,36 +8,17 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-import servers as harness
 from ckpt_sync.providers.s3 import S3Provider
 
 if TYPE_CHECKING:
     from conftest import Cloud
 
 pytestmark = pytest.mark.s3
-
-
-@pytest.fixture(scope="module")
-def tls_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """The environment of a private moto server over TLS (servers.moto_over_tls)."""
-    with harness.moto_over_tls(tmp_path_factory.mktemp("moto-tls")) as env:
-        yield env
-
-
-@pytest.fixture
-def tls_env(tls_moto: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """The standard AWS variables pointing at the TLS server; returns its URL."""
-    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    for name, value in tls_moto.items():
-        monkeypatch.setenv(name, value)
-    return tls_moto["AWS_ENDPOINT_URL"]
 
 
 def _signed_body_hashes(provider: S3Provider) -> list[str]:
