@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -209,34 +210,51 @@ def run(
 
     put_rows = [f"plain put_object per {p // MiB} MiB part, parallel" for p in parts]
     get_rows = [f"plain get_object per {p // MiB} MiB part, parallel, + fsync" for p in parts]
-    # Interleaved, so a slow spell of the shared machine does not land on one side only.
+
+    def ours(verb: str, i: int, tree: str | None, r: int) -> Measured:
+        env = {**key_env, **({"PYTHONPATH": tree} if tree else {})}
+        url = f"s3://bench-ours{i}/run{r}"
+        if verb == "push":
+            return run_python("-m", "ckpt_sync.cli", "push", str(ckpt), "--to", url, "--workers", str(workers),
+                              "--chunk-size", chunk_arg, env=env)  # fmt: skip
+        out = work / f"out{i}"
+        m = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--from", url, "--to", str(out),
+                       "--workers", str(workers), env=env)  # fmt: skip
+        assert (out / ckpt.name).stat().st_size == nbytes
+        shutil.rmtree(out)
+        return m
+
+    # Interleaved, so a slow spell of the shared machine does not land on one side only; the order
+    # inside a round turns each round, and every run starts with the disk's write-back done
+    # (os.sync: moto spools each body to a temporary file, and the kernel writing those out
+    # would otherwise be charged to whichever run came next).
     for r in range(repeat):
         # s3transfer's own transfers are context (not the ratios' reference) and its ranged download is
         # slow against moto (each range reads the whole object): the first round only.
         if r == 0:
+            os.sync()
             note("plain boto3 upload_file (s3transfer multipart)", plain("upload_file", ckpt, "file"))
-        for p, name in zip(parts, put_rows, strict=True):
-            note(name, plain("put_parts", ckpt, f"parts{p}-{r}", p))
-        nocrc = plain("put_parts_nocrc", ckpt, f"nocrc{r}")
-        note(f"plain put_object per {part // MiB} MiB part, no SDK checksums", nocrc)
-        for i, (label, tree) in enumerate(trees.items()):
-            env = {**key_env, **({"PYTHONPATH": tree} if tree else {})}
-            url = f"s3://bench-ours{i}/run{r}"
-            note(f"ckpt-sync push{label}", run_python("-m", "ckpt_sync.cli", "push", str(ckpt), "--to", url,
-                 "--workers", str(workers), "--chunk-size", chunk_arg, env=env))  # fmt: skip
+        puts = [
+            (n, partial(plain, "put_parts", ckpt, f"parts{p}-{r}", p)) for p, n in zip(parts, put_rows, strict=True)
+        ]
+        nocrc = f"plain put_object per {part // MiB} MiB part, no SDK checksums"
+        puts.append((nocrc, partial(plain, "put_parts_nocrc", ckpt, f"nocrc{r}")))
+        puts += [
+            (f"ckpt-sync push{label}", partial(ours, "push", i, t, r)) for i, (label, t) in enumerate(trees.items())
+        ]
         if r == 0:
+            os.sync()
             note("plain boto3 download_file (s3transfer ranged)", plain("download_file", work / "p-file.pt", "file"))
-        for p, name in zip(parts, get_rows, strict=True):
-            note(name, plain("get_parts", work / f"p-parts{p}.pt", f"parts{p}-{r}", p))
-        note(f"plain get_object per {part // MiB} MiB part, no SDK checksums, + fsync",
-             plain("get_parts_nocrc", work / "p-nocrc.pt", f"nocrc{r}"))  # fmt: skip
-        for i, (label, tree) in enumerate(trees.items()):
-            env = {**key_env, **({"PYTHONPATH": tree} if tree else {})}
-            out = work / f"out{i}"
-            note(f"ckpt-sync pull --latest{label}", run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--from",
-                 f"s3://bench-ours{i}/run{r}", "--to", str(out), "--workers", str(workers), env=env))  # fmt: skip
-            assert (out / ckpt.name).stat().st_size == nbytes
-            shutil.rmtree(out)
+        gets = [(n, partial(plain, "get_parts", work / f"p-parts{p}.pt", f"parts{p}-{r}", p))
+                for p, n in zip(parts, get_rows, strict=True)]  # fmt: skip
+        nocrc = f"plain get_object per {part // MiB} MiB part, no SDK checksums, + fsync"
+        gets.append((nocrc, partial(plain, "get_parts_nocrc", work / "p-nocrc.pt", f"nocrc{r}")))
+        gets += [(f"ckpt-sync pull --latest{label}", partial(ours, "pull", i, t, r))
+                 for i, (label, t) in enumerate(trees.items())]  # fmt: skip
+        for side in (puts, gets):
+            for name, measure_one in side[r % len(side) :] + side[: r % len(side)]:
+                os.sync()
+                note(name, measure_one())
         for out in ("p-file.pt", "p-nocrc.pt", *(f"p-parts{p}.pt" for p in parts)):
             if (work / out).exists() or r == 0:
                 assert (work / out).stat().st_size == nbytes, out
