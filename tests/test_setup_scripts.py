@@ -229,3 +229,16 @@ def test_the_docs_install_from_the_checkout_and_say_which_torch_each_install_get
     readme = (REPO_ROOT / "README.md").read_text()
     assert "pip install -e '.[s3]'" in readme and "source .venv/bin/activate" in readme
     assert "CUDA build" in readme and "--index-url https://download.pytorch.org/whl/cpu" in readme
+
+
+def test_a_clean_clone_carries_no_environment_or_link_out_of_the_tree():
+    # A committed `.venv` (once a worktree's link to another's) made every clean clone's set-up fail.
+    if shutil.which("git") is None or not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    out = subprocess.run(["git", "ls-files", "-s"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+    tracked = [line.split("\t", 1)[1] for line in out.splitlines()]
+    assert not [p for p in tracked if p.split("/")[0] in (".venv", ".servers", "node_modules")]
+    links = [line.split("\t", 1)[1] for line in out.splitlines() if line.startswith("120000")]
+    for link in links:
+        target = (REPO_ROOT / link).parent / os.readlink(REPO_ROOT / link)
+        assert target.resolve().is_relative_to(REPO_ROOT.resolve()), f"{link} points out of the tree"
