@@ -265,8 +265,8 @@ def run(
                 (work / out).unlink()
         for bucket in buckets:  # a store as full at every round as at the first (moto holds every body)
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                for obj in page.get("Contents", ()):
-                    s3.delete_object(Bucket=bucket, Key=obj["Key"])
+                if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", ())]:
+                    s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
 
     up = min((median_wall(runs[n]) for n in put_rows), key=lambda m: m.seconds)
     down = min((median_wall(runs[n]) for n in get_rows), key=lambda m: m.seconds)

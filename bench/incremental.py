@@ -1,6 +1,6 @@
 """What a second checkpoint costs to push, in the four cases issue 17 names, next to restic on the same pairs.
 
-    python bench/incremental.py [--dir PATH] [--repeat 3]
+    python bench/incremental.py [--size 1G] [--dir PATH] [--repeat 3]
 
 Each case is a pair of real ``torch.save`` files, the second saved after the first under the next
 step's name (``torch.save`` puts the file's stem in every member's zip header):
@@ -34,7 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from common import Measured, MiB, make_checkpoint, median_wall, parse_size, print_table, run_cmd, run_python  # noqa: E402
-from peers import PASSWORD, have  # noqa: E402
+from peers import have, restic_init  # noqa: E402
 
 # Issue 17's figures on its own pairs (ours, restic's); the target is to stay within 1.2x of ours.
 ISSUE = {
@@ -167,13 +167,10 @@ def restic_added(work: Path, pair: dict) -> int | None:
     """restic's ``data_added`` for the second file, backed up into a repository holding the first."""
     if not have("restic"):
         return None
-    env = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache")}
-    repo = work / "restic-repo"
-    shutil.rmtree(repo, ignore_errors=True)
-    run_cmd(["restic", "init", "--repo", str(repo), "--quiet"], env=env)
+    repo, env = restic_init(work)
     added = 0
     for k in ("first", "second"):
-        out = run_cmd(["restic", "backup", "--repo", str(repo), "--json", str(pair[k])], env=env).stdout
+        out = run_cmd(["restic", "backup", "--repo", repo, "--json", str(pair[k])], env=env).stdout
         summary = [json.loads(line) for line in out.splitlines() if '"summary"' in line]
         added = summary[-1]["data_added"]
     shutil.rmtree(repo, ignore_errors=True)
@@ -205,8 +202,7 @@ def run(work: Path, env: dict[str, str], base: Path, *, repeat: int = 3) -> dict
             "-" if restic is None else f"{restic / size:.3%}",
             f"{ref_ours:.2%}" + (f" / {ref_restic:.1%}" if ref_restic else ""), speed,
         ))  # fmt: skip
-    if "frozen backbone" in pairs:
-        out["frozen share"] = pairs["frozen backbone"]["backbone_share"]
+    out["frozen share"] = pairs["frozen backbone"]["backbone_share"]
     shutil.rmtree(work / "incremental", ignore_errors=True)
     print_table(
         rows,

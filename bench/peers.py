@@ -20,15 +20,22 @@ def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
+def restic_init(work: Path) -> tuple[str, dict[str, str]]:
+    """A fresh restic repository (and cache) in ``work``: its path and the environment to use it."""
+    env = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+    for old in ("restic-repo", "restic-cache"):
+        shutil.rmtree(work / old, ignore_errors=True)
+    repo = str(work / "restic-repo")
+    run_cmd(["restic", "init", "--repo", repo, "--quiet"], env=env)
+    return repo, env
+
+
 def restic(work: Path, src: Path) -> tuple[Measured, Measured] | None:
     """(backup, restore) of ``src`` with restic to a local repository, or None if restic is missing."""
     if not have("restic"):
         return None
-    env = {"RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache")}
-    for old in ("restic-repo", "restic-out", "restic-cache"):
-        shutil.rmtree(work / old, ignore_errors=True)
-    repo = str(work / "restic-repo")
-    run_cmd(["restic", "init", "--repo", repo, "--quiet"], env=env)
+    shutil.rmtree(work / "restic-out", ignore_errors=True)
+    repo, env = restic_init(work)
     backup = run_cmd(["restic", "backup", "--repo", repo, "--quiet", str(src)], env=env)
     target = work / "restic-out"
     restore = run_cmd(["restic", "restore", "latest", "--repo", repo, "--target", str(target), "--quiet"], env=env)
