@@ -225,6 +225,7 @@ _MISPLACED = {
 OTHER_VARIABLES = {
     ENV_CONFIG: "the config file",
     "CKPT_SYNC_AES": "AES backend: cryptography forces the pure library path",
+    "CKPT_SYNC_LOCK_TTL": "seconds a lock's holder may go unheard before others judge it gone (locks.py; default 120)",
     "CKPT_SYNC_SETUP_ONLY": "scripts/*.sh: stop after setting up .venv/",
 }
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .locks import acquire_push_lock
-from .manifest import ChunkRef, Manifest
+from .manifest import ChunkRef, FileEntry, Manifest
 from .ordering import oldest_first
 from .pipeline import default_workers, ordered_map
+from .push import commit_checked
 from .repository import Repository, chunk_key
 from .restore import find_manifest
 
@@ -88,7 +89,8 @@ def copy_checkpoints(
     # Any token the source can decrypt, the destination can too, and it is encoded as the destination
     # encodes (chunk_format.ChunkFormat.reusable_from): stored objects are copied as they are.
     same_keys = set(src.keys.fingerprints()) <= set(dst.keys.fingerprints()) and dst.format.reusable_from(src.format)
-    with acquire_push_lock(dst.provider):
+    dst.check_agreement()  # stored objects are copied as they are: the destination's config is checked first
+    with acquire_push_lock(dst.provider) as lock:
         dst.forget_known_chunks()
         present = list(dst.manifests())
         with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-copy") as pool:
@@ -100,11 +102,16 @@ def copy_checkpoints(
                 def one(ref: ChunkRef) -> ChunkRef:
                     return _copy_chunk(src, dst, ref, same_ids, same_keys, report, progress)
 
-                files = []
-                for entry in m.files:
-                    refs = tuple(ordered_map(pool, one, entry.chunks, workers + 2))
-                    files.append(dataclasses.replace(entry, chunks=refs))
-                committed = dst.commit(dataclasses.replace(m, files=tuple(files), supersedes=None))
+                def copy_files(m: Manifest = m, one: Callable[[ChunkRef], ChunkRef] = one) -> list[FileEntry]:
+                    return [
+                        dataclasses.replace(entry, chunks=tuple(ordered_map(pool, one, entry.chunks, workers + 2)))
+                        for entry in m.files
+                    ]
+
+                draft = dataclasses.replace(m, files=tuple(copy_files()), supersedes=None)
+                committed = commit_checked(
+                    dst, lock, draft, reupload=lambda f=copy_files: (dst.forget_known_chunks(), f())
+                )
                 present.append(committed)
                 report.copied.append(committed.id)
     return report

@@ -59,7 +59,7 @@ from .file_digest import FileHasher
 from .locks import Lock, acquire_push_lock
 from .manifest import ChunkRef, FileEntry, Manifest
 from .pipeline import default_workers
-from .push import _manifest
+from .push import _manifest, commit_checked
 from .repository import Repository
 from .restore import find_manifest
 from .selection import newest as newest_checkpoints
@@ -341,8 +341,10 @@ class Writer(StorageWriter):
             meta.setdefault("ranks", len(results))
             name = self.name or f"dcp_{self.save_id[:8]}"
             manifest = _manifest(name, "dir", [files[p] for p in sorted(files)], None, None, self.tags, meta)
-            # Verifies every chunk of every rank is stored, then the manifest (or finds this version committed).
-            self.manifest = self.repo.commit(manifest)
+            # Verifies every chunk of every rank is stored, then the manifest (or finds this version
+            # committed), then that no prune judged this save gone meanwhile (push.commit_checked).
+            assert self._lock is not None
+            self.manifest = commit_checked(self.repo, self._lock, manifest)
             self.stats.finish()
         finally:
             self._release()

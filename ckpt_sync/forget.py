@@ -1,7 +1,10 @@
 """Forget: remove chosen checkpoints (their manifests) from a repository.
 
-Their chunks stay until a prune finds them unreferenced and older than the grace period; what that
-frees is their ``unique_bytes`` (for one checkpoint, the figure stats.py reports). The newest
+Every stored version of a checkpoint goes: the manifest readers see and any older one it
+supersedes that a tag change interrupted between its two writes left behind (else that one, without
+the new tags, would be listed again). It runs under the locks a tag change takes, so no change is
+in flight. Chunks stay until a prune finds them unreferenced and older than the grace period; what
+that frees is their ``unique_bytes`` (for one checkpoint, the figure stats.py reports). The newest
 resumable checkpoint (by training position, selection.py) is what a fresh host would resume from:
 it is never forgotten without ``force``.
 """
@@ -12,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import UsageError
-from .locks import acquire_manifests_lock
+from .locks import acquire_manifests_lock, acquire_push_lock
 from .manifest import Manifest
 from .repository import Repository, manifest_key
 from .restore import find_manifest
@@ -44,7 +47,9 @@ def forget(repo: Repository, selectors: Sequence[str], *, force: bool = False, d
         raise UsageError("forget needs at least one checkpoint ID_OR_NAME")
     if dry_run:
         return _forget(repo, selectors, force=force, dry_run=True)
-    with acquire_manifests_lock(repo.provider):  # a tag change in flight would bring one back (tags.py)
+    # The locks a tag change holds: none is in flight, and no prune judges chunks meanwhile.
+    with acquire_push_lock(repo.provider), acquire_manifests_lock(repo.provider):
+        repo.authenticate_state()  # a repository of the previous release gains its MACs on its first write
         return _forget(repo, selectors, force=force, dry_run=False)
 
 
@@ -68,10 +73,13 @@ def _forget(repo: Repository, selectors: Sequence[str], *, force: bool, dry_run:
     sizes = repo.list_chunks()
     gone = set().union(*(m.chunk_ids() for m in doomed)) - kept_chunks
     report = ForgetReport(unique_bytes=sum(sizes.get(c, 0) for c in gone), dry_run=dry_run)
+    versions = {m.id: repo.versions_of(m) for m in doomed}
     if not dry_run:
-        removed_here(repo.id, {m.id for m in doomed})
+        removed_here(repo.id, {v for vs in versions.values() for v in vs})
     for m in doomed:
         if not dry_run:
-            repo.provider.delete(manifest_key(m.id))
+            # The superseded ones first: a crash in between leaves the checkpoint listed as it was.
+            for version in reversed(versions[m.id]):
+                repo.provider.delete(manifest_key(version))
         report.removed.append(m)
     return report

@@ -147,6 +147,8 @@ class RepositoryBinding:
     version: int = 1  # the repository's format version (chunk_format.py); absent in format-1 manifests
     compression: str | None = None
     sha256: bool = False  # format 2: pushes record each file's SHA-256 too
+    # The config carried its MAC when this was committed: a config without one is then an altered one.
+    authenticated: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "id_key": self.id_key, "created": self.created, "pad": self.pad}
@@ -156,7 +158,13 @@ class RepositoryBinding:
             out["compression"] = self.compression
         if self.sha256:
             out["sha256"] = True
+        if self.authenticated:
+            out["authenticated"] = True
         return out
+
+    def settings(self) -> tuple[str, float, int, int, str | None, bool]:
+        """What the config must agree with: its id key, creation time and chunk encoding."""
+        return self.id_key, self.created, self.pad, self.version, self.compression, self.sha256
 
     @classmethod
     def from_json(cls, d: Any) -> RepositoryBinding:
@@ -170,10 +178,11 @@ class RepositoryBinding:
         compression = _optional(d.get("compression"), _text, "repository compression")
         if version not in CHUNK_VERSIONS or pad not in PAD_SCHEMES or compression not in COMPRESSIONS:
             raise IntegrityError(f"repository format {version}/{pad}/{compression} is unknown")
-        sha = d.get("sha256", False)
-        if type(sha) is not bool:
-            raise IntegrityError("repository sha256 is not true or false")
-        return cls(rid, key, _time(d.get("created"), "repository created"), pad, version, compression, sha)
+        sha, authenticated = d.get("sha256", False), d.get("authenticated", False)
+        if type(sha) is not bool or type(authenticated) is not bool:
+            raise IntegrityError("repository sha256 or authenticated is not true or false")
+        created = _time(d.get("created"), "repository created")
+        return cls(rid, key, created, pad, version, compression, sha, authenticated)
 
 
 @dataclass(frozen=True)

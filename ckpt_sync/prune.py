@@ -1,26 +1,27 @@
 """Remote retention: drop old manifests by policy, then garbage-collect chunks nobody references.
 
-Rules (DESIGN.md §4, §8): only readable manifests of this repository are candidates — a damaged,
-malformed or foreign one never takes a slot and is never deleted by retention; the newest valid
-checkpoint is always kept; a fresh host with an empty folder never causes deletions (the policy
-looks at the repository only). Chunks go only when no readable manifest references them, they are
-older than a grace period, and no push is in flight (see locks.py). A manifest no key authenticates
-blocks chunk GC only while the ring lacks one of the repository's keys (it might be encrypted with
-that one); otherwise it is damaged, reported, and removable with ``remove_damaged``.
+Rules: only readable manifests of this repository are candidates — a damaged, malformed or foreign
+one never takes a slot and is never deleted by retention; the newest valid checkpoint is always
+kept; a fresh host with an empty folder never causes deletions (the policy looks at the repository
+only). Chunks go only when no manifest the keys open refers to them (whatever repository it names:
+Repository.referenced_chunks), they are older than a grace period *by the store's clock*, and no
+push is in flight (locks.py); a prune whose own lock was broken stops collecting. A manifest no key
+authenticates blocks chunk GC only while the ring lacks one of the keys the repository vouches for
+(it might be encrypted with that one); otherwise it is damaged, reported, and removable with
+``remove_damaged``, as are key entries the repository does not vouch for.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 
 from .defaults import DEFAULT_GRACE
 from .errors import UsageError
-from .locks import live_push_locks, try_acquire_prune_lock
+from .locks import Lock, live_push_locks, store_now, sweep_marks, try_acquire_prune_lock
 from .manifest import RESUMABLE
 from .providers.base import ObjectInfo
-from .repository import CHUNKS, Repository, chunk_key, manifest_key
+from .repository import CHUNKS, KEYS, Repository, chunk_key, manifest_key
 from .retention import Candidate, RetentionPolicy, to_remove
 from .seen import removed_here
 from .selection import newest
@@ -46,6 +47,7 @@ class PruneReport:
     grace_all_removable: float | None = None
     damaged: list[str] = field(default_factory=list)  # unreadable manifest ids (left alone unless removed)
     damaged_removed: list[str] = field(default_factory=list)
+    foreign_keys_removed: list[str] = field(default_factory=list)  # key entries the repository does not vouch for
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -63,6 +65,7 @@ class PruneReport:
             "grace_all_removable": self.grace_all_removable,
             "damaged": self.damaged,
             "damaged_removed": self.damaged_removed,
+            "foreign_keys_removed": self.foreign_keys_removed,
         }
 
 
@@ -75,7 +78,8 @@ def prune(
     remove_damaged: bool = False,
 ) -> PruneReport:
     """Apply ``policy``, then collect chunks. ``remove_damaged`` also deletes every manifest that is
-    not a readable manifest of this repository (refused unless the ring holds all its keys)."""
+    not a readable manifest of this repository and every key entry it does not vouch for (refused
+    unless the ring holds all its keys)."""
     if remove_damaged and not repo.has_all_keys():
         raise UsageError(
             "--remove-damaged needs every key of the repository (give them all with --key-file): a checkpoint "
@@ -88,6 +92,8 @@ def prune(
         log.info("prune of %s skipped: another prune is running", repo.url)
         return report
     try:
+        if not dry_run:
+            repo.authenticate_state()  # a repository of the previous release gains its MACs on its first write
         # One listing of the chunks serves both steps. Collecting from a listing taken before the
         # manifests are judged is as safe as a later one: a chunk stored since is simply not a
         # candidate, and what protects chunks a push may reuse is the push lock, checked below.
@@ -95,10 +101,13 @@ def prune(
             _remove_damaged(repo, report)
         chunks = {info.key.rsplit("/", 1)[-1]: info for info in repo.provider.list(CHUNKS)}
         _drop_manifests(repo, policy, report, chunks)
-        _collect_chunks(repo, grace, report, chunks)
+        now = store_now(repo.provider)  # grace is judged by the store's clock, never this host's
+        _collect_chunks(repo, grace, report, chunks, lock, now)
         remove_abandoned = getattr(repo.provider, "remove_abandoned", None)
-        if remove_abandoned is not None and not dry_run:
-            report.temp_removed = remove_abandoned(grace)
+        if not dry_run and now is not None:
+            sweep_marks(repo.provider, now, max(grace, 3600.0))
+            if remove_abandoned is not None:
+                report.temp_removed = remove_abandoned(grace, now=now)
     finally:
         if lock is not None:
             lock.release()
@@ -112,6 +121,12 @@ def _remove_damaged(repo: Repository, report: PruneReport) -> None:
         if not report.dry_run:
             repo.provider.delete(manifest_key(mid))
             log.info("removed damaged manifest %s", mid)
+    if repo.authenticated:  # before that, every entry found is trusted as found (repo_auth.py)
+        report.foreign_keys_removed = repo.foreign_key_entries()
+    for fp in report.foreign_keys_removed:
+        if not report.dry_run:
+            repo.provider.delete(f"{KEYS}{fp}")
+            log.info("removed key entry %s (not authenticated by the repository's keys)", fp)
 
 
 def _drop_manifests(
@@ -147,23 +162,33 @@ def _drop_manifests(
             log.info("pruned checkpoint %s (%s)", manifests[mid].name, mid)
 
 
-def _collect_chunks(repo: Repository, grace: float, report: PruneReport, chunks: dict[str, ObjectInfo]) -> None:
+def _collect_chunks(
+    repo: Repository,
+    grace: float,
+    report: PruneReport,
+    chunks: dict[str, ObjectInfo],
+    lock: Lock | None,
+    now: float | None,
+) -> None:
     if live_push_locks(repo.provider):
         report.gc_skipped = "a push is in progress; unreferenced chunks are collected by a later prune"
         return
-    referenced: set[str] = set()
+    if now is None:
+        report.gc_skipped = (
+            f"the time of {repo.url} could not be read (a probe object under locks/ could not be written)"
+        )
+        return
     unreadable: list[str] = []
     dropped = set(report.removed) if report.dry_run else set()  # a dry run counts them as gone
-    for m in repo.manifests(lambda mid, _err: unreadable.append(mid)):  # fresh: includes new commits
-        if m.id not in dropped:
-            referenced |= m.chunk_ids()
+    # Fresh: includes new commits. Every manifest the keys open protects its chunks, whichever
+    # repository it names; in a dry run, the ones retention would drop count as gone.
+    referenced = repo.referenced_chunks(lambda mid, _err: unreadable.append(mid), leave_out=dropped)
     if unreadable and not repo.has_all_keys():
         report.gc_skipped = (
             f"manifest {unreadable[0]} is unreadable with these keys and the repository has keys not given; "
             "its chunks cannot be judged (give every key, or remove it with --remove-damaged)"
         )
         return
-    now = time.time()
     cutoff = now - grace
     unreferenced = [info for cid, info in chunks.items() if cid not in referenced]
     garbage = [info for info in unreferenced if info.modified < cutoff]
@@ -175,8 +200,15 @@ def _collect_chunks(repo: Repository, grace: float, report: PruneReport, chunks:
         report.grace_first_removable = min(i.modified for i in young) + grace
         report.grace_all_removable = max(i.modified for i in young) + grace
     for i, info in enumerate(garbage):
-        if i and i % 64 == 0 and live_push_locks(repo.provider):
+        if i % 64 == 0 and i and live_push_locks(repo.provider):
             report.gc_skipped = "a push started; the rest is collected by a later prune"
+            return
+        if i % 64 == 0 and lock is not None and lock.lost():
+            report.gc_skipped = (
+                "this prune's lock was broken by another process (was it paused past the lock's lifetime?); "
+                "the rest is collected by a later prune"
+            )
+            log.warning("stopped collecting chunks of %s: %s", repo.url, report.gc_skipped)
             return
         cid = info.key.rsplit("/", 1)[-1]
         if not report.dry_run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import threading
@@ -15,7 +16,7 @@ from .buffers import BufferPool
 from .checkpoint_files import FileState, folder_files
 from .chunking import ChunkPolicy, plan_chunks
 from .errors import Cancelled, OperationFailed, UsageError
-from .locks import acquire_push_lock
+from .locks import Lock, acquire_push_lock
 from .manifest import (
     BEST,
     BEST_MARKER,
@@ -34,6 +35,7 @@ from .repository import Repository, hostname, new_manifest_id
 from .transfer import TransferStats
 
 ProgressFn = Callable[[int], None]
+log = logging.getLogger("ckpt_sync.push")
 
 
 def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
@@ -176,31 +178,78 @@ def push_path(
     session_id, step = parse_seed_name(name)
     workers = workers or default_workers()
     stats = TransferStats()
-    with acquire_push_lock(repo.provider, cancel=cancel):
-        repo.forget_known_chunks()
-        with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
-            entries = [
-                push_file(
-                    repo,
-                    pool,
-                    rel,
-                    fp,
-                    stats,
-                    policy=policy,
-                    window=workers + 2,
-                    workers=workers,
-                    progress=progress,
-                    cancel=cancel,
-                )
-                for rel, fp in files
-            ]
+    with acquire_push_lock(repo.provider, cancel=cancel) as lock:
+
+        def upload(show: ProgressFn | None = progress) -> list[FileEntry]:
+            repo.forget_known_chunks()  # what is stored now, under this lock
+            with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
+                return [
+                    push_file(
+                        repo,
+                        pool,
+                        rel,
+                        fp,
+                        stats,
+                        policy=policy,
+                        window=workers + 2,
+                        workers=workers,
+                        progress=show,
+                        cancel=cancel,
+                    )
+                    for rel, fp in files
+                ]
+
+        entries = upload()
         if "source_mtime_ns" not in meta:  # what `watch` compares: the file's, or a folder's newest, mtime
             dir_mtime = [p.stat().st_mtime_ns] if kind == "dir" else []
             meta["source_mtime_ns"] = max(dir_mtime + [e.mtime_ns or 0 for e in entries])
         if before_commit is not None:
             before_commit()
-        manifest = repo.commit(_manifest(name, kind, entries, session_id, step, tags, meta, role))
+        draft = _manifest(name, kind, entries, session_id, step, tags, meta, role)
+        manifest = commit_checked(repo, lock, draft, reupload=lambda: upload(None), cancel=cancel)
     return manifest, stats.finish()
+
+
+def commit_checked(
+    repo: Repository,
+    lock: Lock,
+    manifest: Manifest,
+    *,
+    reupload: Callable[[], object] | None = None,
+    cancel: threading.Event | None = None,
+) -> Manifest:
+    """Commit ``manifest`` under the push lock ``lock``, then make sure no chunk collection ran
+    past that lock meanwhile.
+
+    ``Repository.commit`` checks every chunk is stored before it writes the manifest, but a
+    process paused between that check and the write (SIGSTOP, a suspended VM) past the lock's
+    lifetime is judged gone, and a prune may then remove chunks it reused. So when the lock was
+    broken while held (``Lock.lost``), the checkpoint's chunks are listed again under a new push
+    lock (which waits out that prune); missing ones are uploaded again by ``reupload`` (a push
+    still has its source) and listed once more. Raises OperationFailed naming the checkpoint when
+    chunks stay missing: never a success with a damaged checkpoint.
+    """
+    committed = repo.commit(manifest)
+    if not lock.lost():
+        return committed
+    log.warning(
+        "the push lock of %s was broken while it was held (another process judged this one gone); "
+        "checking its chunks again",
+        committed.name,
+    )
+    with acquire_push_lock(repo.provider, cancel=cancel):
+        refs = [c for f in committed.files for c in f.chunks]
+        missing = repo.missing_chunks(refs)
+        if missing and reupload is not None:
+            log.warning("%s: %d chunk(s) were removed meanwhile; uploading them again", committed.name, len(missing))
+            reupload()
+            missing = repo.missing_chunks(refs)
+        if missing:
+            raise OperationFailed(
+                f"checkpoint {committed.name} ({committed.id}) lost {len(missing)} chunk(s) to a prune that ran "
+                "while this process was paused: it is damaged; push it again"
+            )
+    return committed
 
 
 def _default_role(kind: str, files: list[tuple[str, Path]], tags: tuple[str, ...], meta: dict[str, Any]) -> str:

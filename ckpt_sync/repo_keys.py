@@ -49,7 +49,8 @@ def _entries(repo: Repository) -> dict[str, float | None]:
 
 
 def list_keys(repo: Repository) -> tuple[list[KeyInfo], int]:
-    """The repository's keys, oldest first, and how many checkpoints none of your keys opens."""
+    """The keys the repository vouches for, oldest first, and how many checkpoints none of your keys
+    opens (``Repository.foreign_key_entries`` lists the entries it does not vouch for)."""
     held = set(repo.keys.fingerprints())
     tokens = []
     for mid in repo.manifest_ids():

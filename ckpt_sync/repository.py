@@ -2,16 +2,18 @@
 
 Layout (docs/FORMAT.md)::
 
-    config                 plaintext JSON: format version, chunk encoding, the chunk-id key wrapped per key
-    keys/<fingerprint>     the chunk-id key wrapped for a key added later (rotation; put-if-absent)
+    config                 plaintext JSON: format version, chunk encoding, the chunk-id key wrapped per key, a MAC
+    keys/<fingerprint>     the chunk-id key wrapped for a key added later (rotation; put-if-absent), a MAC
     chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = keyed hash of its plaintext (chunk_format.py)
     manifests/<mid>        binary Fernet token of one manifest's JSON; mid is time-sortable
 
 A checkpoint exists iff its manifest exists; manifests are written last and never overwrite.
 
-The store is not trusted (DESIGN.md §8): every object is read with a bound on its size (a ranged
-read of at most what it may be), the config is checked strictly, and a manifest names the
-repository it belongs to (one copied in from another repository under the same key is refused).
+The store is not trusted: every object is read with a bound on its size (a ranged read of at most
+what it may be); the config and the key entries are authenticated under the repository's key
+material (repo_auth.py) and the config must agree with what its checkpoints record; a manifest
+names the repository it belongs to (one copied in from another repository under the same key is
+not this repository's checkpoint), but every manifest the keys open protects its chunks.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding,
 from .manifest_cache import ManifestCache
 from .providers import Provider
 from .providers.base import ObjectInfo, read_into, wants_aligned_buffers
+from .repo_auth import MAC_FIELD, KeyEntry, config_mac_ok, with_config_mac
 from .seen import remember
 
 FORMAT_NAME = "ckpt-sync"
@@ -67,6 +70,7 @@ MANIFESTS = "manifests/"
 MAX_CONFIG_BYTES = 1 << 20
 MAX_KEY_ENTRY_BYTES = 4096
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
+_CHUNK_ID = re.compile(rb"[0-9a-f]{64}")
 
 
 def chunk_key(chunk_id: str) -> str:
@@ -156,7 +160,16 @@ def parse_config(raw: bytes, url: str) -> dict:
         raise damaged(f"compression {config.get('compression')!r} is not one of none, zstd")
     if type(config.get("sha256", False)) is not bool:
         raise damaged(f"sha256 {config.get('sha256')!r} is not true or false")
+    if MAC_FIELD in config and not (isinstance(config[MAC_FIELD], str) and len(config[MAC_FIELD]) == 64):
+        raise damaged("mac is not 64 hex digits")
     return config
+
+
+def config_altered_error(url: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"the repository config at {url} {why}: it was altered or replaced; nothing was changed (rebuild it from "
+        f"its checkpoints with `ckpt-sync repair-config --repo {url}` and the key)"
+    )
 
 
 @dataclass(frozen=True)
@@ -224,11 +237,19 @@ class Repository:
         self._lock = threading.Lock()
         self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
         self._cache: ManifestCache | None = ManifestCache(cache_home() / self.id / "manifests")
+        self._agreed = False  # the config was checked against the checkpoints (_check_agreement)
+        self._agreeing = threading.Lock()
 
     @property
     def id(self) -> str:
         """A public name for this repository (one-way from its secret id key; stable, never stored)."""
         return repository_id(self._id_key)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the config carries its MAC (every repository but one written before authentication
+        and not yet written to since: ``authenticate_state``)."""
+        return MAC_FIELD in self.config
 
     # --- opening ---------------------------------------------------------------------------------
 
@@ -243,8 +264,8 @@ class Repository:
 
         Raises ConfigError when there is no repository and ``create`` is false, when the config is
         missing from a prefix that holds data (it is never re-initialised: a new id key would orphan
-        every checkpoint) or damaged, and KeyMismatchError when none of ``keys`` is one of the
-        repository's keys.
+        every checkpoint), damaged, or fails authentication (edited, or another repository's), and
+        KeyMismatchError when none of ``keys`` is one of the repository's keys.
         """
         try:
             raw = cls._read_config(provider)
@@ -266,7 +287,7 @@ class Repository:
                 f"the repository at {provider.url} already exists with {repo.settings.describe(differ)}: "
                 f"{settings.describe(differ)} can only be chosen when a repository is created (use a new one)"
             )
-        if create and keys.fingerprints()[0] not in repo.key_entries(config):
+        if create and keys.fingerprints()[0] not in repo.key_entries():
             repo._add_primary_key()
         return repo
 
@@ -282,9 +303,13 @@ class Repository:
 
     @classmethod
     def _find_id_key(cls, provider: Provider, keys: KeyRing, config: dict) -> bytes:
+        """The id key, unwrapped with the first of ``keys`` the repository has an entry for, and the
+        config checked against it. An entry for one of our own keys needs no MAC to be trusted (only
+        a holder of that key could have made its token); the config's MAC then ties the config to
+        that id key, so a config edited or copied from another repository is refused here."""
         entries = dict(config["keys"])
         if not any(fp in entries for fp in keys.fingerprints()):
-            entries.update(cls._key_objects(provider))  # keys added by rotation
+            entries.update({fp: e.token for fp, e in cls._key_objects(provider).items()})  # keys added by rotation
         if not entries:
             raise ConfigError(
                 f"the repository config at {provider.url} is damaged (it holds no key entry): rebuild it with "
@@ -292,36 +317,71 @@ class Repository:
             )
         for fp in keys.fingerprints():
             if fp in entries:
-                return cls._unwrap(keys, fp, entries[fp], provider.url)
+                id_key = cls._unwrap(keys, fp, entries[fp], provider.url)
+                if MAC_FIELD in config and not config_mac_ok(id_key, config):
+                    raise config_altered_error(provider.url, "fails authentication (its MAC does not match)")
+                return id_key
         raise KeyMismatchError(
             f"the key does not match the repository at {provider.url}: use the key it was created with "
             "(--key-file or BACKUP_ENCRYPTION_KEY)"
         )
 
     @staticmethod
-    def _key_objects(provider: Provider) -> dict[str, str]:
-        """Key entries written as separate objects (``keys/<fingerprint>``); malformed ones are ignored."""
-        out: dict[str, str] = {}
+    def _key_objects(provider: Provider) -> dict[str, KeyEntry]:
+        """Key entries written as separate objects (``keys/<fingerprint>``), authentic or not;
+        malformed ones are left out."""
+        out: dict[str, KeyEntry] = {}
         for info in provider.list(KEYS):
             fp = info.key[len(KEYS) :]
             if not _FINGERPRINT.match(fp) or info.size > MAX_KEY_ENTRY_BYTES:
                 continue
             try:
                 raw = read_bounded(provider, info.key, MAX_KEY_ENTRY_BYTES)
-                if raw is not None:
-                    out[fp] = raw.decode("ascii").strip()
-            except (NotFound, UnicodeDecodeError):
+            except NotFound:
                 continue
+            entry = KeyEntry.parse(fp, raw) if raw is not None else None
+            if entry is not None:
+                out[fp] = entry
         return out
 
-    def key_entries(self, config: dict | None = None) -> dict[str, str]:
-        """Every key entry: the config's and the ``keys/`` objects rotation added."""
-        return {**self._key_objects(self.provider), **(config or self.config)["keys"]}
+    def _accepts(self, entry: KeyEntry) -> bool:
+        """A ``keys/`` entry counts when its MAC is right; an entry without one (written before
+        authentication) only while the config has none either."""
+        return entry.authentic(self._id_key) or (entry.mac is None and not self.authenticated)
+
+    def key_entries(self) -> dict[str, str]:
+        """Every key entry the repository vouches for (fingerprint -> wrapped id key): the config's
+        and the authentic ``keys/`` objects rotation added. Unauthenticated ones are not among them."""
+        objects = {fp: e.token for fp, e in self._key_objects(self.provider).items() if self._accepts(e)}
+        return {**objects, **self.config["keys"]}
+
+    def foreign_key_entries(self) -> list[str]:
+        """Fingerprints of ``keys/`` objects the repository does not vouch for (no valid MAC in an
+        authenticated repository, or not an entry at all): planted or damaged. They are ignored;
+        ``prune --remove-damaged`` deletes them."""
+        entries = self._key_objects(self.provider)
+        listed = {i.key[len(KEYS) :] for i in self.provider.list(KEYS)}
+        vouched = {fp for fp, e in entries.items() if self._accepts(e)} | set(self.config["keys"])
+        return sorted(listed - vouched)
 
     def has_all_keys(self) -> bool:
-        """Whether the ring holds every key the repository knows: then an object none of them
+        """Whether the ring holds every key the repository vouches for: then an object none of them
         authenticates is damaged, not merely encrypted with a key we were not given."""
         return set(self.key_entries()) <= set(self.keys.fingerprints())
+
+    def authenticate_state(self) -> None:
+        """Give a repository written before authentication its MACs (every write by a key holder
+        calls this; nothing happens once the config has one): each ``keys/`` entry without a MAC
+        is sealed as it stands, then the config. The entries are trusted as found, the one moment
+        they are (docs/FORMAT.md, "Authentication")."""
+        if self.authenticated:
+            return
+        for fp, entry in self._key_objects(self.provider).items():
+            if entry.mac is None:
+                self.provider.put(f"{KEYS}{fp}", KeyEntry.sealed(self._id_key, fp, entry.token).render())
+        sealed = with_config_mac(self._id_key, self.config)
+        self.provider.put(CONFIG_KEY, json.dumps(sealed, indent=1).encode())
+        self.config = sealed
 
     @staticmethod
     def _initialise(provider: Provider, keys: KeyRing, settings: RepositorySettings) -> bytes:
@@ -351,12 +411,14 @@ class Repository:
         Each key's entry is its own object, written put-if-absent: two hosts rotating at once each add
         theirs, and nothing rewrites the config (a blind overwrite would drop the other's entry).
         """
+        self.authenticate_state()
         fp = self.keys.fingerprints()[0]
-        token = self.keys.fernet().encrypt(self._id_key)
-        self.provider.put_if_absent(f"{KEYS}{fp}", token)
+        token = self.keys.fernet().encrypt(self._id_key).decode("ascii")
+        self.provider.put_if_absent(f"{KEYS}{fp}", KeyEntry.sealed(self._id_key, fp, token).render())
 
     def binding(self) -> RepositoryBinding:
-        """What every manifest this repository commits carries: its id, and the config's backup."""
+        """What every manifest this repository commits carries: its id, the config's backup, and
+        whether the config was authenticated (then a config without a MAC is an altered one)."""
         s = self.settings
         return RepositoryBinding(
             self.id,
@@ -366,6 +428,7 @@ class Repository:
             s.version or FORMAT_VERSION,
             None if s.compression == "none" else s.compression,
             bool(s.sha256) and s.version != 1,
+            self.authenticated,
         )
 
     def file_hasher(self) -> FileHasher:
@@ -416,6 +479,7 @@ class Repository:
         truncating store) is replaced, never trusted. ``scratch`` is a reusable buffer for the token
         (see buffers.py).
         """
+        self.check_agreement()  # nothing is written under a config its checkpoints disagree with
         cid = self.chunk_id(plaintext)
         ref = ChunkRef(cid, len(plaintext))
         known = self.known_chunks()
@@ -504,24 +568,117 @@ class Repository:
         with a key not in this ring) is reported to ``on_unreadable`` and skipped; one removed since
         the listing (a concurrent prune) is skipped; one another readable manifest supersedes (a tag
         change, see ``supersede``) is hidden.
+
+        Raises ConfigError, before yielding anything, when the config disagrees with what the
+        readable manifests record (``_check_agreement``): a config edited or replaced by another
+        repository's must never make this repository's checkpoints look foreign.
         """
         loaded: list[Manifest] = []
+        foreign: list[Manifest] = []
         for mid in self.manifest_ids():
             try:
-                loaded.append(self.load_manifest(mid))
+                m = self._open_manifest(mid)
             except NotFound:
                 continue
             except IntegrityError as err:
                 if on_unreadable is not None:
                     on_unreadable(mid, err)
+                continue
+            (foreign if self._is_foreign(m) else loaded).append(m)
+        self._check_agreement(loaded, foreign)
+        self._agreed = True
+        for m in foreign:
+            if on_unreadable is not None:
+                on_unreadable(m.id, _foreign_error(m.id))
         hidden = {m.supersedes for m in loaded if m.supersedes}
         yield from (m for m in loaded if m.id not in hidden)
+
+    def referenced_chunks(
+        self,
+        on_unreadable: Callable[[str, IntegrityError], None] | None = None,
+        *,
+        leave_out: set[str] | frozenset[str] = frozenset(),
+    ) -> set[str]:
+        """Every chunk id a manifest the keys open refers to, whatever repository it names, hidden
+        or not, well formed or not (then every 64-hex string in it): what chunk collection must
+        never delete. A manifest no key opens is reported to ``on_unreadable``; the manifests
+        ``leave_out`` names are not counted (what a dry run of retention would drop)."""
+        refs: set[str] = set()
+        for mid in self.manifest_ids():
+            if mid in leave_out:
+                continue
+            try:
+                refs |= self._open_manifest(mid).chunk_ids()
+                continue
+            except NotFound:
+                continue
+            except IntegrityError as err:
+                plain = self._plaintext(mid)
+                if plain is None:
+                    if on_unreadable is not None:
+                        on_unreadable(mid, err)
+                    continue
+            refs |= {cid.decode("ascii") for cid in _CHUNK_ID.findall(plain)}
+        return refs
+
+    def _plaintext(self, manifest_id: str) -> bytes | None:
+        """The decrypted bytes of a stored manifest, or None when no key opens it (or it is gone)."""
+        try:
+            token = read_bounded(self.provider, manifest_key(manifest_id), MAX_MANIFEST_BYTES)
+            return None if token is None else self.keys.decrypt(token)
+        except (NotFound, IntegrityError):
+            return None
+
+    def _is_foreign(self, m: Manifest) -> bool:
+        return m.repository is not None and m.repository.id != self.id
+
+    def check_agreement(self) -> None:
+        """Raise ConfigError unless the config agrees with the checkpoints (``_check_agreement``);
+        judged once per Repository (reading every manifest), before the first chunk is written."""
+        with self._agreeing:
+            if not self._agreed:
+                for _ in self.manifests():
+                    break
+
+    def _check_agreement(self, own: list[Manifest], foreign: list[Manifest]) -> None:
+        """The config must be the one the readable manifests were committed under: this
+        repository's id (unless another repository's manifests outnumber its own: then it is the
+        config that was replaced), the settings each recorded, and a MAC when they were committed
+        under an authenticated config. Raises ConfigError naming the difference."""
+        bound = [m.repository for m in own if m.repository is not None]
+        if foreign:
+            other, count = Counter(m.repository.id for m in foreign if m.repository).most_common(1)[0]
+            if count > len(bound):
+                raise config_altered_error(
+                    self.url,
+                    f"is not the config of the checkpoints it holds ({count} of them belong to repository {other}, "
+                    f"{len(bound)} to this config's {self.id})",
+                )
+        mine = self.binding()
+        for b in set(bound):
+            if b.settings() != mine.settings():
+                raise config_altered_error(self.url, f"disagrees with its checkpoints ({_binding_difference(b, mine)})")
+            if b.authenticated and not self.authenticated:
+                raise config_altered_error(self.url, "has lost its MAC (its checkpoints were committed under one)")
 
     def superseded_ids(self) -> list[str]:
         """Manifests left behind by a tag change that stopped before deleting them (hidden by readers)."""
         loaded = list(self._readable())
         ids = {m.id for m in loaded}
         return sorted({m.supersedes for m in loaded if m.supersedes and m.supersedes in ids})
+
+    def versions_of(self, manifest: Manifest) -> list[str]:
+        """``manifest`` and every stored manifest it supersedes, directly or through others (a tag
+        change interrupted between its two writes leaves the old one): all that ``forget`` removes."""
+        by_id = {m.id: m for m in self._readable()}
+        chain, seen = [manifest.id], {manifest.id}
+        current: Manifest | None = manifest
+        while current is not None and current.supersedes and current.supersedes not in seen:
+            seen.add(current.supersedes)
+            current = by_id.get(current.supersedes)
+            if current is not None:
+                chain.append(current.id)
+        return chain
 
     def _readable(self) -> Iterator[Manifest]:
         for mid in self.manifest_ids():
@@ -545,18 +702,28 @@ class Repository:
         return committed
 
     def missing_key_fingerprints(self) -> list[str]:
-        """Fingerprints the repository's config lists and this key ring lacks (re-read: another host
-        may have added a key since this repository was opened)."""
+        """Fingerprints of keys the repository vouches for and this key ring lacks (the config is
+        re-read: another host may have added a key since this repository was opened; a re-read
+        config is used only when it authenticates as this one did)."""
         with contextlib.suppress(CkptSyncError, OSError):  # else the config as opened still says something
-            self.config = parse_config(self._read_config(self.provider), self.url)
+            config = parse_config(self._read_config(self.provider), self.url)
+            if config_mac_ok(self._id_key, config) or (MAC_FIELD not in config and not self.authenticated):
+                self.config = config
         return sorted(set(self.key_entries()) - set(self.keys.fingerprints()))
 
     def load_manifest(self, manifest_id: str) -> Manifest:
         """The manifest, read size-bounded, authenticated, checked strictly (manifest.parse_manifest)
         and checked to be this repository's (version-1 manifests from before repository ids carry
-        none and stay readable); IntegrityError otherwise. When ``manifest_id`` is in the latest listing and
-        the host has a copy of that very object (manifest_cache.py), the copy is read instead of the
-        store; it is decrypted and checked exactly like a fetched one."""
+        none and stay readable); IntegrityError otherwise."""
+        m = self._open_manifest(manifest_id)
+        if self._is_foreign(m):
+            raise _foreign_error(manifest_id)
+        return m
+
+    def _open_manifest(self, manifest_id: str) -> Manifest:
+        """A stored manifest, whichever repository it names. When ``manifest_id`` is in the latest
+        listing and the host has a copy of that very object (manifest_cache.py), the copy is read
+        instead of the store; it is decrypted and checked exactly like a fetched one."""
         cache = self._cache
         info = self._listed.get(manifest_id) if cache is not None else None
         if cache is not None and info is not None and (token := cache.get(manifest_id, info)) is not None:
@@ -586,10 +753,7 @@ class Repository:
                     missing,
                 ) from None
             raise IntegrityError(f"manifest {manifest_id} {self._unreadable_because(err)}") from None
-        m = parse_manifest(plain, expected_id=manifest_id)
-        if m.repository is not None and m.repository.id != self.id:
-            raise IntegrityError(f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)")
-        return m
+        return parse_manifest(plain, expected_id=manifest_id)
 
     def commit(self, manifest: Manifest) -> Manifest:
         """The commit point: verify every chunk is stored, then write the manifest without overwriting.
@@ -603,6 +767,7 @@ class Repository:
             if existing.same_version(manifest):
                 remember(self.id, existing)
                 return existing
+        self.authenticate_state()  # a repository of the previous release gains its MACs on its first write
         manifest = dataclasses.replace(manifest, repository=self.binding())
         missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)
         if missing:
@@ -634,15 +799,20 @@ class Repository:
         return manifest
 
 
-def _new_config(keys: KeyRing, id_key: bytes, created: float, settings: RepositorySettings) -> dict:
+def _new_config(
+    keys: KeyRing, id_key: bytes, created: float, settings: RepositorySettings, *, every_key: bool = False
+) -> dict:
+    """A config for ``id_key``, with entries for the ring's first key (``every_key``: for all of its
+    keys) and its MAC."""
     s = settings.resolved()
     assert s.version is not None
+    fingerprints = keys.fingerprints() if every_key else keys.fingerprints()[:1]
     config: dict = {
         "format": FORMAT_NAME,
         "version": s.version,
         "created": created,
         "chunk_id": CHUNK_IDS[s.version],
-        "keys": {fp: keys.fernet(fp).encrypt(id_key).decode("ascii") for fp in keys.fingerprints()[:1]},
+        "keys": {fp: keys.fernet(fp).encrypt(id_key).decode("ascii") for fp in fingerprints},
     }
     if s.pad:
         config["pad"] = s.pad
@@ -650,29 +820,44 @@ def _new_config(keys: KeyRing, id_key: bytes, created: float, settings: Reposito
         config["compression"] = s.compression
     if s.version != 1 and s.sha256:
         config["sha256"] = True
-    return config
+    return with_config_mac(id_key, config)
 
 
 def _settings_of(binding: RepositoryBinding) -> RepositorySettings:
     return RepositorySettings(binding.version, binding.pad, binding.compression or "none", binding.sha256)
 
 
+def _binding_difference(recorded: RepositoryBinding, config: RepositoryBinding) -> str:
+    """What a checkpoint's binding records that the config does not, in words."""
+    if recorded.id_key != config.id_key or recorded.created != config.created:
+        return "they record another id key or creation time"
+    theirs, ours = _settings_of(recorded).resolved(), _settings_of(config).resolved()
+    differ = theirs.conflicts(ours)
+    return f"they record {theirs.describe(differ)}, the config says {ours.describe(differ)}"
+
+
+def _foreign_error(manifest_id: str) -> IntegrityError:
+    return IntegrityError(f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)")
+
+
 def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding, int]:
-    """Rebuild a missing or damaged ``config`` from the backup every manifest carries.
+    """Rebuild a missing, damaged or altered ``config`` from the backup every manifest carries.
 
     Returns the binding used and how many manifests carried it. The id key is checked against a
     stored chunk before anything is written. Raises OperationFailed when no readable manifest
     carries a backup (manifests written before ckpt-sync recorded one), and ConfigError when the
-    config is sound (nothing to repair).
+    config is sound: it authenticates and agrees with the checkpoints (nothing to repair).
     """
+    mismatch: KeyMismatchError | None = None
     try:
-        raw = Repository._read_config(provider)
-        config = parse_config(raw, provider.url)
-        Repository._find_id_key(provider, keys, config)
+        config = parse_config(Repository._read_config(provider), provider.url)
+        id_key = Repository._find_id_key(provider, keys, config)
+        for _ in Repository(provider, keys, id_key, config).manifests():  # the agreement check
+            break
     except NotFound:
         present = False
-    except KeyMismatchError:
-        raise
+    except KeyMismatchError as err:  # replaced by a config of another key? the manifests will tell
+        present, mismatch = True, err
     except ConfigError:
         present = True
     else:
@@ -691,10 +876,11 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
         except (IntegrityError, NotFound):
             continue
         if m.repository is not None:
-            found[m.repository] += 1
+            binding = dataclasses.replace(m.repository, authenticated=False)  # one repository, before or after
+            found[binding] += 1
             chunk = next((c for f in m.files for c in f.chunks), None)
             if chunk is not None:
-                sample.setdefault(m.repository, chunk)
+                sample.setdefault(binding, chunk)
     for binding, count in found.most_common():
         id_key = base64.urlsafe_b64decode(binding.id_key)
         if len(id_key) != 32 or repository_id(id_key) != binding.id:
@@ -703,12 +889,15 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
         fmt = _settings_of(binding).chunk_format(id_key)
         if ref is not None and not _chunk_matches(provider, keys, fmt, ref):
             continue
-        new = json.dumps(_new_config(keys, id_key, binding.created, _settings_of(binding)), indent=1).encode()
+        new_config = _new_config(keys, id_key, binding.created, _settings_of(binding), every_key=True)
+        new = json.dumps(new_config, indent=1).encode()
         if present:
             provider.put(CONFIG_KEY, new)
         elif not provider.put_if_absent(CONFIG_KEY, new):
             raise OperationFailed(f"another writer created a config at {provider.url} meanwhile; run this again")
         return binding, count
+    if mismatch is not None:
+        raise mismatch
     raise OperationFailed(
         f"no readable checkpoint in {provider.url} carries a config backup (written by an older ckpt-sync, "
         "or encrypted with another key): the config cannot be rebuilt"

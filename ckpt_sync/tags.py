@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from .errors import UsageError
 from .locks import acquire_manifests_lock, acquire_push_lock
 from .manifest import Manifest
+from .push import commit_checked
 from .repository import Repository, manifest_key, new_manifest_id
 from .restore import find_manifest
 
@@ -33,7 +34,7 @@ def retag(repo: Repository, selector: str, *, add: Sequence[str] = (), remove: S
     both = set(add) & set(remove)
     if both:
         raise UsageError(f"cannot both add and remove {', '.join(sorted(both))}")
-    with acquire_push_lock(repo.provider), acquire_manifests_lock(repo.provider):
+    with acquire_push_lock(repo.provider) as lock, acquire_manifests_lock(repo.provider):
         old = find_manifest(repo, selector)
         tags = tuple(t for t in dict.fromkeys((*old.tags, *add)) if t not in set(remove))
         if tags == old.tags:
@@ -41,4 +42,5 @@ def retag(repo: Repository, selector: str, *, add: Sequence[str] = (), remove: S
         for leftover in repo.superseded_ids():  # an interrupted change: its old manifest must go first
             repo.provider.delete(manifest_key(leftover))
         new = dataclasses.replace(old, id=new_manifest_id(), tags=tags, supersedes=old.id)
-        return repo.supersede(old, new)
+        committed = repo.supersede(old, new)
+        return commit_checked(repo, lock, committed)  # already committed: only the check after it runs

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import IntegrityError, MissingKeyError, NotFound, UsageError
-from .manifest import ChunkRef
+from .manifest import ChunkRef, Manifest
 from .pipeline import default_workers, ordered_map
 from .repository import Repository
 from .restore import find_manifest, read_verified
@@ -84,13 +84,14 @@ def verify(
     if checkpoints:
         pairs = [(m.id, m) for m in (find_manifest(repo, s) for s in dict.fromkeys(checkpoints))]
     else:
-        pairs = []
-        for mid in repo.manifest_ids():
-            try:
-                pairs.append((mid, repo.load_manifest(mid)))
-            except (IntegrityError, NotFound) as err:
-                locked = isinstance(err, MissingKeyError)
-                pairs.append((mid, CheckResult(mid, UNREADABLE, [str(err)], missing_key=locked)))
+        found: dict[str, Manifest | CheckResult] = {}
+
+        def unreadable(mid: str, err: IntegrityError) -> None:
+            found[mid] = CheckResult(mid, UNREADABLE, [str(err)], missing_key=isinstance(err, MissingKeyError))
+
+        # Repository.manifests: a config that disagrees with the checkpoints is refused first.
+        found.update((m.id, m) for m in repo.manifests(unreadable))
+        pairs = sorted(found.items(), reverse=True)
     results: list[CheckResult] = []
     users: dict[ChunkRef, list[CheckResult]] = {}
     with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-verify") as pool:

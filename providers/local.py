@@ -259,15 +259,17 @@ class LocalProvider:
             raise self._error(err, self.url) from err
         return True
 
-    def remove_abandoned(self, older_than: float | None = None) -> int:
+    def remove_abandoned(self, older_than: float | None = None, *, now: float | None = None) -> int:
         """Remove temp files crashed writers left; returns how many went.
 
         A temp whose writer is running on this host stays, however old; one whose writer is
         provably dead here goes at once; one whose writer cannot be checked from here (another
         host or container, a name without a writer tag) goes only with ``older_than`` (seconds)
-        and only once older than both it and FOREIGN_TEMP_MIN_AGE.
+        and only once older than both it and FOREIGN_TEMP_MIN_AGE, by ``now`` (the store's time,
+        as a probe object's stamp gives it: this host's clock may be wrong), else this host's clock.
         """
-        cutoff = None if older_than is None else time.time() - max(older_than, FOREIGN_TEMP_MIN_AGE)
+        now = time.time() if now is None else now
+        cutoff = None if older_than is None else now - max(older_than, FOREIGN_TEMP_MIN_AGE)
         removed = 0
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:

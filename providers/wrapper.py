@@ -58,10 +58,10 @@ class WrappingProvider:
             raise UsageError(f"{self.url}: this kind of store has no bucket to create")
         return self._call("create_container", "", create)
 
-    def remove_abandoned(self, older_than: float | None = None) -> int:
+    def remove_abandoned(self, older_than: float | None = None, *, now: float | None = None) -> int:
         """Temp objects left by crashed writers, where the store has any (see LocalProvider)."""
         inner = getattr(self.inner, "remove_abandoned", None)
-        return inner(older_than) if inner is not None else 0
+        return inner(older_than, now=now) if inner is not None else 0
 
     def close(self) -> None:
         self.inner.close()

@@ -111,3 +111,19 @@ def flip_chunk_byte(url: str, chunk_id: str) -> None:
         provider.put(chunk_key(chunk_id), bytes(raw))
     finally:
         provider.close()
+
+
+FAKETIME_SHIM = Path(__file__).with_name("faketime")
+
+
+def skewed(command: list[str], offset: str, env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """``command`` run with its wall clock moved by ``offset`` (``+300s``, ``-5m``): libfaketime's
+    ``faketime -f`` for the whole process, as on a host whose clock is wrong (monotonic time stays
+    real, see faketime/sitecustomize.py). Returns the command line and its environment."""
+    import shutil
+
+    if shutil.which("faketime") is None:
+        raise AssertionError("this test needs libfaketime: apt install faketime (scripts/test.sh installs it)")
+    base = {**os.environ, **(env or {})}
+    path = os.pathsep.join(p for p in (str(FAKETIME_SHIM), base.get("PYTHONPATH", "")) if p)
+    return ["faketime", "-f", offset, *command], {**base, "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": path}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -68,9 +69,13 @@ def test_a_live_prune_lock_blocks_a_second_pruner_and_a_stale_one_is_broken(
     lock.write_text(json.dumps({"created": time.time(), "expires": time.time() + 600}))
     held = json.loads(cli("prune", "--repo", repo_url, "--keep", "1", "--json", check=True).stdout)
     assert held["removed"] == [] and "another prune" in held["gc_skipped"] and len(manifest_ids(repo_dir)) == 3
-    lock.write_text(json.dumps({"created": time.time() - 1000, "expires": time.time() - 400}))
-    broke = json.loads(cli("prune", "--repo", repo_url, "--keep", "1", "--json", check=True).stdout)
+    # Stale is what the store says: not rewritten for longer than its lifetime (whatever its body claims).
+    lock.write_text(json.dumps({"created": time.time(), "expires": time.time() + 600}))
+    os.utime(lock, (time.time() - 400, time.time() - 400))
+    proc = cli("prune", "--repo", repo_url, "--keep", "1", "--json", check=True)
+    broke = json.loads(proc.stdout)
     assert len(broke["removed"]) == 2 and not lock.exists()
+    assert "breaking the lock locks/prune" in proc.stderr and "by the store's clock" in proc.stderr, proc.stderr
 
 
 def test_gc_waits_for_a_push_in_progress(tmp_path, key, repo_url, repo_dir, torch_checkpoint, cli):

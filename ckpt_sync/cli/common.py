@@ -170,6 +170,17 @@ def warn_if_rolled_back(repo: Any) -> None:
         warn(line)
 
 
+def warn_foreign_key_entries(url: str, fingerprints: list[str]) -> None:
+    """One line naming the ``keys/`` entries the repository does not vouch for (they are ignored)."""
+    if fingerprints:
+        warn(
+            f"{len(fingerprints)} key entr{'y' if len(fingerprints) == 1 else 'ies'} in {url} "
+            f"({', '.join(fingerprints[:3])}{', ...' if len(fingerprints) > 3 else ''}) "
+            "not authenticated by the repository's keys (planted or damaged): ignored; "
+            "`ckpt-sync prune --remove-damaged` removes them"
+        )
+
+
 def load_all(repo: Any) -> list[Manifest]:
     """Every readable checkpoint; each unreadable one is named in a warning line."""
     return list(repo.manifests(lambda mid, e: warn(f"skipping unreadable checkpoint {mid}: {e}")))

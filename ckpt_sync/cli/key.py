@@ -7,7 +7,16 @@ import json
 
 from ..errors import EXIT_OK
 from ..keys import load_keyring
-from .common import add_json_option, add_repo_option, open_repository, say, table, warn, when
+from .common import (
+    add_json_option,
+    add_repo_option,
+    open_repository,
+    say,
+    table,
+    warn,
+    warn_foreign_key_entries,
+    when,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -29,8 +38,13 @@ def run_list(args: argparse.Namespace) -> int:
 
     repo = open_repository(args)
     keys, unopened = list_keys(repo)
+    foreign = repo.foreign_key_entries()
     if args.json:
-        out = {"keys": [k.to_json() for k in keys], "checkpoints_no_key_of_yours_opens": unopened}
+        out = {
+            "keys": [k.to_json() for k in keys],
+            "checkpoints_no_key_of_yours_opens": unopened,
+            "foreign_key_entries": foreign,
+        }
         print(json.dumps(out, indent=2))
         return EXIT_OK
     rows = [
@@ -45,6 +59,7 @@ def run_list(args: argparse.Namespace) -> int:
     print(table(rows, ["FINGERPRINT", "ADDED", "IN YOUR RING", "OPENS CHECKPOINTS"]))
     if unopened:
         warn(f"{unopened} checkpoint(s) are encrypted with a key not in your ring")
+    warn_foreign_key_entries(repo.url, foreign)
     return EXIT_OK
 
 

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for mid in report.damaged_removed:
         say(f"{verb} damaged manifest {mid}")
+    for fp in report.foreign_keys_removed:
+        say(f"{verb} key entry {fp} (not authenticated by the repository's keys)")
     for mid, name in zip(report.removed, report.removed_names, strict=True):
         say(f"{verb} {name} ({mid})")
     left = [mid for mid in report.damaged if mid not in report.damaged_removed]

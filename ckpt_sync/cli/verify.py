@@ -8,7 +8,15 @@ import json
 import time
 
 from ..errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from .common import add_json_option, add_repo_option, err, open_repository, say, warn_if_rolled_back
+from .common import (
+    add_json_option,
+    add_repo_option,
+    err,
+    open_repository,
+    say,
+    warn_foreign_key_entries,
+    warn_if_rolled_back,
+)
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -34,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
     repo = open_repository(args)
     warn_if_rolled_back(repo)
+    warn_foreign_key_entries(repo.url, repo.foreign_key_entries())
     started = time.monotonic()
     results = verify(
         repo, checkpoints=args.checkpoints, read_data=args.read_data, read_data_subset=subset, workers=args.workers
