@@ -15,6 +15,13 @@ if [ "${CKPT_SYNC_SETUP_ONLY:-}" = 1 ]; then exit 0; fi
 # writes it where PYTHONDONTWRITEBYTECODE is set: every command would then compile what it imports.
 "$PY" -m compileall -q ckpt_sync providers >/dev/null
 "$PY" -m ruff check .
+# libfaketime moves one process's wall clock for the clock-skew tests (Debian/Ubuntu package faketime).
+if ! command -v faketime >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then sudo=""; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; else sudo="no"; fi
+    if [ "$sudo" = no ] || ! { $sudo apt-get update -qq && $sudo apt-get install -y -qq faketime; } >/dev/null 2>&1; then
+        echo "ckpt-sync: could not install faketime (apt install faketime): the clock-skew tests will fail" >&2
+    fi
+fi
 set +e
 "$PY" -m pytest -q -p no:cacheprovider "$@"
 rc=$?

@@ -36,6 +36,13 @@ def _padme(n: int) -> int:
     return -(-m // step) * step
 
 
+def _config_mac(id_key: bytes, config: dict) -> str:
+    """FORMAT.md's config MAC, written from its text."""
+    body = {k: v for k, v in config.items() if k != "mac"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    return hmac.new(hmac.digest(id_key, b"ckpt-sync config mac v1", "sha256"), canonical, "sha256").hexdigest()
+
+
 def _checkpoint(path):
     """A real torch.save with a model (floats), a compressible buffer and an incompressible one, so a
     compressing repository stores both compressed and raw chunks."""
@@ -81,10 +88,12 @@ def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir,
     raw_key = base64.urlsafe_b64decode(key)
     fingerprint = hmac.digest(raw_key, b"ckpt-sync key fingerprint v1", "sha256")[:16].hex()
     id_key = fernet.decrypt(config["keys"][fingerprint].encode())
+    assert _config_mac(id_key, config) == config["mac"]  # section "Authentication"
 
     names = sorted(p.name for p in (repo_dir / "manifests").iterdir())
     manifest = json.loads(read(f"manifests/{names[-1]}"))
     assert manifest["version"] == 1 and manifest["id"] == names[-1]
+    assert manifest["repository"]["authenticated"] is True
     assert manifest["name"] == ckpt.name and manifest["global_step"] == 5
     (entry,) = manifest["files"]
     assert len(entry["chunks"]) > 3
@@ -119,3 +128,24 @@ def test_format_doc_alone_rebuilds_a_file_byte_for_byte(tmp_path, key, repo_dir,
     if version == 2:  # the chunk ids, checked above, are the file's hash: no whole-file pass recorded
         assert "blake3" not in entry
     assert data == ckpt.read_bytes()
+
+
+def test_format_doc_alone_checks_a_key_entry_added_later(tmp_path, key, repo_dir):
+    ckpt = _checkpoint(tmp_path / "checkpoint_abc_5.pt")
+    cli = [sys.executable, "-m", "ckpt_sync.cli"]
+    subprocess.run([*cli, "push", "--repo", str(repo_dir), str(ckpt)], check=True, capture_output=True)
+    second = Fernet.generate_key()
+    new_key = tmp_path / "new.key"
+    new_key.write_bytes(second + b"\n")
+    new_key.chmod(0o600)
+    add = [*cli, "key", "add", "--repo", str(repo_dir), "--new-key-file", str(new_key)]
+    subprocess.run(add, check=True, capture_output=True)
+
+    config = json.loads((repo_dir / "config").read_text())
+    fingerprint = hmac.digest(base64.urlsafe_b64decode(key), b"ckpt-sync key fingerprint v1", "sha256")[:16].hex()
+    id_key = Fernet(key.encode()).decrypt(config["keys"][fingerprint].encode())
+    new_fp = hmac.digest(base64.urlsafe_b64decode(second), b"ckpt-sync key fingerprint v1", "sha256")[:16].hex()
+    entry = json.loads((repo_dir / "keys" / new_fp).read_text())
+    k_k = hmac.digest(id_key, b"ckpt-sync key entry mac v1", "sha256")
+    assert hmac.new(k_k, f"{new_fp}\n{entry['token']}".encode(), "sha256").hexdigest() == entry["mac"]
+    assert Fernet(second).decrypt(entry["token"].encode()) == id_key  # the new key unwraps the same id key

@@ -289,19 +289,41 @@ def test_a_skewed_clock_never_breaks_a_live_push_lock(
     assert (back / copy.name).read_bytes() == copy.read_bytes()
 
 
-def test_a_pusher_stopped_past_its_locks_lifetime_uploads_what_a_prune_removed_meanwhile(
+def test_a_pruner_whose_clock_runs_hours_ahead_keeps_chunks_uploaded_a_moment_ago(
     any_repo_url, cli, key, tmp_path, torch_checkpoint
+):
+    url = any_repo_url
+    _push(cli, url, _ckpt(torch_checkpoint, tmp_path, "anchor.bin", seed=12))
+    young = _ckpt(torch_checkpoint, tmp_path, "young.bin", seed=13)
+    _push(cli, url, young)
+    cli("forget", young.name, "--force", "--repo", url, check=True)  # its chunks: unreferenced, seconds old
+    chunks = _objects(url, "chunks/")
+    pruned = _prune(url, "3600", "+7200s", {})
+    assert pruned.returncode == 0, pruned.stderr
+    report = json.loads(pruned.stdout)
+    assert report["chunks_removed"] == 0 and report["chunks_in_grace"] > 0, report
+    assert _objects(url, "chunks/") == chunks
+    now = json.loads(cli("prune", "--keep", "1", "--grace", "0", "--json", "--repo", url, check=True).stdout)
+    assert now["chunks_removed"] == report["chunks_in_grace"]  # what grace kept is exactly what --grace 0 frees
+
+
+@pytest.mark.parametrize(
+    ("ttl", "stopped"),
+    [("2", 6.0), pytest.param(None, 150.0, marks=pytest.mark.slow, id="default-lifetime")],
+)
+def test_a_pusher_stopped_past_its_locks_lifetime_uploads_what_a_prune_removed_meanwhile(
+    ttl, stopped, any_repo_url, cli, key, tmp_path, torch_checkpoint
 ):
     url = any_repo_url
     copy = _reusable_chunks(cli, url, tmp_path, torch_checkpoint)
     hold = tmp_path / "hold"
     hold.mkdir()
-    short = {"CKPT_SYNC_LOCK_TTL": "2"}
+    short = {"CKPT_SYNC_LOCK_TTL": ttl} if ttl else {}
     push = _held_push(url, copy, hold, short, None)
     push.send_signal(signal.SIGSTOP)  # a suspended VM: no heartbeat, no progress
     try:
         (hold / "go").touch()  # it writes its manifest as soon as it runs again
-        time.sleep(6)  # three lifetimes with no heartbeat, by any clock
+        time.sleep(stopped)  # longer than the lock's lifetime with no heartbeat, by any clock
         pruned = _prune(url, "0", None, short)
     finally:
         push.send_signal(signal.SIGCONT)
