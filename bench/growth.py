@@ -95,6 +95,7 @@ def fill(repo, count: int) -> None:
             loss=None,
             tags=(),
             extra={},
+            repository=repo.binding(),  # as a push stamps it
         )
         import json
 

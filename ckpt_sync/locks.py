@@ -177,6 +177,7 @@ class Lock:
         self.ttl = ttl
         self.token = token
         self.mark = BROKEN + token
+        self._marked = False
         self._created = created
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._heartbeat, name=f"lock {key}", daemon=True)
@@ -205,12 +206,15 @@ class Lock:
         """Whether another process judged this lock's holder gone while it was held (its mark is
         there, or the lock object is not): a chunk collection may then have run without seeing it."""
         keys = {i.key for i in self.provider.list(LOCKS)}
-        return self.mark in keys or self.key not in keys
+        self._marked = self._marked or self.mark in keys
+        return self._marked or self.key not in keys
 
     def release(self) -> None:
+        """Stop the heartbeat and remove the lock (and its mark, when ``lost`` found one; a mark
+        left behind is swept by a later prune)."""
         self._stop.set()
         self._thread.join()
-        for key in (self.key, self.mark):
+        for key in (self.key, self.mark) if self._marked else (self.key,):
             try:
                 self.provider.delete(key)
             except Exception as err:  # it will be judged stale on its own

@@ -371,11 +371,13 @@ class Repository:
 
     def authenticate_state(self) -> None:
         """Give a repository written before authentication its MACs (every write by a key holder
-        calls this; nothing happens once the config has one): each ``keys/`` entry without a MAC
-        is sealed as it stands, then the config. The entries are trusted as found, the one moment
-        they are (docs/FORMAT.md, "Authentication")."""
+        calls this; nothing happens once the config has one): once the config is found to agree
+        with its checkpoints, each ``keys/`` entry without a MAC is sealed as it stands, then the
+        config. The entries are trusted as found, the one moment they are (docs/FORMAT.md,
+        "Authentication")."""
         if self.authenticated:
             return
+        self.check_agreement()  # never seal a config its checkpoints disagree with
         for fp, entry in self._key_objects(self.provider).items():
             if entry.mac is None:
                 self.provider.put(f"{KEYS}{fp}", KeyEntry.sealed(self._id_key, fp, entry.token).render())
@@ -479,10 +481,13 @@ class Repository:
         truncating store) is replaced, never trusted. ``scratch`` is a reusable buffer for the token
         (see buffers.py).
         """
-        self.check_agreement()  # nothing is written under a config its checkpoints disagree with
         cid = self.chunk_id(plaintext)
         ref = ChunkRef(cid, len(plaintext))
         known = self.known_chunks()
+        with self._lock:
+            if self.format.size_ok(ref.size, known.get(cid)):
+                return ref, 0
+        self.check_agreement()  # nothing is written under a config its checkpoints disagree with
         with self._lock:
             if self.format.size_ok(ref.size, known.get(cid)):
                 return ref, 0
