@@ -18,13 +18,14 @@ from .chunking import ChunkPolicy
 from .crypto import KeyRing
 from .keys import generate_key, key_configured, load_keyring, write_key_file
 from .locations import default_key_file, resolve_repo_url
-from .manifest import FileEntry, Manifest, RepositoryBinding
+from .lookup import find_manifest
+from .manifest import RESUMABLE, FileEntry, Manifest, RepositoryBinding
 from .providers import RetryPolicy, open_provider
 from .push import push_path
 from .repository import CONFIG_KEY, Repository, RepositorySettings
 from .repository import repair_config as _repair_config
-from .restore import find_manifest, stream_file
 from .restore import pull as _pull
+from .restore import stream_file
 from .selection import Selection
 from .transfer import TransferStats
 
@@ -157,7 +158,7 @@ def pull(
     workers: int | None = None,
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
-    role: str = "resumable",
+    role: str | None = None,
     tag: str | None = None,
     session: str | None = None,
     host: str | None = None,
@@ -168,14 +169,15 @@ def pull(
     overwrite: bool = False,
 ) -> Manifest:
     """Restore ``checkpoint`` (id or name), or else the newest valid checkpoint by training position
-    that the filters match (the CLI's ``pull --latest`` options; ``role="any"`` for any role), into
+    that the filters match (the CLI's ``pull --latest`` options: ``role`` resumable by default, or
+    any role when the repository holds no resumable checkpoint; ``role="any"`` for any role), into
     ``to``; returns its manifest. Newer checkpoints encrypted with a key this host lacks raise
     MissingKeyError unless ``allow_older``. A different file already at the destination raises
     UsageError unless ``overwrite``; identical ones are skipped.
 
     ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
     """
-    selection = Selection(role, tag, session, host, name, step, before_step)
+    selection = Selection(role or RESUMABLE, tag, session, host, name, step, before_step)
     r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
     return _pull(
         r,
@@ -186,6 +188,7 @@ def pull(
         include=include,
         exclude=exclude,
         allow_older=allow_older,
+        any_role_if_none=role is None,
         overwrite=overwrite,
     )[0]
 

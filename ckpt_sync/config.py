@@ -184,6 +184,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("state_dir", _path, None, "queue and held copies (default WATCH_DIR/.ckpt-sync)", relative_to_file=True),
     Setting("keep", _whole(0), WATCH_KEEP, "remote FIFO: keep the N newest resumable (0 keeps all)"),
+    Setting(
+        "keep_scope",
+        _choice("run", "repository"),
+        "run",
+        "what a watch's keep counts and removes: this folder's run (its sessions), or the whole repository",
+    ),
     Setting("patterns", _patterns, None, "checkpoint file name globs for `watch`", dest="pattern", flag="--pattern"),
     Setting("settle", _seconds(0), WATCH_SETTLE, "seconds a file must be closed and unchanged before upload"),
     Setting(

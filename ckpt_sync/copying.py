@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .locks import acquire_push_lock
+from .lookup import find_manifest
 from .manifest import ChunkRef, FileEntry, Manifest
 from .ordering import oldest_first
 from .pipeline import default_workers, ordered_map
 from .push import commit_checked
 from .repository import Repository, chunk_key
-from .restore import find_manifest
 
 ProgressFn = Callable[[int], None]
 _counting = threading.Lock()  # report counters and the destination's known-chunk map, from worker threads

@@ -42,6 +42,7 @@ class WatchOptions:
     once: bool = False
     keep: int | None = WATCH_KEEP  # remote FIFO (retention.fifo_with_tags); 0 or None: no remote retention
     retention: RetentionPolicy | None = None  # when given, replaces keep (e.g. retention.build_policy(...))
+    keep_scope: str = "run"  # what keep counts and removes: this folder's run, or the whole repository
     grace: float = DEFAULT_GRACE
     workers: int | None = None
     policy: ChunkPolicy = ChunkPolicy()
@@ -94,6 +95,7 @@ def run_watch(
         queue,
         keep=opts.keep,
         retention=opts.retention,
+        keep_scope=opts.keep_scope,
         grace=opts.grace,
         workers=opts.workers,
         policy=opts.policy,

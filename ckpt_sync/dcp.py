@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import logging
 import os
 import pickle
 import uuid
@@ -52,19 +53,21 @@ from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, W
 from torch.futures import Future
 
 from .buffers import BufferPool
+from .checkpoint_content import role_of
 from .chunking import ChunkPolicy
 from .contents import ChunkMap
 from .errors import IntegrityError, OperationFailed, UsageError
 from .file_digest import FileHasher
 from .locks import Lock, acquire_push_lock
-from .manifest import ChunkRef, FileEntry, Manifest
+from .lookup import find_manifest, latest
+from .manifest import RESUMABLE, ROLE_FROM, ChunkRef, FileEntry, Manifest, infer_role
 from .pipeline import default_workers
 from .push import _manifest, commit_checked
 from .repository import Repository
-from .restore import find_manifest
-from .selection import newest as newest_checkpoints
+from .selection import Selection
 from .transfer import TransferStats
 
+log = logging.getLogger("ckpt_sync.dcp")
 METADATA_FILE = ".metadata"  # DCP's name (FileSystemWriter), so a pulled folder loads with FileSystemReader
 DATA_SUFFIX = ".distcp"
 LAYOUT = "torch.distributed.checkpoint"  # manifest.extra["layout"]: how readers recognise one
@@ -339,8 +342,16 @@ class Writer(StorageWriter):
             meta = dict(self.metadata)
             meta.setdefault("layout", LAYOUT)
             meta.setdefault("ranks", len(results))
+            # What the save holds decides its role unless the caller said: optimizer state (its keys
+            # under optim*/param_groups) or a step makes it resumable (checkpoint_content.role_of).
+            optimizer = any(k.startswith("optim") or "param_groups" in k for k in metadata.state_dict_metadata)
+            content = role_of(optimizer=optimizer, position="global_step" in meta, tensors=True)
+            said = meta.pop("role", None)
+            role = said or infer_role(self.tags, meta, content)
+            meta.setdefault(ROLE_FROM, "user" if said else "content" if role == content else "inferred")
             name = self.name or f"dcp_{self.save_id[:8]}"
-            manifest = _manifest(name, "dir", [files[p] for p in sorted(files)], None, None, self.tags, meta)
+            entries = [files[p] for p in sorted(files)]
+            manifest = _manifest(name, "dir", entries, None, None, self.tags, meta, role)
             # Verifies every chunk of every rank is stored, then the manifest (or finds this version
             # committed), then that no prune judged this save gone meanwhile (push.commit_checked).
             assert self._lock is not None
@@ -410,8 +421,10 @@ class Writer(StorageWriter):
 
 
 class Reader(StorageReader):
-    """A DCP ``StorageReader`` over a committed checkpoint: ``checkpoint`` is ``"latest"`` (the newest
-    DCP checkpoint by training position), a manifest id (or unique prefix) or a checkpoint name.
+    """A DCP ``StorageReader`` over a committed checkpoint: ``checkpoint`` is ``"latest"`` — the
+    newest intact DCP checkpoint of ``role`` (resumable by default; "model-only", "best" or "any"
+    to load weights) by training position, the rule every reader shares (lookup.py) — a manifest id
+    (or unique prefix) or a checkpoint name.
 
     In a process group the coordinator resolves ``"latest"`` and the others follow, so all ranks
     load the same checkpoint even while another one is being committed. ``stats`` counts what this
@@ -423,6 +436,7 @@ class Reader(StorageReader):
         repo: str | Repository | None = None,
         *,
         checkpoint: str = "latest",
+        role: str = RESUMABLE,
         key_file: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         process_group: Any = None,
@@ -431,6 +445,7 @@ class Reader(StorageReader):
         self._repo_arg = repo
         self.key_file = key_file
         self.checkpoint = checkpoint
+        self.selection = Selection(role)  # UsageError for an unknown role, before anything is read
         self.workers = workers or default_workers()
         self.process_group = process_group
         self.repo: Repository | None = None
@@ -588,7 +603,5 @@ class Reader(StorageReader):
         assert self.repo is not None
         if self.checkpoint != "latest":
             return find_manifest(self.repo, self.checkpoint)
-        newest = next((m for m in newest_checkpoints(self.repo.manifests()) if is_dcp_manifest(m)), None)
-        if newest is None:
-            raise OperationFailed(f"no DCP checkpoint in {self.repo.url}")
-        return newest
+        # The one rule of "latest" (lookup.py), among DCP checkpoints: resumable and intact.
+        return latest(self.repo, self.selection, accept=is_dcp_manifest, noun="DCP checkpoint", warn=log.warning)

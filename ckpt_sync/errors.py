@@ -40,7 +40,12 @@ class OperationFailed(CkptSyncError):
     exit_code = EXIT_FAILED
 
 
-class NoSpace(OperationFailed):
+class LocalTargetError(OperationFailed):
+    """Where a restore writes on this host is the problem (a symlink in the way, permissions, a
+    read-only or full disk), not the checkpoint: no older checkpoint is tried instead."""
+
+
+class NoSpace(LocalTargetError):
     """The destination's disk is full: no other checkpoint would fit better, so nothing falls back."""
 
 

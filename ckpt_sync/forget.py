@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 from .locks import acquire_manifests_lock, acquire_push_lock
+from .lookup import find_manifest
 from .manifest import Manifest
 from .repository import Repository, manifest_key
-from .restore import find_manifest
 from .seen import removed_here
 from .selection import Selection, select
 

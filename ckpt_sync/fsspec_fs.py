@@ -57,7 +57,7 @@ class CkptSyncFileSystem(AbstractFileSystem):
 
     def _split(self, path: str) -> tuple[Manifest | None, str]:
         """(the checkpoint the path names, the path inside it); (None, "") for the root."""
-        from .restore import find_manifest
+        from .lookup import find_manifest
 
         path = self._strip_protocol(path)
         if not path:

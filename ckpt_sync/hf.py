@@ -26,7 +26,7 @@ from . import layouts
 from .api import open_repository
 from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
 from .manifest import RESUMABLE
-from .selection import Selection, select
+from .selection import Selection
 
 log = logging.getLogger("ckpt_sync.hf")
 
@@ -98,7 +98,7 @@ def restore_latest(
     dest = Path(output_dir)
     r = open_repository(repo, key_file=key_file, create=True)
     try:
-        m = restore_first(r, dest, select(r.manifests(), Selection(role=RESUMABLE, name=TRAINER_CHECKPOINTS)))
+        m = restore_first(r, dest, Selection(role=RESUMABLE, name=TRAINER_CHECKPOINTS))
     finally:
         r.provider.close()
     return None if m is None else dest / m.name

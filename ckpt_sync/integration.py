@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, NotFound
+from .errors import LocalTargetError, MissingKeyError, OperationFailed, UsageError
 from .manifest import Manifest
-from .restore import restore
+from .restore import pull
+from .selection import Selection
 
 log = logging.getLogger("ckpt_sync.integration")
 
@@ -99,20 +99,24 @@ class LazySync:
             client.close()
 
 
-def restore_first(repo: Any, dest: Path, candidates: Iterable[Manifest]) -> Manifest | None:
-    """Restore the first of ``candidates`` (newest first: ``selection.select``) that verifies into
-    ``dest``, falling back past damaged ones (each warned about); None when there are none.
-    One already at ``dest`` is not pulled again."""
-    for m in candidates:
-        target = dest / m.name
-        if target.exists():
-            log.info("[ckpt-sync] %s is already here; not pulling it", target)
-            return m
-        try:
-            restore(repo, m, dest)
-        except (IntegrityError, NotFound) as err:
-            log.warning("[ckpt-sync] checkpoint %s (%s) is damaged (%s); trying the previous one", m.id, m.name, err)
-            continue
-        log.info("[ckpt-sync] restored %s (step %s) from %s into %s", m.name, m.global_step, repo.url, dest)
-        return m
-    return None
+def restore_first(repo: Any, dest: Path, selection: Selection, *, accept: Any = None) -> Manifest | None:
+    """Restore into ``dest`` the newest intact checkpoint ``selection`` and ``accept`` match (the one
+    rule of "latest": lookup.py; restore.pull falls back past one that fails verification); None when
+    the repository has none. A file of the same name already there is replaced by the committed one
+    (identical files are not downloaded again). A problem with ``dest`` itself (a symlink in the way,
+    permissions, a full disk) raises: it is never a reason to resume from an older checkpoint."""
+
+    def warn(line: str) -> None:
+        log.warning("[ckpt-sync] %s", line)
+
+    try:
+        m, _ = pull(repo, dest, selection=selection, accept=accept, warn=warn, overwrite=True)
+    except MissingKeyError:
+        raise
+    except (LocalTargetError, UsageError):
+        raise
+    except OperationFailed as err:
+        log.info("[ckpt-sync] nothing to restore from %s (%s)", repo.url, err)
+        return None
+    log.info("[ckpt-sync] restored %s (step %s) from %s into %s", m.name, m.global_step, repo.url, dest)
+    return m

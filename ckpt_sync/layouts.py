@@ -126,9 +126,8 @@ def _step_from_name(folder: Path) -> dict[str, Any]:
     return {"global_step": int(m.group("step"))} if m else {}
 
 
-DCP = Layout(
-    "dcp", _dcp_claims, _dcp_missing, lambda folder: {"role": RESUMABLE, "framework": "dcp", **_step_from_name(folder)}
-)
+# The role is left to what the folder holds (checkpoint_content.py: optimizer state in .metadata).
+DCP = Layout("dcp", _dcp_claims, _dcp_missing, lambda folder: {"framework": "dcp", **_step_from_name(folder)})
 
 # --- CheckpointManager's best model ----------------------------------------------------------------
 

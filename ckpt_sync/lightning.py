@@ -26,8 +26,8 @@ import torch
 from . import layouts
 from .api import open_repository
 from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
-from .manifest import RESUMABLE
-from .selection import ANY, Selection, select
+from .manifest import RESUMABLE, Manifest
+from .selection import ANY, Selection
 from .training.atomic import atomic_open
 
 log = logging.getLogger("ckpt_sync.lightning")
@@ -106,7 +106,7 @@ class CkptSyncCheckpointIO(*_torch_io_bases()):  # type: ignore[misc]
     def _pull(self, local: Path) -> None:
         r = open_repository(self.repo, key_file=self.key_file)
         try:
-            m = restore_first(r, local.parent, select(r.manifests(), Selection(role=ANY, name=glob.escape(local.name))))
+            m = restore_first(r, local.parent, Selection(role=ANY, name=glob.escape(local.name)))
         finally:
             r.provider.close()
         if m is None:
@@ -145,10 +145,13 @@ def latest_path(
     best_local = max(local, default=None, key=lambda sp: (sp[0], sp[1].stat().st_mtime_ns))
     r = open_repository(repo, key_file=key_file, create=True)
     try:
-        remote = select(r.manifests(), Selection(role=RESUMABLE, name="*.ckpt"))
+        newer: Any = None
         if best_local is not None:  # only what is newer than the local one (a tie stays local)
-            remote = [m for m in remote if (m.position.global_step or -1) > best_local[0]]
-        m = restore_first(r, folder, remote)
+
+            def newer(m: Manifest, step: int = best_local[0]) -> bool:
+                return (m.position.global_step or -1) > step
+
+        m = restore_first(r, folder, Selection(role=RESUMABLE, name="*.ckpt"), accept=newer)
     finally:
         r.provider.close()
     if m is not None:

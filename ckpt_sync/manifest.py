@@ -48,17 +48,35 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESUMABLE, MODEL_ONLY, BEST = "resumable", "model-only", "best"
 ROLES = (RESUMABLE, MODEL_ONLY, BEST)
 BEST_MARKER = "best_metadata.json"  # the seed's best-model folder holds this file
+# How a push decided the role (``extra.role_from``): said by the user, read from the files
+# (checkpoint_content.py), or the default. Manifests without it were committed before content was read.
+ROLE_FROM = "role_from"
+# Files a weights-only folder holds (Hugging Face save_pretrained, PEFT adapters, tokenizers).
+WEIGHT_FILES = re.compile(
+    r"^(.*\.safetensors|.*\.safetensors\.index\.json|pytorch_model.*\.bin|adapter_model\.bin|"
+    r"[^/]*config\.json|tokenizer.*|special_tokens_map\.json|vocab\..*|merges\.txt|.*\.model|README\.md)$"
+)
 
 
-def infer_role(tags: tuple[str, ...] | list[str], extra: dict[str, Any]) -> str:
-    """The role of a checkpoint that does not record one (version-1 manifests written before roles):
-    tagged ``best`` (or handed off as the best model) -> best, a model-only save -> model-only, else resumable."""
+def infer_role(tags: tuple[str, ...] | list[str], extra: dict[str, Any], content: str | None = None) -> str:
+    """The role of a checkpoint nobody named one for: tagged ``best`` (or handed off as the best
+    model) -> best, a model-only save -> model-only, else what its files hold (``content``, see
+    checkpoint_content.py), else resumable."""
     kind = extra.get("checkpoint_kind")
     if "best" in tags or kind == "best":
         return BEST
     if kind == "model_only":
         return MODEL_ONLY
-    return RESUMABLE
+    return content or RESUMABLE
+
+
+def names_say_weights_only(kind: str, paths: list[str]) -> bool:
+    """Whether file names alone say a checkpoint holds only weights (one safetensors file, a folder of
+    weight and configuration files): how a manifest committed before content was read, and so
+    recorded as resumable by default, gets its role re-derived."""
+    if kind == "file":
+        return len(paths) == 1 and paths[0].endswith(".safetensors")
+    return bool(paths) and all(WEIGHT_FILES.match(PurePosixPath(p).name) for p in paths)
 
 
 @dataclass(frozen=True)
@@ -311,6 +329,9 @@ class Manifest:
             raise IntegrityError(f"role {role!r} is not one of {', '.join(ROLES)}")
         binding = d.get("repository")
         tags = tuple(_text(t, "tag") for t in tags)
+        role = role or infer_role(tags, extra)
+        if ROLE_FROM not in extra and role == RESUMABLE and names_say_weights_only(kind, [f.path for f in files]):
+            role = MODEL_ONLY  # committed before content was read, resumable only by default
         return cls(
             id=mid,
             name=name,
@@ -325,7 +346,7 @@ class Manifest:
             extra=extra,
             supersedes=_optional(d.get("supersedes"), _manifest_id, "supersedes") or None,
             files=files,
-            role=role or infer_role(tags, extra),
+            role=role,
             repository=None if binding is None else RepositoryBinding.from_json(binding),
         )
 

@@ -7,6 +7,10 @@ retention, ``status`` lag, recovery and ``check --repair`` — sorts with :func:
 A checkpoint's :class:`Position` is (session, global step), then the source file's modification
 time, then the commit time:
 
+- **Positioned first.** A checkpoint with no training position (neither a session nor a step, from
+  its metadata, its content or its name) is older than every checkpoint that has one: a weights
+  file or a config pushed by hand after the run never outranks the run's own checkpoints.
+
 - **Sessions.** A session id in the seed's form ``YYYYMMDD_HHMMSS`` is the session's start time, so
   sessions compare chronologically (a later run is newer whatever its steps). Any other id starts
   when its earliest checkpoint among the ones compared was made (source mtime, else commit time).
@@ -45,6 +49,11 @@ class Position:
     def when(self) -> float:
         return self.mtime if self.mtime is not None else self.created
 
+    @property
+    def positioned(self) -> bool:
+        """Whether training placed it: a session or a step is known."""
+        return self.session_id is not None or self.global_step is not None
+
 
 def session_time(session_id: str) -> float | None:
     """The start time a seed-style session id (``YYYYMMDD_HHMMSS``, local time) encodes, else None."""
@@ -81,7 +90,7 @@ def sort_keys(positions: Sequence[Position]) -> list[tuple]:
     for i, p in enumerate(positions):
         group = _group(p, i)
         step = p.global_step if p.global_step is not None else -1
-        keys.append((starts[group], p.session_id or "", step, p.when, p.created, p.key))
+        keys.append((p.positioned, starts[group], p.session_id or "", step, p.when, p.created, p.key))
     return keys
 
 

@@ -22,7 +22,7 @@ from .locks import Lock, live_push_locks, store_now, sweep_marks, try_acquire_pr
 from .manifest import RESUMABLE
 from .providers.base import ObjectInfo
 from .repository import CHUNKS, KEYS, Repository, chunk_key, manifest_key
-from .retention import Candidate, RetentionPolicy, to_remove
+from .retention import Candidate, RetentionPolicy, RunScope, to_remove
 from .seen import removed_here
 from .selection import newest
 
@@ -45,6 +45,8 @@ class PruneReport:
     bytes_in_grace: int = 0
     grace_first_removable: float | None = None
     grace_all_removable: float | None = None
+    # Per training session ("" for none): how many checkpoints were removed (would be, in a dry run).
+    sessions: dict[str, int] = field(default_factory=dict)
     damaged: list[str] = field(default_factory=list)  # unreadable manifest ids (left alone unless removed)
     damaged_removed: list[str] = field(default_factory=list)
     foreign_keys_removed: list[str] = field(default_factory=list)  # key entries the repository does not vouch for
@@ -63,6 +65,7 @@ class PruneReport:
             "bytes_in_grace": self.bytes_in_grace,
             "grace_first_removable": self.grace_first_removable,
             "grace_all_removable": self.grace_all_removable,
+            "sessions": self.sessions,
             "damaged": self.damaged,
             "damaged_removed": self.damaged_removed,
             "foreign_keys_removed": self.foreign_keys_removed,
@@ -76,10 +79,12 @@ def prune(
     grace: float = DEFAULT_GRACE,
     dry_run: bool = False,
     remove_damaged: bool = False,
+    scope: RunScope | None = None,
 ) -> PruneReport:
-    """Apply ``policy``, then collect chunks. ``remove_damaged`` also deletes every manifest that is
-    not a readable manifest of this repository and every key entry it does not vouch for (refused
-    unless the ring holds all its keys)."""
+    """Apply ``policy`` — to the checkpoints of one run when ``scope`` is given (a watch's or a
+    SyncClient's ``--keep``), else to the whole repository — then collect chunks. ``remove_damaged``
+    also deletes every manifest that is not a readable manifest of this repository and every key
+    entry it does not vouch for (refused unless the ring holds all its keys)."""
     if remove_damaged and not repo.has_all_keys():
         raise UsageError(
             "--remove-damaged needs every key of the repository (give them all with --key-file): a checkpoint "
@@ -100,7 +105,7 @@ def prune(
         if remove_damaged:
             _remove_damaged(repo, report)
         chunks = {info.key.rsplit("/", 1)[-1]: info for info in repo.provider.list(CHUNKS)}
-        _drop_manifests(repo, policy, report, chunks)
+        _drop_manifests(repo, policy, report, chunks, scope)
         now = store_now(repo.provider)  # grace is judged by the store's clock, never this host's
         _collect_chunks(repo, grace, report, chunks, lock, now)
         remove_abandoned = getattr(repo.provider, "remove_abandoned", None)
@@ -130,7 +135,11 @@ def _remove_damaged(repo: Repository, report: PruneReport) -> None:
 
 
 def _drop_manifests(
-    repo: Repository, policy: RetentionPolicy, report: PruneReport, chunks: dict[str, ObjectInfo]
+    repo: Repository,
+    policy: RetentionPolicy,
+    report: PruneReport,
+    chunks: dict[str, ObjectInfo],
+    scope: RunScope | None,
 ) -> None:
     # A tag change interrupted between its two writes left the old manifest (hidden); finish it.
     if not report.dry_run:
@@ -142,7 +151,8 @@ def _drop_manifests(
     manifests = {m.id: m for m in repo.manifests(lambda mid, _err: report.damaged.append(mid))}
     if not manifests:
         return
-    doomed = {c.key for c in to_remove(policy, [Candidate.of(m) for m in manifests.values()])}
+    counted = scope.members(manifests.values()) if scope is not None else set(manifests)
+    doomed = {c.key for c in to_remove(policy, [Candidate.of(m) for m in manifests.values() if m.id in counted])}
     # The newest resumable checkpoint (by training position) whose chunks are all present survives
     # whatever the policy says; with none resumable, the newest of any role.
     stored = {cid: info.size for cid, info in chunks.items()}
@@ -157,6 +167,8 @@ def _drop_manifests(
     for mid in reversed([m.id for m in ordered if m.id in doomed]):  # oldest first
         report.removed.append(mid)
         report.removed_names.append(manifests[mid].name)
+        session = manifests[mid].session_id or ""
+        report.sessions[session] = report.sessions.get(session, 0) + 1
         if not report.dry_run:
             repo.provider.delete(manifest_key(mid))
             log.info("pruned checkpoint %s (%s)", manifests[mid].name, mid)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .buffers import BufferPool
+from .checkpoint_content import file_content, folder_content
 from .checkpoint_files import FileState, folder_files
 from .chunking import ChunkPolicy, plan_chunks
 from .errors import Cancelled, OperationFailed, UsageError
@@ -20,6 +21,7 @@ from .locks import Lock, acquire_push_lock
 from .manifest import (
     BEST,
     BEST_MARKER,
+    ROLE_FROM,
     ROLES,
     ChunkRef,
     FileEntry,
@@ -158,11 +160,13 @@ def push_path(
 ) -> tuple[Manifest, TransferStats]:
     """Upload ``path`` and commit it as one checkpoint. The manifest is written last (the commit point).
 
-    ``metadata`` may carry ``session_id``, ``global_step``, ``epoch``, ``loss`` (else parsed from the
-    seed's file name) and anything else JSON-serialisable, kept under ``extra``. ``role`` (or
-    ``metadata["role"]``) is resumable, model-only or best; by default a folder holding
-    ``best_metadata.json`` or a checkpoint tagged ``best`` is best, a model-only save model-only, the
-    rest resumable. The source's modification time is recorded (restored by pull). Committing a
+    ``metadata`` may carry ``session_id``, ``global_step``, ``epoch``, ``loss`` (else read from what
+    the files hold, checkpoint_content.py, else parsed from the seed's file name) and anything else
+    JSON-serialisable, kept under ``extra``. ``role`` (or ``metadata["role"]``) is resumable,
+    model-only or best; by default a folder holding ``best_metadata.json`` or a checkpoint tagged
+    ``best`` is best, a model-only save model-only, else what the files hold (optimizer state or a
+    position: resumable; weights alone: model-only), else resumable. How the role was decided is
+    recorded as ``extra.role_from``. The source's modification time is recorded (restored by pull). Committing a
     version that is already committed returns the existing checkpoint. Setting ``cancel`` stops at
     the next chunk with ``Cancelled``; chunks already stored are reused by the next push.
     ``before_commit`` runs after every file was read and before the manifest is written; raising
@@ -171,11 +175,17 @@ def push_path(
     p = Path(path)
     kind, files = collect_files(p)
     meta = dict(metadata or {})
-    role = role or meta.pop("role", None) or _default_role(kind, files, tuple(tags), meta)
+    said = role or meta.pop("role", None)
+    content = file_content(files[0][1]) if kind == "file" else folder_content(p, [rel for rel, _ in files])
+    role = said or _default_role(kind, files, tuple(tags), meta, content.role)
     if role not in ROLES:
         raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    meta.setdefault(ROLE_FROM, "user" if said else "content" if content.role == role else "inferred")
     name = name or p.name
+    # Training position: what the caller says, else what the files hold, else the seed's file name.
     session_id, step = parse_seed_name(name)
+    for key, value in content.metadata().items():
+        meta.setdefault(key, value)
     workers = workers or default_workers()
     stats = TransferStats()
     with acquire_push_lock(repo.provider, cancel=cancel) as lock:
@@ -252,10 +262,12 @@ def commit_checked(
     return committed
 
 
-def _default_role(kind: str, files: list[tuple[str, Path]], tags: tuple[str, ...], meta: dict[str, Any]) -> str:
+def _default_role(
+    kind: str, files: list[tuple[str, Path]], tags: tuple[str, ...], meta: dict[str, Any], content: str | None
+) -> str:
     if kind == "dir" and any(rel == BEST_MARKER for rel, _ in files):
         return BEST
-    return infer_role(tags, meta)
+    return infer_role(tags, meta, content)
 
 
 def _manifest(

@@ -473,6 +473,14 @@ class JobQueue:
         c = self.counts()
         return c[PENDING] + c[RUNNING]
 
+    def committed_ids(self) -> frozenset[str]:
+        """The manifest ids this queue's jobs were committed as: the run a ``--keep`` is scoped to."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT manifest_id FROM jobs WHERE status=? AND manifest_id IS NOT NULL", (DONE,)
+            ).fetchall()
+        return frozenset(r["manifest_id"] for r in rows)
+
     def set(self, key: str, value: str) -> None:
         with self._writing() as db:
             db.execute("INSERT OR REPLACE INTO kv (key, value) VALUES (?, ?)", (key, value))

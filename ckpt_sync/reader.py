@@ -251,7 +251,7 @@ def open_file(
     """
     from .api import open_repository  # api is the layer above: imported here, not at module load
     from .contents import file_entry
-    from .restore import find_manifest
+    from .lookup import find_manifest
 
     if cache_bytes < 1:
         raise UsageError("cache_bytes must be positive")

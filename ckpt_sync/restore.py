@@ -6,7 +6,8 @@ sibling folder and renamed into place as a whole, so a crash at any point never 
 that looks complete (a ``.metadata`` beside some of its shards). Files get the source's permission
 bits, never wider. Temp names carry their owner (host tag, pid): each pull first removes what a
 crashed pull left in the same folder (its owner dead on this host, or older than a day).
-``pull_latest`` walks from the newest manifest back to the first one that fully verifies.
+``pull`` walks from the newest intact checkpoint (lookup.py) back to the first one that fully
+verifies; a problem with the destination stops it instead (never a reason to restore an older one).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .errors import (
     CkptSyncError,
     ConfigError,
     IntegrityError,
-    MissingKeyError,
+    LocalTargetError,
     NoSpace,
     NotFound,
     OperationFailed,
@@ -42,12 +43,13 @@ from .errors import (
     UsageError,
 )
 from .file_digest import FileHasher, file_matches
+from .lookup import find_manifest, latest_candidates
 from .manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
 from .owners import WRITER_TAG, writer_alive, writer_tag
 from .pipeline import default_workers, ordered_map
 from .repository import Repository
 from .seen import remember
-from .selection import Selection, newest, select
+from .selection import Selection
 from .transfer import TransferStats
 
 ProgressFn = Callable[[int], None]
@@ -173,7 +175,7 @@ def _destination(dest: Path, rel: str, *, create: bool = True) -> Path:
     for part in parts[:-1]:
         target = target / part
         if target.is_symlink():
-            raise IntegrityError(f"refusing to write through the symlink {target}")
+            raise LocalTargetError(f"refusing to write through the symlink {target}: move it away and re-run")
         if create:
             target.mkdir(exist_ok=True)
     final = target / parts[-1]
@@ -181,7 +183,7 @@ def _destination(dest: Path, rel: str, *, create: bool = True) -> Path:
         raise UsageError(f"{final} is a directory; cannot restore a file there")
     real_dest = dest.resolve()
     if not final.parent.resolve().is_relative_to(real_dest):
-        raise IntegrityError(f"refusing to write {rel!r} outside {dest}")
+        raise LocalTargetError(f"refusing to write {rel!r} outside {dest} (a symlink in the way?)")
     return final
 
 
@@ -282,7 +284,8 @@ def restore(
             raise NoSpace(f"no space left on device in {dest}: free some space and re-run") from err
         if err.errno in _CANNOT_WRITE:  # about the user's folder, not our hidden temp file's name
             raise UsageError(f"cannot write into {dest}: {err.strerror} (choose another --to)") from None
-        raise
+        where = f"{err.filename}" if err.filename else str(dest)
+        raise LocalTargetError(f"cannot restore into {dest}: {err.strerror or err} ({where})") from None
     except BaseException:
         _discard(build, written)
         raise
@@ -293,11 +296,14 @@ def _existing(
     repo: Repository, manifest: Manifest, finals: dict[str, Path], root: Path | None, overwrite: bool
 ) -> set[str]:
     """Paths of the checkpoint already at the destination and identical; refuses (UsageError) to
-    replace a different file, or to leave stale files in a folder checkpoint, unless ``overwrite``."""
+    replace a different file, or to leave stale files in a folder checkpoint, unless ``overwrite``,
+    and (LocalTargetError) to replace a symlink."""
     identical: set[str] = set()
     for entry in manifest.files:
         final = finals[entry.path]
-        if not final.is_file() or final.is_symlink():
+        if final.is_symlink():  # a link (Lightning's last.ckpt, say) is the user's: never replaced silently
+            raise LocalTargetError(f"refusing to replace the symlink {final}: move it away and re-run")
+        if not final.is_file():
             continue
         if file_matches(final, entry, repo.format):
             identical.add(entry.path)
@@ -366,13 +372,13 @@ def _write_file(
 def _check_replaceable(root: Path) -> None:
     """A folder restore replaces ``root`` whole: refuse when that would touch a symlink or a file."""
     if root.is_symlink():
-        raise IntegrityError(f"refusing to write through the symlink {root}")
+        raise LocalTargetError(f"refusing to write through the symlink {root}: move it away and re-run")
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root} exists and is not a folder; move it away and re-run")
     for dirpath, dirnames, filenames in os.walk(root):
         for name in dirnames + filenames:
             if os.path.islink(os.path.join(dirpath, name)):
-                raise IntegrityError(
+                raise LocalTargetError(
                     f"refusing to replace {root}: it holds the symlink {os.path.join(dirpath, name)}; "
                     "move it away and re-run"
                 )
@@ -458,43 +464,8 @@ def _discard(build: Path, written: list[tuple[Path, str]]) -> None:
         shutil.rmtree(build, ignore_errors=True)
 
 
-LATEST = "latest"
-
-
-def find_manifest(repo: Repository, selector: str) -> Manifest:
-    """A checkpoint by manifest id (or a unique id prefix), else the newest with that name;
-    ``latest`` is the newest resumable checkpoint by training position (else the newest of any
-    role), unless a checkpoint is named so.
-    An id a tag change replaced (``Manifest.supersedes``) resolves to the manifest that replaced it."""
-    ids = repo.manifest_ids()
-    matches = [i for i in ids if i.startswith(selector)]
-    if len(matches) > 1:
-        raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
-    unreadable: list[str] = []
-    everything = list(repo.manifests(lambda mid, _err: unreadable.append(mid)))
-    replaced = {m.supersedes: m for m in everything if m.supersedes}
-    if len(matches) == 1:
-        return replaced.get(matches[0]) or repo.load_manifest(matches[0])
-    named = [m for m in everything if m.name == selector]
-    if named:
-        return newest(named)[0]
-    successors = [m for old, m in replaced.items() if old.startswith(selector)]
-    if len(successors) == 1:
-        return successors[0]
-    if selector == LATEST:
-        latest = select(everything, Selection()) or newest(everything)
-        if latest:
-            return latest[0]
-    hint = (
-        f"; {len(unreadable)} checkpoint(s) could not be decrypted with the given key(s) (an older key, or damage?)"
-        if unreadable
-        else ""
-    )
-    raise OperationFailed(f"no checkpoint with id or name {selector!r} in {repo.url}{hint}")
-
-
-# Failures no older checkpoint can get past: the store, the key or the user's folder, not one checkpoint.
-_FATAL = (Cancelled, ConfigError, NoSpace, PermanentStorageError, TransientStorageError, UsageError)
+# Failures no older checkpoint can get past: the store, the key or this host's folder, not one checkpoint.
+_FATAL = (Cancelled, ConfigError, LocalTargetError, PermanentStorageError, TransientStorageError, UsageError)
 
 
 def pull(
@@ -503,6 +474,7 @@ def pull(
     *,
     selector: str | None = None,
     selection: Selection | None = None,
+    accept: Callable[[Manifest], bool] | None = None,
     workers: int | None = None,
     progress: ProgressFn | None = None,
     warn: WarnFn | None = None,
@@ -510,22 +482,26 @@ def pull(
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
     allow_older: bool = False,
+    any_role_if_none: bool = False,
     overwrite: bool = False,
 ) -> tuple[Manifest, TransferStats]:
-    """Restore one checkpoint: ``selector`` names it; else the newest (by training position) of those
-    ``selection`` matches — by default resumable ones — that fully verifies.
+    """Restore one checkpoint: ``selector`` names it; else the newest intact one ``selection`` (by
+    default: resumable) and ``accept`` match — lookup.latest_candidates, the one rule of "latest" —
+    falling back to the next when one fails verification while it is read.
 
-    Checkpoints committed after the chosen one but encrypted with a key this host lacks (a key
-    rotation it has not seen) raise MissingKeyError (exit 2) rather than silently restoring an
-    older one; ``allow_older`` restores the older one with a warning instead. Files already at the
-    destination: see ``restore`` (``overwrite``).
+    A problem on this host's side (a symlink or a file in the way, permissions, a full disk:
+    LocalTargetError, UsageError) stops the pull: it is never a reason to restore an older
+    checkpoint. Checkpoints committed after the chosen one but encrypted with a key this host lacks
+    raise MissingKeyError (exit 2) unless ``allow_older``; ``any_role_if_none``: see
+    lookup.latest_candidates. Files already at the destination: see
+    ``restore`` (``overwrite``).
 
     With ``include``/``exclude`` globs only the matching files are restored (contents.select_files);
     the manifest returned is then that selection.
     """
     whole = not (include or exclude)
     if selector is not None:
-        m = select_files(find_manifest(repo, selector), include, exclude)
+        m = select_files(find_manifest(repo, selector, warn=warn), include, exclude)
         if on_start:
             on_start(m)
         try:
@@ -534,34 +510,9 @@ def pull(
         except (IntegrityError, NotFound) as err:
             raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
     selection = selection or Selection()
-    unreadable: dict[str, IntegrityError] = {}
-    everything = list(repo.manifests(unreadable.__setitem__))
-    if not everything and not unreadable:
-        raise OperationFailed(f"no checkpoints in {repo.url}")
-    locked = {mid: err for mid, err in unreadable.items() if isinstance(err, MissingKeyError)}
-    for mid, err in unreadable.items():
-        if warn and mid not in locked:
-            warn(f"checkpoint {mid} is damaged ({err}); skipped, falling back to the readable ones")
-    candidates = select(everything, selection)
-    if not candidates and not locked:
-        raise OperationFailed(f"no {selection.describe()} in {repo.url} ({len(everything)} checkpoint(s) in all)")
-    # What we cannot decrypt has no known training position: judge it by commit time (its id).
-    newer_locked = sorted(mid for mid in locked if not candidates or mid > candidates[0].id)
-    if newer_locked:
-        fps = sorted({fp for mid in newer_locked for fp in locked[mid].fingerprints})
-        what = f"{len(newer_locked)} checkpoint(s) committed after the newest one this host can read"
-        if not allow_older or not candidates:
-            older = f"; --allow-older restores {candidates[0].name} instead" if candidates else ""
-            raise MissingKeyError(
-                f"{what} in {repo.url} are encrypted with a key this host does not have "
-                f"(fingerprint {', '.join(fps)}): add that key to the key ring{older}",
-                fps,
-            )
-        if warn:
-            warn(
-                f"restoring an older checkpoint ({candidates[0].name}): {what} are encrypted with a key this "
-                f"host does not have (fingerprint {', '.join(fps)})"
-            )
+    candidates = latest_candidates(
+        repo, selection, accept=accept, allow_older=allow_older, any_role_if_none=any_role_if_none, warn=warn
+    )
     for m in candidates:
         try:
             m = select_files(m, include, exclude)
@@ -571,11 +522,8 @@ def pull(
             return m, _pulled(repo, m, stats)
         except _FATAL:
             raise
-        except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise
-            if warn:
-                warn(f"checkpoint {m.name} ({m.id}) could not be restored ({err.strerror or err}); falling back")
+        except OSError as err:  # writing here failed: this host's problem, not the checkpoint's
+            raise LocalTargetError(f"cannot restore into {dest}: {err.strerror or err}") from None
         except CkptSyncError as err:  # anything about this one checkpoint: damaged, missing, unrestorable
             if warn:
                 warn(f"checkpoint {m.name} ({m.id}) is damaged ({err}); falling back to the previous one")

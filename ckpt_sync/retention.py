@@ -9,10 +9,10 @@ the one training order of ordering.py (session, step, source mtime, commit time)
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from .manifest import BEST, RESUMABLE, Manifest
+from .manifest import BEST, MODEL_ONLY, RESUMABLE, Manifest
 from .ordering import Position, newest_first, oldest_first
 
 
@@ -154,8 +154,10 @@ def build_policy(
     roles: tuple[str, ...] = (RESUMABLE,),
 ) -> AnyOf:
     """The union of the policies asked for (``--keep-last``, ``--keep-within``, ``--keep-every-steps``,
-    each per session with ``per_session``; ``--keep-tag``), always with the newest ``best`` and every
-    ``pinned`` checkpoint. Raises ValueError when nothing that counts checkpoints is asked for."""
+    each per session with ``per_session``; ``--keep-tag``), always with the newest ``best``, the
+    newest ``model-only`` (exported weights) unless ``roles`` counts them, and every ``pinned``
+    checkpoint. Raises ValueError
+    when nothing that counts checkpoints is asked for."""
     counted: list[RetentionPolicy] = []
     if keep_last is not None:
         counted.append(KeepLatest(keep_last, roles))
@@ -168,12 +170,13 @@ def build_policy(
     if per_session:
         counted = [PerSession(p) for p in counted]
     tagged = frozenset({"pinned", *keep_tags})
-    return AnyOf((*counted, KeepNewestOfRole(BEST), KeepTagged(tagged)))
+    newest_of = [KeepNewestOfRole(role) for role in (BEST, MODEL_ONLY) if role not in roles]
+    return AnyOf((*counted, *newest_of, KeepTagged(tagged)))
 
 
 def fifo_with_tags(n: int, roles: tuple[str, ...] = (RESUMABLE,)) -> AnyOf:
     """The seed's rotation: the ``n`` newest (counting ``roles``: resumable checkpoints by default),
-    the newest ``best``, and everything ``pinned`` (``--keep N`` = ``--keep-last N``)."""
+    the newest ``best`` and ``model-only``, and everything ``pinned`` (``--keep N`` = ``--keep-last N``)."""
     return build_policy(keep_last=n, roles=roles)
 
 
@@ -182,3 +185,24 @@ def to_remove(policy: RetentionPolicy, candidates: Iterable[Candidate]) -> list[
     items = list(candidates)
     kept = policy.keep(items)
     return [c for c in oldest_first(items, _position) if c.key not in kept]
+
+
+KEEP_SCOPES = ("run", "repository")
+
+
+@dataclass(frozen=True)
+class RunScope:
+    """The checkpoints one run produced, which its ``--keep`` counts and may remove: those its queue
+    committed (by manifest id), those a tag change replaced them with, and every checkpoint of a
+    training session among them (a run resumed on another host continues its session). Another
+    run's checkpoints in the same repository are outside it: only ``prune`` (repository-wide) or
+    ``--keep-scope repository`` removes them."""
+
+    committed: frozenset[str] = field(default_factory=frozenset)
+
+    def members(self, manifests: Iterable[Manifest]) -> set[str]:
+        listed = list(manifests)
+        ids = set(self.committed)
+        ids |= {m.id for m in listed if m.supersedes in ids}
+        sessions = {m.session_id for m in listed if m.id in ids and m.session_id is not None}
+        return {m.id for m in listed if m.id in ids or (m.session_id is not None and m.session_id in sessions)}

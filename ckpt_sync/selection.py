@@ -49,11 +49,11 @@ class Selection:
             return False
         return self.before_step is None or (step is not None and step < self.before_step)
 
-    def describe(self) -> str:
+    def describe(self, noun: str = "checkpoint") -> str:
         """What was asked for, for error lines: ``resumable checkpoint with tag=best``."""
         parts = [f"{k.replace('_', '-')}={v}" for k in ("tag", "session", "host", "name", "step", "before_step")
                  if (v := getattr(self, k)) is not None]  # fmt: skip
-        what = "checkpoint" if self.role == ANY else f"{self.role} checkpoint"
+        what = noun if self.role == ANY else f"{self.role} {noun}"
         return what + (f" with {', '.join(parts)}" if parts else "")
 
 

@@ -32,10 +32,13 @@ class SyncClient:
         key_file: str | os.PathLike[str] | None = None,
         keep: int | None = None,
         retention: RetentionPolicy | None = None,
+        keep_scope: str = "run",
         grace: float = DEFAULT_GRACE,
         worker: bool = True,
         workers: int | None = None,
     ) -> None:
+        """``keep`` (or ``retention``) applies after each commit to this client's run: the checkpoints
+        its state folder committed and their sessions (``keep_scope="repository"``: everything)."""
         self.repo = open_repository(repo, key_file=key_file, create=True)
         self.queue = JobQueue(state_dir or state_home() / "default")
         self._mine: list[int] = []
@@ -44,7 +47,13 @@ class SyncClient:
         self._thread: threading.Thread | None = None
         if worker:
             self._worker = SyncWorker(
-                self.repo, self.queue, keep=keep, retention=retention, grace=grace, workers=workers
+                self.repo,
+                self.queue,
+                keep=keep,
+                retention=retention,
+                keep_scope=keep_scope,
+                grace=grace,
+                workers=workers,
             )
             self._thread = threading.Thread(
                 target=self._worker.run, args=(self._stop,), name="ckpt-sync-client", daemon=True

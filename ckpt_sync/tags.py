@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 from .errors import UsageError
 from .locks import acquire_manifests_lock, acquire_push_lock
+from .lookup import find_manifest
 from .manifest import Manifest
 from .push import commit_checked
 from .repository import Repository, manifest_key, new_manifest_id
-from .restore import find_manifest
 
 
 def retag(repo: Repository, selector: str, *, add: Sequence[str] = (), remove: Sequence[str] = ()) -> Manifest:

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import IntegrityError, MissingKeyError, NotFound, UsageError
+from .lookup import find_manifest
 from .manifest import ChunkRef, Manifest
 from .pipeline import default_workers, ordered_map
 from .repository import Repository
-from .restore import find_manifest, read_verified
+from .restore import read_verified
 
 UNREADABLE = "(unreadable manifest)"
 

@@ -24,7 +24,7 @@ from .prune import prune
 from .push import push_path
 from .queue import Job, JobQueue
 from .repository import Repository
-from .retention import RetentionPolicy, fifo_with_tags
+from .retention import KEEP_SCOPES, RetentionPolicy, RunScope, fifo_with_tags
 from .transfer import TransferStats
 from .units import format_bytes
 
@@ -45,6 +45,7 @@ class SyncWorker:
         *,
         keep: int | None = None,
         retention: RetentionPolicy | None = None,
+        keep_scope: str = "run",
         grace: float = DEFAULT_GRACE,
         workers: int | None = None,
         policy: ChunkPolicy = ChunkPolicy(),
@@ -55,6 +56,11 @@ class SyncWorker:
         self.queue = queue
         # Remote retention after each commit: ``retention`` when given, else the FIFO of ``keep``.
         self.retention = retention if retention is not None else fifo_with_tags(keep) if keep else None
+        if keep_scope not in KEEP_SCOPES:
+            raise UsageError(f"keep scope {keep_scope!r} is not one of {', '.join(KEEP_SCOPES)}")
+        # "run": retention counts and removes only what this queue's run committed (RunScope);
+        # "repository": everything in it, as `prune` does.
+        self.keep_scope = keep_scope
         self.grace = grace
         self.workers = workers
         self.policy = policy
@@ -210,8 +216,9 @@ class SyncWorker:
         """Retention runs only right after this worker committed something (never on an empty start)."""
         if self.retention is None:
             return
+        scope = RunScope(self.queue.committed_ids()) if self.keep_scope == "run" else None
         try:
-            report = prune(self.repo, self.retention, grace=self.grace)
+            report = prune(self.repo, self.retention, grace=self.grace, scope=scope)
         except Exception as err:  # retention failing must not stop uploads
             log.warning("remote retention failed: %s", err)
             return

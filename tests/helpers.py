@@ -61,10 +61,18 @@ def json_events(log_file: Path, event: str) -> list[dict]:
 
 
 def make_torch_checkpoint(
-    path: Path, *, hidden: int = 256, layers: int = 3, seed: int = 0, step: int = 0, history: int = 0
+    path: Path, *, hidden: int = 256, layers: int = 3, seed: int = 0, step: int | None = None, history: int = 0
 ) -> Path:
-    """A real ``torch.save`` of a small MLP, Adam state and a loss history, as the seed saves them."""
+    """A real ``torch.save`` of a small MLP, Adam state and a loss history, as the seed saves them.
+    Its ``global_step`` is ``step``, else the one its seed-style name (``checkpoint_{session}_{step}.pt``)
+    gives, else 0: what a file holds and what its name says agree, as in a real run."""
+    import re
+
     import torch
+
+    if step is None:
+        named = re.match(r"^checkpoint_.+_(\d+)\.pt$", path.name)
+        step = int(named.group(1)) if named else 0
 
     torch.manual_seed(seed)
     mods: list[torch.nn.Module] = []

@@ -49,7 +49,7 @@ def test_second_save_uploads_only_what_changed_and_retention_keeps_the_newest(ke
 
 
 def test_reader_refuses_a_chunk_that_was_altered_in_the_store(key, repo_url, repo_dir):
-    writer = Writer(repo_url, name="s")
+    writer = Writer(repo_url, name="s", metadata={"global_step": 1})  # a training save (a position): resumable
     dcp.save(state(1), storage_writer=writer)
     assert writer.manifest is not None
     data = next(f for f in writer.manifest.files if f.path.endswith(".distcp"))
@@ -65,5 +65,14 @@ def test_reader_refuses_a_chunk_that_was_altered_in_the_store(key, repo_url, rep
 def test_a_dcp_reader_names_the_problem_when_the_repository_has_no_dcp_checkpoint(key, repo_url, tmp_path):
     (tmp_path / "f.pt").write_bytes(b"not a dcp checkpoint")
     push(tmp_path / "f.pt", repo_url)
-    with pytest.raises(BaseException, match="no DCP checkpoint"):
+    with pytest.raises(BaseException, match="no resumable DCP checkpoint"):
         dcp.load(blank(), storage_reader=Reader(repo_url))
+
+
+def test_a_weights_only_save_is_model_only_and_loads_by_role(key, repo_url):
+    dcp.save(state(3), storage_writer=Writer(repo_url, name="weights"))  # no optimizer state, no step
+    with pytest.raises(BaseException, match="no resumable DCP checkpoint"):
+        dcp.load(blank(), storage_reader=Reader(repo_url))  # "latest" is a training state to resume from
+    got = blank()
+    dcp.load(got, storage_reader=Reader(repo_url, role="model-only"))
+    assert torch.equal(got["head"], state(3)["head"]) and got["meta"] == state(3)["meta"]

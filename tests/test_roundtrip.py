@@ -74,6 +74,7 @@ def test_library_push_returns_the_committed_id_with_metadata(tmp_path, key, repo
     m = repo.load_manifest(cid)
     extra = dict(m.extra)
     assert extra.pop("source_mtime_ns") == ckpt.stat().st_mtime_ns  # recorded by every push path
+    assert extra.pop("role_from") == "inferred"  # tagged best: not what the file's content says
     assert (m.session_id, m.global_step, m.epoch, m.loss, m.tags, extra) == ("s1", 7, 3, 0.5, ("best",), {"lr": 0.1})
 
 

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from ..errors import EXIT_OK
-from ..restore import find_manifest, stream_file
+from ..lookup import find_manifest
+from ..restore import stream_file
 from .common import add_repo_option, open_repository
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ..api import open_repository as _open_repository
 from ..defaults import DEFAULT_GRACE
 from ..errors import ConfigError, UsageError
-from ..manifest import ROLES, Manifest
+from ..manifest import RESUMABLE, ROLES, Manifest
 from ..providers import RetryPolicy
 from ..redact import redact
 from ..repository import RepositorySettings
@@ -272,14 +272,17 @@ def retention_policy(args: argparse.Namespace) -> Any:
         raise UsageError(f"{err}") from None
 
 
-def add_selection_options(p: argparse.ArgumentParser, default_role: str) -> None:
-    """The filters ``ls`` and ``pull --latest`` share; the result is always newest first by training position."""
+def add_selection_options(p: argparse.ArgumentParser, default_role: str | None) -> None:
+    """The filters ``ls`` and ``pull --latest`` share; the result is always newest first by training
+    position. ``default_role`` None: resumable, or every role when the repository holds no resumable
+    checkpoint at all (``args.role`` stays None so the verb can tell)."""
     g = p.add_argument_group("which checkpoints (newest first by session and step)")
+    default = default_role or "resumable, or any when there is no resumable checkpoint"
     g.add_argument(
         "--role",
         choices=(*ROLES, ANY),
         default=default_role,
-        help=f"only checkpoints with this role (default {default_role}; 'any' for every role)",
+        help=f"only checkpoints with this role (default {default}; 'any' for every role)",
     )
     g.add_argument("--tag", metavar="TAG", help="only checkpoints with this tag")
     g.add_argument("--session", metavar="ID", help="only this training session")
@@ -291,7 +294,8 @@ def add_selection_options(p: argparse.ArgumentParser, default_role: str) -> None
 
 
 def selection_from(args: argparse.Namespace) -> Selection:
-    return Selection(args.role, args.tag, args.session, args.host, args.name, args.step, args.before_step)
+    role = args.role or RESUMABLE
+    return Selection(role, args.tag, args.session, args.host, args.name, args.step, args.before_step)
 
 
 def add_json_option(p: argparse.ArgumentParser, what: str = "print JSON") -> None:

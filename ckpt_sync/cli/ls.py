@@ -7,8 +7,8 @@ import argparse
 import json
 
 from ..errors import EXIT_OK
+from ..lookup import find_manifest
 from ..manifest import Manifest
-from ..restore import find_manifest
 from ..selection import ANY, Selection, select
 from ..units import format_bytes
 from .common import (

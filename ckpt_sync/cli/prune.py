@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
         say(f"{verb} key entry {fp} (not authenticated by the repository's keys)")
     for mid, name in zip(report.removed, report.removed_names, strict=True):
         say(f"{verb} {name} ({mid})")
+    if report.sessions:  # prune is repository-wide: say whose checkpoints it touches
+        touched = ", ".join(
+            f"{n} of {f'session {s}' if s else 'no session'}" for s, n in sorted(report.sessions.items())
+        )
+        say(f"{verb} checkpoints of {len(report.sessions)} session(s): {touched}")
     left = [mid for mid in report.damaged if mid not in report.damaged_removed]
     if left:
         say(

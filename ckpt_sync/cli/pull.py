@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching files (repeatable)")
     add_json_option(p, "print the restored checkpoint and transfer counts as JSON")
     add_repo_option(p, "--from")
-    add_selection_options(p, "resumable")
+    add_selection_options(p, None)
     p.set_defaults(func=run)
 
 
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             selector=args.checkpoint,
             selection=selection,
             allow_older=args.allow_older,
+            any_role_if_none=args.role is None,
             overwrite=args.overwrite,
             workers=args.workers,
             progress=progress,

@@ -30,8 +30,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         "--role",
         choices=ROLES,
         help="what the checkpoint is for (default: best for --tag best or a folder with best_metadata.json, "
-        "else resumable); pull --latest restores the newest resumable one",
+        "else what the file holds: optimizer state or a step -> resumable, weights only -> model-only); "
+        "pull --latest restores the newest resumable one",
     )
+    p.add_argument("--step", type=int, metavar="N", help="its global step (default: from what it holds, or its name)")
+    p.add_argument("--session", metavar="ID", help="its training session id (default: from its name)")
+    p.add_argument("--epoch", type=float, metavar="E", help="its epoch")
     p.add_argument("--chunk-size", metavar="SIZE", help="chunk size, e.g. 8M (default 8M)")
     add_repository_settings_options(p)
     add_json_option(p)
@@ -46,13 +50,31 @@ def run(args: argparse.Namespace) -> int:
             collect_files(Path(path))
         except UsageError as e:
             raise UsageError(f"{e}; nothing was pushed" if len(args.paths) > 1 else str(e)) from None
+    if args.step is not None and args.step < 0:
+        raise UsageError(f"--step must be 0 or more, not {args.step}")
+    if args.epoch is not None and not args.epoch >= 0:
+        raise UsageError(f"--epoch must be 0 or more, not {args.epoch}")
+    position: dict[str, object] = {}
+    if args.step is not None:
+        position["global_step"] = args.step
+    if args.session:
+        position["session_id"] = args.session
+    if args.epoch is not None:
+        position["epoch"] = int(args.epoch) if args.epoch.is_integer() else args.epoch
     repo = open_repository(args, create=True)
     chunk_size = parse_size(args.chunk_size) if args.chunk_size else None
     results = []
     for path in args.paths:
         with progress_bar(total_size(path), f"push {Path(path).name}", not args.json) as bar:
             m, stats = push_with_stats(
-                path, repo, tags=args.tag, chunk_size=chunk_size, workers=args.workers, progress=bar, role=args.role
+                path,
+                repo,
+                tags=args.tag,
+                chunk_size=chunk_size,
+                workers=args.workers,
+                progress=bar,
+                role=args.role,
+                metadata=dict(position),
             )
         results.append({**manifest_row(m), "stats": stats.to_json()})
         if not args.json:

@@ -62,6 +62,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="full rescan interval, for filesystems that drop events (default 30)",
     )
     add_retention_options(p, zero="0 keeps everything")
+    p.add_argument(
+        "--keep-scope",
+        choices=("run", "repository"),
+        help="what --keep counts and removes: this folder's run, i.e. the sessions it uploaded (default), or "
+        "every checkpoint in the repository (then another run's checkpoints can go too)",
+    )
     add_grace_option(p)
     p.add_argument(
         "--once",
@@ -122,6 +128,7 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path, retention: Ret
         once=args.once,
         keep=None,
         retention=retention,
+        keep_scope=args.keep_scope,
         grace=args.grace,
         workers=args.workers,
         policy=ChunkPolicy.of_size(parse_size(args.chunk_size) if args.chunk_size else None),

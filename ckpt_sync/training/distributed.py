@@ -371,14 +371,17 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
 def _newest_remote(manager: Any) -> tuple[str, str] | None:
     from .. import api
     from ..dcp import is_dcp_manifest
-    from ..selection import newest
+    from ..errors import MissingKeyError, OperationFailed
+    from ..lookup import latest
 
     repo = api.open_repository(manager.repo, key_file=manager.key_file, create=True)
-    try:
-        for m in newest(repo.manifests()):
-            if is_dcp_manifest(m) and DCP_NAME.match(m.name) and "best" not in m.tags:
-                return ("remote", m.id)
+    try:  # the one rule of "latest" (lookup.py), among this manager's DCP saves
+        m = latest(repo, accept=lambda m: is_dcp_manifest(m) and bool(DCP_NAME.match(m.name)), warn=log.warning)
+    except MissingKeyError:
+        raise
+    except OperationFailed:
+        return None
     finally:
         with contextlib.suppress(Exception):
             repo.provider.close()
-    return None
+    return ("remote", m.id)

@@ -27,7 +27,16 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import CkptSyncError, ConfigError, IntegrityError, MissingKeyError, NotFound, UsageError
+from ..errors import (
+    CkptSyncError,
+    ConfigError,
+    IntegrityError,
+    MissingKeyError,
+    NotFound,
+    OperationFailed,
+    UsageError,
+)
+from ..lookup import latest_candidates
 from ..manifest import BEST, RESUMABLE
 from ..manifest import MODEL_ONLY as MODEL_ONLY_ROLE
 from ..retention import Candidate, RetentionPolicy, fifo_with_tags, to_remove
@@ -655,34 +664,31 @@ class CheckpointManager:
         repo = api.open_repository(self.repo, key_file=self.key_file)
         pulled = False
         try:
-            locked: dict[str, MissingKeyError] = {}
-
-            def unreadable(mid: str, err: IntegrityError) -> None:
-                if isinstance(err, MissingKeyError):
-                    locked[mid] = err
-                log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
-
-            manifests = list(repo.manifests(unreadable))
-            # Newest resumable first by training position (ordering.py); only seed-named files resume here.
-            for m in select(manifests, Selection()):
-                if m.kind != "file" or parse_checkpoint_path(m.name) is None:
-                    continue
-                newer_locked = [mid for mid in locked if mid > m.id]  # position unknown: commit time
-                if newer_locked:  # never a silent rollback past checkpoints this host cannot decrypt
-                    fps = sorted({fp for mid in newer_locked for fp in locked[mid].fingerprints})
-                    raise MissingKeyError(
-                        f"{len(newer_locked)} checkpoint(s) in {repo.url} newer than {m.name} are encrypted with a "
-                        f"key this host does not have (fingerprint {', '.join(fps)}): add that key, or restore the "
-                        f"older one yourself (`ckpt-sync pull --latest --allow-older --to {self.directory}`)",
-                        fps,
-                    )
+            manifests = list(
+                repo.manifests(
+                    lambda mid, err: log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
+                )
+            )
+            try:  # the one rule of "latest" (lookup.py); only seed-named files resume here
+                candidates = latest_candidates(
+                    repo,
+                    Selection(),
+                    accept=lambda m: m.kind == "file" and parse_checkpoint_path(m.name) is not None,
+                    warn=lambda line: log.warning("[WARN] %s", line),
+                )
+            except MissingKeyError:
+                raise  # never a silent rollback past checkpoints this host cannot decrypt
+            except OperationFailed as err:
+                log.info("[SYNC] nothing to resume from in %s (%s)", repo.url, err)
+                candidates = []
+            for m in candidates:
                 local = self.directory / m.name
                 if local.exists():  # a damaged local copy: keep it for inspection, take the committed one
                     quarantine(local, self.directory, f"replaced by the committed copy {m.id} from {repo.url}")
                 try:
                     log.info("[SYNC] pulling %s (%s) from %s", m.name, m.id, repo.url)
                     api.pull(to=self.directory, repo=repo, checkpoint=m.id)
-                except (IntegrityError, NotFound) as err:
+                except (IntegrityError, NotFound) as err:  # the checkpoint's; a local problem (LocalTargetError) stops
                     log.warning("[WARN] remote checkpoint %s is damaged (%s); trying the previous one", m.name, err)
                     continue
                 result = inspect_checkpoint(local)[0]
