@@ -53,6 +53,15 @@ class IntegrityError(OperationFailed):
     """Stored data failed authentication, hashing or size checks."""
 
 
+class ChunkDamaged(IntegrityError):
+    """A stored chunk fails its checks (authentication, its id, its size): ``chunk_id`` names it, so
+    it can be remembered (``verify``) and healed (``repair``, the next ``push``)."""
+
+    def __init__(self, message: str, chunk_id: str) -> None:
+        super().__init__(message)
+        self.chunk_id = chunk_id
+
+
 class MissingKeyError(IntegrityError):
     """A manifest no key in the ring opens, in a repository whose config lists keys the ring lacks:
     most likely written after a key rotation this host has not seen. Not damage: add the key."""

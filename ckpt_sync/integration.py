@@ -56,7 +56,7 @@ class LazySync:
             self._client = SyncClient(
                 self.repo, state_dir=state, key_file=self.key_file, keep=self.keep, worker=self.worker
             )
-            log.info("[ckpt-sync] syncing checkpoints to %s (queue in %s)", self._client.repo.url, state)
+            log.info("[ckpt-sync] syncing checkpoints to %s (queue in %s)", self._client.url, state)
         return self._client
 
     def resume_leftovers(self, checkpoint_dir: Path) -> None:
@@ -93,7 +93,7 @@ class LazySync:
                     client.queue.state_dir.parent,
                 )
                 return False
-            log.info("[ckpt-sync] all checkpoints are committed to %s", client.repo.url)
+            log.info("[ckpt-sync] all checkpoints are committed to %s", client.url)
             return True
         finally:
             client.close()

@@ -16,6 +16,7 @@ from .buffers import BufferPool
 from .checkpoint_content import file_content, folder_content
 from .checkpoint_files import FileState, folder_files
 from .chunking import ChunkPolicy, plan_chunks
+from .damage_record import damaged_chunks, record_healed
 from .errors import Cancelled, OperationFailed, UsageError
 from .locks import Lock, acquire_push_lock
 from .manifest import (
@@ -188,10 +189,12 @@ def push_path(
         meta.setdefault(key, value)
     workers = workers or default_workers()
     stats = TransferStats()
+    suspect = damaged_chunks(repo.id)
     with acquire_push_lock(repo.provider, cancel=cancel) as lock:
 
         def upload(show: ProgressFn | None = progress) -> list[FileEntry]:
             repo.forget_known_chunks()  # what is stored now, under this lock
+            repo.distrust(suspect)  # found damaged by this host: uploaded again, never reused
             with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-push") as pool:
                 return [
                     push_file(
@@ -217,6 +220,7 @@ def push_path(
             before_commit()
         draft = _manifest(name, kind, entries, session_id, step, tags, meta, role)
         manifest = commit_checked(repo, lock, draft, reupload=lambda: upload(None), cancel=cancel)
+    record_healed(repo.id, suspect & {c.id for e in entries for c in e.chunks})  # stored again above
     return manifest, stats.finish()
 
 

@@ -41,6 +41,7 @@ from .chunk_format import COMPRESSIONS, PAD_SCHEMES, ChunkFormat, ChunkMismatch
 from .chunk_format import VERSIONS as CHUNK_VERSIONS
 from .crypto import KeyRing
 from .errors import (
+    ChunkDamaged,
     CkptSyncError,
     ConfigError,
     IntegrityError,
@@ -459,6 +460,14 @@ class Repository:
         with self._lock:
             self._known = None
 
+    def distrust(self, chunk_ids: Iterable[str]) -> None:
+        """Treat these chunks as not stored (this host found them damaged: damage_record.py), so the
+        next ``store_chunk`` of one uploads it again, replacing the bad object, instead of reusing it."""
+        known = self.known_chunks()
+        with self._lock:
+            for cid in chunk_ids:
+                known.pop(cid, None)
+
     def known_chunks(self) -> dict[str, int]:
         """Stored chunk ids and object sizes, listed once per Repository and extended as we store more."""
         with self._lock:
@@ -526,9 +535,9 @@ class Repository:
         try:
             return self.format.open(self.keys, ref.id, ref.size, token if token is not None else b"", out=out)
         except ChunkMismatch as err:
-            raise IntegrityError(f"chunk {ref.id[:16]} {err}") from None
+            raise ChunkDamaged(f"chunk {ref.id[:16]} {err}", ref.id) from None
         except IntegrityError as err:
-            raise IntegrityError(f"chunk {ref.id[:16]} {self._unreadable_because(err)}") from None
+            raise ChunkDamaged(f"chunk {ref.id[:16]} {self._unreadable_because(err)}", ref.id) from None
 
     def _unreadable_because(self, err: IntegrityError) -> str:
         """Why a chunk fails to decrypt. The key already opened the repository, so when the ring holds

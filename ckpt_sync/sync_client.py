@@ -4,10 +4,16 @@
 background worker in this process uploads it (or, with ``worker=False``, a running
 ``ckpt-sync watch`` sharing the state folder picks it up). ``wait()`` blocks until this client's
 jobs are committed; ``close()`` stops the worker (an upload in flight resumes on the next start).
+
+Training never waits on the store: the constructor does not reach it. The worker opens the
+repository in the background, and while it cannot (an endpoint down, a DNS failure, a stall, a
+credential not yet valid) it warns once, naming the store and where the uploads are queued, keeps
+trying with back-off, and uploads the queue when the store answers again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -16,17 +22,27 @@ from typing import Any
 
 from .api import open_repository
 from .defaults import DEFAULT_GRACE
-from .errors import OperationFailed
-from .locations import state_home
+from .errors import CkptSyncError, OperationFailed
+from .keys import load_keyring
+from .locations import resolve_repo_url, state_home
+from .providers import RetryPolicy
 from .queue import DONE, FAILED, JobQueue
+from .repository import Repository
 from .retention import RetentionPolicy
 from .worker import SyncWorker
+
+log = logging.getLogger("ckpt_sync.sync")
+
+# How the worker asks whether the store answers: a short budget, so the one warning comes in seconds
+# and ``close()`` never waits out a long retry; once it answers, uploads get the full retry policy.
+PROBE = RetryPolicy(attempts=2, max_seconds=5.0)
+MAX_REOPEN_DELAY = 60.0
 
 
 class SyncClient:
     def __init__(
         self,
-        repo: str | None = None,
+        repo: str | Repository | None = None,
         *,
         state_dir: str | os.PathLike[str] | None = None,
         key_file: str | os.PathLike[str] | None = None,
@@ -38,32 +54,70 @@ class SyncClient:
         workers: int | None = None,
     ) -> None:
         """``keep`` (or ``retention``) applies after each commit to this client's run: the checkpoints
-        its state folder committed and their sessions (``keep_scope="repository"``: everything)."""
-        self.repo = open_repository(repo, key_file=key_file, create=True)
+        its state folder committed and their sessions (``keep_scope="repository"``: everything).
+        A missing or malformed key is an error here (it is this host's); the store is not reached."""
+        self._repo: Repository | None = repo if isinstance(repo, Repository) else None
+        self.url = repo.url if isinstance(repo, Repository) else resolve_repo_url(repo)
+        self._keys = None if self._repo is not None else load_keyring(key_file)
         self.queue = JobQueue(state_dir or state_home() / "default")
         self._mine: list[int] = []
         self._stop = threading.Event()
+        self._opening = threading.Lock()
         self._worker: SyncWorker | None = None
         self._thread: threading.Thread | None = None
+        self._worker_options: dict[str, Any] = {
+            "keep": keep,
+            "retention": retention,
+            "keep_scope": keep_scope,
+            "grace": grace,
+            "workers": workers,
+        }
+        SyncWorker.check_options(**self._worker_options)
+        self.uploads_in_process = worker
         if worker:
-            self._worker = SyncWorker(
-                self.repo,
-                self.queue,
-                keep=keep,
-                retention=retention,
-                keep_scope=keep_scope,
-                grace=grace,
-                workers=workers,
-            )
-            self._thread = threading.Thread(
-                target=self._worker.run, args=(self._stop,), name="ckpt-sync-client", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="ckpt-sync-client", daemon=True)
             self._thread.start()
+
+    @property
+    def repo(self) -> Repository:
+        """The repository, opened on first use (this blocks while the store does not answer; the
+        worker opens it in the background instead)."""
+        with self._opening:
+            if self._repo is None:
+                self._repo = open_repository(self.url, keys=self._keys, create=True)
+            return self._repo
+
+    def _run(self) -> None:
+        """Open the repository (warning once while the store does not answer), then upload."""
+        delay, warned = 1.0, False
+        while self._repo is None:
+            try:
+                open_repository(self.url, keys=self._keys, create=True, retry=PROBE, cancel=self._stop).provider.close()
+                repo = self.repo  # the store answers: open it with the full retry policy
+            except CkptSyncError as err:
+                if self._stop.is_set():
+                    return
+                if not warned:
+                    log.warning(
+                        "[ckpt-sync] cannot reach %s (%s); checkpoints are queued in %s and upload when it answers",
+                        self.url,
+                        err,
+                        self.queue.state_dir,
+                    )
+                    warned = True
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, MAX_REOPEN_DELAY)
+        repo = self.repo
+        if warned:
+            log.warning("[ckpt-sync] %s answers again; uploading the queued checkpoints", self.url)
+        self._worker = SyncWorker(repo, self.queue, **self._worker_options)
+        self._worker.run(self._stop)
 
     @property
     def uploads_here(self) -> bool:
         """Whether this client's own worker uploads (else a ``watch`` sharing the queue does)."""
-        return self._worker is not None
+        return self.uploads_in_process
 
     def enqueue(
         self,
@@ -75,7 +129,7 @@ class SyncClient:
         """Durably queue ``path`` for upload; returns the job id."""
         job_id = self.queue.enqueue(Path(path), tags=tags, metadata=metadata)
         self._mine.append(job_id)
-        if self._worker:
+        if self._worker is not None:
             self._worker.wake()
         return job_id
 
@@ -98,7 +152,8 @@ class SyncClient:
         if self._thread:
             self._thread.join()
         self.queue.close()
-        self.repo.provider.close()
+        if self._repo is not None:
+            self._repo.provider.close()
 
     def __enter__(self) -> SyncClient:
         return self

@@ -3,7 +3,8 @@
 Three depths: structure (every manifest decrypts, every chunk it names is stored with the right
 size), ``read_data`` (every chunk authenticated and hashed to its id, every file to its whole-file
 hash), and ``read_data_subset`` (a random share of the distinct chunks read and checked: a cheap,
-repeated spot check that over several runs covers the repository).
+repeated spot check that over several runs covers the repository). The chunks found damaged are
+recorded on this host (damage_record.py): the next push holding one uploads it again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import IntegrityError, MissingKeyError, NotFound, UsageError
+from .damage_record import record_damaged, record_healed
+from .errors import ChunkDamaged, IntegrityError, MissingKeyError, NotFound, UsageError
 from .lookup import find_manifest
 from .manifest import ChunkRef, Manifest
 from .pipeline import default_workers, ordered_map
@@ -95,6 +97,8 @@ def verify(
         pairs = sorted(found.items(), reverse=True)
     results: list[CheckResult] = []
     users: dict[ChunkRef, list[CheckResult]] = {}
+    damaged: set[str] = set()  # chunk ids found missing or failing their checks (damage_record.py)
+    sound: set[str] = set()  # chunk ids read and found good
     with ThreadPoolExecutor(workers, thread_name_prefix="ckpt-verify") as pool:
         for mid, m in pairs:
             if isinstance(m, CheckResult):
@@ -106,8 +110,10 @@ def verify(
                     have = stored.get(ref.id)
                     if have is None:
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} is missing")
+                        damaged.add(ref.id)
                     elif not repo.format.size_ok(ref.size, have):
                         result.problems.append(f"{entry.path}: chunk {ref.id[:16]} has the wrong size")
+                        damaged.add(ref.id)
                     else:
                         users.setdefault(ref, []).append(result)
                 if read_data and not result.problems:
@@ -115,6 +121,10 @@ def verify(
                         read_verified(repo, pool, entry, window=workers + 2, progress=progress)
                     except (IntegrityError, NotFound) as err:
                         result.problems.append(f"{entry.path}: {err}")
+                        if isinstance(err, ChunkDamaged):
+                            damaged.add(err.chunk_id)
+                    else:
+                        sound.update(ref.id for ref in entry.chunks)
             results.append(result)
         if read_data_subset is not None and not read_data and users:
             refs = sorted(users, key=lambda r: r.id)
@@ -131,6 +141,11 @@ def verify(
 
             for ref, problem in ordered_map(pool, check, sample, workers + 2):
                 if problem:
+                    damaged.add(ref.id)
                     for result in users[ref]:
                         result.problems.append(problem)
+                else:
+                    sound.add(ref.id)
+    record_damaged(repo.id, damaged)  # the next push of a file holding one uploads it again
+    record_healed(repo.id, sound - damaged)
     return results

@@ -55,9 +55,8 @@ class SyncWorker:
         self.repo = repo
         self.queue = queue
         # Remote retention after each commit: ``retention`` when given, else the FIFO of ``keep``.
+        self.check_options(keep_scope=keep_scope)
         self.retention = retention if retention is not None else fifo_with_tags(keep) if keep else None
-        if keep_scope not in KEEP_SCOPES:
-            raise UsageError(f"keep scope {keep_scope!r} is not one of {', '.join(KEEP_SCOPES)}")
         # "run": retention counts and removes only what this queue's run committed (RunScope);
         # "repository": everything in it, as `prune` does.
         self.keep_scope = keep_scope
@@ -71,6 +70,12 @@ class SyncWorker:
         self.tried: dict[int, int] = {}  # job id -> failed attempts by this worker (``watch --once`` stops on them)
         self._wake = threading.Event()
         self._failing = Throttle(60.0)  # job id -> its retry lines
+
+    @staticmethod
+    def check_options(*, keep_scope: str = "run", **_others: object) -> None:
+        """Refuse options a worker could not run with (UsageError), before anything starts."""
+        if keep_scope not in KEEP_SCOPES:
+            raise UsageError(f"keep scope {keep_scope!r} is not one of {', '.join(KEEP_SCOPES)}")
 
     def wake(self) -> None:
         self._wake.set()

@@ -23,7 +23,7 @@ VERBS = {
     "init": "init", "keygen": "keygen", "key": "key", "push": "push", "ls": "ls", "pull": "pull", "cat": "cat",
     "verify": "verify", "stats": "stats", "tag": "tag", "forget": "forget", "copy": "copy", "watch": "watch",
     "queue": "queue", "prune": "prune", "status": "status", "check": "check", "config": "config_show",
-    "repair-config": "repair_config",
+    "repair": "repair", "repair-config": "repair_config",
 }  # fmt: skip
 # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
 LOGGING_VERBS = ("watch", "prune")
