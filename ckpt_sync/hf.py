@@ -24,7 +24,9 @@ except ImportError as err:  # one clear line instead of a bare ModuleNotFoundErr
 
 from . import layouts
 from .api import open_repository
+from .errors import Cancelled, OperationFailed, StorageError
 from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
+from .locations import resolve_repo_url
 from .manifest import RESUMABLE
 from .selection import Selection
 
@@ -96,7 +98,22 @@ def restore_latest(
     Afterwards ``trainer.train(resume_from_checkpoint=True)`` resumes from it.
     """
     dest = Path(output_dir)
-    r = open_repository(repo, key_file=key_file, create=True)
+    try:
+        r = open_repository(repo, key_file=key_file, create=True)
+    except (StorageError, Cancelled) as err:  # training never waits on the store
+        local = sorted(p for p in dest.glob("checkpoint-*") if p.is_dir()) if dest.is_dir() else []
+        if not local:
+            raise OperationFailed(
+                f"no checkpoint in {dest}, and the repository {resolve_repo_url(repo)} cannot be read ({err}): "
+                "bring the store back, or train without resume_from_checkpoint"
+            ) from None
+        log.warning(
+            "[ckpt-sync] cannot reach %s (%s); the Trainer resumes from the checkpoints in %s",
+            resolve_repo_url(repo),
+            err,
+            dest,
+        )
+        return None
     try:
         m = restore_first(r, dest, Selection(role=RESUMABLE, name=TRAINER_CHECKPOINTS))
     finally:

@@ -25,7 +25,9 @@ import torch
 
 from . import layouts
 from .api import open_repository
+from .errors import Cancelled, OperationFailed, StorageError
 from .integration import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
+from .locations import resolve_repo_url
 from .manifest import RESUMABLE, Manifest
 from .selection import ANY, Selection
 from .training.atomic import atomic_open
@@ -143,7 +145,18 @@ def latest_path(
     folder = Path(dirpath)
     local = [(s, p) for p in folder.glob("*.ckpt") if not p.is_symlink() and (s := _local_step(p)) is not None]
     best_local = max(local, default=None, key=lambda sp: (sp[0], sp[1].stat().st_mtime_ns))
-    r = open_repository(repo, key_file=key_file, create=True)
+    try:
+        r = open_repository(repo, key_file=key_file, create=True)
+    except (StorageError, Cancelled) as err:  # training never waits on the store
+        if best_local is None:
+            raise OperationFailed(
+                f"no checkpoint in {folder}, and the repository {resolve_repo_url(repo)} cannot be read ({err}): "
+                "bring the store back, or start without ckpt_path"
+            ) from None
+        log.warning(
+            "[ckpt-sync] cannot reach %s (%s); resuming from the local %s", resolve_repo_url(repo), err, best_local[1]
+        )
+        return str(best_local[1])
     try:
         newer: Any = None
         if best_local is not None:  # only what is newer than the local one (a tie stays local)

@@ -35,8 +35,9 @@ log = logging.getLogger("ckpt_sync.sync")
 
 # How the worker asks whether the store answers: a short budget, so the one warning comes in seconds
 # and ``close()`` never waits out a long retry; once it answers, uploads get the full retry policy.
-PROBE = RetryPolicy(attempts=2, max_seconds=5.0)
+PROBE = RetryPolicy(attempts=2, max_seconds=5.0, quiet=True)
 MAX_REOPEN_DELAY = 60.0
+UNREACHABLE_WAIT = 15.0  # how long wait() keeps waiting while the store does not answer at all
 
 
 class SyncClient:
@@ -62,6 +63,8 @@ class SyncClient:
         self.queue = JobQueue(state_dir or state_home() / "default")
         self._mine: list[int] = []
         self._stop = threading.Event()
+        self._try_now = threading.Event()  # wait() asks the worker to try the store again at once
+        self.reachable: bool | None = None if self._repo is None else True  # None: not tried yet
         self._opening = threading.Lock()
         self._worker: SyncWorker | None = None
         self._thread: threading.Thread | None = None
@@ -95,6 +98,7 @@ class SyncClient:
                 open_repository(self.url, keys=self._keys, create=True, retry=PROBE, cancel=self._stop).provider.close()
                 repo = self.repo  # the store answers: open it with the full retry policy
             except CkptSyncError as err:
+                self.reachable = False
                 if self._stop.is_set():
                     return
                 if not warned:
@@ -105,10 +109,13 @@ class SyncClient:
                         self.queue.state_dir,
                     )
                     warned = True
-                if self._stop.wait(delay):
+                self._try_now.wait(delay)
+                self._try_now.clear()
+                if self._stop.is_set():
                     return
                 delay = min(delay * 2, MAX_REOPEN_DELAY)
         repo = self.repo
+        self.reachable = True
         if warned:
             log.warning("[ckpt-sync] %s answers again; uploading the queued checkpoints", self.url)
         self._worker = SyncWorker(repo, self.queue, **self._worker_options)
@@ -134,21 +141,34 @@ class SyncClient:
         return job_id
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until every job enqueued here is committed; raise OperationFailed if one was given up."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Block until every job enqueued here is committed; raise OperationFailed if one was given up.
+
+        Raises TimeoutError after ``timeout`` seconds, or as soon as the store has not answered for
+        ``UNREACHABLE_WAIT`` seconds of this wait (the jobs stay queued: the next start, or a
+        ``ckpt-sync watch`` of the folder, uploads them)."""
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        self._try_now.set()  # someone waits: ask the store again now rather than after the back-off
         while True:
             jobs = [self.queue.get(i) for i in self._mine]
             failed = [j for j in jobs if j and j.status == FAILED]
             if failed:
                 raise OperationFailed(f"upload of {failed[0].name} failed: {failed[0].last_error}")
-            if all(j is None or j.status == DONE for j in jobs):
+            left = sum(j is not None and j.status != DONE for j in jobs)
+            if not left:
                 return
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{sum(j is not None and j.status != DONE for j in jobs)} upload(s) still pending")
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                raise TimeoutError(f"{left} upload(s) still pending")
+            if self.uploads_in_process and self.reachable is False and now - started > UNREACHABLE_WAIT:
+                raise TimeoutError(
+                    f"{left} upload(s) still queued in {self.queue.state_dir}: {self.url} does not answer"
+                )
             time.sleep(0.1)
 
     def close(self) -> None:
         self._stop.set()
+        self._try_now.set()
         if self._thread:
             self._thread.join()
         self.queue.close()

@@ -61,6 +61,7 @@ class RetryPolicy:
     max_seconds: float = 120.0
     initial_wait: float = 0.2
     max_wait: float = 15.0
+    quiet: bool = False  # retries logged at debug level only (a probe whose caller reports the outcome)
 
 
 class RetryingProvider(WrappingProvider):
@@ -74,7 +75,7 @@ class RetryingProvider(WrappingProvider):
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         def before_sleep(state: RetryCallState) -> None:
             err = state.outcome.exception() if state.outcome else None
-            held = RETRY_LOG.admit(op)
+            held = None if self.policy.quiet else RETRY_LOG.admit(op)
             if held is None:
                 log.debug("retrying %s after attempt %d: %s", op, state.attempt_number, err)
             else:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .backup import backup_checkpoint
 from .config import CheckpointConfig, load_checkpoint_config
-from .errors import CheckpointCorruptWarning, CheckpointSaveError, HandoffError, TrainingInterrupted
+from .errors import CheckpointCorruptWarning, CheckpointSaveError, HandoffError, RecoveryError, TrainingInterrupted
 from .handoff import BackgroundPush, SyncHandoff, make_handoff
 from .loading import load_checkpoint
 from .manager import CheckpointManager
@@ -36,6 +36,7 @@ __all__ = [
     "EveryNSteps",
     "HandoffError",
     "Never",
+    "RecoveryError",
     "RepairReport",
     "SaveContext",
     "SaveTrigger",

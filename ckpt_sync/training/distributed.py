@@ -371,10 +371,17 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
 def _newest_remote(manager: Any) -> tuple[str, str] | None:
     from .. import api
     from ..dcp import is_dcp_manifest
-    from ..errors import MissingKeyError, OperationFailed
+    from ..errors import Cancelled, MissingKeyError, OperationFailed, StorageError
     from ..lookup import latest
+    from .errors import RecoveryError
 
-    repo = api.open_repository(manager.repo, key_file=manager.key_file, create=True)
+    try:
+        repo = api.open_repository(manager.repo, key_file=manager.key_file, create=True)
+    except (StorageError, Cancelled) as err:  # the store does not answer: one line, on every rank
+        raise RecoveryError(
+            f"no checkpoint to resume from in {manager.directory}, and the repository {manager.repo} cannot be "
+            f"read ({err}): bring the store back, or pass repo=None to start fresh"
+        ) from None
     try:  # the one rule of "latest" (lookup.py), among this manager's DCP saves
         m = latest(repo, accept=lambda m: is_dcp_manifest(m) and bool(DCP_NAME.match(m.name)), warn=log.warning)
     except MissingKeyError:

@@ -9,6 +9,11 @@ class CheckpointSaveError(OperationFailed):
     """A checkpoint write failed (in the background for async saves; raised on the next call)."""
 
 
+class RecoveryError(OperationFailed):
+    """``recover()`` could not tell what to resume from: no local checkpoint, and the repository
+    could not be read (the message says why and what to do)."""
+
+
 class HandoffError(OperationFailed):
     """One or more finished checkpoints could not be handed to sync; they stay staged locally."""
 

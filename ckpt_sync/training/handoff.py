@@ -239,7 +239,12 @@ class SyncClientHandoff:
         self.client.enqueue(path, **kwargs)
 
     def wait(self) -> None:
-        self.client.wait()
+        """Wait for the uploads; while the store does not answer, stop waiting with one warning (the
+        uploads stay queued and go up on the next start: training never waits on the store)."""
+        try:
+            self.client.wait()
+        except TimeoutError as err:
+            log.warning("[SYNC] %s; they upload on the next start, or with `ckpt-sync watch DIR --once`", err)
         if self._fallback is not None:
             self._fallback.wait()
 

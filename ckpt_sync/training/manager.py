@@ -28,12 +28,14 @@ from typing import Any, Literal
 import torch
 
 from ..errors import (
+    Cancelled,
     CkptSyncError,
     ConfigError,
     IntegrityError,
     MissingKeyError,
     NotFound,
     OperationFailed,
+    StorageError,
     UsageError,
 )
 from ..lookup import latest_candidates
@@ -55,7 +57,7 @@ from .distributed import (
     share_replicated_checkpoint,
 )
 from .emergency import EmergencySignals
-from .errors import CheckpointCorruptWarning, CheckpointSaveError, TrainingInterrupted
+from .errors import CheckpointCorruptWarning, CheckpointSaveError, RecoveryError, TrainingInterrupted
 from .handoff import SyncHandoff, make_handoff
 from .naming import (
     BEST_DIR,
@@ -661,7 +663,13 @@ class CheckpointManager:
         """Fresh host: restore the newest committed full checkpoint that verifies (and the best model)."""
         from .. import api
 
-        repo = api.open_repository(self.repo, key_file=self.key_file)
+        try:  # created when new, as the sync client does: a first run starts fresh
+            repo = api.open_repository(self.repo, key_file=self.key_file, create=True)
+        except (StorageError, Cancelled) as err:  # the store does not answer: say so in one line
+            raise RecoveryError(
+                f"no checkpoint to resume from in {self.directory}, and the repository {self.repo} cannot be "
+                f"read ({err}): bring the store back, or pass repo=None to start fresh"
+            ) from None
         pulled = False
         try:
             manifests = list(
