@@ -112,3 +112,28 @@ def test_sigterm_to_one_rank_with_sharded_state_commits_that_step_for_all_and_re
     train(tmp_path / "run", 2, **spec)
     for r in range(2):
         assert losses(group.folders[r]) == losses(reference[r])
+
+
+def test_two_ranks_train_and_resume_while_the_store_is_down_and_agree_on_the_step(monkeypatch, key, tmp_path):
+    """Rank 0 decides from its local folder; nothing waits on the unreachable store; saves stay queued."""
+    import sqlite3
+
+    from servers import free_port
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # a closed port: every connection refused
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    spec = {"mode": "ddp", "every": 2, "session": "s9", "async": False}
+    train(tmp_path / "run", 2, steps=4, **spec)  # a first run, saving locally
+    folders = train(tmp_path / "run", 2, steps=8, repo="s3://down-bucket/run", **spec)  # now syncing: store down
+    starts = [json.loads((f / "result.json").read_text())["start"] for f in folders]
+    assert starts == [5, 5]
+    queue = next((folders[0] / "ckpt").rglob("queue.sqlite3"))
+    with sqlite3.connect(queue) as db:
+        pending = sorted(r[0] for r in db.execute("SELECT name FROM jobs WHERE status='pending'"))
+    assert pending == ["checkpoint_s9_6.pt", "checkpoint_s9_8.pt"]  # held for the next start
