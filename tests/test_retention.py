@@ -84,7 +84,7 @@ def test_keep_tag_and_per_session():
     ]
 
 
-def test_build_policy_is_the_union_plus_the_newest_best_and_pinned():
+def test_build_policy_is_the_union_plus_the_newest_best_and_model_only_and_pinned():
     policy = build_policy(keep_last=1, keep_every_steps=20000, keep_tags=("paper",), per_session=True)
     history = [*HISTORY, ckpt("20251001_000000", 17500, 3.5, tags=("paper",))]
     assert kept(policy, history) == sorted([
@@ -93,12 +93,13 @@ def test_build_policy_is_the_union_plus_the_newest_best_and_pinned():
         "20251001_000000/2500",  # milestone [0, 20000) of session 1
         "20251001_000000/20000",  # milestone [20000, 40000)
         "20251001_000000/25000",  # newest of session 1 (per session)
+        "20251001_000000/5000-model-only",  # the newest model-only (exported weights)
         "20251001_000000/7500",  # pinned
         "20251010_000000/15000",  # newest of session 2
         "20251010_000000/2500",  # milestone of session 2
     ])
     removed = to_remove(policy, history)
-    assert [c.key for c in removed][:2] == ["20251001_000000/5000", "20251001_000000/5000-model-only"]
+    assert [c.key for c in removed][:2] == ["20251001_000000/5000", "20251001_000000/10000"]
     with pytest.raises(ValueError):
         build_policy(keep_tags=("paper",))  # nothing that counts checkpoints
 
@@ -106,6 +107,7 @@ def test_build_policy_is_the_union_plus_the_newest_best_and_pinned():
 def test_keep_n_stays_keep_last_n():
     assert kept(fifo_with_tags(2)) == kept(build_policy(keep_last=2)) == [
         "20251001_000000/12500-best",
+        "20251001_000000/5000-model-only",
         "20251001_000000/7500",
         "20251010_000000/12500",
         "20251010_000000/15000",
@@ -116,7 +118,8 @@ def test_the_managers_fifo_counts_model_only_saves_too():
     # The manager's local rotation: fifo_with_tags(max_keep, (resumable, model-only)).
     local = [ckpt("s", s, s / 100, MODEL_ONLY if s % 200 else RESUMABLE) for s in range(100, 701, 100)]
     assert kept(fifo_with_tags(3, (RESUMABLE, MODEL_ONLY)), local) == ["s/500-model-only", "s/600", "s/700-model-only"]
-    assert kept(fifo_with_tags(3), local) == ["s/200", "s/400", "s/600"]
+    # Remote retention counts resumable ones, and keeps the newest model-only beside them.
+    assert kept(fifo_with_tags(3), local) == ["s/200", "s/400", "s/600", "s/700-model-only"]
 
 
 def test_durations_parse_and_refuse():
