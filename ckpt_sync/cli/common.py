@@ -333,7 +333,8 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--bwlimit",
         metavar="RATE",
-        help="bytes per second for all uploads and downloads of this process together, e.g. 50M (default: no limit)",
+        help="bytes per second for all uploads and downloads of this process together, e.g. 50M or 50MiB "
+        "(2^20 bytes), 50MB (10^6 bytes) (default: no limit)",
     )
     add_quiet_option(common)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
