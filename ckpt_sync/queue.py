@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from . import staging
 from .checkpoint_files import signature
@@ -112,6 +113,11 @@ def _no_space(err: BaseException, folder: Path | None = None) -> bool:
         return folder is not None and "I/O error" in str(err) and shutil.disk_usage(folder).free < 1 << 20
     except OSError:
         return False
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 class JobQueue:
@@ -472,6 +478,17 @@ class JobQueue:
     def unfinished(self) -> int:
         c = self.counts()
         return c[PENDING] + c[RUNNING]
+
+    def record_destination(self, repository_url: str, endpoint_url: str | None) -> None:
+        """Where this queue's jobs go, for ``ckpt-sync status`` in another shell: the repository URL and
+        the store's endpoint where it is not the cloud's own (an S3-compatible store, an emulator).
+        Never credentials: a provider URL holds none, and an endpoint's user info and query are cut."""
+        self.set("repository", repository_url)
+        self.set("endpoint_url", _without_credentials(endpoint_url) if endpoint_url else "")
+
+    def destination(self) -> tuple[str | None, str | None]:
+        """The (repository URL, endpoint URL or None) the last worker on this queue recorded."""
+        return self.get_value("repository"), self.get_value("endpoint_url") or None
 
     def set(self, key: str, value: str) -> None:
         with self._writing() as db:

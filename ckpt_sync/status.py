@@ -18,6 +18,7 @@ from .watcher import CheckpointFinder
 
 
 def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = None) -> dict[str, Any]:
+    recorded_repository, recorded_endpoint = queue.destination()
     counts = queue.counts()
     alive = queue.in_flight()
     running = [{"job": j.id, "name": j.name, "bytes_done": j.bytes_done, "size": j.size} for j in alive]
@@ -41,7 +42,8 @@ def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = No
             {"job": j.id, "name": j.name, "error": j.last_error} for j in queue.jobs(FAILED, newest_first=True, limit=5)
         ],
         "repository": repo.url if repo else None,
-        "recorded_repository": queue.get_value("repository"),
+        "endpoint_url": getattr(repo.provider, "endpoint", None) if repo else recorded_endpoint,
+        "recorded_repository": recorded_repository,
         "repository_error": repo_error,
         "newest_committed": None,
         "newest_local": None,
