@@ -18,7 +18,7 @@ from .api import open_repository
 from .defaults import DEFAULT_GRACE
 from .errors import OperationFailed
 from .locations import state_home
-from .queue import DONE, FAILED, JobQueue
+from .queue import DONE, FAILED, SUPERSEDED, JobQueue
 from .retention import RetentionPolicy
 from .worker import SyncWorker
 
@@ -75,7 +75,7 @@ class SyncClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             jobs = [self.queue.get(i) for i in self._mine]
-            failed = [j for j in jobs if j and j.status == FAILED]
+            failed = [j for j in jobs if j and j.status in (FAILED, SUPERSEDED)]  # the version enqueued is gone
             if failed:
                 raise OperationFailed(f"upload of {failed[0].name} failed: {failed[0].last_error}")
             if all(j is None or j.status == DONE for j in jobs):

@@ -137,7 +137,7 @@ class SyncWorker:
             return
         except _HeldCopyChanged as err:  # superseded: what is on disk now is another version, queued on its own
             log.warning("%s; the version on disk now is queued on its own", err)
-            self.queue.fail(job, str(err))
+            self.queue.supersede(job, str(err))
             self.superseded.append(job)
             return
         except UsageError as err:

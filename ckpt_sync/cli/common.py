@@ -73,7 +73,8 @@ def when(ts: float) -> str:
 
 def manifest_row(m: Manifest) -> dict[str, Any]:
     return {
-        "id": m.id,
+        "id": m.checkpoint_id,  # the id it was first committed under: a tag change keeps it
+        "manifest_id": m.id,  # the manifest object holding it now: a tag change replaces it
         "name": m.name,
         "session": m.session_id,
         "step": m.global_step,

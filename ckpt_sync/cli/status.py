@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: {j['name']} (its uploader is gone; the next watch resumes it)")
     if st["newest_committed"]:
         c = st["newest_committed"]
-        print(f"committed:   {c['name']} (step {c['step']}) at {when(c['created'])}")
+        print(f"committed:   {c['name']}{_step(c['step'])} at {when(c['created'])}")
     if st["newest_local"]:
         loc = st["newest_local"]
-        print(f"local:       {loc['name']} (step {loc['step']}) at {when(loc['modified'])}")
+        print(f"local:       {loc['name']}{_step(loc['step'])} at {when(loc['modified'])}")
     if st["lag_seconds"] is not None:
         steps = f", {st['lag_steps']} step(s)" if st["lag_steps"] is not None else ""
         print(f"lag:         {st['lag_seconds']:.0f}s{steps}")
@@ -71,3 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if repo_error:
         err(repo_error)
     return exit_code
+
+
+def _step(step: int | None) -> str:
+    """`` (step 300)``, or nothing for a checkpoint without a step (a bare ``model.pt``)."""
+    return "" if step is None else f" (step {step})"
