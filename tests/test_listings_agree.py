@@ -81,14 +81,13 @@ def test_status_never_shows_one_checkpoint_as_both_uploading_and_committed(tmp_p
     ckdir = tmp_path / "ck"
     ck = make_torch_checkpoint(ckdir / "checkpoint_c_300.pt", step=300)
     queue = JobQueue(ckdir / ".ckpt-sync")
-    queue.record_destination(repo_url, None)
     queue.enqueue(ck)
     claimed = queue.claim()  # this test process is the uploader: alive, its heartbeat fresh
     assert claimed is not None
     ckpt_sync.push(str(ck), repo=repo_url)  # the commit has happened; complete() has not yet
     try:
-        human = cli("status", str(ckdir), check=True).stdout
-        st = json.loads(cli("status", str(ckdir), "--json", check=True).stdout)
+        human = cli("status", str(ckdir), "--from", repo_url, check=True).stdout
+        st = json.loads(cli("status", str(ckdir), "--from", repo_url, "--json", check=True).stdout)
     finally:
         queue.close()
     assert "uploading:" not in human and re.search(r"^committed:\s+checkpoint_c_300\.pt", human, re.M), human
