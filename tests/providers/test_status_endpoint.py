@@ -43,3 +43,16 @@ def test_status_in_a_new_shell_uses_the_endpoint_the_watch_used(cloud_factory, c
         recorded = " ".join(v for (v,) in db.execute("SELECT value FROM kv"))
     for secret in (s3.env["AWS_SECRET_ACCESS_KEY"], s3.env["AWS_ACCESS_KEY_ID"], key):
         assert secret not in recorded
+
+
+def test_status_in_the_watch_s_own_shell_reaches_every_store(cloud, cli, key, tmp_path):
+    """The endpoint recorded is passed back to the store it came from: an emulator stays an emulator
+    (the GCS one is anonymous only while it is named by STORAGE_EMULATOR_HOST)."""
+    url = cloud.url(cloud.new_bucket())
+    ckdir = tmp_path / "ck"
+    make_torch_checkpoint(ckdir / "checkpoint_e_6.pt", step=6)
+    cli("watch", str(ckdir), "--to", url, "--once", "--settle", "0.1", check=True)
+    proc = cli("status", str(ckdir), "--json")
+    assert proc.returncode == 0, proc.stderr
+    st = json.loads(proc.stdout)
+    assert st["repository"] == url and st["newest_committed"]["name"] == "checkpoint_e_6.pt"
