@@ -59,11 +59,21 @@ def atomic_open(final: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
 
 
 class _KeepsWriteErrors:
-    """A binary file whose ``write`` keeps the first OSError it raised (see ``write_keeping_errors``)."""
+    """A binary file whose ``write`` and ``flush`` keep the first OSError they raised (see
+    ``write_keeping_errors``); otherwise the file itself (``fileno``, ``name``, ``with``)."""
 
     def __init__(self, f: IO[bytes]) -> None:
         self._f = f
         self.error: OSError | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _KeepsWriteErrors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.__exit__(*exc)
 
     def write(self, data: Any) -> int:
         try:
