@@ -28,7 +28,7 @@ from .keys import ENV_KEY
 from .locations import ENV_REPO, config_dir, default_key_file, default_repo_url
 from .providers import RetryPolicy
 from .redact import REDACTED, redact, redact_url
-from .units import format_bytes, parse_size
+from .units import SIZE_EXAMPLES, format_bytes, parse_rate, parse_size
 
 ENV_CONFIG = "CKPT_SYNC_CONFIG"
 ENV_PREFIX = "CKPT_SYNC_"
@@ -78,20 +78,24 @@ def _size(v: Any) -> str:
         if parse_size(str(v)) <= 0:
             raise BadValue(f"expected a size above 0, got {v!r}")
     except UsageError:
-        raise BadValue(f"expected a size such as 8M, 512K or 1G, got {v!r}") from None
+        raise BadValue(f"expected a size such as {SIZE_EXAMPLES}, got {v!r}") from None
     return str(v)
 
 
 def _rate(v: Any) -> int | None:
-    """Bytes per second (``50M``); 0, "0" or "off" means no limit (None)."""
+    """Bytes per second (``50M``, ``50MB/s``, ``20MiB``: units.parse_size), remembering how it was
+    written; 0, "0" or "off" means no limit (None)."""
     if isinstance(v, str) and v.strip().lower() in ("", "0", "off", "none", "unlimited"):
         return None
     if isinstance(v, bool) or not isinstance(v, str | int):
         raise BadValue(f"expected bytes per second such as 50M, got {v!r}")
     try:
-        n = parse_size(str(v))
+        n = parse_rate(str(v))
     except UsageError:
-        raise BadValue(f"expected bytes per second such as 50M, 512K or 1G (0 for no limit), got {v!r}") from None
+        raise BadValue(
+            f"expected bytes per second such as 50M, 50MB (10^6 bytes), 20MiB (2^20 bytes) or 1G (0 for no limit), "
+            f"got {v!r}"
+        ) from None
     return n or None
 
 
@@ -303,8 +307,11 @@ def _display(name: str, value: Any) -> str:
         }.get(name, "-")
     if name in ("repo", "endpoint_url"):
         return redact_url(value)
-    if name == "bwlimit":
-        return f"{format_bytes(value)}/s"
+    if name == "bwlimit":  # as written ("50MB/s"), and what that is in bytes
+        written = getattr(value, "written", "")
+        if not written or written.isdigit():
+            return f"{value} bytes/s ({format_bytes(value)}/s)"
+        return f"{written if '/' in written else written + '/s'} ({value} bytes/s)"
     if isinstance(value, tuple):
         return " ".join(value)
     return str(value)

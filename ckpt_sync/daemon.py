@@ -11,7 +11,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -58,10 +58,11 @@ class WatchHooks:
     on_tick: Callable[[bool], None] | None = None  # each turn of the main loop: is the worker thread alive?
 
 
-def committed_versions(repo: Repository) -> set[tuple[str, int, int]]:
-    """(name, size, source mtime) of every committed checkpoint that recorded its source."""
+def committed_versions(manifests: Iterable[Manifest]) -> set[tuple[str, int, int]]:
+    """(name, size, source mtime) of every committed checkpoint that recorded its source: the
+    versions a watch, and ``status``, count as uploaded (a job's name, size and mtime_ns)."""
     out = set()
-    for m in repo.manifests():
+    for m in manifests:
         mtime = m.extra.get("source_mtime_ns")
         if isinstance(mtime, int):
             out.add((m.name, m.size, mtime))
@@ -89,7 +90,7 @@ def run_watch(
     queue.retry_now()  # a new run tries what earlier runs left queued at once
     finder = CheckpointFinder(root, opts.patterns, warn=log.warning)
     tracker = CompletionTracker(opts.settle)
-    committed = committed_versions(repo)
+    committed = committed_versions(repo.manifests())
     worker = SyncWorker(
         repo,
         queue,

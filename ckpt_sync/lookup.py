@@ -118,22 +118,23 @@ def find_manifest(repo: Repository, selector: str, *, warn: WarnFn | None = None
     """A checkpoint by manifest id (or a unique id prefix), else the newest with that name;
     ``latest`` (unless a checkpoint is named so) is ``latest(repo)``: the newest intact resumable one
     (of any role when the repository holds no resumable checkpoint at all).
-    An id a tag change replaced (``Manifest.supersedes``) resolves to the manifest that replaced it."""
+    An id a tag change replaced (``Manifest.supersedes``), and the id a checkpoint was first committed
+    under (``Manifest.checkpoint_id``), resolve to the manifest that holds it now."""
     ids = repo.manifest_ids()
     matches = [i for i in ids if i.startswith(selector)]
     if len(matches) > 1:
         raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
     unreadable: list[str] = []
     everything = list(repo.manifests(lambda mid, _err: unreadable.append(mid)))
-    replaced = {m.supersedes: m for m in everything if m.supersedes}
+    replaced = {old: m for m in everything for old in (m.supersedes, m.checkpoint_id) if old and old != m.id}
     if len(matches) == 1:
         return replaced.get(matches[0]) or repo.load_manifest(matches[0])
     named = [m for m in everything if m.name == selector]
     if named:
         return newest(named)[0]
-    successors = [m for old, m in replaced.items() if old.startswith(selector)]
+    successors = {m.id: m for old, m in replaced.items() if old.startswith(selector)}
     if len(successors) == 1:
-        return successors[0]
+        return next(iter(successors.values()))
     if selector == LATEST:
         return latest(repo, any_role_if_none=True, warn=warn)
     hint = (

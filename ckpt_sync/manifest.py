@@ -203,6 +203,9 @@ class RepositoryBinding:
         return cls(rid, key, created, pad, version, compression, sha, authenticated)
 
 
+CHECKPOINT_ID = "checkpoint_id"  # the key in ``extra`` that keeps a checkpoint's first id (Manifest.checkpoint_id)
+
+
 @dataclass(frozen=True)
 class Manifest:
     id: str  # object name under manifests/ (time-sortable, opaque)
@@ -227,6 +230,14 @@ class Manifest:
     @property
     def size(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The id users see and select this checkpoint by: the id it was first committed under. A tag
+        change commits a new manifest (a new ``id``) that keeps the first in ``extra.checkpoint_id``
+        (tags.py), so an id in a script or a note never goes stale."""
+        v = self.extra.get(CHECKPOINT_ID)
+        return v if isinstance(v, str) and _MANIFEST_ID.match(v) else self.id
 
     @property
     def source_mtime_ns(self) -> int | None:

@@ -25,9 +25,10 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from . import staging
 from .checkpoint_files import signature
@@ -66,6 +67,11 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+# Its version no longer exists (the file was rewritten in place after it was queued): nothing was lost,
+# the version on disk now is a job of its own. Listed until a newer version of the same file is committed.
+SUPERSEDED = "superseded"
+# Never stored: how a running job whose uploader is gone (kill -9) is shown until a worker recovers it.
+INTERRUPTED = "interrupted"
 STALE_AFTER = 60.0  # a running job whose owner has not beaten for this long is orphaned
 ADOPT_AFTER = 600.0  # a slot with a record but no job this old was lost by the database: adopt it
 DB_NAME = "queue.sqlite3"
@@ -112,6 +118,11 @@ def _no_space(err: BaseException, folder: Path | None = None) -> bool:
         return folder is not None and "I/O error" in str(err) and shutil.disk_usage(folder).free < 1 << 20
     except OSError:
         return False
+
+
+def _without_credentials(url: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2], query="", fragment=""))
 
 
 class JobQueue:
@@ -229,8 +240,9 @@ class JobQueue:
         """A job for exactly this version of ``path`` that is queued, running or done."""
         with self._lock:
             row = self._db.execute(
-                "SELECT * FROM jobs WHERE path=? AND size=? AND mtime_ns=? AND status != ? ORDER BY id DESC LIMIT 1",
-                (str(path), size, mtime_ns, FAILED),
+                "SELECT * FROM jobs WHERE path=? AND size=? AND mtime_ns=? AND status NOT IN (?, ?)"
+                " ORDER BY id DESC LIMIT 1",
+                (str(path), size, mtime_ns, FAILED, SUPERSEDED),
             ).fetchone()
         return self._job(row) if row else None
 
@@ -340,9 +352,7 @@ class JobQueue:
         self.adopt_held()
         with self._tx() as db:
             rows = db.execute("SELECT id, owner, heartbeat FROM jobs WHERE status=?", (RUNNING,)).fetchall()
-            orphans = [
-                r["id"] for r in rows if not owner_alive(r["owner"]) or (r["heartbeat"] or 0) < now - STALE_AFTER
-            ]
+            orphans = [r["id"] for r in rows if not self._uploading(r, now)]
             for job_id in orphans:
                 db.execute("UPDATE jobs SET status=?, owner=NULL, updated=? WHERE id=?", (PENDING, now, job_id))
             held = {
@@ -414,6 +424,17 @@ class JobQueue:
         staging.release(self.held_path(job))
         self.set("last_error", json.dumps({"time": now, "job": job.name, "error": error}))
 
+    def supersede(self, job: Job, reason: str) -> None:
+        """``job``'s version was rewritten in place before it could be uploaded: it is not a failure
+        (the version on disk now is queued on its own) and it leaves ``listing()`` once a newer version
+        of the same file is committed."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE jobs SET status=?, owner=NULL, last_error=?, held=NULL, updated=? WHERE id=?",
+                (SUPERSEDED, reason, time.time(), job.id),
+            )
+        staging.release(self.held_path(job))
+
     def drop(self, job_id: int) -> Job:
         """The user gives up on a job: it leaves the queue and its held copy is released.
 
@@ -454,18 +475,52 @@ class JobQueue:
             ).fetchall()
         return [self._job(r) for r in rows]
 
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Every read inside sees the queue as of one moment (one SQLite read transaction), so counts
+        and lists taken together agree; nothing may be written inside."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                yield
+            finally:
+                self._db.execute("COMMIT")
+
+    def listing(self) -> list[Job]:
+        """What is not committed, as ``ckpt-sync queue`` shows it: pending, running (``INTERRUPTED``
+        while its uploader is gone), failed, and superseded versions whose file has no newer version
+        committed yet; oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM jobs AS j WHERE status IN (?, ?, ?) OR (status = ? AND NOT EXISTS ("
+                "SELECT 1 FROM jobs AS d WHERE d.path = j.path AND d.status = ? AND d.id > j.id)) ORDER BY id",
+                (PENDING, RUNNING, FAILED, SUPERSEDED, DONE),
+            ).fetchall()
+        now = time.time()
+        return [
+            replace(self._job(r), status=INTERRUPTED)
+            if r["status"] == RUNNING and not self._uploading(r, now)
+            else self._job(r)
+            for r in rows
+        ]
+
+    @staticmethod
+    def _uploading(row: sqlite3.Row, now: float) -> bool:
+        """A running job's uploader is alive and beating."""
+        return owner_alive(row["owner"]) and (row["heartbeat"] or 0) >= now - STALE_AFTER
+
     def in_flight(self) -> list[Job]:
         """Running jobs whose owner is alive and beating: after a ``kill -9`` a job stays "running" in the
         table until the next worker recovers it, but it is not being uploaded by anyone."""
         now = time.time()
         with self._lock:
             rows = self._db.execute("SELECT * FROM jobs WHERE status=? ORDER BY id", (RUNNING,)).fetchall()
-        return [self._job(r) for r in rows if owner_alive(r["owner"]) and (r["heartbeat"] or 0) >= now - STALE_AFTER]
+        return [self._job(r) for r in rows if self._uploading(r, now)]
 
     def counts(self) -> dict[str, int]:
         with self._lock:
             rows = self._db.execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status").fetchall()
-        out = dict.fromkeys((PENDING, RUNNING, DONE, FAILED), 0)
+        out = dict.fromkeys((PENDING, RUNNING, DONE, FAILED, SUPERSEDED), 0)
         out.update({r["status"]: r["n"] for r in rows})
         return out
 
@@ -480,6 +535,17 @@ class JobQueue:
                 "SELECT manifest_id FROM jobs WHERE status=? AND manifest_id IS NOT NULL", (DONE,)
             ).fetchall()
         return frozenset(r["manifest_id"] for r in rows)
+
+    def record_destination(self, repository_url: str, endpoint_url: str | None) -> None:
+        """Where this queue's jobs go, for ``ckpt-sync status`` in another shell: the repository URL and
+        the store's endpoint where it is not the cloud's own (an S3-compatible store, an emulator).
+        Never credentials: a provider URL holds none, and an endpoint's user info and query are cut."""
+        self.set("repository", repository_url)
+        self.set("endpoint_url", _without_credentials(endpoint_url) if endpoint_url else "")
+
+    def destination(self) -> tuple[str | None, str | None]:
+        """The (repository URL, endpoint URL or None) the last worker on this queue recorded."""
+        return self.get_value("repository"), self.get_value("endpoint_url") or None
 
     def set(self, key: str, value: str) -> None:
         with self._writing() as db:

@@ -203,6 +203,6 @@ class RunScope:
     def members(self, manifests: Iterable[Manifest]) -> set[str]:
         listed = list(manifests)
         ids = set(self.committed)
-        ids |= {m.id for m in listed if m.supersedes in ids}
+        ids |= {m.id for m in listed if m.supersedes in ids or m.checkpoint_id in ids}  # after tag changes
         sessions = {m.session_id for m in listed if m.id in ids and m.session_id is not None}
         return {m.id for m in listed if m.id in ids or (m.session_id is not None and m.session_id in sessions)}

@@ -4,11 +4,15 @@ checkpoint would free.
 All sizes come from one listing of the chunk objects and the readable manifests:
 
 - ``logical_bytes``: the sum of every checkpoint's file sizes (what restoring them all would write).
-- ``stored_bytes``: the sum of every object's size (chunks and manifests): what the store bills.
 - ``dedup_ratio``: logical bytes over the plaintext bytes of the distinct chunks they reference.
+- ``checkpoints_stored_bytes``: what the checkpoints use in the store: the chunk objects they
+  reference and their manifests (about ``logical_bytes / dedup_ratio``, plus encryption, padding,
+  less compression).
 - ``grace_bytes``: chunk objects no checkpoint references that are younger than the grace period
   (a prune keeps them: another writer may be about to commit them); ``collectable_bytes`` are the
   older ones, which the next prune removes.
+- ``stored_bytes``: every chunk and manifest object, i.e. the three above together: what the store
+  bills. Kept apart so that a forget not yet pruned never reads as stored above logical.
 - a checkpoint's ``unique_bytes``: the stored size of the chunks no other checkpoint references,
   i.e. exactly what ``forget`` of it followed by a prune (past the grace period) frees.
 """
@@ -48,12 +52,19 @@ class RepoStats:
     referenced_plain_bytes: int = 0  # plaintext of the distinct chunks the checkpoints reference
     stored_bytes: int = 0  # every chunk and manifest object
     chunk_objects: int = 0
+    manifest_bytes: int = 0
+    referenced_chunk_objects: int = 0
     referenced_chunk_bytes: int = 0
     grace_bytes: int = 0
     collectable_bytes: int = 0
     missing_chunks: int = 0  # referenced but not stored (damage: `verify` says which checkpoint)
     unreadable: list[str] = field(default_factory=list)  # manifest ids: their chunks cannot be judged
     per_checkpoint: list[CheckpointStats] = field(default_factory=list)  # newest first
+
+    @property
+    def checkpoints_stored_bytes(self) -> int:
+        """What the checkpoints use: their chunk objects and manifests (grace-held chunks apart)."""
+        return self.referenced_chunk_bytes + self.manifest_bytes
 
     @property
     def dedup_ratio(self) -> float:
@@ -65,8 +76,11 @@ class RepoStats:
             "logical_bytes": self.logical_bytes,
             "referenced_plain_bytes": self.referenced_plain_bytes,
             "stored_bytes": self.stored_bytes,
+            "checkpoints_stored_bytes": self.checkpoints_stored_bytes,
             "chunk_objects": self.chunk_objects,
+            "referenced_chunk_objects": self.referenced_chunk_objects,
             "referenced_chunk_bytes": self.referenced_chunk_bytes,
+            "manifest_bytes": self.manifest_bytes,
             "dedup_ratio": round(self.dedup_ratio, 4),
             "grace_bytes": self.grace_bytes,
             "collectable_bytes": self.collectable_bytes,
@@ -85,8 +99,8 @@ def repository_stats(repo: Repository, *, grace: float = DEFAULT_GRACE, now: flo
     st = RepoStats()
     manifests: list[Manifest] = list(repo.manifests(lambda mid, _err: st.unreadable.append(mid)))
     objects = {info.key.rsplit("/", 1)[-1]: info for info in repo.provider.list(CHUNKS)}
-    st.stored_bytes = sum(i.size for i in objects.values())
-    st.stored_bytes += sum(i.size for i in repo.provider.list(MANIFESTS))
+    st.manifest_bytes = sum(i.size for i in repo.provider.list(MANIFESTS))
+    st.stored_bytes = sum(i.size for i in objects.values()) + st.manifest_bytes
     st.chunk_objects = len(objects)
     users: Counter[str] = Counter()
     plain: dict[str, int] = {}
@@ -102,6 +116,7 @@ def repository_stats(repo: Repository, *, grace: float = DEFAULT_GRACE, now: flo
     cutoff = (time.time() if now is None else now) - grace
     for cid, info in objects.items():
         if cid in users:
+            st.referenced_chunk_objects += 1
             st.referenced_chunk_bytes += info.size
         elif info.modified >= cutoff:
             st.grace_bytes += info.size
@@ -109,5 +124,5 @@ def repository_stats(repo: Repository, *, grace: float = DEFAULT_GRACE, now: flo
             st.collectable_bytes += info.size
     for m in newest(manifests):
         unique = sum(objects[c].size for c in m.chunk_ids() if users[c] == 1 and c in objects)
-        st.per_checkpoint.append(CheckpointStats(m.id, m.name, m.size, unique))
+        st.per_checkpoint.append(CheckpointStats(m.checkpoint_id, m.name, m.size, unique))
     return st

@@ -26,7 +26,7 @@ from .errors import CkptSyncError, OperationFailed
 from .keys import load_keyring
 from .locations import resolve_repo_url, state_home
 from .providers import RetryPolicy
-from .queue import DONE, FAILED, JobQueue
+from .queue import DONE, FAILED, SUPERSEDED, JobQueue
 from .repository import Repository
 from .retention import RetentionPolicy
 from .worker import SyncWorker
@@ -151,7 +151,7 @@ class SyncClient:
         self._try_now.set()  # someone waits: ask the store again now rather than after the back-off
         while True:
             jobs = [self.queue.get(i) for i in self._mine]
-            failed = [j for j in jobs if j and j.status == FAILED]
+            failed = [j for j in jobs if j and j.status in (FAILED, SUPERSEDED)]  # the version enqueued is gone
             if failed:
                 raise OperationFailed(f"upload of {failed[0].name} failed: {failed[0].last_error}")
             left = sum(j is not None and j.status != DONE for j in jobs)

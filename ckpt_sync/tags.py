@@ -9,7 +9,9 @@ it is between its two manifests, and under the manifests lock, so two changes of
 never both replace the same manifest (locks.py). A prune next to it: one that listed before the new
 manifest may remove the old one by retention (the new one stays); one that lists after sees the old
 one hidden; one that removes a leftover old manifest removes what the change would remove itself.
-A change gives the checkpoint a new id: select it by name to change it again.
+The new manifest has a new object id but keeps the id the checkpoint was first committed under in
+``extra.checkpoint_id`` (Manifest.checkpoint_id): that is the id ``ls`` shows and every verb accepts,
+so it stays the same across any number of tag changes.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from .errors import UsageError
 from .locks import acquire_manifests_lock, acquire_push_lock
 from .lookup import find_manifest
-from .manifest import Manifest
+from .manifest import CHECKPOINT_ID, Manifest
 from .push import commit_checked
 from .repository import Repository, manifest_key, new_manifest_id
 
@@ -41,6 +43,12 @@ def retag(repo: Repository, selector: str, *, add: Sequence[str] = (), remove: S
             return old
         for leftover in repo.superseded_ids():  # an interrupted change: its old manifest must go first
             repo.provider.delete(manifest_key(leftover))
-        new = dataclasses.replace(old, id=new_manifest_id(), tags=tags, supersedes=old.id)
+        new = dataclasses.replace(
+            old,
+            id=new_manifest_id(),
+            tags=tags,
+            supersedes=old.id,
+            extra={**old.extra, CHECKPOINT_ID: old.checkpoint_id},  # the id users know it by stays
+        )
         committed = repo.supersede(old, new)
         return commit_checked(repo, lock, committed)  # already committed: only the check after it runs

@@ -1,4 +1,6 @@
-"""Sizes and durations for humans: parse ``8M`` / ``512KiB``, format ``1.2 GiB``; parse ``2d`` / ``36h``."""
+"""Sizes, rates and durations for humans: parse ``8M`` / ``512KiB`` / ``50MB`` / ``20MiB/s``, format
+``1.2 GiB``; parse ``2d`` / ``36h``. The one place a size or a rate is read, so every option and
+setting takes the same units."""
 
 from __future__ import annotations
 
@@ -6,15 +8,42 @@ import re
 
 from .errors import UsageError
 
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?b)?|(b))?\s*", re.IGNORECASE)
+SIZE_EXAMPLES = "8M, 8MiB (8 x 2^20 bytes), 8MB (8 x 10^6 bytes), 512K, 1G"
+
+
+class AsWritten(int):
+    """A number of bytes (or bytes per second) that remembers how it was written (``"50MB"``), so that
+    ``config show`` shows it back as the user wrote it; otherwise a plain int."""
+
+    written: str
+
+    def __new__(cls, value: int, written: str) -> AsWritten:
+        number = super().__new__(cls, value)
+        number.written = written.strip()
+        return number
 
 
 def parse_size(text: str) -> int:
-    """``"8M"``, ``"8MiB"``, ``"8mb"``, ``"1048576"`` -> bytes (binary multiples)."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", str(text), re.IGNORECASE)
+    """Bytes from a size as people write it. ``KiB``/``MiB``/... and a letter alone (``8M``, as it
+    always was here and in rclone) are powers of 1024; ``kB``/``MB``/``GB``/``TB`` are powers of 1000
+    (SI), so ``"50MB"`` is 50,000,000 bytes; ``"1048576"`` and ``"100B"`` are bytes."""
+    m = _SIZE.fullmatch(str(text))
     if not m:
-        raise UsageError(f"not a size: {text!r} (examples: 8M, 512K, 1G)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        raise UsageError(f"not a size: {text!r} (examples: {SIZE_EXAMPLES})")
+    number, letter, suffix = m.group(1), (m.group(2) or "").upper(), (m.group(3) or "").lower()
+    base = 1000 if suffix == "b" else 1024  # "MB" is SI; "M" and "MiB" are binary
+    return int(float(number) * base ** _POWERS[letter])
+
+
+def parse_rate(text: str) -> int:
+    """Bytes per second: a size (``parse_size``), optionally followed by ``/s`` (``"50MB/s"``)."""
+    size = re.sub(r"\s*/\s*s(ec)?\s*$", "", str(text), flags=re.IGNORECASE)
+    try:
+        return AsWritten(parse_size(size), str(text))
+    except UsageError:
+        raise UsageError(f"not a rate: {text!r} (examples: 50M, 50MB/s, 20MiB/s)") from None
 
 
 def format_bytes(n: float) -> str:

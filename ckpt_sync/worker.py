@@ -82,8 +82,8 @@ class SyncWorker:
 
     def run(self, stop: threading.Event, *, drain: bool = False, poll: float = 0.5) -> None:
         """Process jobs until ``stop`` is set (or, with ``drain``, until the queue is empty)."""
-        # Where this queue's jobs go (a provider URL carries no credentials): `ckpt-sync status` reads it.
-        self.queue.set("repository", self.repo.url)
+        # Where this queue's jobs go (no credentials): `ckpt-sync status` reads it.
+        self.queue.record_destination(self.repo.url, getattr(self.repo.provider, "endpoint", None))
         self.queue.recover_orphans()
         last_recovery = time.monotonic()
         while not stop.is_set():
@@ -148,7 +148,7 @@ class SyncWorker:
             return
         except _HeldCopyChanged as err:  # superseded: what is on disk now is another version, queued on its own
             log.warning("%s; the version on disk now is queued on its own", err)
-            self.queue.fail(job, str(err))
+            self.queue.supersede(job, str(err))
             self.superseded.append(job)
             return
         except UsageError as err:

@@ -54,6 +54,11 @@ _TRANSIENT = (
 )
 
 
+def _as_url(endpoint: str) -> str:
+    """STORAGE_EMULATOR_HOST (and an endpoint) is often given as host:port."""
+    return endpoint if "://" in endpoint else f"http://{endpoint}"
+
+
 class GCSProvider(ObjectStoreProvider):
     scheme = "gs"
 
@@ -69,11 +74,10 @@ class GCSProvider(ObjectStoreProvider):
     ) -> None:
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         endpoint = endpoint_url or emulator
-        if endpoint and "://" not in endpoint:
-            endpoint = f"http://{endpoint}"  # STORAGE_EMULATOR_HOST is often given as host:port
-        super().__init__(bucket, prefix, endpoint)
+        super().__init__(bucket, prefix, _as_url(endpoint) if endpoint else None)
         try:
-            if emulator and not endpoint_url:
+            # The emulator is anonymous, also when an endpoint names it (`status` passes back what a watch recorded).
+            if emulator and (not endpoint_url or self.endpoint == _as_url(emulator).rstrip("/")):
                 credentials, project = AnonymousCredentials(), os.environ.get("GOOGLE_CLOUD_PROJECT", "ckpt-sync")
             else:
                 import google.auth
@@ -89,7 +93,7 @@ class GCSProvider(ObjectStoreProvider):
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_connections, pool_maxsize=pool_connections)
         session.mount("https://", adapter)
         session.mount("http://", adapter)
-        options = {"api_endpoint": endpoint} if endpoint else None
+        options = {"api_endpoint": self.endpoint} if self.endpoint else None
         self._client = storage.Client(project=project, credentials=credentials, _http=session, client_options=options)
         self._bucket = self._client.bucket(bucket)
         self._timeout = (connect_timeout, read_timeout)

@@ -21,6 +21,7 @@ class WrappingProvider:
     def __init__(self, inner: Provider) -> None:
         self.inner = inner
         self.url = inner.url
+        self.endpoint = getattr(inner, "endpoint", None)  # a store's own endpoint, where it is not the cloud's
         self.aligned_buffers = wants_aligned_buffers(inner)
 
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:

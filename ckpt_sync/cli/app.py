@@ -1,18 +1,25 @@
 """The parser (one module per verb registers itself) and ``main``: the one place exit codes and error
 lines are decided: 0 ok, 1 an operation failed, 2 usage or configuration; one line on stderr per
-error, a traceback only with ``--debug``."""
+error (and, for a verb given ``--json``, the same error as one JSON object on stdout), a traceback
+only with ``--debug``; a reader that closed the pipe (``ckpt-sync ls | head -1``) ends it quietly,
+exit 141, as git does. The options every verb takes may come before the verb too."""
 
 from __future__ import annotations
 
 import argparse
 import errno
 import importlib
+import json
 import logging
+import os
+import select
+import signal
 import sys
 from collections.abc import Sequence
 
 from .. import __version__, config, logs
-from ..errors import EXIT_FAILED, CkptSyncError
+from ..errors import EXIT_FAILED, EXIT_USAGE, CkptSyncError
+from ..redact import redact
 from .common import OUTPUT, common_options, err
 
 log = logging.getLogger("ckpt_sync")
@@ -27,14 +34,72 @@ VERBS = {
 }  # fmt: skip
 # Daemon verbs log each committed checkpoint (INFO); one-shot verbs only warnings and errors.
 LOGGING_VERBS = ("watch", "prune")
+# Verbs whose first word after them is an action (``config show``): options go after the action.
+NESTED_VERBS = ("config",)
+# Options written before the verb that are moved after it, besides common_options(): value-taking ones.
+REPO_OPTIONS = ("--repo", "--to", "--from")
+EXIT_SIGPIPE = 128 + signal.SIGPIPE  # what a shell reports for a writer a closed pipe ended (git, cat)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors are also one JSON object on stdout when ``--json`` was given."""
+
+    json_errors = False
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if _Parser.json_errors:
+            _json_error(message, EXIT_USAGE)
+        super().error(message)
+
+
+def _json_error(message: str, code: int) -> None:
+    print(json.dumps({"error": redact(message), "exit_code": code}))
+
+
+def _error(message: str, code: int, as_json: bool) -> int:
+    """The one error line on stderr, and for ``--json`` the same error as JSON on stdout; returns ``code``."""
+    err(message)
+    if as_json:
+        _json_error(message, code)
+    return code
+
+
+def _option_arity() -> dict[str, bool]:
+    """The options every verb takes -> whether each takes a value (``--key-file K``) or not (``--quiet``)."""
+    arity = {name: a.nargs != 0 for a in common_options()._actions for name in a.option_strings}
+    arity.update(dict.fromkeys(REPO_OPTIONS, True))
+    arity["--json"] = False
+    return arity
+
+
+def hoist_options(argv: Sequence[str]) -> list[str]:
+    """``ckpt-sync --key-file K --json ls`` as ``ckpt-sync ls --key-file K --json``: the options every
+    verb takes, written before the verb, moved right after it (after ``config show``'s action), where
+    the verb's parser reads them. Anything else before the verb is left for argparse to judge."""
+    argv = list(argv)
+    arity = _option_arity()
+    i = 0
+    while i < len(argv):
+        name, inline, _ = argv[i].partition("=")
+        if name not in arity:
+            break
+        i += 2 if arity[name] and not inline else 1
+    if i == 0 or i >= len(argv) or argv[i] not in VERBS:
+        return argv
+    after = i + 1
+    if argv[i] in NESTED_VERBS and after < len(argv) and not argv[after].startswith("-"):
+        after += 1
+    return [*argv[i:after], *argv[:i], *argv[after:]]
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; when ``argv`` starts with a verb, with only that verb registered (the rest of the
     command line is that verb's), else every verb (``--help``, a typo: all are listed)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ckpt-sync",
         description="Keep PyTorch training checkpoints safe off-machine (encrypted).",
+        epilog="The options every verb takes (--repo, --key-file, --json, --quiet, ...) may come before the verb "
+        "or after it: `ckpt-sync --key-file K ls` is `ckpt-sync ls --key-file K`.",
     )
     parser.add_argument("--version", action="version", version=f"ckpt-sync {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -46,15 +111,41 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        code = _main(sys.argv[1:] if argv is None else argv)
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is seen below
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():  # a pipe to something else (a socket): a failure like any other
+            err("broken pipe (re-run with --debug for a traceback)")
+            return EXIT_FAILED
+        # The reader has gone (`| head -1`): end quietly, and let the interpreter's last flush of
+        # stdout go to /dev/null instead of printing "Exception ignored ... BrokenPipeError".
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SIGPIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe (or socket) whose reader has gone."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _fd, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() here, or no real stdout
+        return False
+
+
+def _main(argv: Sequence[str]) -> int:
+    argv = hoist_options(argv)
+    _Parser.json_errors = "--json" in argv
     args = build_parser(argv).parse_args(argv)
+    as_json = bool(getattr(args, "json", False))
     try:
         config.check_environment()
         # The one place settings are resolved: flags > env > config file > defaults, onto ``args``.
         settings = config.apply(args) if hasattr(args, "config") else None
     except CkptSyncError as e:
-        err(str(e))
-        return e.exit_code
+        return _error(str(e), e.exit_code, as_json)
     OUTPUT.quiet = bool(getattr(args, "quiet", False))
     level = logging.ERROR if OUTPUT.quiet else logging.INFO if args.verb in LOGGING_VERBS else logging.WARNING
     logs.configure(logging.DEBUG if args.debug else level, settings["log_format"] if settings else "text")
@@ -63,21 +154,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CkptSyncError as e:
         if args.debug:
             log.exception("failed")
-        err(str(e))
-        return e.exit_code
+        return _error(str(e), e.exit_code, as_json)
     except KeyboardInterrupt:
-        err("interrupted")
-        return 130
+        return _error("interrupted", 130, as_json)
+    except BrokenPipeError:
+        raise  # main() tells a closed stdout from any other broken pipe
     except OSError as e:
         if args.debug:
             log.exception("failed")
         if e.errno == errno.ENOSPC:
-            err(f"no space left on device ({e.filename or 'disk'}): free some space and re-run")
-        else:
-            err(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}")
-        return EXIT_FAILED
+            return _error(
+                f"no space left on device ({e.filename or 'disk'}): free some space and re-run", EXIT_FAILED, as_json
+            )
+        return _error(f"{e.strerror or e}{f': {e.filename}' if e.filename else ''}", EXIT_FAILED, as_json)
     except Exception as e:  # a bug: still one line, unless --debug
         if args.debug:
             log.exception("unexpected error")
-        err(f"unexpected {type(e).__name__}: {e} (re-run with --debug for a traceback)")
-        return EXIT_FAILED
+        return _error(f"unexpected {type(e).__name__}: {e} (re-run with --debug for a traceback)", EXIT_FAILED, as_json)

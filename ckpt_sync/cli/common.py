@@ -73,7 +73,8 @@ def when(ts: float) -> str:
 
 def manifest_row(m: Manifest) -> dict[str, Any]:
     return {
-        "id": m.id,
+        "id": m.checkpoint_id,  # the id it was first committed under: a tag change keeps it
+        "manifest_id": m.id,  # the manifest object holding it now: a tag change replaces it
         "name": m.name,
         "session": m.session_id,
         "step": m.global_step,
@@ -337,7 +338,8 @@ def common_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--bwlimit",
         metavar="RATE",
-        help="bytes per second for all uploads and downloads of this process together, e.g. 50M (default: no limit)",
+        help="bytes per second for all uploads and downloads of this process together, e.g. 50M or 50MiB "
+        "(2^20 bytes), 50MB (10^6 bytes) (default: no limit)",
     )
     add_quiet_option(common)
     common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     verb = "would forget" if args.dry_run else "forgot"
     for m in report.removed:
-        say(f"{verb} {m.name} ({m.id})")
+        say(f"{verb} {m.name} ({m.checkpoint_id})")
     say(
         f"{format_bytes(report.unique_bytes)} of chunks only they used "
         f"{'would be' if args.dry_run else 'are now'} unreferenced: `ckpt-sync prune` frees them after the grace period"

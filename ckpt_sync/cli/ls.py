@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     rows = [
         [
-            m.id,
+            m.checkpoint_id,
             m.name,
             m.session_id or "-",
             "-" if m.global_step is None else str(m.global_step),

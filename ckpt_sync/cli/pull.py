@@ -125,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if stats.files_skipped:
         say(f"{stats.files_skipped} file(s) already there and identical (size and SHA-256): skipped")
     say(
-        f"restored {m.name} ({m.role}{step}, {m.id}) into {args.to}: {len(m.files)} file(s), {format_bytes(m.size)} "
+        f"restored {m.name} ({m.role}{step}, {m.checkpoint_id}) into {args.to}: {len(m.files)} file(s), "
+        f"{format_bytes(m.size)} "
         f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
     )
     return EXIT_OK

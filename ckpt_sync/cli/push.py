@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         results.append({**manifest_row(m), "stats": stats.to_json()})
         if not args.json:
             say(
-                f"committed {m.name} as {m.id} to {repo.url}: {len(m.files)} file(s), {format_bytes(m.size)} read, "
+                f"committed {m.name} as {m.checkpoint_id} to {repo.url}: {len(m.files)} file(s), "
+                f"{format_bytes(m.size)} read, "
                 f"{format_bytes(stats.bytes_new)} new, {format_bytes(stats.bytes_sent)} sent "
                 f"in {stats.seconds:.1f}s ({format_bytes(stats.throughput())}/s)"
             )

@@ -1,5 +1,6 @@
-"""``ckpt-sync queue``: the jobs a watch has not committed (pending, running, given up), and
-``--drop ID`` for one the user no longer wants uploaded (it leaves the queue; its held copy is freed)."""
+"""``ckpt-sync queue``: the jobs a watch has not committed (pending, running or interrupted, given up,
+superseded by a newer version), and ``--drop ID`` for one the user no longer wants uploaded (it leaves
+the queue; its held copy is freed)."""
 
 from __future__ import annotations
 
@@ -23,14 +24,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..queue import FAILED, PENDING, RUNNING  # imported by the verb that needs it, not at every start-up
-
     queue = open_queue(args, "queue")
     try:
         for job_id in args.drop:
             job = queue.drop(job_id)
             say(f"dropped job {job.id} ({job.name}): it will not be uploaded; its held copy was released")
-        jobs = queue.jobs(PENDING, RUNNING, FAILED)
+        jobs = queue.listing()
     finally:
         queue.close()
     if args.json:

@@ -1,5 +1,6 @@
-"""``ckpt-sync stats``: checkpoints, logical and stored bytes, dedup ratio, bytes held by the grace
-period, and what forgetting each checkpoint would free."""
+"""``ckpt-sync stats``: checkpoints, logical size and dedup ratio, what the checkpoints use in the store
+apart from what the grace period still holds and what a prune would collect, and what forgetting each
+checkpoint would free."""
 
 from __future__ import annotations
 
@@ -30,15 +31,24 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"repository": repo.url, **st.to_json()}, indent=2))
         return EXIT_OK
-    print(f"repository:        {repo.url}")
-    print(f"checkpoints:       {st.checkpoints}")
-    print(f"logical size:      {format_bytes(st.logical_bytes)} (what restoring every checkpoint writes)")
-    print(f"stored size:       {format_bytes(st.stored_bytes)} in {st.chunk_objects} chunk object(s) and manifests")
-    print(f"dedup ratio:       {st.dedup_ratio:.2f}x")
-    print(f"grace period:      {format_bytes(st.grace_bytes)} unreferenced, kept while younger than the grace period")
-    print(f"collectable:       {format_bytes(st.collectable_bytes)} unreferenced, removed by the next prune")
+    # What the checkpoints use first, with the ratio that explains it; what a prune will still free
+    # apart; their sum last: a forget not yet pruned never reads as "stored above logical".
+    print(f"repository:          {repo.url}")
+    print(f"checkpoints:         {st.checkpoints}")
+    print(f"logical size:        {format_bytes(st.logical_bytes)} (what restoring every checkpoint writes)")
+    print(f"dedup ratio:         {st.dedup_ratio:.2f}x (logical size over the distinct data it holds)")
+    print(
+        f"used by checkpoints: {format_bytes(st.checkpoints_stored_bytes)} stored "
+        f"({st.referenced_chunk_objects} chunk object(s) and their manifests)"
+    )
+    print(f"held by grace:       {format_bytes(st.grace_bytes)} unreferenced, kept while younger than the grace period")
+    print(f"collectable:         {format_bytes(st.collectable_bytes)} unreferenced, removed by the next prune")
+    print(
+        f"stored in all:       {format_bytes(st.stored_bytes)} in {st.chunk_objects} chunk object(s) and manifests "
+        "(used + held by grace + collectable)"
+    )
     if st.missing_chunks:
-        print(f"missing chunks:    {st.missing_chunks} (run `ckpt-sync verify`)")
+        print(f"missing chunks:      {st.missing_chunks} (run `ckpt-sync verify`)")
     if st.per_checkpoint:
         rows = [[c.id, c.name, format_bytes(c.logical_bytes), format_bytes(c.unique_bytes)] for c in st.per_checkpoint]
         print()

@@ -24,12 +24,13 @@ def run(args: argparse.Namespace) -> int:
     from ..status import gather  # imported by the verb that needs it, not at every start-up
 
     queue = open_queue(args, "status")
-    # The repository the watch uploads to (recorded by its worker), unless a flag names another.
-    recorded = queue.get_value("repository")
+    # The repository the watch uploads to and its store's endpoint (recorded by its worker), unless a
+    # flag names another: a new shell without the watch's environment still reaches it.
+    recorded, endpoint = queue.destination()
     if recorded and not args.settings.values["repo"].source.startswith("flag"):
         args.repo = recorded
         if not args.settings.values["endpoint_url"].source.startswith("flag"):
-            args.endpoint_url = queue.get_value("endpoint_url") or args.endpoint_url
+            args.endpoint_url = endpoint or args.endpoint_url
     # The queue's state is still shown when the repository cannot be opened, but the exit code says
     # so: a wrong key or an unreachable store is not a healthy status.
     repo, repo_error, exit_code = None, None, EXIT_OK
@@ -44,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(st, indent=2))
         return exit_code
-    print(f"repository:  {st['repository'] or 'unavailable: ' + str(st['repository_error'])}")
+    at = f" at {st['endpoint_url']}" if st["endpoint_url"] else ""
+    where = st["repository"] + at if st["repository"] else f"unavailable: {st['repository_error']}"
+    print(f"repository:  {where}")
     print(f"backlog:     {st['backlog']} job(s) ({st['jobs']['failed']} failed, {st['jobs']['done']} done)")
     for j in st["in_flight"]:
         pct = 100 * j["bytes_done"] / j["size"] if j["size"] else 100
@@ -53,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted: {j['name']} (its uploader is gone; the next watch resumes it)")
     if st["newest_committed"]:
         c = st["newest_committed"]
-        print(f"committed:   {c['name']} (step {c['step']}) at {when(c['created'])}")
+        print(f"committed:   {c['name']}{_step(c['step'])} at {when(c['created'])}")
     if st["newest_local"]:
         loc = st["newest_local"]
-        print(f"local:       {loc['name']} (step {loc['step']}) at {when(loc['modified'])}")
+        print(f"local:       {loc['name']}{_step(loc['step'])} at {when(loc['modified'])}")
     if st["lag_seconds"] is not None:
         steps = f", {st['lag_steps']} step(s)" if st["lag_steps"] is not None else ""
         print(f"lag:         {st['lag_seconds']:.0f}s{steps}")
@@ -68,3 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if repo_error:
         err(repo_error)
     return exit_code
+
+
+def _step(step: int | None) -> str:
+    """`` (step 300)``, or nothing for a checkpoint without a step (a bare ``model.pt``)."""
+    return "" if step is None else f" (step {step})"

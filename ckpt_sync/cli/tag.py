@@ -1,4 +1,5 @@
-"""``ckpt-sync tag ID --add T --remove T``: change a checkpoint's tags (a new manifest supersedes the old)."""
+"""``ckpt-sync tag ID --add T --remove T``: change a checkpoint's tags (a new manifest supersedes the old;
+the checkpoint keeps the id users know it by)."""
 
 from __future__ import annotations
 
@@ -28,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(manifest_row(m), indent=2))
         return EXIT_OK
-    say(f"{m.name} is now {m.id} with tags: {', '.join(m.tags) or '(none)'}")
+    say(f"{m.name} ({m.checkpoint_id}) now has tags: {', '.join(m.tags) or '(none)'}")
     return EXIT_OK

@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from .. import config
 from ..chunking import ChunkPolicy
@@ -110,9 +109,7 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path, retention: Ret
 
     stop = threading.Event()
     repo = open_repository(args, create=True, cancel=stop)
-    queue = JobQueue(state_dir)
-    if args.endpoint_url and "@" not in urlsplit(args.endpoint_url).netloc:  # never a URL with credentials
-        queue.set("endpoint_url", args.endpoint_url)
+    queue = JobQueue(state_dir)  # its worker records the repository and the endpoint for `status`
 
     def on_signal(signum: int, _frame: object) -> None:
         log.info("received %s: finishing up (nothing half-done is committed)", signal.Signals(signum).name)

@@ -41,6 +41,8 @@ class BackgroundWriter:
             return
         self._future = None
         err = f.exception()
+        if isinstance(err, CheckpointSaveError):  # its message already names the file and the cause
+            raise CheckpointSaveError(f"background checkpoint write failed: {err}") from err
         if err is not None:
             raise CheckpointSaveError(f"background checkpoint write of {self._what} failed: {err}") from err
 

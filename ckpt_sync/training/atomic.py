@@ -58,24 +58,52 @@ def atomic_open(final: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     fsync_dir(final.parent)
 
 
-@contextlib.contextmanager
-def atomic_target(final: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temp path to write by name (``torch.save(obj, tmp)``); then fsync it and rename it over ``final``."""
-    final = Path(final)
-    tmp = temp_path_for(final)
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDWR | getattr(os, "O_BINARY", 0))  # Windows fsync needs write access
+class _KeepsWriteErrors:
+    """A binary file whose ``write`` and ``flush`` keep the first OSError they raised (see
+    ``write_keeping_errors``); otherwise the file itself (``fileno``, ``name``, ``with``)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _KeepsWriteErrors:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.__exit__(*exc)
+
+    def write(self, data: Any) -> int:
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(final.parent)
+            return self._f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._f.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
+def write_keeping_errors(f: IO[bytes], write: Callable[[IO[bytes]], Any]) -> None:
+    """``write(f)``, with an OSError it swallowed raised as itself.
+
+    torch.save's zip writer turns a failed write (a full disk) into RuntimeError("unexpected pos
+    N vs M"), losing the errno that says what happened; the caller can only report it when it sees
+    the OSError.
+    """
+    kept = _KeepsWriteErrors(f)
+    try:
+        write(kept)  # type: ignore[arg-type]
+    except Exception as err:
+        if kept.error is None or err is kept.error:
+            raise
+        raise OSError(kept.error.errno, kept.error.strerror, getattr(f, "name", None)) from err
 
 
 def atomic_write(final: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:

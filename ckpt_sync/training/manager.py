@@ -11,6 +11,7 @@ a fresh host). Files: ``checkpoint_{session_id}_{global_step}.pt``, ``training_s
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import torch
 
@@ -43,8 +44,9 @@ from ..manifest import BEST, RESUMABLE
 from ..manifest import MODEL_ONLY as MODEL_ONLY_ROLE
 from ..retention import Candidate, RetentionPolicy, fifo_with_tags, to_remove
 from ..selection import Selection, select
+from ..units import format_bytes
 from .async_save import BackgroundWriter
-from .atomic import atomic_open, atomic_target, fsync_dir, temp_path_for
+from .atomic import atomic_open, fsync_dir, temp_path_for, write_keeping_errors
 from .backup import backup_checkpoint
 from .best import heal_best_dir, save_pretrained_takes_state_dict, unwrap, write_best
 from .compression import compress, resolve_codec
@@ -68,7 +70,15 @@ from .naming import (
     parse_checkpoint_path,
 )
 from .session import build_session, listed_path, load_or_rebuild, read_session, write_session
-from .state import Snapshotter, capture_rng_state, check_loadable, gpu_memory, restore_rng_state, system_metadata
+from .state import (
+    Snapshotter,
+    capture_rng_state,
+    check_loadable,
+    gpu_memory,
+    restore_rng_state,
+    system_metadata,
+    tensor_bytes,
+)
 from .triggers import BestMetric, SaveContext, SaveTrigger, default_trigger
 from .verification import inspect_checkpoint, leftover_temps, quarantine
 
@@ -448,24 +458,29 @@ class CheckpointManager:
     def _write_checkpoint(
         self, content: dict[str, Any], path: Path, kind: str, step: int, epoch: int, sync_meta: dict[str, Any]
     ) -> None:
+        def save(f: IO[bytes]) -> None:
+            write_keeping_errors(f, lambda out: torch.save(content, out))
+
         try:
             if not self._codec:
-                with atomic_target(path) as tmp:
-                    torch.save(content, tmp)
+                with atomic_open(path) as f:
+                    save(f)
             else:
                 plain = temp_path_for(path)
                 try:
-                    torch.save(content, plain)
+                    with open(plain, "xb") as f:
+                        save(f)
                     with atomic_open(path) as out:
                         compress(plain, out, self._codec, checkpoint_name(self.session_id, step))
                 finally:
                     plain.unlink(missing_ok=True)
         except OSError as err:
-            import errno
-
-            if err.errno == errno.ENOSPC:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                free = shutil.disk_usage(path.parent).free  # the partial file is gone by now
                 raise CheckpointSaveError(
-                    f"no space left on device writing {path.name}; earlier checkpoints are intact: free some space"
+                    f"no space left on device in {path.parent} writing {path.name}: it needs about "
+                    f"{format_bytes(tensor_bytes(content))}, {format_bytes(free)} free; earlier checkpoints are "
+                    "intact: free some space (or keep fewer with max_keep)"
                 ) from err
             raise
         log.info("[SAVE] Checkpoint saved: %s", path)

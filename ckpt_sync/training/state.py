@@ -169,3 +169,28 @@ def check_loadable(obj: Any, where: str) -> None:
         f"{where} is a {type(obj).__name__}: checkpoints hold only tensors, numbers, strings and "
         "dict/list/tuple of them, so that they load safely with torch.load(weights_only=True)"
     )
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensor storages in ``obj`` (each storage once): about what ``torch.save`` of
+    it writes, for messages such as how much room a checkpoint needs; never for decisions."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+
+    def walk(x: Any) -> None:
+        nonlocal total
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            key = (str(x.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(x, dict):
+            for v in x.values():
+                walk(v)
+        elif isinstance(x, _CONTAINERS):
+            for v in x:
+                walk(v)
+
+    walk(obj)
+    return total

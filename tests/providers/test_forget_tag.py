@@ -72,15 +72,16 @@ def test_tag_commits_a_superseding_manifest(any_repo_url, cli, key, tmp_path, to
     shown = json.loads(
         cli("tag", old, "--add", "pinned", "--remove", "best", "--from", any_repo_url, "--json", check=True).stdout
     )
-    assert shown["tags"] == ["pinned"] and shown["id"] != old
-    assert _manifest_objects(any_repo_url) == [f"{MANIFESTS}{shown['id']}"]
+    # A new manifest object; the checkpoint keeps the id it was committed under.
+    assert shown["tags"] == ["pinned"] and shown["id"] == old and shown["manifest_id"] != old
+    assert _manifest_objects(any_repo_url) == [f"{MANIFESTS}{shown['manifest_id']}"]
     listed = json.loads(cli("ls", "--from", any_repo_url, "--json", "--role", "any", check=True).stdout)
-    assert [(m["id"], m["tags"], m["step"]) for m in listed] == [(shown["id"], ["pinned"], 100)]
-    # The old id still names the checkpoint: it resolves to the manifest that replaced it.
-    assert ckpt_sync.checkpoint(old, any_repo_url).id == shown["id"]
+    assert [(m["id"], m["tags"], m["step"]) for m in listed] == [(old, ["pinned"], 100)]
+    # The id resolves to the manifest that holds the checkpoint now.
+    assert ckpt_sync.checkpoint(old, any_repo_url).id == shown["manifest_id"]
     # Unchanged tags: nothing new is written.
     again = json.loads(cli("tag", "latest", "--add", "pinned", "--from", any_repo_url, "--json", check=True).stdout)
-    assert again["id"] == shown["id"]
+    assert again["manifest_id"] == shown["manifest_id"]
     out = tmp_path / "out"
     cli("pull", src.name, "--from", any_repo_url, "--to", str(out), check=True)
     assert (out / src.name).read_bytes() == src.read_bytes()
