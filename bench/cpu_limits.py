@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-from ckpt_sync.crypto import FernetKey
+from ckpt_sync.format.crypto import FernetKey
 
 
 def encryption_rate(chunk: int = 8 << 20, rounds: int = 16) -> tuple[float, float]:

@@ -35,8 +35,8 @@ sys.path.insert(1, str(HERE.parent / "tests"))
 from ckpt_sync.providers.wrapper import WrappingProvider  # noqa: E402
 from common import print_table  # noqa: E402
 
-from ckpt_sync.crypto import KeyRing  # noqa: E402
-from ckpt_sync.manifest import ChunkRef, FileEntry, Manifest  # noqa: E402
+from ckpt_sync.format.crypto import KeyRing  # noqa: E402
+from ckpt_sync.format.manifest import ChunkRef, FileEntry, Manifest  # noqa: E402
 
 T = TypeVar("T")
 PAGE = 1000
@@ -65,7 +65,7 @@ class CountingProvider(WrappingProvider):
 
 def fill(repo, count: int) -> None:
     """``count`` committed checkpoints, one unique 4 KiB chunk each plus a shared one."""
-    from ckpt_sync.repository import manifest_key, new_manifest_id
+    from ckpt_sync.format.repository import manifest_key, new_manifest_id
 
     shared = os.urandom(64 << 10)
     shared_ref, _ = repo.store_chunk(shared)
@@ -104,10 +104,10 @@ def fill(repo, count: int) -> None:
 
 
 def measure(open_repo: Callable[[], tuple], count: int, work: Path) -> list[tuple[str, int, Counter, float]]:
-    from ckpt_sync.prune import prune
-    from ckpt_sync.push import push_path
-    from ckpt_sync.restore import pull
     from ckpt_sync.retention import fifo_with_tags
+    from ckpt_sync.transfer.prune import prune
+    from ckpt_sync.transfer.push import push_path
+    from ckpt_sync.transfer.restore import pull
 
     rows = []
     src = work / "new" / "checkpoint_growth_new.pt"
@@ -143,7 +143,7 @@ def main() -> None:
     from ckpt_sync.providers.local import LocalProvider
     from cryptography.fernet import Fernet
 
-    from ckpt_sync.repository import Repository
+    from ckpt_sync.format.repository import Repository
 
     keys = KeyRing([base64.urlsafe_b64decode(Fernet.generate_key())])
     work = Path(tempfile.mkdtemp(prefix="ckpt-growth-", dir=args.dir))

@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MiB, parse_size, print_table
 
-from ckpt_sync.crypto import FernetKey
+from ckpt_sync.format.crypto import FernetKey
 
 KEY = os.urandom(32)
 ID_KEY = os.urandom(32)

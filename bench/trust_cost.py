@@ -34,13 +34,13 @@ sys.path.insert(1, str(HERE.parent / "tests"))
 from common import print_table  # noqa: E402
 from growth import CountingProvider, fill  # noqa: E402
 
-from ckpt_sync.crypto import KeyRing  # noqa: E402
+from ckpt_sync.format.crypto import KeyRing  # noqa: E402
 
 
 def operations(work: Path, count: int) -> list[tuple[str, Callable]]:
-    from ckpt_sync.prune import prune
-    from ckpt_sync.push import push_path
     from ckpt_sync.retention import fifo_with_tags
+    from ckpt_sync.transfer.prune import prune
+    from ckpt_sync.transfer.push import push_path
 
     src = work / "new" / "checkpoint_growth_new.pt"
     src.parent.mkdir(parents=True, exist_ok=True)
@@ -66,7 +66,7 @@ def main() -> None:
     from cryptography.fernet import Fernet
 
     import ckpt_sync
-    from ckpt_sync.repository import Repository
+    from ckpt_sync.format.repository import Repository
 
     keys = KeyRing([base64.urlsafe_b64decode(Fernet.generate_key())])
     work = Path(tempfile.mkdtemp(prefix="ckpt-trust-", dir=args.dir))

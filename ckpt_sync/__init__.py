@@ -9,13 +9,13 @@ from typing import TYPE_CHECKING
 
 from .api import cat, checkpoint, init_repository, open_repository, pull, push
 from .errors import CkptSyncError
-from .repository import RepositorySettings
+from .format.repository import RepositorySettings
 
 if TYPE_CHECKING:
-    from .reader import CheckpointFile
-    from .reader import open_file as open  # ckpt_sync.open(...) mirrors the builtin on purpose
-    from .sync_client import SyncClient
+    from .service.sync_client import SyncClient
     from .training import CheckpointManager
+    from .transfer.reader import CheckpointFile
+    from .transfer.reader import open_file as open  # ckpt_sync.open(...) mirrors the builtin on purpose
 
 __version__ = "0.1.0"
 __all__ = [

@@ -14,20 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .chunking import ChunkPolicy
-from .crypto import KeyRing
-from .keys import generate_key, key_configured, load_keyring, write_key_file
+from .format.chunking import ChunkPolicy
+from .format.crypto import KeyRing
+from .format.keys import generate_key, key_configured, load_keyring, write_key_file
+from .format.lookup import find_manifest
+from .format.manifest import RESUMABLE, FileEntry, Manifest, RepositoryBinding
+from .format.repository import CONFIG_KEY, Repository, RepositorySettings
+from .format.repository import repair_config as _repair_config
+from .format.selection import Selection
 from .locations import default_key_file, resolve_repo_url
-from .lookup import find_manifest
-from .manifest import RESUMABLE, FileEntry, Manifest, RepositoryBinding
 from .providers import RetryPolicy, open_provider
-from .push import push_path
-from .repository import CONFIG_KEY, Repository, RepositorySettings
-from .repository import repair_config as _repair_config
-from .restore import pull as _pull
-from .restore import stream_file
-from .selection import Selection
-from .transfer import TransferStats
+from .transfer.counters import TransferStats
+from .transfer.push import push_path
+from .transfer.restore import pull as _pull
+from .transfer.restore import stream_file
 
 
 def open_repository(

@@ -14,7 +14,7 @@ import mmap
 import queue
 import threading
 
-from .direct_io import aligned_buffer
+from .fs.direct_io import aligned_buffer
 
 
 class BufferPool:

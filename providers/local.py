@@ -32,8 +32,8 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from ckpt_sync.direct_io import DIRECT_MIN, SequentialWriter, read_file_into
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
+from ckpt_sync.fs.direct_io import DIRECT_MIN, SequentialWriter, read_file_into
 from ckpt_sync.owners import WRITER_TAG, writer_alive, writer_tag
 
 from .base import ObjectInfo

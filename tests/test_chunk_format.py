@@ -15,9 +15,9 @@ import pytest
 import torch
 from cryptography.fernet import Fernet
 
-from ckpt_sync.chunk_format import ChunkFormat, padme
-from ckpt_sync.crypto import FernetKey, KeyRing, token_size
-from ckpt_sync.manifest import ChunkRef
+from ckpt_sync.format.chunk_format import ChunkFormat, padme
+from ckpt_sync.format.crypto import FernetKey, KeyRing, token_size
+from ckpt_sync.format.manifest import ChunkRef
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor]) -> Path:

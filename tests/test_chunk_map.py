@@ -8,8 +8,8 @@ import hashlib
 
 import pytest
 
-from ckpt_sync.contents import ChunkMap
-from ckpt_sync.manifest import ChunkRef, FileEntry
+from ckpt_sync.format.contents import ChunkMap
+from ckpt_sync.format.manifest import ChunkRef, FileEntry
 
 SIZES = [5, 1, 7, 3]
 DATA = bytes(range(sum(SIZES)))

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ckpt_sync.chunking import ChunkPolicy, plan_chunks
+from ckpt_sync.format.chunking import ChunkPolicy, plan_chunks
 
 POLICY = ChunkPolicy(chunk_size=64 * 1024, min_size=16 * 1024)
 

@@ -33,19 +33,19 @@ SDKS_AND_TORCH = ("boto3", "botocore", "s3transfer", "azure", "google", "torch",
 # entry-point machinery.
 NOT_FOR_LOCAL = ("watchdog", "sqlite3", "importlib.metadata")
 OTHER_VERBS = (
-    "ckpt_sync.verify",
-    "ckpt_sync.stats",
-    "ckpt_sync.status",
-    "ckpt_sync.copying",
-    "ckpt_sync.forget",
-    "ckpt_sync.repo_keys",
-    "ckpt_sync.sync_client",
-    "ckpt_sync.reader",
-    "ckpt_sync.queue",
-    "ckpt_sync.daemon",
-    "ckpt_sync.watcher",
-    "ckpt_sync.prune",
-    "ckpt_sync.worker",
+    "ckpt_sync.transfer.verify",
+    "ckpt_sync.transfer.stats",
+    "ckpt_sync.service.status",
+    "ckpt_sync.transfer.copying",
+    "ckpt_sync.transfer.forget",
+    "ckpt_sync.format.repo_keys",
+    "ckpt_sync.service.sync_client",
+    "ckpt_sync.transfer.reader",
+    "ckpt_sync.service.queue",
+    "ckpt_sync.service.daemon",
+    "ckpt_sync.service.watcher",
+    "ckpt_sync.transfer.prune",
+    "ckpt_sync.service.worker",
 )
 
 
@@ -93,7 +93,7 @@ def test_a_local_verb_imports_no_cloud_sdk_torch_or_other_verbs(local_repo, verb
     code, modules = _imported(args, env)
     assert code in (0, None), f"{args} exited {code}"
     if verb[0] != "--help":
-        assert "ckpt_sync.repository" in modules  # the probe sees what the verb imported
+        assert "ckpt_sync.format.repository" in modules  # the probe sees what the verb imported
     assert _roots(modules, SDKS_AND_TORCH) == []
     assert _roots(modules, NOT_FOR_LOCAL) == []
     assert _roots(modules, OTHER_VERBS) == []

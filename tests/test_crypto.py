@@ -10,8 +10,8 @@ import sys
 import pytest
 from cryptography.fernet import Fernet
 
-from ckpt_sync.crypto import HEADER, FernetKey, token_size
 from ckpt_sync.errors import IntegrityError
+from ckpt_sync.format.crypto import HEADER, FernetKey, token_size
 
 SIZES = [0, 1, 15, 16, 17, 4095, 4096, (1 << 20) + 3]
 
@@ -41,8 +41,8 @@ def test_any_altered_byte_fails_authentication():
 
 BACKEND_CIPHERTEXT = """
 import os, sys
-from ckpt_sync import aes_openssl
-from ckpt_sync.crypto import FernetKey, HEADER, MAC
+from ckpt_sync.format import aes_openssl
+from ckpt_sync.format.crypto import FernetKey, HEADER, MAC
 data = bytes(range(256)) * 4099 + b"tail"
 token = FernetKey(bytes(range(32))).encrypt(data, iv=bytes(16))
 print(aes_openssl.BACKEND, token[HEADER:-MAC].hex()[:4096], token[HEADER:-MAC].hex()[-4096:])

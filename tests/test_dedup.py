@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from ckpt_sync.chunking import ChunkPolicy, plan_chunks
+from ckpt_sync.format.chunking import ChunkPolicy, plan_chunks
 
 
 def _chunk_objects(repo_dir):

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from ckpt_sync import direct_io
-from ckpt_sync.direct_io import ALIGN, DIRECT_MIN, SequentialWriter, _aligned, aligned_buffer, read_file_into
+from ckpt_sync.fs import direct_io
+from ckpt_sync.fs.direct_io import ALIGN, DIRECT_MIN, SequentialWriter, _aligned, aligned_buffer, read_file_into
 
 
 def _cached(path) -> bool:

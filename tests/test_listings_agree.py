@@ -12,7 +12,7 @@ from pathlib import Path
 from helpers import chunk_files, make_torch_checkpoint, start_cli, wait_until
 
 import ckpt_sync
-from ckpt_sync.queue import JobQueue
+from ckpt_sync.service.queue import JobQueue
 from ckpt_sync.units import format_bytes
 
 

@@ -120,7 +120,7 @@ def test_status_after_kill_9_shows_no_upload_in_flight(tmp_path, key, repo_url, 
 
 
 def test_the_last_error_clears_once_a_later_upload_succeeds(tmp_path, key, repo_url, torch_checkpoint, cli):
-    from ckpt_sync.queue import JobQueue
+    from ckpt_sync.service.queue import JobQueue
 
     ckdir = tmp_path / "ck"
     gone = torch_checkpoint(ckdir / "checkpoint_s_1.pt", step=1)

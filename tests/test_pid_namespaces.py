@@ -18,7 +18,7 @@ UNSHARE = ["unshare", "--pid", "--fork", "--mount-proc"]
 HOLD_PUSH_LOCK = """
 import sys, time
 from ckpt_sync.api import open_repository
-from ckpt_sync.locks import acquire_push_lock
+from ckpt_sync.format.locks import acquire_push_lock
 repo = open_repository(sys.argv[1])
 lock = acquire_push_lock(repo.provider)
 print(lock.key, flush=True)

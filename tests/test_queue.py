@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from ckpt_sync.queue import DONE, PENDING, RUNNING, JobQueue
+from ckpt_sync.service.queue import DONE, PENDING, RUNNING, JobQueue
 
 
 def test_the_same_version_is_queued_once_and_a_new_version_again(tmp_path):
@@ -37,7 +37,7 @@ def test_jobs_of_a_dead_owner_return_to_pending(tmp_path):
     f.write_bytes(b"x")
     state = tmp_path / "state"
     JobQueue(state).enqueue(f)
-    claim = "from ckpt_sync.queue import JobQueue; import sys; JobQueue(sys.argv[1]).claim()"
+    claim = "from ckpt_sync.service.queue import JobQueue; import sys; JobQueue(sys.argv[1]).claim()"
     subprocess.run([sys.executable, "-c", claim, str(state)], check=True)  # claims, then dies
     q = JobQueue(state)
     assert q.counts()[RUNNING] == 1
@@ -47,7 +47,7 @@ def test_jobs_of_a_dead_owner_return_to_pending(tmp_path):
 
 CLAIMER = """
 import sys
-from ckpt_sync.queue import JobQueue
+from ckpt_sync.service.queue import JobQueue
 q = JobQueue(sys.argv[1])
 got = []
 while (job := q.claim()) is not None:

@@ -14,9 +14,9 @@ from ckpt_sync.providers.local import LocalProvider
 from ckpt_sync.providers.wrapper import WrappingProvider
 from cryptography.fernet import Fernet
 
-from ckpt_sync.crypto import KeyRing
 from ckpt_sync.errors import KeyMismatchError
-from ckpt_sync.repository import Repository
+from ckpt_sync.format.crypto import KeyRing
+from ckpt_sync.format.repository import Repository
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import pytest
 
 import ckpt_sync
 from ckpt_sync.api import open_repository
-from ckpt_sync.manifest import Manifest
-from ckpt_sync.ordering import Position, newest_first
-from ckpt_sync.repository import manifest_key, new_manifest_id
+from ckpt_sync.format.manifest import Manifest
+from ckpt_sync.format.ordering import Position, newest_first
+from ckpt_sync.format.repository import manifest_key, new_manifest_id
 
 
 def _push(cli, repo_url, path, *args):
@@ -148,10 +148,10 @@ def _worker_setup(tmp_path, repo_url, keep):
     from ckpt_sync.providers import open_provider
     from ckpt_sync.providers.faults import FaultyProvider
 
-    from ckpt_sync.keys import load_keyring
-    from ckpt_sync.queue import JobQueue
-    from ckpt_sync.repository import Repository
-    from ckpt_sync.worker import SyncWorker
+    from ckpt_sync.format.keys import load_keyring
+    from ckpt_sync.format.repository import Repository
+    from ckpt_sync.service.queue import JobQueue
+    from ckpt_sync.service.worker import SyncWorker
 
     faulty = FaultyProvider(open_provider(repo_url, retry=None))
     repo = Repository.open(faulty, load_keyring(), create=True)
@@ -168,7 +168,7 @@ def test_an_older_step_committed_late_is_not_the_latest_and_retention_keeps_the_
 ):
     import threading
 
-    from ckpt_sync.queue import DONE
+    from ckpt_sync.service.queue import DONE
 
     folder = tmp_path / "ckpt"
     paths = [torch_checkpoint(folder / f"checkpoint_run_{s}.pt", seed=s, step=s) for s in (100, 200, 300)]
@@ -196,7 +196,7 @@ def test_an_older_step_committed_late_is_not_the_latest_and_retention_keeps_the_
 def test_a_commit_whose_answer_was_lost_is_retried_into_the_same_checkpoint(tmp_path, key, repo_url, torch_checkpoint):
     import threading
 
-    from ckpt_sync.queue import DONE
+    from ckpt_sync.service.queue import DONE
 
     src = torch_checkpoint(tmp_path / "ckpt" / "checkpoint_run_7.pt", step=7)
     faulty, queue, worker = _worker_setup(tmp_path, repo_url, keep=None)
@@ -279,7 +279,7 @@ def test_after_a_key_rotation_an_old_key_host_refuses_to_roll_back_unless_allowe
 ):
     from cryptography.fernet import Fernet
 
-    from ckpt_sync.crypto import fingerprint
+    from ckpt_sync.format.crypto import fingerprint
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
     old_ring, rotated_ring = tmp_path / "old.key", tmp_path / "rotated.key"

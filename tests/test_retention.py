@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from ckpt_sync.manifest import BEST, MODEL_ONLY, RESUMABLE
-from ckpt_sync.ordering import Position
+from ckpt_sync.format.manifest import BEST, MODEL_ONLY, RESUMABLE
+from ckpt_sync.format.ordering import Position
 from ckpt_sync.retention import (
     Candidate,
     KeepEverySteps,

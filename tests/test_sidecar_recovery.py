@@ -19,7 +19,7 @@ from ckpt_sync.api import open_repository
 HOLD_PRUNE_LOCK = """
 import sys, time
 from ckpt_sync.api import open_repository
-from ckpt_sync.locks import try_acquire_prune_lock
+from ckpt_sync.format.locks import try_acquire_prune_lock
 repo = open_repository(sys.argv[1])
 assert try_acquire_prune_lock(repo.provider) is not None
 print("locked", flush=True)
@@ -111,7 +111,7 @@ def _fill(folder):
 
 def test_a_full_state_filesystem_is_the_one_line_no_space_error_not_a_database_error(tmp_path, tiny_fs):
     from ckpt_sync.errors import OperationFailed
-    from ckpt_sync.queue import JobQueue
+    from ckpt_sync.service.queue import JobQueue
 
     state = tiny_fs / "s"
     JobQueue(state).close()

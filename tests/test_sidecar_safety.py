@@ -12,7 +12,7 @@ from pathlib import Path
 from helpers import chunk_files, json_events, make_torch_checkpoint, manifest_ids, start_cli, wait_until
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.queue import FAILED, JobQueue
+from ckpt_sync.service.queue import FAILED, JobQueue
 
 
 def _manifests(repo_url):

@@ -17,9 +17,10 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .. import __version__, config, logs
+from .. import __version__, logs
 from ..errors import EXIT_FAILED, EXIT_USAGE, CkptSyncError
 from ..redact import redact
+from ..service import settings
 from .common import OUTPUT, common_options, err
 
 log = logging.getLogger("ckpt_sync")
@@ -141,14 +142,14 @@ def _main(argv: Sequence[str]) -> int:
     args = build_parser(argv).parse_args(argv)
     as_json = bool(getattr(args, "json", False))
     try:
-        config.check_environment()
+        settings.check_environment()
         # The one place settings are resolved: flags > env > config file > defaults, onto ``args``.
-        settings = config.apply(args) if hasattr(args, "config") else None
+        effective = settings.apply(args) if hasattr(args, "config") else None
     except CkptSyncError as e:
         return _error(str(e), e.exit_code, as_json)
     OUTPUT.quiet = bool(getattr(args, "quiet", False))
     level = logging.ERROR if OUTPUT.quiet else logging.INFO if args.verb in LOGGING_VERBS else logging.WARNING
-    logs.configure(logging.DEBUG if args.debug else level, settings["log_format"] if settings else "text")
+    logs.configure(logging.DEBUG if args.debug else level, effective["log_format"] if effective else "text")
     try:
         return args.func(args)
     except CkptSyncError as e:

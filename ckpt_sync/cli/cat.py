@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from ..errors import EXIT_OK
-from ..lookup import find_manifest
-from ..restore import stream_file
+from ..format.lookup import find_manifest
+from ..transfer.restore import stream_file
 from .common import add_repo_option, open_repository
 
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from ..api import open_repository as _open_repository
 from ..defaults import DEFAULT_GRACE
 from ..errors import ConfigError, UsageError
-from ..manifest import RESUMABLE, ROLES, Manifest
+from ..format.manifest import RESUMABLE, ROLES, Manifest
+from ..format.repository import RepositorySettings
+from ..format.selection import ANY, Selection
 from ..providers import RetryPolicy
 from ..redact import redact
-from ..repository import RepositorySettings
-from ..seen import rollback_warning
-from ..selection import ANY, Selection
+from ..transfer.seen import rollback_warning
 from .progress import ProgressLine
 
 if TYPE_CHECKING:
-    from ..queue import JobQueue
+    from ..service.queue import JobQueue
 
 ProgressFn = Callable[[int], None]
 
@@ -189,8 +189,8 @@ def load_all(repo: Any) -> list[Manifest]:
 
 def open_queue(args: argparse.Namespace, verb: str) -> JobQueue:
     """The queue of the watch on ``args.dir`` (or ``--state-dir``); one usage line when there is none."""
-    from ..daemon import default_state_dir  # the daemon and sqlite3 only for the verbs that read a queue
-    from ..queue import JobQueue
+    from ..service.daemon import default_state_dir  # the daemon and sqlite3 only for the verbs that read a queue
+    from ..service.queue import JobQueue
 
     if args.state_dir:
         state_dir = Path(args.state_dir)
@@ -250,7 +250,7 @@ def retention_policy(args: argparse.Namespace) -> Any:
     newest best and every pinned (retention.build_policy); --keep-last alone (the ``keep`` setting,
     default 5) when no other is given. None when the count is 0 and nothing else is asked: keep
     everything. UsageError for a value no policy takes."""
-    from ..retention import build_policy
+    from ..transfer.retention import build_policy
     from ..units import parse_duration
 
     others = args.keep_within is not None or args.keep_every_steps is not None

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .. import config
 from ..errors import EXIT_OK
+from ..service import settings
 from .common import add_json_option, add_repo_option, table
 
 
@@ -21,13 +21,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 def run(args: argparse.Namespace) -> int:
     """The effective settings and where each came from; key material is never shown."""
-    effective: config.Effective = args.settings
+    effective: settings.Effective = args.settings
     if args.json:
         print(json.dumps(effective.to_json(), indent=2))
         return EXIT_OK
     if effective.config_file:
         print(f"config file: {effective.config_file}")
     else:
-        print(f"config file: none (no --config, ./{config.LOCAL_FILE} or {config.config_dir() / 'config.toml'})")
+        print(f"config file: none (no --config, ./{settings.LOCAL_FILE} or {settings.config_dir() / 'config.toml'})")
     print(table([list(r) for r in effective.rows()], ["SETTING", "VALUE", "SOURCE"]))
     return EXIT_OK

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..copying import choose, copy_checkpoints  # imported by the verb that needs it, not at every start-up
+    from ..transfer.copying import choose, copy_checkpoints  # imported by the verb that needs it, not at every start-up
 
     src = open_repository(args)
     chosen = choose(src, selectors=args.checkpoints, latest=args.latest, tag=args.tag, everything=args.all)

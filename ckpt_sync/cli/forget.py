@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..forget import forget  # imported by the verb that needs it, not at every start-up
+    from ..transfer.forget import forget  # imported by the verb that needs it, not at every start-up
 
     repo = open_repository(args)
     report = forget(repo, args.checkpoints, force=args.force, dry_run=args.dry_run)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..errors import EXIT_OK
-from ..keys import load_keyring
+from ..format.keys import load_keyring
 from .common import (
     add_json_option,
     add_repo_option,
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from ..repo_keys import list_keys  # imported by the verb that needs it, not at every start-up
+    from ..format.repo_keys import list_keys  # imported by the verb that needs it, not at every start-up
 
     repo = open_repository(args)
     keys, unopened = list_keys(repo)
@@ -64,7 +64,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from ..repo_keys import add_key  # imported by the verb that needs it, not at every start-up
+    from ..format.repo_keys import add_key  # imported by the verb that needs it, not at every start-up
 
     repo = open_repository(args)
     new_key = load_keyring(args.new_key_file)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import EXIT_OK
-from ..keys import generate_key, write_key_file
+from ..format.keys import generate_key, write_key_file
 from .common import add_quiet_option, say
 
 

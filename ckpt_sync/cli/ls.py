@@ -7,9 +7,9 @@ import argparse
 import json
 
 from ..errors import EXIT_OK
-from ..lookup import find_manifest
-from ..manifest import Manifest
-from ..selection import ANY, Selection, select
+from ..format.lookup import find_manifest
+from ..format.manifest import Manifest
+from ..format.selection import ANY, Selection, select
 from ..units import format_bytes
 from .common import (
     add_json_option,

@@ -20,7 +20,7 @@ from .common import (
 )
 
 if TYPE_CHECKING:
-    from ..retention import RetentionPolicy
+    from ..transfer.retention import RetentionPolicy
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prune import prune  # imported by the verb that needs it, not at every start-up
+    from ..transfer.prune import prune  # imported by the verb that needs it, not at every start-up
 
     policy = _policy(args)
     repo = open_repository(args)

@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from ..errors import EXIT_OK, UsageError
-from ..manifest import Manifest
-from ..restore import pull
-from ..selection import Selection
+from ..format.manifest import Manifest
+from ..format.selection import Selection
+from ..transfer.restore import pull
 from ..units import format_bytes
 from .common import (
     add_json_option,

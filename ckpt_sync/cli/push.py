@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..api import push_with_stats
 from ..errors import EXIT_OK, UsageError
-from ..manifest import ROLES
-from ..push import collect_files, total_size
+from ..format.manifest import ROLES
+from ..transfer.push import collect_files, total_size
 from ..units import format_bytes, parse_size
 from .common import (
     add_json_option,

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..repair import repair  # imported by the verb that needs it, not at every start-up
+    from ..transfer.repair import repair  # imported by the verb that needs it, not at every start-up
 
     repo = open_repository(args)
     report = repair(repo, args.paths, workers=args.workers)

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..stats import repository_stats  # imported by the verb that needs it, not at every start-up
+    from ..transfer.stats import repository_stats  # imported by the verb that needs it, not at every start-up
 
     repo = open_repository(args)
     st = repository_stats(repo, grace=DEFAULT_GRACE if args.grace is None else args.grace)

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..status import gather  # imported by the verb that needs it, not at every start-up
+    from ..service.status import gather  # imported by the verb that needs it, not at every start-up
 
     queue = open_queue(args, "status")
     # The repository the watch uploads to and its store's endpoint (recorded by its worker), unless a

@@ -7,7 +7,7 @@ import argparse
 import json
 
 from ..errors import EXIT_OK, UsageError
-from ..tags import retag
+from ..transfer.tags import retag
 from .common import add_json_option, add_repo_option, manifest_row, open_repository, say
 
 

@@ -37,7 +37,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..verify import UNREADABLE, parse_subset, verify  # imported by the verb that needs it, not at every start-up
+    from ..transfer.verify import (  # imported by the verb that needs it, not at every start-up
+        UNREADABLE,
+        parse_subset,
+        verify,
+    )
 
     subset = parse_subset(args.read_data_subset) if args.read_data_subset else None
     repo = open_repository(args)

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .. import config
-from ..chunking import ChunkPolicy
 from ..defaults import DEFAULT_PATTERNS
 from ..errors import Cancelled, UsageError
-from ..statelock import StateDirLock
+from ..format.chunking import ChunkPolicy
+from ..service import settings
+from ..service.statelock import StateDirLock
 from ..units import parse_size
 from .common import (
     OUTPUT,
@@ -30,8 +30,8 @@ from .common import (
 from .progress import LiveLine
 
 if TYPE_CHECKING:
-    from ..queue import JobQueue
-    from ..retention import RetentionPolicy
+    from ..service.queue import JobQueue
+    from ..transfer.retention import RetentionPolicy
 
 log = logging.getLogger("ckpt_sync")
 
@@ -87,7 +87,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..daemon import default_state_dir  # the daemon, its queue (sqlite3) and inotify: only here
+    from ..service.daemon import default_state_dir  # the daemon, its queue (sqlite3) and inotify: only here
 
     if not args.dir:
         raise UsageError("watch needs a folder: ckpt-sync watch DIR, or watch_dir in the config file")
@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace, root: Path, state_dir: Path, retention: RetentionPolicy | None) -> int:
-    from ..daemon import WatchOptions, run_watch
-    from ..queue import JobQueue
+    from ..service.daemon import WatchOptions, run_watch
+    from ..service.queue import JobQueue
 
     stop = threading.Event()
     repo = open_repository(args, create=True, cancel=stop)
@@ -134,9 +134,9 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path, retention: Ret
     live = None
     try:
         if args.metrics_addr:
-            from ..metrics import serve
+            from ..service.metrics import serve
 
-            served = serve(config.parse_address(args.metrics_addr), repo, queue)
+            served = serve(settings.parse_address(args.metrics_addr), repo, queue)
         if sys.stderr.isatty() and not OUTPUT.quiet and args.log_format != "json":
             live = LiveLine(_in_flight_line(queue)).start()
         return run_watch(repo, queue, opts, stop, served.hooks if served else None)

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from .atomic import atomic_open
+from ..fs.atomic import atomic_open
 
 log = logging.getLogger("ckpt_sync.training")
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_write_json, fsync_dir
+from ..fs.atomic import atomic_write_json, fsync_dir
 from .naming import BEST_METADATA
 
 log = logging.getLogger("ckpt_sync.training")

@@ -33,8 +33,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..ordering import Position, oldest_first
-from .atomic import fsync_dir
+from ..format.ordering import Position, oldest_first
+from ..fs.atomic import fsync_dir
 
 log = logging.getLogger("ckpt_sync.training")
 
@@ -269,7 +269,7 @@ def save_sharded(manager: Any, ranks: RankGroup, state: dict[str, Any], name: st
 
     directory = Path(manager.directory)
     if manager.direct:
-        from ..dcp import Writer
+        from ..integrations.dcp import Writer
 
         writer = Writer(manager.repo, name=name, metadata=meta, key_file=manager.key_file)
         dcp.save(state, storage_writer=writer, process_group=ranks.group)
@@ -305,7 +305,7 @@ def _rename(tmp: Path, final: Path) -> None:
 
 def rotate_dcp(manager: Any, directory: Path) -> None:
     """FIFO over DCP folders with the manager's retention (the newest is never removed)."""
-    from ..retention import Candidate, to_remove
+    from ..transfer.retention import Candidate, to_remove
 
     if manager._retention is None:
         return
@@ -343,7 +343,7 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
         path = Path(manager.directory) / ident
         reader: Any = dcp.FileSystemReader(str(path))
     else:
-        from ..dcp import Reader
+        from ..integrations.dcp import Reader
 
         reader = Reader(manager.repo, checkpoint=ident, key_file=manager.key_file, process_group=ranks.group)
         path = Path(manager.directory) / ident
@@ -370,9 +370,9 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
 
 def _newest_remote(manager: Any) -> tuple[str, str] | None:
     from .. import api
-    from ..dcp import is_dcp_manifest
     from ..errors import Cancelled, MissingKeyError, OperationFailed, StorageError
-    from ..lookup import latest
+    from ..format.lookup import latest
+    from ..integrations.dcp import is_dcp_manifest
     from .errors import RecoveryError
 
     try:

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from .atomic import atomic_write_bytes
+from ..fs.atomic import atomic_write_bytes
 
 log = logging.getLogger("ckpt_sync.training")
 

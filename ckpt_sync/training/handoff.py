@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .atomic import atomic_write_json, fsync_dir
+from ..fs.atomic import atomic_write_json, fsync_dir
 from .errors import HandoffError
 from .naming import STAGING_DIR, SYNC_STATE_DIR
 
 if TYPE_CHECKING:
-    from ..retention import RetentionPolicy
+    from ..transfer.retention import RetentionPolicy
 
 log = logging.getLogger("ckpt_sync.training")
 

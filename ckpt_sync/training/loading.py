@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .atomic import temp_path_for
+from ..fs.atomic import temp_path_for
 from .compression import decompress
 from .naming import parse_checkpoint_path
 

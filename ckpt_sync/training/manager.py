@@ -39,14 +39,14 @@ from ..errors import (
     StorageError,
     UsageError,
 )
-from ..lookup import latest_candidates
-from ..manifest import BEST, RESUMABLE
-from ..manifest import MODEL_ONLY as MODEL_ONLY_ROLE
-from ..retention import Candidate, RetentionPolicy, fifo_with_tags, to_remove
-from ..selection import Selection, select
+from ..format.lookup import latest_candidates
+from ..format.manifest import BEST, RESUMABLE
+from ..format.manifest import MODEL_ONLY as MODEL_ONLY_ROLE
+from ..format.selection import Selection, select
+from ..fs.atomic import atomic_open, fsync_dir, temp_path_for, write_keeping_errors
+from ..transfer.retention import Candidate, RetentionPolicy, fifo_with_tags, to_remove
 from ..units import format_bytes
 from .async_save import BackgroundWriter
-from .atomic import atomic_open, fsync_dir, temp_path_for, write_keeping_errors
 from .backup import backup_checkpoint
 from .best import heal_best_dir, save_pretrained_takes_state_dict, unwrap, write_best
 from .compression import compress, resolve_codec

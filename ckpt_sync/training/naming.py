@@ -13,8 +13,8 @@ from datetime import datetime
 from pathlib import Path
 
 from ..errors import UsageError
-from ..manifest import BEST_MARKER
-from ..ordering import Position, oldest_first
+from ..format.manifest import BEST_MARKER
+from ..format.ordering import Position, oldest_first
 
 SESSION_FILE = "training_session.json"
 BEST_DIR = "best_model"

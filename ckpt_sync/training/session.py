@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .atomic import atomic_write_json
+from ..fs.atomic import atomic_write_json
 from .naming import SESSION_FILE, CheckpointFile, list_checkpoints
 
 log = logging.getLogger("ckpt_sync.training")

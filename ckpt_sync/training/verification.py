@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from .atomic import fsync_dir, is_temp_name
+from ..fs.atomic import fsync_dir, is_temp_name
 from .loading import load_checkpoint, plain_file
 from .naming import QUARANTINE_DIR, list_checkpoints, parse_checkpoint_path
 from .session import read_session, rebuild_session, session_path

@@ -10,7 +10,7 @@ from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from ckpt_sync.dcp import METADATA_FILE
-from ckpt_sync.manifest import Manifest
+from ckpt_sync.format.manifest import Manifest
 
 
 def chunk_owner(manifest: Manifest) -> dict[str, str]:

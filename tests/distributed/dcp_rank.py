@@ -34,8 +34,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
 from ckpt_sync.dcp import Reader, Writer
-from ckpt_sync.keys import load_keyring
-from ckpt_sync.repository import Repository
+from ckpt_sync.format.keys import load_keyring
+from ckpt_sync.format.repository import Repository
 
 
 class CountingProvider(WrappingProvider):

@@ -29,7 +29,8 @@ def _python(code, blocked):
 
 def test_the_core_and_watch_import_without_torch_or_any_framework():
     code = (
-        "import ckpt_sync, ckpt_sync.cli, ckpt_sync.daemon, ckpt_sync.layouts, ckpt_sync.integration\n"
+        "import ckpt_sync, ckpt_sync.cli, ckpt_sync.service.daemon, ckpt_sync.service.layouts\n"
+        "import ckpt_sync.integrations.sync\n"
         "import ckpt_sync.cli.watch, ckpt_sync.cli.pull\n"
         "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning', 'transformers') if m in sys.modules))\n"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_sync import config
+from ckpt_sync.service import settings as config
 from ckpt_sync.errors import ConfigError
 
 # --- precedence, in-process (every setting) -------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ckpt_sync import config
+from ckpt_sync.service import settings as config
 from ckpt_sync.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,12 +17,12 @@ from ckpt_sync.providers.retry import RetryingProvider, RetryPolicy
 from helpers import json_events, manifest_ids, start_cli, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
-from ckpt_sync.chunking import ChunkPolicy
-from ckpt_sync.daemon import WatchOptions, run_watch
-from ckpt_sync.keys import load_keyring
-from ckpt_sync.metrics import MetricsServer, retry_reason
-from ckpt_sync.queue import JobQueue
-from ckpt_sync.repository import Repository
+from ckpt_sync.format.chunking import ChunkPolicy
+from ckpt_sync.format.keys import load_keyring
+from ckpt_sync.format.repository import Repository
+from ckpt_sync.service.daemon import WatchOptions, run_watch
+from ckpt_sync.service.metrics import MetricsServer, retry_reason
+from ckpt_sync.service.queue import JobQueue
 
 KiB = 1024
 

@@ -19,9 +19,9 @@ from ckpt_sync.providers.local import LocalProvider
 from faultproxy import FAULTS, FaultProxy
 
 from ckpt_sync.api import open_repository, push_with_stats
-from ckpt_sync.keys import load_keyring
-from ckpt_sync.repository import Repository
-from ckpt_sync.restore import pull
+from ckpt_sync.format.keys import load_keyring
+from ckpt_sync.format.repository import Repository
+from ckpt_sync.transfer.restore import pull
 
 if TYPE_CHECKING:
     from conftest import Cloud

@@ -8,8 +8,8 @@ import time
 
 from cryptography.fernet import Fernet
 
-from ckpt_sync.crypto import fingerprint
-from ckpt_sync.keys import parse_keys
+from ckpt_sync.format.crypto import fingerprint
+from ckpt_sync.format.keys import parse_keys
 
 
 def _fp(key: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 from faultproxy import FaultProxy
 from helpers import start_cli, wait_until
 
-from ckpt_sync.queue import JobQueue
+from ckpt_sync.service.queue import JobQueue
 
 if TYPE_CHECKING:
     from conftest import Cloud

@@ -14,7 +14,7 @@ from ckpt_sync.providers import RetryingProvider, open_provider
 
 from ckpt_sync.api import open_repository, push_with_stats
 from ckpt_sync.errors import UsageError
-from ckpt_sync.restore import pull
+from ckpt_sync.transfer.restore import pull
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROVIDERS.md"
 

@@ -19,8 +19,8 @@ from helpers import flip_chunk_byte, make_folder_checkpoint
 import ckpt_sync
 from ckpt_sync.api import open_repository
 from ckpt_sync.errors import IntegrityError
-from ckpt_sync.manifest import FileEntry
-from ckpt_sync.repository import new_manifest_id
+from ckpt_sync.format.manifest import FileEntry
+from ckpt_sync.format.repository import new_manifest_id
 
 
 def _push(cli, url, path, chunk="64K", *options):
@@ -119,7 +119,7 @@ def test_fsspec_ckptsync_urls_read_the_same_bytes(any_repo_url, cli, key, tmp_pa
 def test_the_core_imports_without_fsspec_or_torch():
     code = (
         "import sys; sys.modules['fsspec'] = None; sys.modules['torch'] = None\n"
-        "import ckpt_sync, ckpt_sync.cli, ckpt_sync.reader\n"
+        "import ckpt_sync, ckpt_sync.cli, ckpt_sync.transfer.reader\n"
         "assert callable(ckpt_sync.open)\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

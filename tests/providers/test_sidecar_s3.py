@@ -17,7 +17,7 @@ from helpers import make_torch_checkpoint, start_cli, wait_until
 
 from ckpt_sync.api import open_repository
 from ckpt_sync.errors import TransientStorageError
-from ckpt_sync.queue import FAILED, PENDING, JobQueue
+from ckpt_sync.service.queue import FAILED, PENDING, JobQueue
 
 pytestmark = pytest.mark.s3
 

@@ -23,7 +23,7 @@ from cryptography.fernet import Fernet
 from helpers import SLOW_CLI, skewed, wait_until
 from store_objects import seal, unseal
 
-from ckpt_sync.chunk_format import padme
+from ckpt_sync.format.chunk_format import padme
 
 CLI = [sys.executable, "-m", "ckpt_sync.cli"]
 

@@ -11,7 +11,7 @@ from helpers import flip_chunk_byte
 
 import ckpt_sync
 from ckpt_sync.api import open_repository
-from ckpt_sync.verify import verify
+from ckpt_sync.transfer.verify import verify
 
 
 def _two_checkpoints(cli, url, tmp_path, torch_checkpoint):

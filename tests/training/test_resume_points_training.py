@@ -15,7 +15,7 @@ from test_training_docs import example
 from training_helpers import HANG_GUARD_S, run_script
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.selection import newest
+from ckpt_sync.format.selection import newest
 
 
 def _run(script: Path, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -100,8 +100,8 @@ def test_a_fresh_host_with_only_the_old_key_refuses_to_resume_from_an_older_chec
     from cryptography.fernet import Fernet
     from helpers import make_torch_checkpoint
 
-    from ckpt_sync.crypto import fingerprint
     from ckpt_sync.errors import MissingKeyError
+    from ckpt_sync.format.crypto import fingerprint
     from ckpt_sync.training import CheckpointManager
 
     old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()

@@ -19,6 +19,7 @@ import torch
 from training_helpers import train
 
 from ckpt_sync.errors import ConfigError
+from ckpt_sync.fs.atomic import atomic_write
 from ckpt_sync.training import (
     CheckpointConfig,
     CheckpointManager,
@@ -29,7 +30,6 @@ from ckpt_sync.training import (
     load_checkpoint_config,
     recovery_drill,
 )
-from ckpt_sync.training.atomic import atomic_write
 from ckpt_sync.training.best import heal_best_dir
 
 

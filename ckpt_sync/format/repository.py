@@ -1,0 +1,933 @@
+"""The repository: layout, key check, chunks and manifests on top of one provider.
+
+Layout (docs/FORMAT.md)::
+
+    config                 plaintext JSON: format version, chunk encoding, the chunk-id key wrapped per key, a MAC
+    keys/<fingerprint>     the chunk-id key wrapped for a key added later (rotation; put-if-absent), a MAC
+    chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = keyed hash of its plaintext (chunk_format.py)
+    manifests/<mid>        binary Fernet token of one manifest's JSON; mid is time-sortable
+
+A checkpoint exists iff its manifest exists; manifests are written last and never overwrite.
+
+The store is not trusted: every object is read with a bound on its size (a ranged read of at most
+what it may be); the config and the key entries are authenticated under the repository's key
+material (repo_auth.py) and the config must agree with what its checkpoints record; a manifest
+names the repository it belongs to (one copied in from another repository under the same key is
+not this repository's checkpoint), but every manifest the keys open protects its chunks.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import hmac
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from cryptography.fernet import InvalidToken
+
+from ..buffers import BufferPool
+from ..errors import (
+    ChunkDamaged,
+    CkptSyncError,
+    ConfigError,
+    IntegrityError,
+    KeyMismatchError,
+    MissingKeyError,
+    NotFound,
+    OperationFailed,
+    UsageError,
+)
+from ..locations import cache_home
+from ..providers import Provider
+from ..providers.base import ObjectInfo, read_into, wants_aligned_buffers
+from ..transfer.manifest_cache import ManifestCache
+from ..transfer.seen import remember
+from .chunk_format import COMPRESSIONS, PAD_SCHEMES, ChunkFormat, ChunkMismatch
+from .chunk_format import VERSIONS as CHUNK_VERSIONS
+from .crypto import KeyRing
+from .file_digest import FileHasher
+from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding, parse_manifest
+from .repo_auth import MAC_FIELD, KeyEntry, config_mac_ok, with_config_mac
+
+FORMAT_NAME = "ckpt-sync"
+FORMAT_VERSION = 2  # what a new repository uses (format 1 repositories stay readable and writable)
+READABLE_FORMAT_VERSIONS = frozenset(CHUNK_VERSIONS)  # what it reads: the one home of the config version check
+CHUNK_IDS = {1: "hmac-sha256", 2: "blake3-keyed"}
+CONFIG_KEY = "config"
+KEYS = "keys/"
+CHUNKS = "chunks/"
+MANIFESTS = "manifests/"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_KEY_ENTRY_BYTES = 4096
+_FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
+_CHUNK_ID = re.compile(rb"[0-9a-f]{64}")
+
+
+def chunk_key(chunk_id: str) -> str:
+    return f"{CHUNKS}{chunk_id[:2]}/{chunk_id}"
+
+
+def manifest_key(manifest_id: str) -> str:
+    return f"{MANIFESTS}{manifest_id}"
+
+
+def new_manifest_id(now: float | None = None) -> str:
+    """Milliseconds since the epoch (13 digits, sorts by time) and 64 random bits."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return f"{ms:013d}-{secrets.token_hex(8)}"
+
+
+def repository_id(id_key: bytes) -> str:
+    """The repository's public name (docs/FORMAT.md; what `init` prints and every manifest names):
+    random per repository (its id key is), so two repositories under one Fernet key never share it."""
+    return hmac.digest(id_key, b"ckpt-sync repository id v1", "sha256")[:8].hex()
+
+
+def read_bounded(provider: Provider, key: str, limit: int) -> bytes | None:
+    """The object, or None when it is larger than ``limit`` bytes: a ranged read of at most
+    ``limit + 1`` bytes, so memory never depends on what the store holds. Raises NotFound."""
+    data = provider.get(key, 0, limit + 1)
+    return None if len(data) > limit else data
+
+
+def holds_data(provider: Provider) -> bool:
+    """Whether the prefix holds any chunk or manifest (then it is never initialised anew)."""
+    return any(next(iter(provider.list(prefix)), None) is not None for prefix in (MANIFESTS, CHUNKS))
+
+
+def config_missing_error(url: str) -> ConfigError:
+    return ConfigError(
+        f"the repository at {url} holds checkpoints but its config object is missing (deleted?): "
+        f"not creating a new one; rebuild it with `ckpt-sync repair-config --repo {url}` and the key"
+    )
+
+
+def parse_config(raw: bytes, url: str) -> dict:
+    """The one strict check of a ``config`` object: ConfigError naming what is wrong."""
+
+    def damaged(why: str) -> ConfigError:
+        return ConfigError(
+            f"the repository config at {url} is damaged ({why}): rebuild it with "
+            f"`ckpt-sync repair-config --repo {url}` and the key"
+        )
+
+    try:
+        config = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError:
+        raise damaged("nested too deeply") from None
+    except _NotANumber as e:
+        raise damaged(f"{e} is not a number JSON allows") from None
+    except (UnicodeDecodeError, ValueError):
+        raise ConfigError(f"{url} is not a ckpt-sync repository (its config object is not JSON)") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        what = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise ConfigError(f"{url} is not a ckpt-sync repository (format {what!r})")
+    version = config.get("version")
+    if type(version) is not int:
+        raise damaged(f"version {version!r} is not an integer")
+    if version < 1:
+        raise damaged(f"there is no format version {version}")
+    if version not in READABLE_FORMAT_VERSIONS:
+        raise ConfigError(
+            f"the repository at {url} uses format version {version}, newer than this "
+            f"ckpt-sync ({FORMAT_VERSION}): upgrade ckpt-sync"
+        )
+    created = config.get("created", 0.0)
+    if type(created) not in (int, float) or not math.isfinite(created) or created < 0:
+        raise damaged(f"created {created!r} is not a time")
+    if config.get("chunk_id", CHUNK_IDS[version]) != CHUNK_IDS[version]:
+        raise damaged(f"chunk_id {config.get('chunk_id')!r} is not format {version}'s")
+    keys = config.get("keys")
+    if not isinstance(keys, dict):
+        raise damaged("keys is not an object")
+    for fp, token in keys.items():
+        if not _FINGERPRINT.match(fp) or not isinstance(token, str) or len(token) > MAX_KEY_ENTRY_BYTES:
+            raise damaged("a key entry is not <32 hex digits>: <Fernet token>")
+    pad = config.get("pad", 0)
+    if type(pad) is not int or pad not in PAD_SCHEMES:
+        raise damaged(f"pad {pad!r} is not a padding scheme ({', '.join(map(str, PAD_SCHEMES))})")
+    if config.get("compression") not in COMPRESSIONS:
+        raise damaged(f"compression {config.get('compression')!r} is not one of none, zstd")
+    if type(config.get("sha256", False)) is not bool:
+        raise damaged(f"sha256 {config.get('sha256')!r} is not true or false")
+    if MAC_FIELD in config and not (isinstance(config[MAC_FIELD], str) and len(config[MAC_FIELD]) == 64):
+        raise damaged("mac is not 64 hex digits")
+    return config
+
+
+def config_altered_error(url: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"the repository config at {url} {why}: it was altered or replaced; nothing was changed (rebuild it from "
+        f"its checkpoints with `ckpt-sync repair-config --repo {url}` and the key)"
+    )
+
+
+@dataclass(frozen=True)
+class RepositorySettings:
+    """What a repository fixes when it is created (docs/FORMAT.md): its format version and chunk
+    encoding (chunk_format.py), and whether pushes also record each file's SHA-256 (format 1 always
+    does). A field left None was not chosen: the default at creation, anything for one that exists."""
+
+    version: int | None = None
+    pad: int | None = None
+    compression: str | None = None  # "zstd", or "none" when chosen off; None: not chosen
+    sha256: bool | None = None
+
+    @classmethod
+    def of_config(cls, config: dict) -> RepositorySettings:
+        version = int(config["version"])
+        sha = version == 1 or bool(config.get("sha256", False))
+        return cls(version, int(config.get("pad", 0)), config.get("compression") or "none", sha)
+
+    def chunk_format(self, id_key: bytes) -> ChunkFormat:
+        """The chunk encoding these (resolved) settings give a repository with ``id_key``."""
+        s = self.resolved()
+        assert s.version is not None and s.pad is not None
+        return ChunkFormat(s.version, id_key, s.pad, None if s.compression == "none" else s.compression)
+
+    def resolved(self) -> RepositorySettings:
+        version = FORMAT_VERSION if self.version is None else self.version
+        return RepositorySettings(version, self.pad or 0, self.compression or "none", version == 1 or bool(self.sha256))
+
+    def conflicts(self, existing: RepositorySettings) -> list[str]:
+        """The chosen fields that differ from ``existing``'s."""
+        mine = dataclasses.asdict(self)
+        theirs = dataclasses.asdict(existing)
+        return [k for k, v in mine.items() if v is not None and v != theirs[k]]
+
+    def describe(self, fields: Iterable[str] | None = None) -> str:
+        values = dataclasses.asdict(self)
+        shown = {
+            "version": lambda v: f"format {v}",
+            "pad": lambda v: "padding" if v else "no padding",
+            "compression": lambda v: "no compression" if v == "none" else f"{v} compression",
+            "sha256": lambda v: "SHA-256 file hashes" if v else "no SHA-256 file hashes",
+        }
+        return ", ".join(shown[k](values[k]) for k in (fields or values) if values[k] is not None)
+
+
+class _NotANumber(ValueError):
+    pass
+
+
+def _refuse_constant(name: str) -> None:
+    raise _NotANumber(name)
+
+
+class Repository:
+    def __init__(self, provider: Provider, keys: KeyRing, id_key: bytes, config: dict) -> None:
+        self.provider = provider
+        self.keys = keys
+        self.url = provider.url
+        self.config = config
+        self._id_key = id_key
+        self.settings = RepositorySettings.of_config(config)  # fixed at creation
+        self.format = self.settings.chunk_format(id_key)
+        self._known: dict[str, int] | None = None
+        self._lock = threading.Lock()
+        self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
+        self._cache: ManifestCache | None = ManifestCache(cache_home() / self.id / "manifests")
+        self._agreed = False  # the config was checked against the checkpoints (_check_agreement)
+        self._agreeing = threading.Lock()
+
+    @property
+    def id(self) -> str:
+        """A public name for this repository (one-way from its secret id key; stable, never stored)."""
+        return repository_id(self._id_key)
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether the config carries its MAC (every repository but one written before authentication
+        and not yet written to since: ``authenticate_state``)."""
+        return MAC_FIELD in self.config
+
+    # --- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, provider: Provider, keys: KeyRing, *, create: bool = False, settings: RepositorySettings | None = None
+    ) -> Repository:
+        """Open (or with ``create``, initialise) the repository and check the key before touching data.
+
+        ``settings`` are used when this call creates the repository; given for one that exists and
+        differing from its own, they raise UsageError (they are fixed at creation).
+
+        Raises ConfigError when there is no repository and ``create`` is false, when the config is
+        missing from a prefix that holds data (it is never re-initialised: a new id key would orphan
+        every checkpoint), damaged, or fails authentication (edited, or another repository's), and
+        KeyMismatchError when none of ``keys`` is one of the repository's keys.
+        """
+        try:
+            raw = cls._read_config(provider)
+        except NotFound:
+            if holds_data(provider):
+                raise config_missing_error(provider.url) from None
+            if not create:
+                raise ConfigError(
+                    f"no ckpt-sync repository at {provider.url}: check the URL (nothing was pushed there yet)"
+                ) from None
+            provider.check()
+            raw = cls._initialise(provider, keys, (settings or RepositorySettings()).resolved())
+        config = parse_config(raw, provider.url)
+        id_key = cls._find_id_key(provider, keys, config)
+        repo = cls(provider, keys, id_key, config)
+        differ = settings.conflicts(repo.settings) if settings is not None else []
+        if differ:
+            raise UsageError(
+                f"the repository at {provider.url} already exists with {repo.settings.describe(differ)}: "
+                f"{settings.describe(differ)} can only be chosen when a repository is created (use a new one)"
+            )
+        if create and keys.fingerprints()[0] not in repo.key_entries():
+            repo._add_primary_key()
+        return repo
+
+    @staticmethod
+    def _read_config(provider: Provider) -> bytes:
+        raw = read_bounded(provider, CONFIG_KEY, MAX_CONFIG_BYTES)
+        if raw is None:
+            raise ConfigError(
+                f"the repository config at {provider.url} is larger than {MAX_CONFIG_BYTES >> 20} MiB (replaced "
+                f"or foreign object): rebuild it with `ckpt-sync repair-config --repo {provider.url}` and the key"
+            )
+        return raw
+
+    @classmethod
+    def _find_id_key(cls, provider: Provider, keys: KeyRing, config: dict) -> bytes:
+        """The id key, unwrapped with the first of ``keys`` the repository has an entry for, and the
+        config checked against it. An entry for one of our own keys needs no MAC to be trusted (only
+        a holder of that key could have made its token); the config's MAC then ties the config to
+        that id key, so a config edited or copied from another repository is refused here."""
+        entries = dict(config["keys"])
+        if not any(fp in entries for fp in keys.fingerprints()):
+            entries.update({fp: e.token for fp, e in cls._key_objects(provider).items()})  # keys added by rotation
+        if not entries:
+            raise ConfigError(
+                f"the repository config at {provider.url} is damaged (it holds no key entry): rebuild it with "
+                f"`ckpt-sync repair-config --repo {provider.url}` and the key"
+            )
+        for fp in keys.fingerprints():
+            if fp in entries:
+                id_key = cls._unwrap(keys, fp, entries[fp], provider.url)
+                if MAC_FIELD in config and not config_mac_ok(id_key, config):
+                    raise config_altered_error(provider.url, "fails authentication (its MAC does not match)")
+                return id_key
+        raise KeyMismatchError(
+            f"the key does not match the repository at {provider.url}: use the key it was created with "
+            "(--key-file or BACKUP_ENCRYPTION_KEY)"
+        )
+
+    @staticmethod
+    def _key_objects(provider: Provider) -> dict[str, KeyEntry]:
+        """Key entries written as separate objects (``keys/<fingerprint>``), authentic or not;
+        malformed ones are left out."""
+        out: dict[str, KeyEntry] = {}
+        for info in provider.list(KEYS):
+            fp = info.key[len(KEYS) :]
+            if not _FINGERPRINT.match(fp) or info.size > MAX_KEY_ENTRY_BYTES:
+                continue
+            try:
+                raw = read_bounded(provider, info.key, MAX_KEY_ENTRY_BYTES)
+            except NotFound:
+                continue
+            entry = KeyEntry.parse(fp, raw) if raw is not None else None
+            if entry is not None:
+                out[fp] = entry
+        return out
+
+    def _accepts(self, entry: KeyEntry) -> bool:
+        """A ``keys/`` entry counts when its MAC is right; an entry without one (written before
+        authentication) only while the config has none either."""
+        return entry.authentic(self._id_key) or (entry.mac is None and not self.authenticated)
+
+    def key_entries(self) -> dict[str, str]:
+        """Every key entry the repository vouches for (fingerprint -> wrapped id key): the config's
+        and the authentic ``keys/`` objects rotation added. Unauthenticated ones are not among them."""
+        objects = {fp: e.token for fp, e in self._key_objects(self.provider).items() if self._accepts(e)}
+        return {**objects, **self.config["keys"]}
+
+    def foreign_key_entries(self) -> list[str]:
+        """Fingerprints of ``keys/`` objects the repository does not vouch for (no valid MAC in an
+        authenticated repository, or not an entry at all): planted or damaged. They are ignored;
+        ``prune --remove-damaged`` deletes them."""
+        entries = self._key_objects(self.provider)
+        listed = {i.key[len(KEYS) :] for i in self.provider.list(KEYS)}
+        vouched = {fp for fp, e in entries.items() if self._accepts(e)} | set(self.config["keys"])
+        return sorted(listed - vouched)
+
+    def has_all_keys(self) -> bool:
+        """Whether the ring holds every key the repository vouches for: then an object none of them
+        authenticates is damaged, not merely encrypted with a key we were not given."""
+        return set(self.key_entries()) <= set(self.keys.fingerprints())
+
+    def authenticate_state(self) -> None:
+        """Give a repository written before authentication its MACs (every write by a key holder
+        calls this; nothing happens once the config has one): once the config is found to agree
+        with its checkpoints, each ``keys/`` entry without a MAC is sealed as it stands, then the
+        config. The entries are trusted as found, the one moment they are (docs/FORMAT.md,
+        "Authentication")."""
+        if self.authenticated:
+            return
+        self.check_agreement()  # never seal a config its checkpoints disagree with
+        for fp, entry in self._key_objects(self.provider).items():
+            if entry.mac is None:
+                self.provider.put(f"{KEYS}{fp}", KeyEntry.sealed(self._id_key, fp, entry.token).render())
+        sealed = with_config_mac(self._id_key, self.config)
+        self.provider.put(CONFIG_KEY, json.dumps(sealed, indent=1).encode())
+        self.config = sealed
+
+    @staticmethod
+    def _initialise(provider: Provider, keys: KeyRing, settings: RepositorySettings) -> bytes:
+        id_key = os.urandom(32)
+        raw = json.dumps(_new_config(keys, id_key, time.time(), settings), indent=1).encode()
+        provider.put_if_absent(CONFIG_KEY, raw)
+        # Read back even when we "won": on a store whose create-if-absent is not atomic two first
+        # writers could both succeed, and only the config that stayed may be used.
+        return Repository._read_config(provider)
+
+    @staticmethod
+    def _unwrap(keys: KeyRing, fp: str, token: str, url: str) -> bytes:
+        try:
+            id_key = keys.fernet(fp).decrypt(token.encode())
+        except (InvalidToken, ValueError):
+            id_key = b""
+        if len(id_key) != 32:
+            raise ConfigError(
+                f"the repository config at {url} is damaged (its key entry fails to decrypt): rebuild it with "
+                f"`ckpt-sync repair-config --repo {url}` and the key"
+            )
+        return id_key
+
+    def _add_primary_key(self) -> None:
+        """Key rotation: the first key is new to the repository, an older one opened it; record the new one.
+
+        Each key's entry is its own object, written put-if-absent: two hosts rotating at once each add
+        theirs, and nothing rewrites the config (a blind overwrite would drop the other's entry).
+        """
+        self.authenticate_state()
+        fp = self.keys.fingerprints()[0]
+        token = self.keys.fernet().encrypt(self._id_key).decode("ascii")
+        self.provider.put_if_absent(f"{KEYS}{fp}", KeyEntry.sealed(self._id_key, fp, token).render())
+
+    def binding(self) -> RepositoryBinding:
+        """What every manifest this repository commits carries: its id, the config's backup, and
+        whether the config was authenticated (then a config without a MAC is an altered one)."""
+        s = self.settings
+        return RepositoryBinding(
+            self.id,
+            base64.urlsafe_b64encode(self._id_key).decode("ascii"),
+            float(self.config.get("created", 0.0)),
+            s.pad or 0,
+            s.version or FORMAT_VERSION,
+            None if s.compression == "none" else s.compression,
+            bool(s.sha256) and s.version != 1,
+            self.authenticated,
+        )
+
+    def file_hasher(self) -> FileHasher:
+        """What a push hashes each file with (file_digest.py): SHA-256 in format 1, and in format 2
+        when the repository was created with ``sha256``; in format 2 otherwise nothing (its chunk
+        ids are its hash)."""
+        s = self.settings
+        return FileHasher(("sha256",) if s.version == 1 or s.sha256 else ())
+
+    # --- chunks ----------------------------------------------------------------------------------
+
+    def chunk_id(self, plaintext: bytes | bytearray | memoryview) -> str:
+        return self.format.chunk_id(plaintext)
+
+    def list_chunks(self) -> dict[str, int]:
+        """Stored chunk ids and their object sizes."""
+        out: dict[str, int] = {}
+        for info in self.provider.list(CHUNKS):
+            cid = info.key.rsplit("/", 1)[-1]
+            if len(cid) == 64:
+                out[cid] = info.size
+        return out
+
+    def forget_known_chunks(self) -> None:
+        """Drop the cached listing (call under a push lock: a prune may have removed chunks)."""
+        with self._lock:
+            self._known = None
+
+    def distrust(self, chunk_ids: Iterable[str]) -> None:
+        """Treat these chunks as not stored (this host found them damaged: damage_record.py), so the
+        next ``store_chunk`` of one uploads it again, replacing the bad object, instead of reusing it."""
+        known = self.known_chunks()
+        with self._lock:
+            for cid in chunk_ids:
+                known.pop(cid, None)
+
+    def known_chunks(self) -> dict[str, int]:
+        """Stored chunk ids and object sizes, listed once per Repository and extended as we store more."""
+        with self._lock:
+            if self._known is None:
+                self._known = self.list_chunks()
+            return self._known
+
+    def token_buffers(self, count: int, plain_size: int) -> BufferPool:
+        """Reusable buffers for ``count`` tokens of chunks up to ``plain_size`` bytes, laid out the way
+        this repository's store moves them best (providers.base.wants_aligned_buffers)."""
+        return BufferPool(count, self.format.max_token_size(plain_size), aligned=wants_aligned_buffers(self.provider))
+
+    def store_chunk(
+        self, plaintext: bytes | bytearray | memoryview, *, scratch: bytearray | None = None
+    ) -> tuple[ChunkRef, int]:
+        """Encrypt and upload unless already stored. Returns the ref and the bytes sent (0 if deduplicated).
+
+        A stored object counts only with a size it can have (``ChunkFormat.size_ok``: exact, unless
+        the repository compresses): one cut short (a power loss before the commit barrier, a
+        truncating store) is replaced, never trusted. ``scratch`` is a reusable buffer for the token
+        (see buffers.py).
+        """
+        cid = self.chunk_id(plaintext)
+        ref = ChunkRef(cid, len(plaintext))
+        known = self.known_chunks()
+        with self._lock:
+            if self.format.size_ok(ref.size, known.get(cid)):
+                return ref, 0
+        self.check_agreement()  # nothing is written under a config its checkpoints disagree with
+        with self._lock:
+            if self.format.size_ok(ref.size, known.get(cid)):
+                return ref, 0
+            # claimed: a duplicate chunk in flight elsewhere in this push is skipped
+            known[cid] = self.format.max_token_size(ref.size)
+        try:
+            token = self.format.seal(self.keys, plaintext, cid, out=scratch)
+            self.provider.put(chunk_key(cid), token)
+        except BaseException:
+            with self._lock:
+                known.pop(cid, None)
+            raise
+        with self._lock:
+            known[cid] = len(token)
+        return ref, len(token)
+
+    def load_chunk(
+        self, ref: ChunkRef, *, out: bytearray | None = None, scratch: bytearray | None = None
+    ) -> bytearray | memoryview:
+        """Fetch, authenticate, decrypt and check a chunk against its id and size (into ``out``, a
+        reusable buffer, when given; the token is read into ``scratch``, another, when given).
+
+        The read is bounded by the expected token size (the store is not trusted): an oversized
+        object is refused without ever being held in memory."""
+        key = chunk_key(ref.id)
+        bound = self.format.max_token_size(ref.size)
+        bounded = self.provider.get(key, 0, bound + 1) if scratch is None else None
+        token = bounded if scratch is None else read_into(self.provider, key, scratch)
+        return self.open_token(ref, token, out=out)
+
+    def open_token(
+        self, ref: ChunkRef, token: bytes | bytearray | memoryview | None, *, out: bytearray | None = None
+    ) -> bytearray | memoryview:
+        """Check a chunk's stored token (its size, authentication, that it is the chunk its id names)
+        and return the plaintext (chunk_format.py); raises IntegrityError. ``load_chunk`` is fetch + this."""
+        try:
+            return self.format.open(self.keys, ref.id, ref.size, token if token is not None else b"", out=out)
+        except ChunkMismatch as err:
+            raise ChunkDamaged(f"chunk {ref.id[:16]} {err}", ref.id) from None
+        except IntegrityError as err:
+            raise ChunkDamaged(f"chunk {ref.id[:16]} {self._unreadable_because(err)}", ref.id) from None
+
+    def _unreadable_because(self, err: IntegrityError) -> str:
+        """Why a chunk fails to decrypt. The key already opened the repository, so when the ring holds
+        every key the repository knows, "wrong key" is ruled out: the object was altered."""
+        if "authentication failed" not in str(err):
+            return f"is damaged ({err})"
+        missing = set(self.key_entries()) - set(self.keys.fingerprints())
+        if not missing:
+            return "fails authentication: the stored object was altered or damaged (the key is right)"
+        return (
+            f"fails authentication: altered, or written with one of the repository's {len(missing)} key(s) "
+            "missing from your key ring (an older key dropped after a rotation?)"
+        )
+
+    def missing_chunks(self, refs: Iterable[ChunkRef]) -> list[str]:
+        """Ids among ``refs`` with no stored object of the right size (fresh listing)."""
+        stored = self.list_chunks()
+        return sorted({r.id for r in refs if not self.format.size_ok(r.size, stored.get(r.id))})
+
+    # --- manifests -------------------------------------------------------------------------------
+
+    def manifest_ids(self) -> list[str]:
+        """Committed manifest ids, newest first (a fresh listing: the cache never answers this)."""
+        listed = {}
+        for info in self.provider.list(MANIFESTS):
+            mid = info.key[len(MANIFESTS) :]
+            if mid and "/" not in mid:
+                listed[mid] = info
+        self._listed = listed
+        if self._cache is not None:
+            self._cache.keep_only(listed)
+        return sorted(listed, reverse=True)
+
+    def read_manifests_from_store(self) -> None:
+        """Stop using the host's manifest cache (``verify`` judges the store itself, object by object)."""
+        self._cache = None
+
+    def manifests(self, on_unreadable: Callable[[str, IntegrityError], None] | None = None) -> Iterator[Manifest]:
+        """This repository's readable manifests, newest first.
+
+        One that cannot be read (damaged, malformed, oversized, another repository's, or encrypted
+        with a key not in this ring) is reported to ``on_unreadable`` and skipped; one removed since
+        the listing (a concurrent prune) is skipped; one another readable manifest supersedes (a tag
+        change, see ``supersede``) is hidden.
+
+        Raises ConfigError, before yielding anything, when the config disagrees with what the
+        readable manifests record (``_check_agreement``): a config edited or replaced by another
+        repository's must never make this repository's checkpoints look foreign.
+        """
+        loaded: list[Manifest] = []
+        foreign: list[Manifest] = []
+        for mid in self.manifest_ids():
+            try:
+                m = self._open_manifest(mid)
+            except NotFound:
+                continue
+            except IntegrityError as err:
+                if on_unreadable is not None:
+                    on_unreadable(mid, err)
+                continue
+            (foreign if self._is_foreign(m) else loaded).append(m)
+        self._check_agreement(loaded, foreign)
+        self._agreed = True
+        for m in foreign:
+            if on_unreadable is not None:
+                on_unreadable(m.id, _foreign_error(m.id))
+        hidden = {m.supersedes for m in loaded if m.supersedes}
+        yield from (m for m in loaded if m.id not in hidden)
+
+    def referenced_chunks(
+        self,
+        on_unreadable: Callable[[str, IntegrityError], None] | None = None,
+        *,
+        leave_out: set[str] | frozenset[str] = frozenset(),
+    ) -> set[str]:
+        """Every chunk id a manifest the keys open refers to, whatever repository it names, hidden
+        or not, well formed or not (then every 64-hex string in it): what chunk collection must
+        never delete. A manifest no key opens is reported to ``on_unreadable``; the manifests
+        ``leave_out`` names are not counted (what a dry run of retention would drop)."""
+        refs: set[str] = set()
+        for mid in self.manifest_ids():
+            if mid in leave_out:
+                continue
+            try:
+                refs |= self._open_manifest(mid).chunk_ids()
+                continue
+            except NotFound:
+                continue
+            except IntegrityError as err:
+                plain = self._plaintext(mid)
+                if plain is None:
+                    if on_unreadable is not None:
+                        on_unreadable(mid, err)
+                    continue
+            refs |= {cid.decode("ascii") for cid in _CHUNK_ID.findall(plain)}
+        return refs
+
+    def _plaintext(self, manifest_id: str) -> bytes | None:
+        """The decrypted bytes of a stored manifest, or None when no key opens it (or it is gone)."""
+        try:
+            token = read_bounded(self.provider, manifest_key(manifest_id), MAX_MANIFEST_BYTES)
+            return None if token is None else self.keys.decrypt(token)
+        except (NotFound, IntegrityError):
+            return None
+
+    def _is_foreign(self, m: Manifest) -> bool:
+        return m.repository is not None and m.repository.id != self.id
+
+    def check_agreement(self) -> None:
+        """Raise ConfigError unless the config agrees with the checkpoints (``_check_agreement``);
+        judged once per Repository (reading every manifest), before the first chunk is written."""
+        with self._agreeing:
+            if not self._agreed:
+                for _ in self.manifests():
+                    break
+
+    def _check_agreement(self, own: list[Manifest], foreign: list[Manifest]) -> None:
+        """The config must be the one the readable manifests were committed under: this
+        repository's id (unless another repository's manifests outnumber its own: then it is the
+        config that was replaced), the settings each recorded, and a MAC when they were committed
+        under an authenticated config. Raises ConfigError naming the difference."""
+        bound = [m.repository for m in own if m.repository is not None]
+        if foreign:
+            other, count = Counter(m.repository.id for m in foreign if m.repository).most_common(1)[0]
+            if count > len(bound):
+                raise config_altered_error(
+                    self.url,
+                    f"is not the config of the checkpoints it holds ({count} of them belong to repository {other}, "
+                    f"{len(bound)} to this config's {self.id})",
+                )
+        mine = self.binding()
+        for b in set(bound):
+            if b.settings() != mine.settings():
+                raise config_altered_error(self.url, f"disagrees with its checkpoints ({_binding_difference(b, mine)})")
+            if b.authenticated and not self.authenticated:
+                raise config_altered_error(self.url, "has lost its MAC (its checkpoints were committed under one)")
+
+    def superseded_ids(self) -> list[str]:
+        """Manifests left behind by a tag change that stopped before deleting them (hidden by readers)."""
+        loaded = list(self._readable())
+        ids = {m.id for m in loaded}
+        return sorted({m.supersedes for m in loaded if m.supersedes and m.supersedes in ids})
+
+    def versions_of(self, manifest: Manifest) -> list[str]:
+        """``manifest`` and every stored manifest it supersedes, directly or through others (a tag
+        change interrupted between its two writes leaves the old one): all that ``forget`` removes."""
+        by_id = {m.id: m for m in self._readable()}
+        chain, seen = [manifest.id], {manifest.id}
+        current: Manifest | None = manifest
+        while current is not None and current.supersedes and current.supersedes not in seen:
+            seen.add(current.supersedes)
+            current = by_id.get(current.supersedes)
+            if current is not None:
+                chain.append(current.id)
+        return chain
+
+    def _readable(self) -> Iterator[Manifest]:
+        for mid in self.manifest_ids():
+            try:
+                yield self.load_manifest(mid)
+            except (NotFound, IntegrityError):
+                continue
+
+    def supersede(self, old: Manifest, new: Manifest) -> Manifest:
+        """Replace ``old`` by ``new`` (same chunks, new metadata): commit ``new`` (which names
+        ``old`` in ``supersedes``) without overwriting, then delete ``old``. Every reader sees one
+        of them at any moment, and a crash in between leaves ``old`` hidden (``manifests``).
+
+        Call under a push lock (locks.acquire_push_lock): a prune then never judges chunks while
+        the checkpoint is between its two manifests.
+        """
+        if new.supersedes != old.id:
+            raise ValueError("the new manifest must name the one it supersedes")
+        committed = self.commit(new)
+        self.provider.delete(manifest_key(old.id))
+        return committed
+
+    def missing_key_fingerprints(self) -> list[str]:
+        """Fingerprints of keys the repository vouches for and this key ring lacks (the config is
+        re-read: another host may have added a key since this repository was opened; a re-read
+        config is used only when it authenticates as this one did)."""
+        with contextlib.suppress(CkptSyncError, OSError):  # else the config as opened still says something
+            config = parse_config(self._read_config(self.provider), self.url)
+            if config_mac_ok(self._id_key, config) or (MAC_FIELD not in config and not self.authenticated):
+                self.config = config
+        return sorted(set(self.key_entries()) - set(self.keys.fingerprints()))
+
+    def load_manifest(self, manifest_id: str) -> Manifest:
+        """The manifest, read size-bounded, authenticated, checked strictly (manifest.parse_manifest)
+        and checked to be this repository's (version-1 manifests from before repository ids carry
+        none and stay readable); IntegrityError otherwise."""
+        m = self._open_manifest(manifest_id)
+        if self._is_foreign(m):
+            raise _foreign_error(manifest_id)
+        return m
+
+    def _open_manifest(self, manifest_id: str) -> Manifest:
+        """A stored manifest, whichever repository it names. When ``manifest_id`` is in the latest
+        listing and the host has a copy of that very object (manifest_cache.py), the copy is read
+        instead of the store; it is decrypted and checked exactly like a fetched one."""
+        cache = self._cache
+        info = self._listed.get(manifest_id) if cache is not None else None
+        if cache is not None and info is not None and (token := cache.get(manifest_id, info)) is not None:
+            try:
+                return self._decode_manifest(manifest_id, token)
+            except IntegrityError:
+                cache.discard(manifest_id, info)  # a damaged copy: judge the stored object
+        token = read_bounded(self.provider, manifest_key(manifest_id), MAX_MANIFEST_BYTES)
+        if token is None:
+            raise IntegrityError(
+                f"manifest {manifest_id} is larger than {MAX_MANIFEST_BYTES >> 20} MiB (replaced or foreign object)"
+            )
+        manifest = self._decode_manifest(manifest_id, token)
+        if cache is not None and info is not None:
+            cache.put(manifest_id, info, token)
+        return manifest
+
+    def _decode_manifest(self, manifest_id: str, token: bytes) -> Manifest:
+        try:
+            plain = self.keys.decrypt(token)
+        except IntegrityError as err:
+            missing = self.missing_key_fingerprints() if "authentication failed" in str(err) else []
+            if missing:
+                raise MissingKeyError(
+                    f"manifest {manifest_id} is encrypted with a key this host does not have "
+                    f"(fingerprint {', '.join(missing)}): add that key to the key ring (after the current one)",
+                    missing,
+                ) from None
+            raise IntegrityError(f"manifest {manifest_id} {self._unreadable_because(err)}") from None
+        return parse_manifest(plain, expected_id=manifest_id)
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """The commit point: verify every chunk is stored, then write the manifest without overwriting.
+
+        Idempotent: when this version (``Manifest.same_version``: name, tags, file hashes) is
+        already committed — a retried job, a crash between commit and bookkeeping, a restored file
+        pushed again — nothing is written and the existing checkpoint is returned. Otherwise returns
+        the manifest as committed (stamped with this repository's binding).
+        """
+        for existing in self.manifests():
+            if existing.same_version(manifest):
+                remember(self.id, existing)
+                return existing
+        self.authenticate_state()  # a repository of the previous release gains its MACs on its first write
+        manifest = dataclasses.replace(manifest, repository=self.binding())
+        missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)
+        if missing:
+            raise OperationFailed(
+                f"not committing {manifest.name}: {len(missing)} chunk(s) are not in {self.url} "
+                "(removed by a concurrent prune?); push again"
+            )
+        raw = json.dumps(manifest.to_json(), separators=(",", ":")).encode()
+        try:  # never write what a reader would refuse (the one schema check: manifest.parse_manifest)
+            parse_manifest(raw, expected_id=manifest.id)
+        except IntegrityError as err:
+            raise OperationFailed(f"not committing {manifest.name}: {err}; nothing was committed") from None
+        token = self.keys.encrypt(raw)
+        if len(token) > MAX_MANIFEST_BYTES:
+            raise OperationFailed(
+                f"not committing {manifest.name}: its manifest would exceed {MAX_MANIFEST_BYTES >> 20} MiB "
+                "(too many files or chunks); push it with a larger --chunk-size"
+            )
+        if not self.provider.put_if_absent(manifest_key(manifest.id), token):
+            # Either a retry found our own earlier successful write, or a true id collision.
+            try:
+                if self.load_manifest(manifest.id) == manifest:
+                    remember(self.id, manifest)
+                    return manifest
+            except IntegrityError:
+                pass
+            raise OperationFailed(f"manifest id {manifest.id} already exists in {self.url}; push again")
+        remember(self.id, manifest)  # this host has seen it: a later rollback past it is noticed (seen.py)
+        return manifest
+
+
+def _new_config(
+    keys: KeyRing, id_key: bytes, created: float, settings: RepositorySettings, *, every_key: bool = False
+) -> dict:
+    """A config for ``id_key``, with entries for the ring's first key (``every_key``: for all of its
+    keys) and its MAC."""
+    s = settings.resolved()
+    assert s.version is not None
+    fingerprints = keys.fingerprints() if every_key else keys.fingerprints()[:1]
+    config: dict = {
+        "format": FORMAT_NAME,
+        "version": s.version,
+        "created": created,
+        "chunk_id": CHUNK_IDS[s.version],
+        "keys": {fp: keys.fernet(fp).encrypt(id_key).decode("ascii") for fp in fingerprints},
+    }
+    if s.pad:
+        config["pad"] = s.pad
+    if s.compression != "none":
+        config["compression"] = s.compression
+    if s.version != 1 and s.sha256:
+        config["sha256"] = True
+    return with_config_mac(id_key, config)
+
+
+def _settings_of(binding: RepositoryBinding) -> RepositorySettings:
+    return RepositorySettings(binding.version, binding.pad, binding.compression or "none", binding.sha256)
+
+
+def _binding_difference(recorded: RepositoryBinding, config: RepositoryBinding) -> str:
+    """What a checkpoint's binding records that the config does not, in words."""
+    if recorded.id_key != config.id_key or recorded.created != config.created:
+        return "they record another id key or creation time"
+    theirs, ours = _settings_of(recorded).resolved(), _settings_of(config).resolved()
+    differ = theirs.conflicts(ours)
+    return f"they record {theirs.describe(differ)}, the config says {ours.describe(differ)}"
+
+
+def _foreign_error(manifest_id: str) -> IntegrityError:
+    return IntegrityError(f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)")
+
+
+def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding, int]:
+    """Rebuild a missing, damaged or altered ``config`` from the backup every manifest carries.
+
+    Returns the binding used and how many manifests carried it. The id key is checked against a
+    stored chunk before anything is written. Raises OperationFailed when no readable manifest
+    carries a backup (manifests written before ckpt-sync recorded one), and ConfigError when the
+    config is sound: it authenticates and agrees with the checkpoints (nothing to repair).
+    """
+    mismatch: KeyMismatchError | None = None
+    try:
+        config = parse_config(Repository._read_config(provider), provider.url)
+        id_key = Repository._find_id_key(provider, keys, config)
+        for _ in Repository(provider, keys, id_key, config).manifests():  # the agreement check
+            break
+    except NotFound:
+        present = False
+    except KeyMismatchError as err:  # replaced by a config of another key? the manifests will tell
+        present, mismatch = True, err
+    except ConfigError:
+        present = True
+    else:
+        raise ConfigError(
+            f"the repository config at {provider.url} is sound and opens with this key: nothing to repair"
+        )
+    found: Counter[RepositoryBinding] = Counter()
+    sample: dict[RepositoryBinding, ChunkRef] = {}
+    for info in provider.list(MANIFESTS):
+        mid = info.key[len(MANIFESTS) :]
+        try:
+            token = read_bounded(provider, info.key, MAX_MANIFEST_BYTES)
+            if token is None:
+                continue
+            m = parse_manifest(keys.decrypt(token), expected_id=mid)
+        except (IntegrityError, NotFound):
+            continue
+        if m.repository is not None:
+            binding = dataclasses.replace(m.repository, authenticated=False)  # one repository, before or after
+            found[binding] += 1
+            chunk = next((c for f in m.files for c in f.chunks), None)
+            if chunk is not None:
+                sample.setdefault(binding, chunk)
+    for binding, count in found.most_common():
+        id_key = base64.urlsafe_b64decode(binding.id_key)
+        if len(id_key) != 32 or repository_id(id_key) != binding.id:
+            continue
+        ref = sample.get(binding)
+        fmt = _settings_of(binding).chunk_format(id_key)
+        if ref is not None and not _chunk_matches(provider, keys, fmt, ref):
+            continue
+        new_config = _new_config(keys, id_key, binding.created, _settings_of(binding), every_key=True)
+        new = json.dumps(new_config, indent=1).encode()
+        if present:
+            provider.put(CONFIG_KEY, new)
+        elif not provider.put_if_absent(CONFIG_KEY, new):
+            raise OperationFailed(f"another writer created a config at {provider.url} meanwhile; run this again")
+        return binding, count
+    if mismatch is not None:
+        raise mismatch
+    raise OperationFailed(
+        f"no readable checkpoint in {provider.url} carries a config backup (written by an older ckpt-sync, "
+        "or encrypted with another key): the config cannot be rebuilt"
+    )
+
+
+def _chunk_matches(provider: Provider, keys: KeyRing, fmt: ChunkFormat, ref: ChunkRef) -> bool:
+    """Whether a stored chunk opens with ``fmt`` (a candidate id key): ``open`` checks that its
+    plaintext hashes to its id under that key."""
+    try:
+        token = provider.get(chunk_key(ref.id), 0, fmt.max_token_size(ref.size) + 1)
+        fmt.open(keys, ref.id, ref.size, token)
+    except (IntegrityError, NotFound):
+        return False
+    return True
+
+
+def hostname() -> str:
+    return socket.gethostname()
