@@ -39,9 +39,9 @@ __all__ = [
 # verb does not pay for the durable queue (SyncClient: sqlite3, the worker) or the lazy reader.
 _LAZY = {
     "CheckpointManager": ("training", "CheckpointManager"),
-    "SyncClient": ("sync_client", "SyncClient"),
-    "CheckpointFile": ("reader", "CheckpointFile"),
-    "open": ("reader", "open_file"),
+    "SyncClient": ("service.sync_client", "SyncClient"),
+    "CheckpointFile": ("transfer.reader", "CheckpointFile"),
+    "open": ("transfer.reader", "open_file"),
 }
 
 

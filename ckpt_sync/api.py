@@ -8,106 +8,31 @@ repository (argument, ``$CKPT_SYNC_REPO``, embedded default) and keys (argument,
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from .format.chunking import ChunkPolicy
-from .format.crypto import KeyRing
-from .format.keys import generate_key, key_configured, load_keyring, write_key_file
 from .format.lookup import find_manifest
-from .format.manifest import RESUMABLE, FileEntry, Manifest, RepositoryBinding
-from .format.repository import CONFIG_KEY, Repository, RepositorySettings
-from .format.repository import repair_config as _repair_config
+from .format.manifest import RESUMABLE, FileEntry, Manifest
+from .format.repository import Repository
 from .format.selection import Selection
-from .locations import default_key_file, resolve_repo_url
-from .providers import RetryPolicy, open_provider
 from .transfer.counters import TransferStats
+from .transfer.opening import Initialised, init_repository, open_repository, repair_config
 from .transfer.push import push_path
 from .transfer.restore import pull as _pull
 from .transfer.restore import stream_file
 
-
-def open_repository(
-    repo: str | None = None,
-    *,
-    key_file: str | os.PathLike[str] | None = None,
-    keys: KeyRing | None = None,
-    create: bool = False,
-    settings: RepositorySettings | None = None,
-    retry: RetryPolicy | None = RetryPolicy(),
-    cancel: threading.Event | None = None,
-    **provider_options: Any,
-) -> Repository:
-    """Resolve URL and keys, build the provider and open the repository (checking the key first).
-    ``settings`` (format version, padding, compression; repository.RepositorySettings) apply when it is
-    created, and are refused for an existing one that differs. ``cancel`` ends the waits between
-    retries (raising Cancelled)."""
-    url = resolve_repo_url(repo)
-    ring = keys or load_keyring(key_file)
-    provider = open_provider(url, retry=retry, cancel=cancel, **provider_options)
-    try:
-        return Repository.open(provider, ring, create=create, settings=settings)
-    except BaseException:
-        provider.close()
-        raise
-
-
-@dataclass(frozen=True)
-class Initialised:
-    """What ``init_repository`` did: the open repository, and what it had to create."""
-
-    repository: Repository
-    created: bool  # False: it already was a repository (opened with the key, nothing changed)
-    bucket_created: bool | None  # None: not asked to
-    key_file_created: Path | None  # a new default key file, made because no key was configured
-
-
-def init_repository(
-    repo: str | None = None,
-    *,
-    key_file: str | os.PathLike[str] | None = None,
-    create_bucket: bool = False,
-    settings: RepositorySettings | None = None,
-    retry: RetryPolicy | None = RetryPolicy(),
-    **provider_options: Any,
-) -> Initialised:
-    """Create the repository (with ``create_bucket``, first its bucket or container). With no key
-    configured anywhere, and only for a repository that does not exist yet, a new default key file
-    is made: a new key suits a new repository, and can never read an existing one."""
-    url = resolve_repo_url(repo)
-    provider = open_provider(url, retry=retry, **provider_options)
-    try:
-        bucket = provider.create_container() if create_bucket else None
-        existed = provider.size(CONFIG_KEY) is not None
-        made_key = None
-        if not existed and not key_configured(key_file):
-            made_key = write_key_file(default_key_file(), generate_key())
-        ring = load_keyring(key_file)
-        repository = Repository.open(provider, ring, create=True, settings=settings)
-        return Initialised(repository, not existed, bucket, made_key)
-    except BaseException:
-        provider.close()
-        raise
-
-
-def repair_config(
-    repo: str | None = None,
-    *,
-    key_file: str | os.PathLike[str] | None = None,
-    keys: KeyRing | None = None,
-    retry: RetryPolicy | None = RetryPolicy(),
-    **provider_options: Any,
-) -> tuple[RepositoryBinding, int]:
-    """Rebuild the repository's missing or damaged config from the backup its manifests carry."""
-    ring = keys or load_keyring(key_file)
-    provider = open_provider(resolve_repo_url(repo), retry=retry, **provider_options)
-    try:
-        return _repair_config(provider, ring)
-    finally:
-        provider.close()
+__all__ = [
+    "Initialised",
+    "cat",
+    "checkpoint",
+    "init_repository",
+    "open_repository",
+    "pull",
+    "push",
+    "push_with_stats",
+    "repair_config",
+]
 
 
 def push(

@@ -33,6 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.fernet import InvalidToken
 
@@ -48,11 +49,8 @@ from ..errors import (
     OperationFailed,
     UsageError,
 )
-from ..locations import cache_home
 from ..providers import Provider
 from ..providers.base import ObjectInfo, read_into, wants_aligned_buffers
-from ..transfer.manifest_cache import ManifestCache
-from ..transfer.seen import remember
 from .chunk_format import COMPRESSIONS, PAD_SCHEMES, ChunkFormat, ChunkMismatch
 from .chunk_format import VERSIONS as CHUNK_VERSIONS
 from .crypto import KeyRing
@@ -225,7 +223,23 @@ def _refuse_constant(name: str) -> None:
     raise _NotANumber(name)
 
 
+class ManifestCopies(Protocol):
+    """This host's copies of manifest objects (transfer/manifest_cache.py): read instead of the store
+    only for an object the latest listing shows unchanged, and decrypted and checked as if fetched."""
+
+    def get(self, manifest_id: str, info: ObjectInfo) -> bytes | None: ...
+
+    def put(self, manifest_id: str, info: ObjectInfo, token: bytes) -> None: ...
+
+    def discard(self, manifest_id: str, info: ObjectInfo) -> None: ...
+
+    def keep_only(self, listed: dict[str, ObjectInfo]) -> None: ...
+
+
 class Repository:
+    """Chunks and manifests in one store. It touches only the store: what this host keeps (copies of
+    manifests, the record of the newest checkpoint seen) is handed in (``use_host_state``)."""
+
     def __init__(self, provider: Provider, keys: KeyRing, id_key: bytes, config: dict) -> None:
         self.provider = provider
         self.keys = keys
@@ -237,9 +251,18 @@ class Repository:
         self._known: dict[str, int] | None = None
         self._lock = threading.Lock()
         self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
-        self._cache: ManifestCache | None = ManifestCache(cache_home() / self.id / "manifests")
+        self._cache: ManifestCopies | None = None
+        self._seen: Callable[[Manifest], None] | None = None
         self._agreed = False  # the config was checked against the checkpoints (_check_agreement)
         self._agreeing = threading.Lock()
+
+    def use_host_state(
+        self, cache: ManifestCopies | None = None, seen: Callable[[Manifest], None] | None = None
+    ) -> None:
+        """This host's state: ``cache`` of manifest objects, and ``seen`` told of every commit this
+        repository makes or finds already made (rollback detection, transfer/seen.py)."""
+        self._cache = cache
+        self._seen = seen
 
     @property
     def id(self) -> str:
@@ -779,7 +802,7 @@ class Repository:
         """
         for existing in self.manifests():
             if existing.same_version(manifest):
-                remember(self.id, existing)
+                self._remember(existing)
                 return existing
         self.authenticate_state()  # a repository of the previous release gains its MACs on its first write
         manifest = dataclasses.replace(manifest, repository=self.binding())
@@ -804,13 +827,17 @@ class Repository:
             # Either a retry found our own earlier successful write, or a true id collision.
             try:
                 if self.load_manifest(manifest.id) == manifest:
-                    remember(self.id, manifest)
+                    self._remember(manifest)
                     return manifest
             except IntegrityError:
                 pass
             raise OperationFailed(f"manifest id {manifest.id} already exists in {self.url}; push again")
-        remember(self.id, manifest)  # this host has seen it: a later rollback past it is noticed (seen.py)
+        self._remember(manifest)  # this host has seen it: a later rollback past it is noticed
         return manifest
+
+    def _remember(self, manifest: Manifest) -> None:
+        if self._seen is not None:
+            self._seen(manifest)
 
 
 def _new_config(

@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..api import open_repository
 from ..defaults import DEFAULT_GRACE
 from ..errors import CkptSyncError, OperationFailed
 from ..format.keys import load_keyring
 from ..format.repository import Repository
 from ..locations import resolve_repo_url, state_home
 from ..providers import RetryPolicy
+from ..transfer.opening import open_repository
 from ..transfer.retention import RetentionPolicy
 from .queue import DONE, FAILED, SUPERSEDED, JobQueue
 from .worker import SyncWorker

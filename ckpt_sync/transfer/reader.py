@@ -249,9 +249,9 @@ def open_file(
     (None for a one-file checkpoint). ``repo`` is a URL or an open Repository (default: as the CLI
     resolves it). Use it as a context manager, or close it, to release connections.
     """
-    from ..api import open_repository  # api is the layer above: imported here, not at module load
     from ..format.contents import file_entry
     from ..format.lookup import find_manifest
+    from .opening import open_repository
 
     if cache_bytes < 1:
         raise UsageError("cache_bytes must be positive")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ckpt_sync.service import settings as config
 from ckpt_sync.errors import ConfigError
+from ckpt_sync.service import settings as config
 
 # --- precedence, in-process (every setting) -------------------------------------------------------
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ckpt_sync.service import settings as config
 from ckpt_sync.cli import build_parser
+from ckpt_sync.service import settings as config
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
