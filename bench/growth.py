@@ -65,7 +65,7 @@ class CountingProvider(WrappingProvider):
 
 def fill(repo, count: int) -> None:
     """``count`` committed checkpoints, one unique 4 KiB chunk each plus a shared one."""
-    from ckpt_sync.format.repository import manifest_key, new_manifest_id
+    from ckpt_sync.format.layout import manifest_key, new_manifest_id
 
     shared = os.urandom(64 << 10)
     shared_ref, _ = repo.store_chunk(shared)

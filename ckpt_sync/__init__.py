@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .api import cat, checkpoint, init_repository, open_repository, pull, push
 from .errors import CkptSyncError
-from .format.repository import RepositorySettings
+from .format.repo_config import RepositorySettings
 
 if TYPE_CHECKING:
     from .service.sync_client import SyncClient

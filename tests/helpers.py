@@ -110,7 +110,7 @@ def flip_chunk_byte(url: str, chunk_id: str) -> None:
     """Flip one bit in the middle of a stored chunk object, through the provider (any store)."""
     from ckpt_sync.providers import open_provider
 
-    from ckpt_sync.format.repository import chunk_key
+    from ckpt_sync.format.layout import chunk_key
 
     provider = open_provider(url, retry=None)
     try:

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.format.repository import chunk_key
+from ckpt_sync.format.layout import chunk_key
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.format.repository import manifest_key, new_manifest_id
+from ckpt_sync.format.layout import manifest_key, new_manifest_id
 
 
 def _craft(repo_url, path_in_manifest: str) -> str:

@@ -11,8 +11,8 @@ import time
 from helpers import chunk_files, manifest_ids
 
 from ckpt_sync.api import open_repository
+from ckpt_sync.format.layout import chunk_key
 from ckpt_sync.format.locks import PRUNE_LOCK
-from ckpt_sync.format.repository import chunk_key
 from ckpt_sync.format.selection import newest
 from ckpt_sync.service.queue import DONE, JobQueue
 
@@ -173,7 +173,7 @@ def test_commit_refuses_a_manifest_whose_chunks_are_gone(tmp_path, key, repo_url
 
     import ckpt_sync
     from ckpt_sync.errors import OperationFailed
-    from ckpt_sync.format.repository import new_manifest_id
+    from ckpt_sync.format.layout import new_manifest_id
 
     mid = ckpt_sync.push(torch_checkpoint(tmp_path / "a.pt"), repo=repo_url)
     repo = open_repository(repo_url)

@@ -13,9 +13,9 @@ import pytest
 
 import ckpt_sync
 from ckpt_sync.api import open_repository
+from ckpt_sync.format.layout import manifest_key, new_manifest_id
 from ckpt_sync.format.manifest import Manifest
 from ckpt_sync.format.ordering import Position, newest_first
-from ckpt_sync.format.repository import manifest_key, new_manifest_id
 
 
 def _push(cli, repo_url, path, *args):

@@ -16,7 +16,7 @@ from ..api import open_repository as _open_repository
 from ..defaults import DEFAULT_GRACE
 from ..errors import ConfigError, UsageError
 from ..format.manifest import RESUMABLE, ROLES, Manifest
-from ..format.repository import RepositorySettings
+from ..format.repo_config import RepositorySettings
 from ..format.selection import ANY, Selection
 from ..providers import RetryPolicy
 from ..redact import redact

@@ -24,16 +24,13 @@ from .chunk_format import COMPRESSIONS, PAD_SCHEMES
 from .chunk_format import VERSIONS as CHUNK_VERSIONS
 from .chunking import MAX_CHUNK_SIZE
 from .ordering import Position
+from .paths import PATH_MAX, component_problem, file_set_problem, path_problem
 
 MANIFEST_VERSION = 1  # what this version writes
 READABLE_MANIFEST_VERSIONS = frozenset({1})  # what it reads: the one home of the version check
-SEED_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)\.pt$")
 
 # Limits a manifest read back must respect (writers never come near them).
 MAX_MANIFEST_BYTES = 32 << 20  # the stored token: ~400k chunk refs, several TiB of checkpoint
-NAME_MAX = 255  # bytes per path component (every common filesystem's limit)
-PATH_MAX = 4096  # bytes per relative path
-MAX_PATH_DEPTH = 64  # components per path
 MAX_EXTRA_DEPTH = 32  # nesting inside ``extra`` (DCP metadata and the like live there)
 MAX_TEXT = 1024  # characters in a free-text field (host, session id, a tag)
 MAX_TAGS = 64
@@ -42,7 +39,6 @@ MAX_TIME = 1e11  # unix seconds, year 5138
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPOSITORY_ID = re.compile(r"^[0-9a-f]{16}$")
 _MANIFEST_ID = re.compile(r"^[0-9]{13}-[0-9a-f]{16}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # What a checkpoint is for (DESIGN.md §4): ``pull --latest`` and retention's N count resumable ones.
 RESUMABLE, MODEL_ONLY, BEST = "resumable", "model-only", "best"
@@ -472,79 +468,3 @@ def _depth(value: Any) -> int:
         elif isinstance(v, list):
             stack.extend((x, d + 1) for x in v)
     return deepest
-
-
-# --- paths: one set of rules for push (what we agree to store) and pull (what we agree to write) -----
-
-
-def component_problem(part: str) -> str | None:
-    """Why ``part`` cannot be one path component on every host we restore to, or None."""
-    if part in ("", ".", ".."):
-        return "empty, '.' or '..' component"
-    if _CONTROL.search(part):
-        return "control character (newline, tab, ...) in a name"
-    if "\\" in part or "/" in part:
-        return "slash or backslash in a name"
-    if ":" in part:
-        return "':' in a name (a drive letter or an NTFS stream)"
-    if part != part.strip():
-        return "leading or trailing whitespace in a name"
-    try:
-        encoded = part.encode("utf-8")
-    except UnicodeEncodeError:
-        return "name is not valid UTF-8"
-    if len(encoded) > NAME_MAX:
-        return f"a name longer than {NAME_MAX} bytes"
-    return None
-
-
-def path_problem(path: str) -> str | None:
-    """Why ``path`` is not a safe relative POSIX path inside a checkpoint, or None."""
-    if not path:
-        return "empty path"
-    if path.startswith("/"):
-        return "absolute path, escaping the target folder"
-    if len(path.encode("utf-8", "surrogatepass")) > PATH_MAX:
-        return f"longer than {PATH_MAX} bytes"
-    parts = path.split("/")
-    if len(parts) > MAX_PATH_DEPTH:
-        return f"more than {MAX_PATH_DEPTH} levels deep"
-    for part in parts:
-        problem = component_problem(part)
-        if problem:
-            return problem if part != ".." else "'..' component, escaping the target folder"
-    return None
-
-
-def file_set_problem(paths: list[str]) -> str | None:
-    """Why these paths cannot all be files of one checkpoint (a duplicate, or a file that is also a
-    folder of another), or None."""
-    seen: set[str] = set()
-    for p in paths:
-        if p in seen:
-            return f"{p!r} is listed twice"
-        seen.add(p)
-    for p in paths:
-        parts = p.split("/")
-        for i in range(1, len(parts)):
-            prefix = "/".join(parts[:i])
-            if prefix in seen:
-                return f"{prefix!r} is both a file and a folder (of {p!r})"
-    return None
-
-
-def parse_seed_name(name: str) -> tuple[str | None, int | None]:
-    """``checkpoint_{session_id}_{global_step}.pt`` -> (session_id, global_step), else (None, None)."""
-    m = SEED_NAME.match(name)
-    if not m:
-        return None, None
-    return m.group("session"), int(m.group("step"))
-
-
-def safe_relative_path(path: str) -> PurePosixPath:
-    """A manifest path as a PurePosixPath, or IntegrityError when it is not safe to write (see
-    ``path_problem``)."""
-    problem = path_problem(path) if isinstance(path, str) else "not a string"
-    if problem:
-        raise IntegrityError(f"unsafe path in manifest: {path!r} ({problem})")
-    return PurePosixPath(path)

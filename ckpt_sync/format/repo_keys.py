@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from ..errors import IntegrityError, NotFound, UsageError
 from .crypto import fingerprint
+from .layout import CONFIG_KEY, KEYS, manifest_key, read_bounded
 from .manifest import MAX_MANIFEST_BYTES
-from .repository import CONFIG_KEY, KEYS, Repository, manifest_key, read_bounded
+from .repository import Repository
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,5 @@
-"""The repository: layout, key check, chunks and manifests on top of one provider.
-
-Layout (docs/FORMAT.md)::
-
-    config                 plaintext JSON: format version, chunk encoding, the chunk-id key wrapped per key, a MAC
-    keys/<fingerprint>     the chunk-id key wrapped for a key added later (rotation; put-if-absent), a MAC
-    chunks/<id[:2]>/<id>   binary Fernet token of one chunk; id = keyed hash of its plaintext (chunk_format.py)
-    manifests/<mid>        binary Fernet token of one manifest's JSON; mid is time-sortable
+"""The repository: the key check, chunks and manifests on top of one provider (object names in
+layout.py, the config in repo_config.py).
 
 A checkpoint exists iff its manifest exists; manifests are written last and never overwrite.
 
@@ -21,18 +15,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import hmac
 import json
-import math
 import os
 import re
-import secrets
 import socket
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography.fernet import InvalidToken
@@ -51,176 +41,37 @@ from ..errors import (
 )
 from ..providers import Provider
 from ..providers.base import ObjectInfo, read_into, wants_aligned_buffers
-from .chunk_format import COMPRESSIONS, PAD_SCHEMES, ChunkFormat, ChunkMismatch
-from .chunk_format import VERSIONS as CHUNK_VERSIONS
+from .chunk_format import ChunkFormat, ChunkMismatch
 from .crypto import KeyRing
 from .file_digest import FileHasher
+from .layout import (
+    CHUNKS,
+    CONFIG_KEY,
+    KEYS,
+    MANIFESTS,
+    MAX_CONFIG_BYTES,
+    MAX_KEY_ENTRY_BYTES,
+    chunk_key,
+    holds_data,
+    manifest_key,
+    read_bounded,
+)
 from .manifest import MAX_MANIFEST_BYTES, ChunkRef, Manifest, RepositoryBinding, parse_manifest
 from .repo_auth import MAC_FIELD, KeyEntry, config_mac_ok, with_config_mac
+from .repo_config import (
+    FORMAT_VERSION,
+    RepositorySettings,
+    binding_difference,
+    config_altered_error,
+    config_missing_error,
+    new_config,
+    parse_config,
+    repository_id,
+    settings_of,
+)
 
-FORMAT_NAME = "ckpt-sync"
-FORMAT_VERSION = 2  # what a new repository uses (format 1 repositories stay readable and writable)
-READABLE_FORMAT_VERSIONS = frozenset(CHUNK_VERSIONS)  # what it reads: the one home of the config version check
-CHUNK_IDS = {1: "hmac-sha256", 2: "blake3-keyed"}
-CONFIG_KEY = "config"
-KEYS = "keys/"
-CHUNKS = "chunks/"
-MANIFESTS = "manifests/"
-MAX_CONFIG_BYTES = 1 << 20
-MAX_KEY_ENTRY_BYTES = 4096
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 _CHUNK_ID = re.compile(rb"[0-9a-f]{64}")
-
-
-def chunk_key(chunk_id: str) -> str:
-    return f"{CHUNKS}{chunk_id[:2]}/{chunk_id}"
-
-
-def manifest_key(manifest_id: str) -> str:
-    return f"{MANIFESTS}{manifest_id}"
-
-
-def new_manifest_id(now: float | None = None) -> str:
-    """Milliseconds since the epoch (13 digits, sorts by time) and 64 random bits."""
-    ms = int((time.time() if now is None else now) * 1000)
-    return f"{ms:013d}-{secrets.token_hex(8)}"
-
-
-def repository_id(id_key: bytes) -> str:
-    """The repository's public name (docs/FORMAT.md; what `init` prints and every manifest names):
-    random per repository (its id key is), so two repositories under one Fernet key never share it."""
-    return hmac.digest(id_key, b"ckpt-sync repository id v1", "sha256")[:8].hex()
-
-
-def read_bounded(provider: Provider, key: str, limit: int) -> bytes | None:
-    """The object, or None when it is larger than ``limit`` bytes: a ranged read of at most
-    ``limit + 1`` bytes, so memory never depends on what the store holds. Raises NotFound."""
-    data = provider.get(key, 0, limit + 1)
-    return None if len(data) > limit else data
-
-
-def holds_data(provider: Provider) -> bool:
-    """Whether the prefix holds any chunk or manifest (then it is never initialised anew)."""
-    return any(next(iter(provider.list(prefix)), None) is not None for prefix in (MANIFESTS, CHUNKS))
-
-
-def config_missing_error(url: str) -> ConfigError:
-    return ConfigError(
-        f"the repository at {url} holds checkpoints but its config object is missing (deleted?): "
-        f"not creating a new one; rebuild it with `ckpt-sync repair-config --repo {url}` and the key"
-    )
-
-
-def parse_config(raw: bytes, url: str) -> dict:
-    """The one strict check of a ``config`` object: ConfigError naming what is wrong."""
-
-    def damaged(why: str) -> ConfigError:
-        return ConfigError(
-            f"the repository config at {url} is damaged ({why}): rebuild it with "
-            f"`ckpt-sync repair-config --repo {url}` and the key"
-        )
-
-    try:
-        config = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
-    except RecursionError:
-        raise damaged("nested too deeply") from None
-    except _NotANumber as e:
-        raise damaged(f"{e} is not a number JSON allows") from None
-    except (UnicodeDecodeError, ValueError):
-        raise ConfigError(f"{url} is not a ckpt-sync repository (its config object is not JSON)") from None
-    if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
-        what = config.get("format") if isinstance(config, dict) else type(config).__name__
-        raise ConfigError(f"{url} is not a ckpt-sync repository (format {what!r})")
-    version = config.get("version")
-    if type(version) is not int:
-        raise damaged(f"version {version!r} is not an integer")
-    if version < 1:
-        raise damaged(f"there is no format version {version}")
-    if version not in READABLE_FORMAT_VERSIONS:
-        raise ConfigError(
-            f"the repository at {url} uses format version {version}, newer than this "
-            f"ckpt-sync ({FORMAT_VERSION}): upgrade ckpt-sync"
-        )
-    created = config.get("created", 0.0)
-    if type(created) not in (int, float) or not math.isfinite(created) or created < 0:
-        raise damaged(f"created {created!r} is not a time")
-    if config.get("chunk_id", CHUNK_IDS[version]) != CHUNK_IDS[version]:
-        raise damaged(f"chunk_id {config.get('chunk_id')!r} is not format {version}'s")
-    keys = config.get("keys")
-    if not isinstance(keys, dict):
-        raise damaged("keys is not an object")
-    for fp, token in keys.items():
-        if not _FINGERPRINT.match(fp) or not isinstance(token, str) or len(token) > MAX_KEY_ENTRY_BYTES:
-            raise damaged("a key entry is not <32 hex digits>: <Fernet token>")
-    pad = config.get("pad", 0)
-    if type(pad) is not int or pad not in PAD_SCHEMES:
-        raise damaged(f"pad {pad!r} is not a padding scheme ({', '.join(map(str, PAD_SCHEMES))})")
-    if config.get("compression") not in COMPRESSIONS:
-        raise damaged(f"compression {config.get('compression')!r} is not one of none, zstd")
-    if type(config.get("sha256", False)) is not bool:
-        raise damaged(f"sha256 {config.get('sha256')!r} is not true or false")
-    if MAC_FIELD in config and not (isinstance(config[MAC_FIELD], str) and len(config[MAC_FIELD]) == 64):
-        raise damaged("mac is not 64 hex digits")
-    return config
-
-
-def config_altered_error(url: str, why: str) -> ConfigError:
-    return ConfigError(
-        f"the repository config at {url} {why}: it was altered or replaced; nothing was changed (rebuild it from "
-        f"its checkpoints with `ckpt-sync repair-config --repo {url}` and the key)"
-    )
-
-
-@dataclass(frozen=True)
-class RepositorySettings:
-    """What a repository fixes when it is created (docs/FORMAT.md): its format version and chunk
-    encoding (chunk_format.py), and whether pushes also record each file's SHA-256 (format 1 always
-    does). A field left None was not chosen: the default at creation, anything for one that exists."""
-
-    version: int | None = None
-    pad: int | None = None
-    compression: str | None = None  # "zstd", or "none" when chosen off; None: not chosen
-    sha256: bool | None = None
-
-    @classmethod
-    def of_config(cls, config: dict) -> RepositorySettings:
-        version = int(config["version"])
-        sha = version == 1 or bool(config.get("sha256", False))
-        return cls(version, int(config.get("pad", 0)), config.get("compression") or "none", sha)
-
-    def chunk_format(self, id_key: bytes) -> ChunkFormat:
-        """The chunk encoding these (resolved) settings give a repository with ``id_key``."""
-        s = self.resolved()
-        assert s.version is not None and s.pad is not None
-        return ChunkFormat(s.version, id_key, s.pad, None if s.compression == "none" else s.compression)
-
-    def resolved(self) -> RepositorySettings:
-        version = FORMAT_VERSION if self.version is None else self.version
-        return RepositorySettings(version, self.pad or 0, self.compression or "none", version == 1 or bool(self.sha256))
-
-    def conflicts(self, existing: RepositorySettings) -> list[str]:
-        """The chosen fields that differ from ``existing``'s."""
-        mine = dataclasses.asdict(self)
-        theirs = dataclasses.asdict(existing)
-        return [k for k, v in mine.items() if v is not None and v != theirs[k]]
-
-    def describe(self, fields: Iterable[str] | None = None) -> str:
-        values = dataclasses.asdict(self)
-        shown = {
-            "version": lambda v: f"format {v}",
-            "pad": lambda v: "padding" if v else "no padding",
-            "compression": lambda v: "no compression" if v == "none" else f"{v} compression",
-            "sha256": lambda v: "SHA-256 file hashes" if v else "no SHA-256 file hashes",
-        }
-        return ", ".join(shown[k](values[k]) for k in (fields or values) if values[k] is not None)
-
-
-class _NotANumber(ValueError):
-    pass
-
-
-def _refuse_constant(name: str) -> None:
-    raise _NotANumber(name)
 
 
 class ManifestCopies(Protocol):
@@ -412,7 +263,7 @@ class Repository:
     @staticmethod
     def _initialise(provider: Provider, keys: KeyRing, settings: RepositorySettings) -> bytes:
         id_key = os.urandom(32)
-        raw = json.dumps(_new_config(keys, id_key, time.time(), settings), indent=1).encode()
+        raw = json.dumps(new_config(keys, id_key, time.time(), settings), indent=1).encode()
         provider.put_if_absent(CONFIG_KEY, raw)
         # Read back even when we "won": on a store whose create-if-absent is not atomic two first
         # writers could both succeed, and only the config that stayed may be used.
@@ -694,7 +545,7 @@ class Repository:
         mine = self.binding()
         for b in set(bound):
             if b.settings() != mine.settings():
-                raise config_altered_error(self.url, f"disagrees with its checkpoints ({_binding_difference(b, mine)})")
+                raise config_altered_error(self.url, f"disagrees with its checkpoints ({binding_difference(b, mine)})")
             if b.authenticated and not self.authenticated:
                 raise config_altered_error(self.url, "has lost its MAC (its checkpoints were committed under one)")
 
@@ -840,43 +691,6 @@ class Repository:
             self._seen(manifest)
 
 
-def _new_config(
-    keys: KeyRing, id_key: bytes, created: float, settings: RepositorySettings, *, every_key: bool = False
-) -> dict:
-    """A config for ``id_key``, with entries for the ring's first key (``every_key``: for all of its
-    keys) and its MAC."""
-    s = settings.resolved()
-    assert s.version is not None
-    fingerprints = keys.fingerprints() if every_key else keys.fingerprints()[:1]
-    config: dict = {
-        "format": FORMAT_NAME,
-        "version": s.version,
-        "created": created,
-        "chunk_id": CHUNK_IDS[s.version],
-        "keys": {fp: keys.fernet(fp).encrypt(id_key).decode("ascii") for fp in fingerprints},
-    }
-    if s.pad:
-        config["pad"] = s.pad
-    if s.compression != "none":
-        config["compression"] = s.compression
-    if s.version != 1 and s.sha256:
-        config["sha256"] = True
-    return with_config_mac(id_key, config)
-
-
-def _settings_of(binding: RepositoryBinding) -> RepositorySettings:
-    return RepositorySettings(binding.version, binding.pad, binding.compression or "none", binding.sha256)
-
-
-def _binding_difference(recorded: RepositoryBinding, config: RepositoryBinding) -> str:
-    """What a checkpoint's binding records that the config does not, in words."""
-    if recorded.id_key != config.id_key or recorded.created != config.created:
-        return "they record another id key or creation time"
-    theirs, ours = _settings_of(recorded).resolved(), _settings_of(config).resolved()
-    differ = theirs.conflicts(ours)
-    return f"they record {theirs.describe(differ)}, the config says {ours.describe(differ)}"
-
-
 def _foreign_error(manifest_id: str) -> IntegrityError:
     return IntegrityError(f"manifest {manifest_id} belongs to another repository (copied in from elsewhere?)")
 
@@ -927,11 +741,11 @@ def repair_config(provider: Provider, keys: KeyRing) -> tuple[RepositoryBinding,
         if len(id_key) != 32 or repository_id(id_key) != binding.id:
             continue
         ref = sample.get(binding)
-        fmt = _settings_of(binding).chunk_format(id_key)
+        fmt = settings_of(binding).chunk_format(id_key)
         if ref is not None and not _chunk_matches(provider, keys, fmt, ref):
             continue
-        new_config = _new_config(keys, id_key, binding.created, _settings_of(binding), every_key=True)
-        new = json.dumps(new_config, indent=1).encode()
+        rebuilt = new_config(keys, id_key, binding.created, settings_of(binding), every_key=True)
+        new = json.dumps(rebuilt, indent=1).encode()
         if present:
             provider.put(CONFIG_KEY, new)
         elif not provider.put_if_absent(CONFIG_KEY, new):

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..defaults import DEFAULT_PATTERNS
-from ..format.manifest import RESUMABLE, parse_seed_name
+from ..format.manifest import RESUMABLE
+from ..format.names import parse_seed_name
 from ..format.ordering import Position, newest_first
 from ..format.repository import Repository
 from ..format.selection import newest

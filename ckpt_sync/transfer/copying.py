@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..format.layout import chunk_key
 from ..format.locks import acquire_push_lock
 from ..format.lookup import find_manifest
 from ..format.manifest import ChunkRef, FileEntry, Manifest
 from ..format.ordering import oldest_first
-from ..format.repository import Repository, chunk_key
+from ..format.repository import Repository
 from ..pipeline import default_workers, ordered_map
 from .push import commit_checked
 

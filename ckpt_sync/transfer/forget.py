@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
+from ..format.layout import manifest_key
 from ..format.locks import acquire_manifests_lock, acquire_push_lock
 from ..format.lookup import find_manifest
 from ..format.manifest import Manifest
-from ..format.repository import Repository, manifest_key
+from ..format.repository import Repository
 from ..format.selection import Selection, select
 from .seen import removed_here
 

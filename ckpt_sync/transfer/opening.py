@@ -14,8 +14,10 @@ from typing import Any
 
 from ..format.crypto import KeyRing
 from ..format.keys import generate_key, key_configured, load_keyring, write_key_file
+from ..format.layout import CONFIG_KEY
 from ..format.manifest import RepositoryBinding
-from ..format.repository import CONFIG_KEY, Repository, RepositorySettings
+from ..format.repo_config import RepositorySettings
+from ..format.repository import Repository
 from ..format.repository import repair_config as _repair_config
 from ..locations import cache_home, default_key_file, resolve_repo_url
 from ..providers import RetryPolicy, open_provider
@@ -43,7 +45,7 @@ def open_repository(
     **provider_options: Any,
 ) -> Repository:
     """Resolve URL and keys, build the provider and open the repository (checking the key first).
-    ``settings`` (format version, padding, compression; repository.RepositorySettings) apply when it is
+    ``settings`` (format version, padding, compression; repo_config.RepositorySettings) apply when it is
     created, and are refused for an existing one that differs. ``cancel`` ends the waits between
     retries (raising Cancelled)."""
     url = resolve_repo_url(repo)

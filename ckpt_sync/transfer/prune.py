@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_GRACE
 from ..errors import UsageError
+from ..format.layout import CHUNKS, KEYS, chunk_key, manifest_key
 from ..format.locks import Lock, live_push_locks, store_now, sweep_marks, try_acquire_prune_lock
 from ..format.manifest import RESUMABLE
-from ..format.repository import CHUNKS, KEYS, Repository, chunk_key, manifest_key
+from ..format.repository import Repository
 from ..format.selection import newest
 from ..providers.base import ObjectInfo
 from .retention import Candidate, RetentionPolicy, RunScope, to_remove

@@ -16,6 +16,7 @@ from ..buffers import BufferPool
 from ..errors import Cancelled, OperationFailed, UsageError
 from ..format.checkpoint_content import file_content, folder_content
 from ..format.chunking import ChunkPolicy, plan_chunks
+from ..format.layout import new_manifest_id
 from ..format.locks import Lock, acquire_push_lock
 from ..format.manifest import (
     BEST,
@@ -25,13 +26,11 @@ from ..format.manifest import (
     ChunkRef,
     FileEntry,
     Manifest,
-    component_problem,
-    file_set_problem,
     infer_role,
-    parse_seed_name,
-    path_problem,
 )
-from ..format.repository import Repository, hostname, new_manifest_id
+from ..format.names import parse_seed_name
+from ..format.paths import component_problem, file_set_problem, path_problem
+from ..format.repository import Repository, hostname
 from ..fs.checkpoint_files import FileState, folder_files
 from ..pipeline import default_workers, ordered_map
 from .counters import TransferStats
@@ -66,7 +65,7 @@ def collect_files(path: Path) -> tuple[str, list[tuple[str, Path]]]:
 
 
 def _refuse_unsafe_names(path: Path, names: list[str]) -> None:
-    """The names a pull would refuse (manifest.path_problem) are refused here, before any upload."""
+    """The names a pull would refuse (paths.path_problem) are refused here, before any upload."""
     problem = component_problem(names[0]) or file_set_problem(names[1:])
     bad = names[0]
     for rel in names[1:]:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import IntegrityError, NotFound
+from ..format.layout import chunk_key
 from ..format.manifest import ChunkRef, FileEntry
-from ..format.repository import Repository, chunk_key
+from ..format.repository import Repository
 from ..pipeline import default_workers, ordered_map
 from .damage_record import record_healed
 from .push import collect_files

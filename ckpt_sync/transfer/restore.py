@@ -43,7 +43,8 @@ from ..errors import (
 from ..format.contents import file_entry, select_files
 from ..format.file_digest import FileHasher, file_matches
 from ..format.lookup import find_manifest, latest_candidates
-from ..format.manifest import ChunkRef, FileEntry, Manifest, safe_relative_path
+from ..format.manifest import ChunkRef, FileEntry, Manifest
+from ..format.paths import safe_relative_path
 from ..format.repository import Repository
 from ..format.selection import Selection
 from ..fs.direct_io import ALIGN, DIRECT_MIN, SequentialWriter

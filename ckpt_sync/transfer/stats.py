@@ -24,8 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..defaults import DEFAULT_GRACE
+from ..format.layout import CHUNKS, MANIFESTS
 from ..format.manifest import Manifest
-from ..format.repository import CHUNKS, MANIFESTS, Repository
+from ..format.repository import Repository
 from ..format.selection import newest
 
 

@@ -20,10 +20,11 @@ import dataclasses
 from collections.abc import Sequence
 
 from ..errors import UsageError
+from ..format.layout import manifest_key, new_manifest_id
 from ..format.locks import acquire_manifests_lock, acquire_push_lock
 from ..format.lookup import find_manifest
 from ..format.manifest import CHECKPOINT_ID, Manifest
-from ..format.repository import Repository, manifest_key, new_manifest_id
+from ..format.repository import Repository
 from .push import commit_checked
 
 

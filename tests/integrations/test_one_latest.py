@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 
 import ckpt_sync  # noqa: E402
 from ckpt_sync.api import open_repository  # noqa: E402
+from ckpt_sync.format.layout import chunk_key  # noqa: E402
 from ckpt_sync.format.lookup import latest  # noqa: E402
-from ckpt_sync.format.repository import chunk_key  # noqa: E402
 
 STEPS = (100, 200, 300)
 

@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 from helpers import make_folder_checkpoint
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.format.repository import CHUNKS, CONFIG_KEY
+from ckpt_sync.format.layout import CHUNKS, CONFIG_KEY
 
 
 def _fill(cli, url, tmp_path, torch_checkpoint):

@@ -14,8 +14,8 @@ from helpers import wait_until
 
 import ckpt_sync
 from ckpt_sync.api import open_repository
+from ckpt_sync.format.layout import MANIFESTS, new_manifest_id
 from ckpt_sync.format.locks import acquire_manifests_lock, try_acquire_prune_lock
-from ckpt_sync.format.repository import MANIFESTS, new_manifest_id
 
 
 def _push(cli, url, path, *extra):

@@ -152,7 +152,7 @@ def test_the_dcp_reader_takes_the_newest_intact_resumable_save(any_repo_url, cli
 
     from ckpt_sync.api import open_repository
     from ckpt_sync.dcp import Reader, Writer
-    from ckpt_sync.format.repository import chunk_key
+    from ckpt_sync.format.layout import chunk_key
 
     url = any_repo_url
 

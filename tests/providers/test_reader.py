@@ -19,8 +19,8 @@ from helpers import flip_chunk_byte, make_folder_checkpoint
 import ckpt_sync
 from ckpt_sync.api import open_repository
 from ckpt_sync.errors import IntegrityError
+from ckpt_sync.format.layout import new_manifest_id
 from ckpt_sync.format.manifest import FileEntry
-from ckpt_sync.format.repository import new_manifest_id
 
 
 def _push(cli, url, path, chunk="64K", *options):

@@ -13,7 +13,7 @@ from ckpt_sync.providers import open_provider
 from helpers import flip_chunk_byte, make_torch_checkpoint
 
 from ckpt_sync.api import open_repository
-from ckpt_sync.format.repository import chunk_key
+from ckpt_sync.format.layout import chunk_key
 
 
 def _push(cli, url: str, path: Path) -> dict:
