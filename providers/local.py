@@ -11,10 +11,10 @@ chunk caps a local push near 260 MiB/s; overlapped with the pipeline they cost l
 power loss a chunk written but not yet committed may be short or empty: the repository only trusts
 a stored chunk of exactly the right size, so such a chunk is simply sent again.
 
-Temp files are named ``.tmp-<host tag>-<pid>.<start>-<random>-<name>`` (owners.WRITER_TAG) and
-are removed only when abandoned (``remove_abandoned``): the first write of a process removes those
-whose writer is provably dead on this host (a ``kill -9``), and prune also those whose writer
-cannot be checked from here, by age.
+Temp files are named as every writer of this package names them (fs.atomic: hidden, naming their
+writer) and are removed only when abandoned (``remove_abandoned``): the first write of a process
+removes those whose writer is provably dead on this host (a ``kill -9``), and prune also those
+whose writer cannot be checked from here, by age. Hidden names are never objects.
 """
 
 from __future__ import annotations
@@ -22,10 +22,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
-import secrets
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -33,15 +30,13 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
+from ckpt_sync.fs.atomic import abandoned, fsync_file, temp_path
 from ckpt_sync.fs.direct_io import DIRECT_MIN, SequentialWriter, read_file_into
-from ckpt_sync.owners import WRITER_TAG, writer_alive, writer_tag
 
 from .base import ObjectInfo
 
 log = logging.getLogger("ckpt_sync.providers.local")
 
-_TMP = ".tmp-"
-_OWNED_TMP = re.compile(rf"^\.tmp-{WRITER_TAG}-[0-9a-f]+-")
 # A temp whose writer cannot be checked from here (another host, an older version's name) is judged
 # abandoned only once this old, whatever the prune's grace: a live writer rewrites its temp until
 # it links it an fsync later, so an hour untouched is a crash, while --grace 0 ("collect chunks
@@ -96,7 +91,7 @@ class LocalProvider:
             self._swept = True
             self.remove_abandoned()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{_TMP}{writer_tag()}-{secrets.token_hex(3)}-{path.name}")
+        tmp = temp_path(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(data).cast("B")
@@ -113,12 +108,7 @@ class LocalProvider:
         return tmp
 
     def _fsync_path(self, path: Path) -> None:
-        with suppress(FileNotFoundError):  # removed since (a released lock): nothing to keep
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync_file(path)  # a file or a folder: gone since (a released lock) is nothing to keep
 
     def _flush_later(self, path: Path) -> None:
         with self._unsynced_lock:
@@ -228,10 +218,10 @@ class LocalProvider:
         folder, _, _ = prefix.rpartition("/")
         base = self.root / folder if folder else self.root
         for dirpath, dirnames, filenames in os.walk(base):
-            dirnames[:] = [d for d in dirnames if not d.startswith(_TMP)]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
-                if name.startswith(_TMP):
+                if name.startswith("."):  # a temp being written (fs.atomic), or nothing of ours
                     continue
                 key = name if rel_dir == "." else f"{rel_dir}/{name}"
                 if not key.startswith(prefix):
@@ -266,27 +256,15 @@ class LocalProvider:
         provably dead here goes at once; one whose writer cannot be checked from here (another
         host or container, a name without a writer tag) goes only with ``older_than`` (seconds)
         and only once older than both it and FOREIGN_TEMP_MIN_AGE, by ``now`` (the store's time,
-        as a probe object's stamp gives it: this host's clock may be wrong), else this host's clock.
+        as a probe object's stamp gives it: this host's clock may be wrong), else this host's clock
+        (fs.atomic.abandoned).
         """
-        now = time.time() if now is None else now
-        cutoff = None if older_than is None else now - max(older_than, FOREIGN_TEMP_MIN_AGE)
+        limit = None if older_than is None else max(older_than, FOREIGN_TEMP_MIN_AGE)
         removed = 0
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
-                if not name.startswith(_TMP):
-                    continue
-                path = os.path.join(dirpath, name)
-                m = _OWNED_TMP.match(name)
-                alive = None if m is None else writer_alive(m["host"], m["pid"], m["start"])
-                if alive:
-                    continue
-                doomed = alive is False
-                if not doomed and cutoff is not None:
-                    try:
-                        doomed = os.stat(path).st_mtime < cutoff
-                    except FileNotFoundError:
-                        continue
-                if doomed:
+                path = Path(dirpath) / name
+                if name.startswith(".") and abandoned(path, limit, now):
                     with suppress(FileNotFoundError):
                         os.unlink(path)
                         removed += 1

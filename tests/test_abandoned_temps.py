@@ -18,6 +18,7 @@ from ckpt_sync.providers.local import FOREIGN_TEMP_MIN_AGE, LocalProvider
 from helpers import make_torch_checkpoint
 
 from ckpt_sync.errors import StorageError
+from ckpt_sync.fs.atomic import Leftover, is_temp_name, leftover
 from ckpt_sync.owners import host_tag
 
 # Writes an object with the real put_if_absent, pausing between writing its temp and linking it.
@@ -62,6 +63,10 @@ def _prune(cli, repo_url, *grace):
     return json.loads(out)["temp_removed"]
 
 
+def _temps(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*") if is_temp_name(p.name)]
+
+
 def _start_ticks(pid: int) -> int:
     raw = Path(f"/proc/{pid}/stat").read_bytes()
     return int(raw[raw.rindex(b")") + 2 :].split()[19])
@@ -76,7 +81,7 @@ def test_prune_grace_0_never_removes_the_temp_of_a_writer_alive_here_however_old
     )
     try:
         tmp = Path(writer.stdout.readline().strip())
-        assert tmp.name.startswith(f".tmp-{host_tag()}-{writer.pid}") and tmp.exists()
+        assert leftover(tmp.name) == Leftover(alive=True) and tmp.exists()  # named after its writer, alive
         _age(tmp, 2 * DAY)  # age says nothing about a writer we can see running
         assert _prune(cli, repo_url, "--grace", "0") == 0
         assert tmp.exists()
@@ -87,7 +92,7 @@ def test_prune_grace_0_never_removes_the_temp_of_a_writer_alive_here_however_old
         writer.kill()
         writer.wait()
     assert (repo_dir / "probe" / "live-writer").read_bytes() == b"written while a prune ran"
-    assert not list(repo_dir.rglob(".tmp-*"))
+    assert not _temps(repo_dir)
 
 
 def test_a_dead_writers_temp_is_removed_by_the_next_prune_however_young(tmp_path, key, repo_url, repo_dir, cli):
@@ -152,7 +157,7 @@ def test_a_write_whose_temp_vanishes_once_writes_it_again(tmp_path, op):
     result = getattr(p, op)("manifests/m1", b"the commit")
     assert result in (None, True)
     assert (tmp_path / "repo" / "manifests" / "m1").read_bytes() == b"the commit"
-    assert not list((tmp_path / "repo").rglob(".tmp-*"))
+    assert not _temps(tmp_path / "repo")
 
 
 @pytest.mark.parametrize("op", ["put", "put_if_absent"])

@@ -15,6 +15,7 @@ import pytest
 from helpers import chunk_files, make_torch_checkpoint, manifest_ids, start_cli, wait_until
 
 from ckpt_sync.api import open_repository
+from ckpt_sync.fs.atomic import is_temp_name
 
 HOLD_PRUNE_LOCK = """
 import sys, time
@@ -199,12 +200,12 @@ def test_temp_objects_and_push_locks_of_a_killed_push_are_cleaned_by_the_next_pu
     proc.wait()
     assert list((repo_dir / "locks").glob("push-*"))
     subprocess.run([sys.executable, "-c", KILLED_WRITER, str(repo_dir)], check=False)
-    assert list(repo_dir.rglob(".tmp-*"))
+    assert [q for q in repo_dir.rglob(".*") if is_temp_name(q.name)]
     pruned = cli("prune", "--repo", repo_url, "--keep", "5", "--grace", "0", "--json", check=True)
     report = json.loads(pruned.stdout)
     assert report["gc_skipped"] is None, report  # the dead push's lock does not block chunk GC
     assert not list((repo_dir / "locks").glob("push-*"))
-    assert not list(repo_dir.rglob(".tmp-*"))
+    assert not [q for q in repo_dir.rglob(".*") if is_temp_name(q.name)]
     cli("push", str(ck), "--to", repo_url, check=True)
     cli("verify", "--read-data", "--repo", repo_url, check=True)
 
@@ -212,10 +213,10 @@ def test_temp_objects_and_push_locks_of_a_killed_push_are_cleaned_by_the_next_pu
 def test_the_next_push_removes_temp_objects_of_a_killed_writer(tmp_path, key, repo_url, repo_dir, cli):
     _init(repo_url, tmp_path, cli)
     subprocess.run([sys.executable, "-c", KILLED_WRITER, str(repo_dir)], check=False)
-    assert list(repo_dir.rglob(".tmp-*"))
+    assert [q for q in repo_dir.rglob(".*") if is_temp_name(q.name)]
     ck = make_torch_checkpoint(tmp_path / "src" / "checkpoint_k_2.pt", hidden=64)
     cli("push", str(ck), "--to", repo_url, check=True)
-    assert not list(repo_dir.rglob(".tmp-*"))
+    assert not [q for q in repo_dir.rglob(".*") if is_temp_name(q.name)]
 
 
 # --- 13. restore keeps the source's permission bits ------------------------------------------------

@@ -1,18 +1,16 @@
 """Holding a checkpoint until it is committed, so local rotation cannot delete it from under us.
 
-A held copy lives in its own slot folder under the state folder's ``staging/``: a copy-on-write
-clone (reflink) where the filesystem has it, so a rewrite of the original in place cannot reach
-it; else hard links (instant, no extra space, but sharing the original's inode: the worker checks
-a held file did not change before committing, checkpoint_files.FileState); across filesystems a
-real copy. Each slot also records its job (``.ckpt-sync-job.json``: the original's absolute path,
-its version and what was asked), so a queue that was deleted or damaged can be rebuilt from the
-slots alone. A failed hold (a full disk) leaves no slot behind.
+A held copy lives in its own slot folder under the state folder's ``staging/``, made by
+fs.atomic.hold_copy: a copy-on-write clone (reflink) where the filesystem has it, so a rewrite of
+the original in place cannot reach it; else hard links (instant, no extra space, but sharing the
+original's inode: the worker checks a held file did not change before committing,
+checkpoint_files.FileState); across filesystems a real copy. Each slot also records its job
+(``.ckpt-sync-job.json``: the original's absolute path, its version and what was asked), so a queue
+that was deleted or damaged can be rebuilt from the slots alone. A failed hold (a full disk) leaves no slot behind.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import secrets
@@ -22,40 +20,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..fs.atomic import hold_copy
 from ..fs.checkpoint_files import file_states, folder_files
 
 JOB_FILE = ".ckpt-sync-job.json"
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-def _clone(src: Path, dst: Path) -> bool:
-    """A reflink of ``src`` at ``dst``; False where the filesystem cannot (nothing left behind)."""
-    if not hasattr(fcntl, "ioctl"):
-        return False
-    with open(src, "rb") as s:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.ioctl(fd, FICLONE, s.fileno())
-        except OSError:
-            os.close(fd)
-            os.unlink(dst)
-            return False
-        shutil.copystat(src, dst)
-        os.close(fd)
-    return True
-
-
-def _hold_file(src: Path, dst: Path) -> None:
-    if _clone(src, dst):
-        return
-    try:
-        os.link(src, dst)
-    except OSError as err:
-        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
-            raise
-        shutil.copy2(src, dst)
-
-
 def hold(path: Path, staging_root: Path, record: dict[str, Any] | None = None) -> Path:
     """Make a held copy of ``path`` (a file, or a folder checkpoint's files) and return where it is.
 
@@ -71,9 +39,9 @@ def hold(path: Path, staging_root: Path, record: dict[str, Any] | None = None) -
             for rel, src in folder_files(path):
                 dst = target / rel
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                _hold_file(src, dst)
+                hold_copy(src, dst)
         else:
-            _hold_file(path, target)
+            hold_copy(path, target)
         # Taken after holding: a hard link itself moves the inode's ctime.
         states = {k: v.to_json() for k, v in file_states(target).items()}
         body = json.dumps({**(record or {}), "held": target.name, "states": states}).encode()

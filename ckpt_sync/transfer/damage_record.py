@@ -10,12 +10,11 @@ the repository: the store is not trusted to say what is damaged.
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..fs.atomic import atomic_write_bytes
 from ..locations import state_home
 
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -46,9 +45,7 @@ def _write(repository_id: str, chunks: set[str]) -> None:
             path.unlink(missing_ok=True)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps({"chunks": sorted(chunks)}), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps({"chunks": sorted(chunks)}).encode())
     except OSError:
         pass
 

@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import time
 from pathlib import Path
 
+from ..fs.atomic import abandoned, is_temp_name, temp_path
 from ..providers.base import ObjectInfo
-
-_TMP = ".tmp-"
 
 
 class ManifestCache:
@@ -50,9 +47,10 @@ class ManifestCache:
             return
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f"{_TMP}{secrets.token_hex(6)}"
+            final = self.folder / self._name(manifest_id, info)
+            tmp = temp_path(final)  # no fsync: a copy lost in a crash is fetched again
             tmp.write_bytes(token)
-            os.replace(tmp, self.folder / self._name(manifest_id, info))
+            os.replace(tmp, final)
         except OSError:
             return
 
@@ -68,9 +66,9 @@ class ManifestCache:
             return
         for name in names:
             path = self.folder / name
-            if name.startswith(_TMP):  # another process's write in progress, unless long abandoned
-                with contextlib.suppress(OSError):
-                    if path.stat().st_mtime < time.time() - 600:
+            if is_temp_name(name):  # another process's write in progress, unless abandoned
+                if abandoned(path, 600.0):
+                    with contextlib.suppress(OSError):
                         path.unlink()
                 continue
             mid = name.split("@", 1)[0]

@@ -17,10 +17,7 @@ import errno
 import itertools
 import mmap
 import os
-import re
-import secrets
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -47,8 +44,8 @@ from ..format.manifest import ChunkRef, FileEntry, Manifest
 from ..format.paths import safe_relative_path
 from ..format.repository import Repository
 from ..format.selection import Selection
+from ..fs.atomic import abandoned, fsync_dir, temp_path
 from ..fs.direct_io import ALIGN, DIRECT_MIN, SequentialWriter
-from ..owners import WRITER_TAG, writer_alive, writer_tag
 from ..pipeline import default_workers, ordered_map
 from .counters import TransferStats
 from .seen import remember
@@ -56,49 +53,24 @@ from .seen import remember
 ProgressFn = Callable[[int], None]
 WarnFn = Callable[[str], None]
 
-# .ckpt-sync-<writer tag>-<random>.part (being written) or .old (a folder being replaced), the writer
-# tag naming host, pid and start time (owners.WRITER_TAG); and the names older versions used
-# (.<name>.ckpt-sync-<random>.part, .ckpt-sync-<random>.part), which carry no owner.
-_TEMP = re.compile(rf"^\.ckpt-sync-{WRITER_TAG}-[0-9a-f]+\.(part|old)$")
-_OLD_TEMP = re.compile(r"^\.(.+\.)?ckpt-sync-[0-9a-f]+\.part$")
 ABANDONED_AFTER = 86400.0  # another host's temp this old is abandoned too
 DEFAULT_MODE = 0o644  # for manifests that did not record the source's bits (the umask applies)
 
 
-def temp_name(kind: str = "part") -> str:
-    """A hidden, unique name for a file or folder being restored, naming its writer (owners.writer_tag).
-    Short and independent of the final name, so any name up to the filesystem's 255-byte limit can
-    be restored (and `watch` ignores it)."""
-    return f".ckpt-sync-{writer_tag()}-{secrets.token_hex(3)}.{kind}"
-
-
 def clean_leftovers(folder: Path) -> int:
-    """Remove temp files and folders a crashed pull left directly in ``folder``; returns how many.
-
-    One whose writer is running on this host stays, however old; one whose writer is provably dead
+    """Remove temp files and folders a crashed pull (or save) left directly in ``folder``; returns
+    how many. One whose writer is running stays, however old; one whose writer is provably dead
     here goes at once; others (another host, the owner-less names of older versions) when older
-    than a day.
-    """
+    than a day (fs.atomic.abandoned)."""
     removed = 0
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return 0
-    cutoff = time.time() - ABANDONED_AFTER
     for e in entries:
-        m = _TEMP.match(e.name)
-        if m is None and not _OLD_TEMP.match(e.name):
-            continue
-        alive = None if m is None else writer_alive(m["host"], m["pid"], m["start"])
-        if alive:
-            continue
-        if alive is None:
-            try:
-                if e.stat(follow_symlinks=False).st_mtime >= cutoff:
-                    continue
-            except FileNotFoundError:
-                continue
         path = Path(e.path)
+        if not abandoned(path, ABANDONED_AFTER):
+            continue
         if e.is_dir(follow_symlinks=False):
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -188,14 +160,6 @@ def _destination(dest: Path, rel: str, *, create: bool = True) -> Path:
     return final
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def restore(
     repo: Repository,
     manifest: Manifest,
@@ -241,7 +205,7 @@ def restore(
         clean_leftovers(root)  # the per-file leftovers of older versions, inside the folder
     # A folder is assembled in a hidden sibling and renamed into place whole (its files already there
     # and identical are linked in, not downloaded); a single file is written beside its name.
-    build = dest / temp_name() if manifest.kind == "dir" else dest
+    build = temp_path(dest / manifest.name, "part") if manifest.kind == "dir" else dest
     written: list[tuple[Path, str]] = []  # (temp path, path under dest) of each downloaded file
     try:
         if build != dest:
@@ -254,7 +218,7 @@ def restore(
                     if build != dest and whole:
                         _link_or_copy(final, _destination(build, entry.path))
                     continue
-                tmp = _destination(build, entry.path) if build != dest else dest / temp_name()
+                tmp = _destination(build, entry.path) if build != dest else temp_path(finals[entry.path], "part")
                 written.append((tmp, rels[entry.path]))
                 file_mtime = entry.mtime_ns if entry.mtime_ns is not None else mtime_ns
                 _write_file(repo, pool, entry, tmp, workers=workers, mtime_ns=file_mtime, progress=progress)
@@ -263,7 +227,7 @@ def restore(
                 stats.bytes_read += entry.size
         if build != dest:
             for folder in sorted({tmp.parent for tmp, _ in written} | {build}, key=lambda p: -len(p.parts)):
-                _fsync_dir(folder)
+                fsync_dir(folder)
         if build != dest and whole:
             if mtime_ns is not None:
                 os.utime(build, ns=(mtime_ns, mtime_ns))
@@ -273,12 +237,12 @@ def restore(
             for tmp, final in finals_made:
                 os.replace(tmp, final)
             for parent in {final.parent for _, final in finals_made}:
-                _fsync_dir(parent)
+                fsync_dir(parent)
             if build != dest:
                 shutil.rmtree(build, ignore_errors=True)
                 if mtime_ns is not None:
                     os.utime(root, ns=(mtime_ns, mtime_ns))
-        _fsync_dir(dest)
+        fsync_dir(dest)
     except OSError as err:
         _discard(build, written)
         if err.errno == errno.ENOSPC:
@@ -389,7 +353,7 @@ def _replace_folder(build: Path, root: Path) -> None:
     """Rename the assembled folder to ``root``; one already there is moved aside first, then removed."""
     aside = None
     if root.exists():
-        aside = root.parent / temp_name("old")
+        aside = temp_path(root, "old")
         os.rename(root, aside)
     try:
         os.rename(build, root)
@@ -419,7 +383,7 @@ def prepare_target(dest: Path) -> None:
         dest.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot create the target folder {dest}: {err.strerror} (choose another --to)") from None
-    probe = dest / f".ckpt-sync-probe-{secrets.token_hex(4)}"  # permission bits do not tell root (or RO mounts)
+    probe = temp_path(dest / "probe")  # permission bits do not tell root (or RO mounts)
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probe.unlink()

@@ -13,13 +13,12 @@ removes commits, so the newest commit this host saw going missing is exactly the
 from __future__ import annotations
 
 import json
-import os
 import re
-import secrets
 from pathlib import Path
 from typing import Any
 
 from ..format.manifest import Manifest
+from ..fs.atomic import atomic_write_bytes
 from ..locations import state_home
 
 _ID = re.compile(r"^[0-9a-f]{16}$")
@@ -50,9 +49,7 @@ def remember(repository_id: str, manifest: Manifest) -> None:
     record = {"id": manifest.id, "name": manifest.name, "step": manifest.global_step}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(record), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(record).encode())
     except OSError:
         pass
 
