@@ -12,10 +12,10 @@ from .errors import CkptSyncError
 from .format.repo_config import RepositorySettings
 
 if TYPE_CHECKING:
+    from .api import open  # ckpt_sync.open(...) mirrors the builtin on purpose
     from .service.sync_client import SyncClient
     from .training import CheckpointManager
     from .transfer.reader import CheckpointFile
-    from .transfer.reader import open_file as open  # ckpt_sync.open(...) mirrors the builtin on purpose
 
 __version__ = "0.1.0"
 __all__ = [
@@ -41,7 +41,7 @@ _LAZY = {
     "CheckpointManager": ("training", "CheckpointManager"),
     "SyncClient": ("service.sync_client", "SyncClient"),
     "CheckpointFile": ("transfer.reader", "CheckpointFile"),
-    "open": ("transfer.reader", "open_file"),
+    "open": ("api", "open"),
 }
 
 

@@ -1,38 +1,129 @@
 """The library surface: what the CLI verbs and a training loop call.
 
-``push(path)`` after your own ``torch.save``; ``pull(to=...)`` on a fresh host. Both resolve the
-repository (argument, ``$CKPT_SYNC_REPO``, embedded default) and keys (argument, key file,
-``$BACKUP_ENCRYPTION_KEY``, default key file) the same way the CLI does.
+``push(path)`` after your own ``torch.save``; ``pull(to=...)`` on a fresh host. Every call finds
+the store as the CLI does (service/settings.py ``resolve_store``): an argument, else the environment
+(``$CKPT_SYNC_REPO``, ``$CKPT_SYNC_ENDPOINT_URL``, ...), else the config file, else the default (the
+embedded local repository); the keys from a ``key_file`` argument, ``$BACKUP_ENCRYPTION_KEY``, a
+key file the environment or the config file names, or the default key file.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from .format.chunking import ChunkPolicy
+from .format.crypto import KeyRing
 from .format.lookup import find_manifest
-from .format.manifest import RESUMABLE, FileEntry, Manifest
+from .format.manifest import RESUMABLE, FileEntry, Manifest, RepositoryBinding
+from .format.repo_config import RepositorySettings
 from .format.repository import Repository
 from .format.selection import Selection
+from .providers import RetryPolicy
+from .service.settings import StoreAccess, resolve_store
 from .transfer.counters import TransferStats
-from .transfer.opening import Initialised, init_repository, open_repository, repair_config
+from .transfer.opening import Initialised, init_at, open_at, repair_config_at
 from .transfer.push import push_path
 from .transfer.restore import pull as _pull
 from .transfer.restore import stream_file
+
+if TYPE_CHECKING:
+    from .transfer.reader import CheckpointFile
 
 __all__ = [
     "Initialised",
     "cat",
     "checkpoint",
     "init_repository",
+    "open",
     "open_repository",
     "pull",
     "push",
     "push_with_stats",
     "repair_config",
 ]
+
+
+def open_repository(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    keys: KeyRing | None = None,
+    create: bool = False,
+    settings: RepositorySettings | None = None,
+    retry: RetryPolicy | None = None,
+    cancel: threading.Event | None = None,
+    endpoint_url: str | None = None,
+    bwlimit: int | str | None = None,
+    **provider_options: Any,
+) -> Repository:
+    """The repository ``repo`` names (resolved as the module says), opened with the key checked first.
+    ``keys`` (a KeyRing) instead of a key file; ``settings`` (format version, padding, compression)
+    apply when it is created and are refused for an existing one that differs; ``retry`` replaces
+    the resolved retry budget; ``cancel`` ends the waits between retries (raising Cancelled)."""
+    access = resolve_store(repo, key_file=key_file, endpoint_url=endpoint_url, bwlimit=bwlimit)
+    return open_store(
+        access, keys=keys, create=create, settings=settings, retry=retry, cancel=cancel, **provider_options
+    )
+
+
+def open_store(
+    access: StoreAccess,
+    *,
+    keys: KeyRing | None = None,
+    create: bool = False,
+    settings: RepositorySettings | None = None,
+    retry: RetryPolicy | None = None,
+    cancel: threading.Event | None = None,
+    **provider_options: Any,
+) -> Repository:
+    """The repository a resolved ``StoreAccess`` names (how the CLI and ``open_repository`` open it)."""
+    options = access.provider_options() | provider_options
+    if retry is not None:
+        options["retry"] = retry
+    return open_at(access.url, keys or access.keys(), create=create, settings=settings, cancel=cancel, **options)
+
+
+def init_repository(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    create_bucket: bool = False,
+    settings: RepositorySettings | None = None,
+    endpoint_url: str | None = None,
+    **provider_options: Any,
+) -> Initialised:
+    """Create the repository ``repo`` names (with ``create_bucket``, first its bucket or container);
+    with no key configured anywhere, and only for a new repository, a new default key file is made."""
+    access = resolve_store(repo, key_file=key_file, endpoint_url=endpoint_url)
+    return init_at(
+        access.url,
+        access.key_file,
+        create_bucket=create_bucket,
+        settings=settings,
+        **(access.provider_options() | provider_options),
+    )
+
+
+def repair_config(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    keys: KeyRing | None = None,
+    endpoint_url: str | None = None,
+    **provider_options: Any,
+) -> tuple[RepositoryBinding, int]:
+    """Rebuild the repository's missing or damaged config from the backup its manifests carry."""
+    access = resolve_store(repo, key_file=key_file, endpoint_url=endpoint_url)
+    return repair_config_at(access.url, keys or access.keys(), **(access.provider_options() | provider_options))
+
+
+def _opened(
+    repo: str | Repository | None, key_file: str | os.PathLike[str] | None, *, create: bool = False
+) -> Repository:
+    return repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file, create=create)
 
 
 def push(
@@ -67,8 +158,10 @@ def push_with_stats(
     progress: Any = None,
     role: str | None = None,
 ) -> tuple[Manifest, TransferStats]:
-    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file, create=True)
-    policy = ChunkPolicy.of_size(chunk_size)
+    access = resolve_store(None if isinstance(repo, Repository) else repo, key_file=key_file)
+    r = repo if isinstance(repo, Repository) else open_store(access, create=True)
+    policy = ChunkPolicy.of_size(chunk_size or access.chunk_size)
+    workers = workers or access.workers
     return push_path(
         r, path, tags=tags, metadata=metadata, role=role, policy=policy, workers=workers, progress=progress
     )
@@ -103,13 +196,14 @@ def pull(
     ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
     """
     selection = Selection(role or RESUMABLE, tag, session, host, name, step, before_step)
-    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
+    access = resolve_store(None if isinstance(repo, Repository) else repo, key_file=key_file)
+    r = repo if isinstance(repo, Repository) else open_store(access)
     return _pull(
         r,
         to,
         selector=checkpoint,
         selection=selection,
-        workers=workers,
+        workers=workers or access.workers,
         include=include,
         exclude=exclude,
         allow_older=allow_older,
@@ -122,8 +216,7 @@ def checkpoint(
     selector: str = "latest", repo: str | Repository | None = None, *, key_file: str | os.PathLike[str] | None = None
 ) -> Manifest:
     """One checkpoint's manifest (its files: ``.files``), by id, unique id prefix, name or ``latest``."""
-    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
-    return find_manifest(r, selector)
+    return find_manifest(_opened(repo, key_file), selector)
 
 
 def cat(
@@ -136,5 +229,32 @@ def cat(
     workers: int | None = None,
 ) -> FileEntry:
     """Write one verified file of a checkpoint to the binary stream ``out`` (see restore.stream_file)."""
-    r = repo if isinstance(repo, Repository) else open_repository(repo, key_file=key_file)
+    r = _opened(repo, key_file)
     return stream_file(r, find_manifest(r, selector), path, out, workers=workers)
+
+
+def open(
+    repo: str | Repository | None = None,
+    checkpoint: str = "latest",
+    path: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    cache_bytes: int | None = None,
+    workers: int = 4,
+) -> CheckpointFile:
+    """One file of a committed checkpoint as a seekable, read-only binary file object, its chunks
+    fetched and authenticated as reads need them (transfer/reader.py). ``checkpoint``: an id, a
+    unique id prefix, a name or ``latest``; ``path``: the file inside it (None for a one-file
+    checkpoint); ``cache_bytes`` bounds the chunks it keeps (default 128 MiB). Use it as a context
+    manager, or close it, to release connections."""
+    from .transfer.reader import open_file  # the lazy reader (a thread pool, a cache) on first use
+
+    owns = not isinstance(repo, Repository)
+    r = _opened(repo, key_file)
+    try:
+        sized = {} if cache_bytes is None else {"cache_bytes": cache_bytes}
+        return open_file(r, checkpoint, path, workers=workers, owns_repo=owns, **sized)
+    except BaseException:
+        if owns:
+            r.provider.close()
+        raise

@@ -35,8 +35,3 @@ def default_key_file() -> Path:
 def default_repo_url() -> str:
     """The embedded default repository: a local folder, so everything works with no cloud account."""
     return (data_dir() / "repo").as_uri()
-
-
-def resolve_repo_url(flag: str | None) -> str:
-    """``--repo`` wins, then ``$CKPT_SYNC_REPO``, then the embedded default."""
-    return flag or os.environ.get(ENV_REPO) or default_repo_url()

@@ -8,18 +8,21 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..api import open_repository as _open_repository
+from ..api import open_store
 from ..defaults import DEFAULT_GRACE
 from ..errors import ConfigError, UsageError
 from ..format.manifest import RESUMABLE, ROLES, Manifest
 from ..format.repo_config import RepositorySettings
 from ..format.selection import ANY, Selection
+from ..locations import default_repo_url
 from ..providers import RetryPolicy
 from ..redact import redact
+from ..service.settings import StoreAccess, store_access
 from ..transfer.seen import rollback_warning
 from .progress import ProgressLine
 
@@ -95,27 +98,18 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def provider_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The store options the verb's (resolved) settings give: retry budget, endpoint and bwlimit."""
-    options: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
-    if args.bwlimit:
-        options["bwlimit"] = args.bwlimit
-    options["retry"] = RetryPolicy(attempts=args.retry_attempts, max_seconds=args.retry_time)
-    return options
+def store_of(args: argparse.Namespace) -> StoreAccess:
+    """The store the verb's resolved settings name (settings.store_access, as a library call
+    resolves it); a verb may have pointed ``args.repo``/``args.key_file`` elsewhere since (copy's
+    destination, the endpoint a watch recorded)."""
+    return replace(store_access(args.settings), url=args.repo or default_repo_url(), key_file=args.key_file)
 
 
 def open_repository(args: argparse.Namespace, *, create: bool = False, cancel: threading.Event | None = None) -> Any:
     """The repository the verb's (resolved) settings name, with their retry budget, endpoint and bwlimit;
     ``cancel`` (SIGTERM) ends its retry waits. Verbs that create one pass the repository settings
     the user chose (``add_repository_settings_options``)."""
-    return _open_repository(
-        args.repo,
-        key_file=args.key_file,
-        create=create,
-        settings=repository_settings(args),
-        cancel=cancel,
-        **provider_options(args),
-    )
+    return open_store(store_of(args), create=create, settings=repository_settings(args), cancel=cancel)
 
 
 def add_repository_settings_options(p: argparse.ArgumentParser) -> None:

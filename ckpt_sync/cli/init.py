@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..api import init_repository
 from ..errors import EXIT_OK
+from ..transfer.opening import init_at
 from .common import (
     add_json_option,
     add_repo_option,
     add_repository_settings_options,
-    provider_options,
     repository_settings,
     say,
+    store_of,
 )
 
 
@@ -35,12 +35,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    done = init_repository(
-        args.repo,
-        key_file=args.key_file,
+    store = store_of(args)
+    done = init_at(
+        store.url,
+        store.key_file,
         create_bucket=args.create_bucket,
         settings=repository_settings(args),
-        **provider_options(args),
+        **store.provider_options(),
     )
     repo = done.repository
     try:

@@ -4,12 +4,10 @@ encrypted backup every manifest carries (the key is needed; nothing else is touc
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from ..api import repair_config
 from ..errors import EXIT_OK
-from ..providers import RetryPolicy
-from .common import add_repo_option
+from ..transfer.opening import repair_config_at
+from .common import add_repo_option, store_of
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,11 +19,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    options: dict[str, Any] = {"endpoint_url": args.endpoint_url} if args.endpoint_url else {}
-    retry = RetryPolicy(attempts=args.retry_attempts, max_seconds=args.retry_time)
-    binding, count = repair_config(args.repo, key_file=args.key_file, retry=retry, **options)
+    store = store_of(args)
+    binding, count = repair_config_at(store.url, store.keys(), **store.provider_options())
     print(
-        f"rebuilt the config of {args.repo} from the backup in {count} checkpoint(s) "
+        f"rebuilt the config of {store.url} from the backup in {count} checkpoint(s) "
         f"(repository {binding.id}); its checkpoints open again with this key"
     )
     return EXIT_OK

@@ -22,12 +22,12 @@ try:
 except ImportError as err:  # one clear line instead of a bare ModuleNotFoundError deep in a training script
     raise ImportError(f"ckpt_sync.hf needs Hugging Face transformers: pip install 'ckpt-sync[hf]' ({err})") from err
 
-from ..api import open_repository
+from ..api import open_store
 from ..errors import Cancelled, OperationFailed, StorageError
 from ..format.manifest import RESUMABLE
 from ..format.selection import Selection
-from ..locations import resolve_repo_url
 from ..service import layouts
+from ..service.settings import resolve_store
 from .sync import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
 
 log = logging.getLogger("ckpt_sync.hf")
@@ -98,18 +98,19 @@ def restore_latest(
     Afterwards ``trainer.train(resume_from_checkpoint=True)`` resumes from it.
     """
     dest = Path(output_dir)
+    store = resolve_store(repo, key_file=key_file)
     try:
-        r = open_repository(repo, key_file=key_file, create=True)
+        r = open_store(store, create=True)
     except (StorageError, Cancelled) as err:  # training never waits on the store
         local = sorted(p for p in dest.glob("checkpoint-*") if p.is_dir()) if dest.is_dir() else []
         if not local:
             raise OperationFailed(
-                f"no checkpoint in {dest}, and the repository {resolve_repo_url(repo)} cannot be read ({err}): "
+                f"no checkpoint in {dest}, and the repository {store.url} cannot be read ({err}): "
                 "bring the store back, or train without resume_from_checkpoint"
             ) from None
         log.warning(
             "[ckpt-sync] cannot reach %s (%s); the Trainer resumes from the checkpoints in %s",
-            resolve_repo_url(repo),
+            store.url,
             err,
             dest,
         )

@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from ..api import open_repository
+from ..api import open_repository, open_store
 from ..errors import Cancelled, OperationFailed, StorageError
 from ..format.manifest import RESUMABLE, Manifest
 from ..format.selection import ANY, Selection
 from ..fs.atomic import atomic_open
-from ..locations import resolve_repo_url
 from ..service import layouts
+from ..service.settings import resolve_store
 from .sync import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
 
 log = logging.getLogger("ckpt_sync.lightning")
@@ -145,17 +145,16 @@ def latest_path(
     folder = Path(dirpath)
     local = [(s, p) for p in folder.glob("*.ckpt") if not p.is_symlink() and (s := _local_step(p)) is not None]
     best_local = max(local, default=None, key=lambda sp: (sp[0], sp[1].stat().st_mtime_ns))
+    store = resolve_store(repo, key_file=key_file)
     try:
-        r = open_repository(repo, key_file=key_file, create=True)
+        r = open_store(store, create=True)
     except (StorageError, Cancelled) as err:  # training never waits on the store
         if best_local is None:
             raise OperationFailed(
-                f"no checkpoint in {folder}, and the repository {resolve_repo_url(repo)} cannot be read ({err}): "
+                f"no checkpoint in {folder}, and the repository {store.url} cannot be read ({err}): "
                 "bring the store back, or start without ckpt_path"
             ) from None
-        log.warning(
-            "[ckpt-sync] cannot reach %s (%s); resuming from the local %s", resolve_repo_url(repo), err, best_local[1]
-        )
+        log.warning("[ckpt-sync] cannot reach %s (%s); resuming from the local %s", store.url, err, best_local[1])
         return str(best_local[1])
     try:
         newer: Any = None

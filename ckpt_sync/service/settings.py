@@ -7,7 +7,13 @@ the settings in ``SETTINGS``; an unknown key or a bad value is a ConfigError nam
 file (or the variable, or the flag), so a typo never silently falls back to a default.
 
 Key material never passes through here: the file may name a ``key_file``; the keys themselves come
-from that file or ``$BACKUP_ENCRYPTION_KEY`` (ckpt_sync.keys) and are shown only as ``<redacted>``.
+from that file or ``$BACKUP_ENCRYPTION_KEY`` (format/keys.py) and are shown only as ``<redacted>``.
+
+The library resolves the same way (``resolve_store``): a function argument stands where the flag
+would, so ``ckpt_sync.push(path)`` reaches the repository ``ckpt-sync push path`` would, with the same
+error lines. Only the settings that say where the store is and how to reach it (``STORE_SETTINGS``)
+come from the file for a library call; what decides deletion (keep, grace) is an explicit argument
+there, never a file that happens to lie in the working folder.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from typing import Any
 
 from ..defaults import DEFAULT_GRACE, DEFAULT_PATTERNS, WATCH_KEEP, WATCH_RESCAN, WATCH_SETTLE
 from ..errors import ConfigError, UsageError
-from ..format.keys import ENV_KEY
+from ..format.crypto import KeyRing
+from ..format.keys import ENV_KEY, load_keyring
 from ..locations import ENV_REPO, config_dir, default_key_file, default_repo_url
 from ..providers import RetryPolicy
 from ..redact import REDACTED, redact, redact_url
@@ -369,10 +376,15 @@ def _is_relative_path(text: str) -> bool:
 
 
 def resolve(
-    flags: Mapping[str, Any], env: Mapping[str, str] | None = None, config_flag: str | None = None
+    flags: Mapping[str, Any],
+    env: Mapping[str, str] | None = None,
+    config_flag: str | None = None,
+    *,
+    arguments: bool = False,
 ) -> Effective:
     """Flags > env > file > default for every setting. ``flags`` maps setting names to flag values
-    (None or missing: not given on the command line)."""
+    (None or missing: not given on the command line); ``arguments``: they are a library call's
+    arguments, and sources and errors name them so."""
     env = os.environ if env is None else env
     path = find_config_file(config_flag, env)
     from_file = read_config_file(path) if path else {}
@@ -380,10 +392,11 @@ def resolve(
     for s in SETTINGS:
         given = flags.get(s.name)
         if given is not None and given != []:
+            label = f"argument {s.name}" if arguments else f"flag {s.flag}"
             try:
-                values[s.name] = Value(s.parse(given), f"flag {s.flag}")
+                values[s.name] = Value(s.parse(given), label)
             except BadValue as err:
-                raise ConfigError(f"{s.flag}: {err}") from None
+                raise ConfigError(f"{label.split(' ', 1)[1]}: {err}") from None
             continue
         if s.env and env.get(s.env, "").strip():
             try:
@@ -401,7 +414,7 @@ def resolve(
 def _key_source(key_file: Value, env: Mapping[str, str]) -> Value:
     """Where the keys come from, in ckpt_sync.keys' order: a key file from a flag, the key variable, a
     key file from the environment or the file, the default key file. Never the key itself."""
-    if key_file.source.startswith("flag"):
+    if key_file.source.startswith(("flag", "argument")):
         return Value(key_file.value, key_file.source)
     if env.get(ENV_KEY):
         return Value(REDACTED, f"env {ENV_KEY}")
@@ -426,3 +439,75 @@ def apply(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Eff
         args.key_file = key.value if key.value != REDACTED and key.source != "default" else None
     args.settings = effective
     return effective
+
+
+# --- the store a verb or a library call reaches ----------------------------------------------------
+
+STORE_SETTINGS = (
+    "repo",
+    "key_file",
+    "endpoint_url",
+    "bwlimit",
+    "retry_attempts",
+    "retry_time",
+    "workers",
+    "chunk_size",
+)
+
+
+@dataclass(frozen=True)
+class StoreAccess:
+    """Where the repository is and how to reach it, as resolved from one ``Effective``."""
+
+    url: str
+    key_file: str | None  # None: $BACKUP_ENCRYPTION_KEY, else the default key file (keys.load_keyring)
+    endpoint_url: str | None
+    bwlimit: int | None
+    retry: RetryPolicy
+    workers: int | None
+    chunk_size: int | None  # bytes; None: the default
+
+    def keys(self) -> KeyRing:
+        return load_keyring(self.key_file)
+
+    def provider_options(self) -> dict[str, Any]:
+        """What ``providers.open_provider`` takes beside the URL: retry budget, endpoint, bwlimit."""
+        options: dict[str, Any] = {"retry": self.retry}
+        if self.endpoint_url:
+            options["endpoint_url"] = self.endpoint_url
+        if self.bwlimit:
+            options["bwlimit"] = self.bwlimit
+        return options
+
+
+def store_access(effective: Effective) -> StoreAccess:
+    """The store the resolved settings name. ``$BACKUP_ENCRYPTION_KEY`` beats a key file named by the
+    environment or the config file, not one named by a flag or an argument."""
+    key = effective.key
+    return StoreAccess(
+        url=effective["repo"] or default_repo_url(),
+        key_file=key.value if key.value != REDACTED and key.source != "default" else None,
+        endpoint_url=effective["endpoint_url"],
+        bwlimit=effective["bwlimit"],
+        retry=RetryPolicy(attempts=effective["retry_attempts"], max_seconds=effective["retry_time"]),
+        workers=effective["workers"],
+        chunk_size=parse_size(effective["chunk_size"]) if effective["chunk_size"] else None,
+    )
+
+
+def resolve_store(
+    repo: str | None = None,
+    *,
+    key_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    **given: Any,
+) -> StoreAccess:
+    """A library call's store: its arguments (``repo``, ``key_file``, and any of ``STORE_SETTINGS`` as
+    keywords; None: not given) > the environment > the config file > the default, checked as the
+    command line checks them (an unknown ``CKPT_SYNC_*`` variable or a bad value is a ConfigError)."""
+    unknown = set(given) - set(STORE_SETTINGS)
+    if unknown:
+        raise TypeError(f"resolve_store() takes the store settings {', '.join(STORE_SETTINGS)}; not {sorted(unknown)}")
+    check_environment(env)
+    flags = {"repo": repo, "key_file": str(key_file) if key_file is not None else None, **given}
+    return store_access(resolve(flags, env, arguments=True))

@@ -24,6 +24,8 @@ from ..fs.atomic import hold_copy
 from ..fs.checkpoint_files import file_states, folder_files
 
 JOB_FILE = ".ckpt-sync-job.json"
+
+
 def hold(path: Path, staging_root: Path, record: dict[str, Any] | None = None) -> Path:
     """Make a held copy of ``path`` (a file, or a folder checkpoint's files) and return where it is.
 

@@ -22,13 +22,13 @@ from typing import Any
 
 from ..defaults import DEFAULT_GRACE
 from ..errors import CkptSyncError, OperationFailed
-from ..format.keys import load_keyring
 from ..format.repository import Repository
-from ..locations import resolve_repo_url, state_home
+from ..locations import state_home
 from ..providers import RetryPolicy
-from ..transfer.opening import open_repository
+from ..transfer.opening import open_at
 from ..transfer.retention import RetentionPolicy
 from .queue import DONE, FAILED, SUPERSEDED, JobQueue
+from .settings import resolve_store
 from .worker import SyncWorker
 
 log = logging.getLogger("ckpt_sync.sync")
@@ -58,8 +58,9 @@ class SyncClient:
         its state folder committed and their sessions (``keep_scope="repository"``: everything).
         A missing or malformed key is an error here (it is this host's); the store is not reached."""
         self._repo: Repository | None = repo if isinstance(repo, Repository) else None
-        self.url = repo.url if isinstance(repo, Repository) else resolve_repo_url(repo)
-        self._keys = None if self._repo is not None else load_keyring(key_file)
+        self._store = None if isinstance(repo, Repository) else resolve_store(repo, key_file=key_file, workers=workers)
+        self.url = repo.url if isinstance(repo, Repository) else self._store.url
+        self._keys = None if self._store is None else self._store.keys()
         self.queue = JobQueue(state_dir or state_home() / "default")
         self._mine: list[int] = []
         self._stop = threading.Event()
@@ -73,7 +74,7 @@ class SyncClient:
             "retention": retention,
             "keep_scope": keep_scope,
             "grace": grace,
-            "workers": workers,
+            "workers": self._store.workers if self._store else workers,
         }
         SyncWorker.check_options(**self._worker_options)
         self.uploads_in_process = worker
@@ -87,7 +88,8 @@ class SyncClient:
         worker opens it in the background instead)."""
         with self._opening:
             if self._repo is None:
-                self._repo = open_repository(self.url, keys=self._keys, create=True)
+                assert self._store is not None and self._keys is not None
+                self._repo = open_at(self.url, self._keys, create=True, **self._store.provider_options())
             return self._repo
 
     def _run(self) -> None:
@@ -95,7 +97,7 @@ class SyncClient:
         delay, warned = 1.0, False
         while self._repo is None:
             try:
-                open_repository(self.url, keys=self._keys, create=True, retry=PROBE, cancel=self._stop).provider.close()
+                self._probe()
                 repo = self.repo  # the store answers: open it with the full retry policy
             except CkptSyncError as err:
                 self.reachable = False
@@ -120,6 +122,12 @@ class SyncClient:
             log.warning("[ckpt-sync] %s answers again; uploading the queued checkpoints", self.url)
         self._worker = SyncWorker(repo, self.queue, **self._worker_options)
         self._worker.run(self._stop)
+
+    def _probe(self) -> None:
+        """Open the repository once on a short, quiet retry budget (raises while the store does not answer)."""
+        assert self._store is not None and self._keys is not None
+        options = self._store.provider_options() | {"retry": PROBE}
+        open_at(self.url, self._keys, create=True, cancel=self._stop, **options).provider.close()
 
     @property
     def uploads_here(self) -> bool:

@@ -1,7 +1,8 @@
-"""Opening a repository as this host does: the URL and keys resolved as the CLI resolves them, the
-provider built with its retries, the key checked first, and this host's state handed in (its copies
-of manifests, its record of the newest checkpoint seen: manifest_cache.py, seen.py). ``api`` and
-every layer above use these; the format layer never reaches for the host's folders itself.
+"""Opening a repository as this host does: the provider built with its retries, the key checked
+first, and this host's state handed in (its copies of manifests, its record of the newest checkpoint
+seen: manifest_cache.py, seen.py). The URL, keys and store options arrive resolved
+(service/settings.py resolves them for the command line and the library alike); the format layer
+never reaches for the host's folders itself.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..format.manifest import RepositoryBinding
 from ..format.repo_config import RepositorySettings
 from ..format.repository import Repository
 from ..format.repository import repair_config as _repair_config
-from ..locations import cache_home, default_key_file, resolve_repo_url
+from ..locations import cache_home, default_key_file
 from ..providers import RetryPolicy, open_provider
 from . import seen
 from .manifest_cache import ManifestCache
@@ -33,26 +34,23 @@ def with_host_state(repo: Repository) -> Repository:
     return repo
 
 
-def open_repository(
-    repo: str | None = None,
+def open_at(
+    url: str,
+    keys: KeyRing,
     *,
-    key_file: str | os.PathLike[str] | None = None,
-    keys: KeyRing | None = None,
     create: bool = False,
     settings: RepositorySettings | None = None,
     retry: RetryPolicy | None = RetryPolicy(),
     cancel: threading.Event | None = None,
     **provider_options: Any,
 ) -> Repository:
-    """Resolve URL and keys, build the provider and open the repository (checking the key first).
+    """Build the provider for ``url`` and open the repository (checking the key first).
     ``settings`` (format version, padding, compression; repo_config.RepositorySettings) apply when it is
     created, and are refused for an existing one that differs. ``cancel`` ends the waits between
     retries (raising Cancelled)."""
-    url = resolve_repo_url(repo)
-    ring = keys or load_keyring(key_file)
     provider = open_provider(url, retry=retry, cancel=cancel, **provider_options)
     try:
-        return with_host_state(Repository.open(provider, ring, create=create, settings=settings))
+        return with_host_state(Repository.open(provider, keys, create=create, settings=settings))
     except BaseException:
         provider.close()
         raise
@@ -60,7 +58,7 @@ def open_repository(
 
 @dataclass(frozen=True)
 class Initialised:
-    """What ``init_repository`` did: the open repository, and what it had to create."""
+    """What ``init_at`` did: the open repository, and what it had to create."""
 
     repository: Repository
     created: bool  # False: it already was a repository (opened with the key, nothing changed)
@@ -68,10 +66,10 @@ class Initialised:
     key_file_created: Path | None  # a new default key file, made because no key was configured
 
 
-def init_repository(
-    repo: str | None = None,
+def init_at(
+    url: str,
+    key_file: str | os.PathLike[str] | None,
     *,
-    key_file: str | os.PathLike[str] | None = None,
     create_bucket: bool = False,
     settings: RepositorySettings | None = None,
     retry: RetryPolicy | None = RetryPolicy(),
@@ -80,7 +78,6 @@ def init_repository(
     """Create the repository (with ``create_bucket``, first its bucket or container). With no key
     configured anywhere, and only for a repository that does not exist yet, a new default key file
     is made: a new key suits a new repository, and can never read an existing one."""
-    url = resolve_repo_url(repo)
     provider = open_provider(url, retry=retry, **provider_options)
     try:
         bucket = provider.create_container() if create_bucket else None
@@ -96,18 +93,12 @@ def init_repository(
         raise
 
 
-def repair_config(
-    repo: str | None = None,
-    *,
-    key_file: str | os.PathLike[str] | None = None,
-    keys: KeyRing | None = None,
-    retry: RetryPolicy | None = RetryPolicy(),
-    **provider_options: Any,
+def repair_config_at(
+    url: str, keys: KeyRing, *, retry: RetryPolicy | None = RetryPolicy(), **provider_options: Any
 ) -> tuple[RepositoryBinding, int]:
     """Rebuild the repository's missing or damaged config from the backup its manifests carry."""
-    ring = keys or load_keyring(key_file)
-    provider = open_provider(resolve_repo_url(repo), retry=retry, **provider_options)
+    provider = open_provider(url, retry=retry, **provider_options)
     try:
-        return _repair_config(provider, ring)
+        return _repair_config(provider, keys)
     finally:
         provider.close()

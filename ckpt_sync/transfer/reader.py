@@ -235,34 +235,24 @@ class CheckpointFile(io.RawIOBase):
 
 
 def open_file(
-    repo: str | Repository | None = None,
+    repo: Repository,
     checkpoint: str = "latest",
     path: str | None = None,
     *,
-    key_file: str | os.PathLike[str] | None = None,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     workers: int = 4,
+    owns_repo: bool = False,
 ) -> CheckpointFile:
-    """One file of a committed checkpoint as a seekable, read-only binary file object.
-
-    ``checkpoint`` is an id, a unique id prefix, a name or ``latest``; ``path`` the file inside it
-    (None for a one-file checkpoint). ``repo`` is a URL or an open Repository (default: as the CLI
-    resolves it). Use it as a context manager, or close it, to release connections.
+    """One file of a committed checkpoint in ``repo`` as a seekable, read-only binary file object
+    (``ckpt_sync.open`` opens the repository by URL and calls this). ``checkpoint`` is an id, a
+    unique id prefix, a name or ``latest``; ``path`` the file inside it (None for a one-file
+    checkpoint); ``owns_repo``: closing the file closes the repository's connections.
     """
     from ..format.contents import file_entry
     from ..format.lookup import find_manifest
-    from .opening import open_repository
 
     if cache_bytes < 1:
         raise UsageError("cache_bytes must be positive")
-    owns = not isinstance(repo, Repository)
-    r = open_repository(repo, key_file=key_file) if owns else repo
-    assert isinstance(r, Repository)
-    try:
-        manifest = find_manifest(r, checkpoint)
-        entry = file_entry(manifest, path)
-    except BaseException:
-        if owns:
-            r.provider.close()
-        raise
-    return CheckpointFile(r, manifest, entry, cache_bytes=cache_bytes, workers=workers, owns_repo=owns)
+    manifest = find_manifest(repo, checkpoint)
+    entry = file_entry(manifest, path)
+    return CheckpointFile(repo, manifest, entry, cache_bytes=cache_bytes, workers=workers, owns_repo=owns_repo)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -280,6 +283,114 @@ def test_passwords_in_urls_are_redacted(tmp_path, cli, key):
         proc = cli("config", "show", *extra, check=True, cwd=tmp_path)
         assert "hunter2" not in proc.stdout
         assert "<redacted>@minio.local:9000" in proc.stdout
+
+
+# --- the library resolves as the command line does --------------------------------------------------
+
+LIBRARY_JOB = """
+import json, sys
+import ckpt_sync
+pushed = ckpt_sync.push(sys.argv[1])
+chunks = len(ckpt_sync.checkpoint("latest").files[0].chunks)
+restored = ckpt_sync.pull(to="restored")
+print(json.dumps({"pushed": pushed, "chunks": chunks, "restored": restored.checkpoint_id}))
+"""
+
+
+def test_library_calls_reach_the_store_the_config_file_names(tmp_path, cli, monkeypatch):
+    """ckpt_sync.push/pull with no arguments use the working folder's ckpt-sync.toml as `ckpt-sync`
+    does: its repository, its key file and its chunk size."""
+    monkeypatch.delenv("BACKUP_ENCRYPTION_KEY", raising=False)
+    from cryptography.fernet import Fernet
+
+    (tmp_path / "run.key").write_text(Fernet.generate_key().decode() + "\n")
+    (tmp_path / "run.key").chmod(0o600)
+    (tmp_path / "ckpt-sync.toml").write_text('repo = "store"\nkey_file = "run.key"\nchunk_size = "64K"\n')
+    (tmp_path / "ck.bin").write_bytes(random.Random(3).randbytes(512 << 10))
+    job = subprocess.run(
+        [sys.executable, "-c", LIBRARY_JOB, "ck.bin"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
+    assert job.returncode == 0, job.stderr
+    done = json.loads(job.stdout)
+    assert done["restored"] == done["pushed"]
+    assert done["chunks"] >= 4  # 64K chunks from the file, not one default 8M chunk
+    assert (tmp_path / "restored" / "ck.bin").read_bytes() == (tmp_path / "ck.bin").read_bytes()
+    assert (tmp_path / "store" / "config").is_file()  # the file's repository, relative to the file
+    listed = json.loads(cli("ls", "--json", check=True, cwd=tmp_path).stdout)
+    assert [m["id"] for m in listed] == [done["pushed"]]
+
+
+def test_argument_beats_env_beats_file_for_library_calls(tmp_path, monkeypatch, key):
+    from ckpt_sync.service.sync_client import SyncClient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt-sync.toml").write_text('repo = "from-file"\nretry_attempts = 3\nbwlimit = "5M"\n')
+    file_store = config.resolve_store()
+    assert file_store.url == str(tmp_path / "from-file")
+    assert (file_store.retry.attempts, file_store.bwlimit) == (3, 5 << 20)
+    monkeypatch.setenv("CKPT_SYNC_REPO", str(tmp_path / "from-env"))
+    monkeypatch.setenv("CKPT_SYNC_RETRY_ATTEMPTS", "4")
+    env_store = config.resolve_store()
+    assert (env_store.url, env_store.retry.attempts, env_store.bwlimit) == (str(tmp_path / "from-env"), 4, 5 << 20)
+    assert config.resolve_store(str(tmp_path / "from-arg")).url == str(tmp_path / "from-arg")
+    client = SyncClient(state_dir=tmp_path / "state", worker=False)
+    try:
+        assert client.url == str(tmp_path / "from-env")
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("toml", "env"),
+    [('keep = 5\nlog_fromat = "json"\n', {}), ("workers = 0\n", {}), ("", {"CKPT_SYNC_KEPE": "3"})],
+    ids=["unknown-setting", "bad-value", "unknown-variable"],
+)
+def test_library_and_command_line_stop_with_the_same_line(toml, env, tmp_path, cli, key, monkeypatch):
+    import ckpt_sync
+    from ckpt_sync.service.sync_client import SyncClient
+
+    (tmp_path / "ckpt-sync.toml").write_text(toml)
+    (tmp_path / "ck.bin").write_bytes(b"x" * 1000)
+    proc = cli("push", "ck.bin", cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    monkeypatch.chdir(tmp_path)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for call in (
+        lambda: ckpt_sync.push("ck.bin"),
+        lambda: ckpt_sync.pull(to="out"),
+        lambda: ckpt_sync.open(),
+        lambda: SyncClient(state_dir=tmp_path / "state", worker=False),
+    ):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert proc.stderr == f"ckpt-sync: error: {err.value}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_config_files_keep_never_deletes_through_a_library_client(tmp_path, monkeypatch, key):
+    """What decides deletion is an argument in the library: a keep = 1 lying in the working folder
+    does not make a SyncClient prune (``ckpt-sync watch`` in that folder does use it)."""
+    from ckpt_sync.service.sync_client import SyncClient
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ckpt-sync.toml").write_text('repo = "store"\nkeep = 1\n')
+    client = SyncClient(state_dir=tmp_path / "state")
+    try:
+        for step in range(3):
+            path = tmp_path / f"checkpoint_s_{step}.pt"
+            path.write_bytes(random.Random(step).randbytes(4096))
+            client.enqueue(path)
+        client.wait(timeout=120)
+    finally:
+        client.close()
+    assert len(ckpt_sync_checkpoints(tmp_path / "store")) == 3
+
+
+def ckpt_sync_checkpoints(store: Path) -> list[str]:
+    import ckpt_sync
+
+    return [m.name for m in ckpt_sync.open_repository(str(store)).manifests()]
 
 
 # --- the documented examples are valid -------------------------------------------------------------
