@@ -28,7 +28,7 @@ from ..format.manifest import RESUMABLE
 from ..format.selection import Selection
 from ..service import layouts
 from ..service.settings import resolve_store
-from .sync import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
+from .sync import LazySync, SyncOptions, restore_first
 
 log = logging.getLogger("ckpt_sync.hf")
 
@@ -38,25 +38,12 @@ TRAINER_CHECKPOINTS = "checkpoint-[0-9]*"  # the Trainer's checkpoint-{step}/ fo
 class CkptSyncCallback(TrainerCallback):
     """Queue every saved ``checkpoint-N/`` for upload to ``repo``; wait for the uploads when training ends.
 
-    ``state_dir`` defaults to ``<output_dir>/.ckpt-sync`` (the folder ``ckpt-sync watch <output_dir>``
-    uses, so a sidecar can do the uploads instead: ``worker=False``). ``keep`` prunes the repository to
-    that many newest checkpoints plus the best; None keeps everything. ``drain_timeout`` bounds the wait
-    at the end of training (what is left resumes on the next start).
+    ``options``: the keywords of ``SyncOptions`` (integrations/sync.py): ``key_file``, ``state_dir``
+    (default ``<output_dir>/.ckpt-sync``), ``keep``, ``worker``, ``drain_timeout``.
     """
 
-    def __init__(
-        self,
-        repo: str | None = None,
-        *,
-        key_file: str | os.PathLike[str] | None = None,
-        state_dir: str | os.PathLike[str] | None = None,
-        keep: int | None = None,
-        worker: bool = True,
-        drain_timeout: float | None = DEFAULT_DRAIN_TIMEOUT,
-    ) -> None:
-        self.sync = LazySync(
-            repo, key_file=key_file, state_dir=state_dir, keep=keep, worker=worker, drain_timeout=drain_timeout
-        )
+    def __init__(self, repo: str | None = None, **options: Any) -> None:
+        self.sync = LazySync(SyncOptions(repo, **options))
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if state.is_world_process_zero:

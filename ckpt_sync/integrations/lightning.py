@@ -30,7 +30,7 @@ from ..format.selection import ANY, Selection
 from ..fs.atomic import atomic_open
 from ..service import layouts
 from ..service.settings import resolve_store
-from .sync import DEFAULT_DRAIN_TIMEOUT, LazySync, restore_first
+from .sync import LazySync, SyncOptions, restore_first
 
 log = logging.getLogger("ckpt_sync.lightning")
 
@@ -55,28 +55,14 @@ def _is_global_zero() -> bool:
 class CkptSyncCheckpointIO(*_torch_io_bases()):  # type: ignore[misc]
     """Save locally (atomically), queue every checkpoint for upload to ``repo``, pull missing ones on load.
 
-    ``state_dir`` defaults to ``<checkpoint folder>/.ckpt-sync`` (what ``ckpt-sync watch <folder>``
-    uses, so a sidecar can upload instead: ``worker=False``). ``keep`` prunes the repository to that many
-    newest checkpoints plus the best; None keeps everything. ``drain_timeout`` bounds the wait in
-    ``teardown`` (what is left resumes on the next start).
+    ``options``: the keywords of ``SyncOptions`` (integrations/sync.py): ``key_file``, ``state_dir``
+    (default ``<checkpoint folder>/.ckpt-sync``), ``keep``, ``worker``, ``drain_timeout`` (bounds the
+    wait in ``teardown``).
     """
 
-    def __init__(
-        self,
-        repo: str | None = None,
-        *,
-        key_file: str | os.PathLike[str] | None = None,
-        state_dir: str | os.PathLike[str] | None = None,
-        keep: int | None = None,
-        worker: bool = True,
-        drain_timeout: float | None = DEFAULT_DRAIN_TIMEOUT,
-    ) -> None:
+    def __init__(self, repo: str | None = None, **options: Any) -> None:
         super().__init__()
-        self.repo = repo
-        self.key_file = key_file
-        self.sync = LazySync(
-            repo, key_file=key_file, state_dir=state_dir, keep=keep, worker=worker, drain_timeout=drain_timeout
-        )
+        self.sync = LazySync(SyncOptions(repo, **options))
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
@@ -106,7 +92,7 @@ class CkptSyncCheckpointIO(*_torch_io_bases()):  # type: ignore[misc]
         super().teardown()
 
     def _pull(self, local: Path) -> None:
-        r = open_repository(self.repo, key_file=self.key_file)
+        r = open_repository(self.sync.options.repo, key_file=self.sync.options.key_file)
         try:
             m = restore_first(r, local.parent, Selection(role=ANY, name=glob.escape(local.name)))
         finally:

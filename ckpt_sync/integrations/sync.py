@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,26 @@ STATE_DIR = ".ckpt-sync"  # beside the checkpoints, as `ckpt-sync watch DIR` def
 DEFAULT_DRAIN_TIMEOUT = 600.0
 
 
+@dataclass(frozen=True)
+class SyncOptions:
+    """How a framework integration hands its checkpoints to ckpt-sync: the keywords
+    ``CkptSyncCallback`` (hf.py) and ``CkptSyncCheckpointIO`` (lightning.py) take.
+
+    ``repo`` and ``key_file`` resolve as every library call does (service/settings.py).
+    ``state_dir`` defaults to ``<checkpoint folder>/.ckpt-sync``, the folder ``ckpt-sync watch
+    <folder>`` uses, so a sidecar can do the uploads instead (``worker=False``). ``keep`` prunes the
+    repository to that many newest checkpoints plus the best; None keeps everything.
+    ``drain_timeout`` bounds the wait at the end of training (what is left resumes on the next start).
+    """
+
+    repo: str | None = None
+    key_file: str | os.PathLike[str] | None = None
+    state_dir: str | os.PathLike[str] | None = None
+    keep: int | None = None
+    worker: bool = True
+    drain_timeout: float | None = DEFAULT_DRAIN_TIMEOUT
+
+
 class LazySync:
     """A ``SyncClient`` started on the first checkpoint (only the rank that saves ever starts one).
 
@@ -30,39 +51,29 @@ class LazySync:
     the state folder). A queued job survives ``kill -9``: the next start (or ``watch``) uploads it.
     """
 
-    def __init__(
-        self,
-        repo: str | None,
-        *,
-        key_file: str | os.PathLike[str] | None = None,
-        state_dir: str | os.PathLike[str] | None = None,
-        keep: int | None = None,
-        worker: bool = True,
-        drain_timeout: float | None = DEFAULT_DRAIN_TIMEOUT,
-    ) -> None:
-        self.repo = repo
-        self.key_file = key_file
-        self.state_dir = Path(state_dir) if state_dir is not None else None
-        self.keep = keep
-        self.worker = worker
-        self.drain_timeout = drain_timeout
+    def __init__(self, options: SyncOptions) -> None:
+        self.options = options
         self._client: Any = None
+
+    def _state_dir(self, checkpoint_dir: Path) -> Path:
+        return Path(self.options.state_dir or Path(checkpoint_dir) / STATE_DIR)
 
     def client(self, checkpoint_dir: Path) -> Any:
         if self._client is None:
             from ..service.sync_client import SyncClient
 
-            state = self.state_dir or Path(checkpoint_dir) / STATE_DIR
-            self._client = SyncClient(
-                self.repo, state_dir=state, key_file=self.key_file, keep=self.keep, worker=self.worker
-            )
+            o, state = self.options, self._state_dir(checkpoint_dir)
+            self._client = SyncClient(o.repo, state_dir=state, key_file=o.key_file, keep=o.keep, worker=o.worker)
             log.info("[ckpt-sync] syncing checkpoints to %s (queue in %s)", self._client.url, state)
         return self._client
 
     def resume_leftovers(self, checkpoint_dir: Path) -> None:
         """Start the worker now when an earlier run left jobs in this folder's queue (killed after a save)."""
-        state = self.state_dir or Path(checkpoint_dir) / STATE_DIR
-        if self._client is None and self.worker and (state / "queue.sqlite3").exists():
+        if (
+            self._client is None
+            and self.options.worker
+            and (self._state_dir(checkpoint_dir) / "queue.sqlite3").exists()
+        ):
             self.client(checkpoint_dir)
 
     def enqueue(self, path: Path, *, tags: tuple[str, ...] = (), metadata: dict[str, Any] | None = None) -> int:
@@ -82,12 +93,12 @@ class LazySync:
             if not client.uploads_here:
                 return True  # a `watch` sharing the queue uploads them; nothing to wait for here
             try:
-                client.wait(self.drain_timeout)
+                client.wait(self.options.drain_timeout)
             except TimeoutError as err:
                 log.warning(
                     "[ckpt-sync] stopped waiting for uploads after %.0fs (%s); they stay queued in %s and resume "
                     "on the next start, or with `ckpt-sync watch %s --once`",
-                    self.drain_timeout,
+                    self.options.drain_timeout,
                     err,
                     client.queue.state_dir,
                     client.queue.state_dir.parent,

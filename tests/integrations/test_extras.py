@@ -52,3 +52,19 @@ def test_the_extras_are_declared_and_the_test_extra_installs_them():
     assert any(r.startswith("transformers") for r in extras["hf"])
     (own,) = [r for r in extras["test"] if r.startswith("ckpt-sync[")]
     assert {"lightning", "hf"} <= set(own[len("ckpt-sync[") : -1].split(","))
+
+
+def test_both_framework_integrations_take_one_set_of_sync_options(tmp_path):
+    """CkptSyncCallback and CkptSyncCheckpointIO take the same keywords (SyncOptions); a misspelt
+    one stops at construction, before any checkpoint is saved."""
+    import pytest
+
+    from ckpt_sync.hf import CkptSyncCallback
+    from ckpt_sync.integrations.sync import SyncOptions
+    from ckpt_sync.lightning import CkptSyncCheckpointIO
+
+    chosen = {"key_file": tmp_path / "k", "state_dir": tmp_path / "s", "keep": 3, "worker": False, "drain_timeout": 5}
+    for integration in (CkptSyncCallback, CkptSyncCheckpointIO):
+        assert integration("file:///r", **chosen).sync.options == SyncOptions("file:///r", **chosen)
+        with pytest.raises(TypeError, match="kep"):
+            integration("file:///r", kep=3)
