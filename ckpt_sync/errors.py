@@ -11,6 +11,22 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+# What each optional part of ckpt-sync needs installed (pyproject.toml's extras): named in the one
+# line that says it is missing. ckpt-sync is installed from its checkout, not from an index.
+EXTRAS = {
+    "s3": "boto3",
+    "azure": "azure-storage-blob",
+    "gcs": "google-cloud-storage",
+    "lightning": "lightning",
+    "hf": "transformers accelerate",
+    "fsspec": "fsspec",
+}
+
+
+def install_hint(extra: str) -> str:
+    """How to install what the ``extra`` part needs, into the environment ckpt-sync runs in."""
+    return f"pip install {EXTRAS[extra]} (or pip install -e '.[{extra}]' in the ckpt-sync checkout)"
+
 
 class CkptSyncError(Exception):
     """Base class: ``str(err)`` is the one line shown to the user."""

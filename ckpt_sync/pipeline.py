@@ -1,4 +1,4 @@
-"""A bounded, order-preserving parallel map: the only place that knows about threads.
+"""A bounded, order-preserving parallel map: the shape of push's and pull's chunk pipelines.
 
 Push and pull are both "a sequential stage in the caller's thread (read + hash, or hash + write)
 around a parallel stage in workers (hash + encrypt + upload, or download + decrypt + check)".

@@ -12,7 +12,7 @@ import re
 import threading
 from typing import Any
 
-from ckpt_sync.errors import ConfigError, UsageError
+from ckpt_sync.errors import ConfigError, UsageError, install_hint
 
 from .base import ObjectInfo, Provider
 from .bwlimit import BandwidthLimitedProvider, shared_bucket
@@ -73,7 +73,7 @@ def _load_class(scheme: str) -> Any:
         try:
             return getattr(importlib.import_module(module), cls)
         except ImportError as err:
-            hint = f"pip install 'ckpt-sync[{extra}]'" if extra else "reinstall ckpt-sync"
+            hint = install_hint(extra) if extra else "reinstall ckpt-sync (scripts/quickstart.sh)"
             raise ConfigError(f"{scheme}:// needs a library that is not installed ({err.name}): {hint}") from None
     for ep in _plugins():
         if ep.name == scheme:

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     step = f", step {m.global_step}" if m.global_step is not None else ""
     if stats.files_skipped:
-        say(f"{stats.files_skipped} file(s) already there and identical (size and SHA-256): skipped")
+        say(f"{stats.files_skipped} file(s) already there and identical: skipped")
     say(
         f"restored {m.name} ({m.role}{step}, {m.checkpoint_id}) into {args.to}: {len(m.files)} file(s), "
         f"{format_bytes(m.size)} "

@@ -3,7 +3,7 @@
 Frozen dataclasses with explicit, versioned to/from-JSON; nothing else touches the JSON shape.
 Documented in docs/FORMAT.md.
 
-The store is not trusted (DESIGN.md §8): a manifest read back is authentic (it decrypted with our
+The store is not trusted (docs/FORMAT.md): a manifest read back is authentic (it decrypted with our
 key) but may still be malformed — a buggy writer, a different tool, a copy from another repository.
 ``parse_manifest`` is the one place its schema is checked: every type, range and limit, so that
 the rest of the code can rely on a ``Manifest`` being well formed. Any failure is an
@@ -40,10 +40,10 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _REPOSITORY_ID = re.compile(r"^[0-9a-f]{16}$")
 _MANIFEST_ID = re.compile(r"^[0-9]{13}-[0-9a-f]{16}$")
 
-# What a checkpoint is for (DESIGN.md §4): ``pull --latest`` and retention's N count resumable ones.
+# What a checkpoint is for: ``pull --latest`` and retention's N count resumable ones (docs/FORMAT.md, Manifests).
 RESUMABLE, MODEL_ONLY, BEST = "resumable", "model-only", "best"
 ROLES = (RESUMABLE, MODEL_ONLY, BEST)
-BEST_MARKER = "best_metadata.json"  # the seed's best-model folder holds this file
+BEST_MARKER = "best_metadata.json"  # CheckpointManager's best_model/ folder holds this file
 # How a push decided the role (``extra.role_from``): said by the user, read from the files
 # (checkpoint_content.py), or the default. Manifests without it were committed before content was read.
 ROLE_FROM = "role_from"

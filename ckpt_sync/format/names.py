@@ -1,16 +1,16 @@
-"""The seed's checkpoint file name, ``checkpoint_{session_id}_{global_step}.pt``: a hint of a
+"""CheckpointManager's file name, ``checkpoint_{session_id}_{global_step}.pt``: a hint of a
 checkpoint's training position when neither the caller nor the file's content says."""
 
 from __future__ import annotations
 
 import re
 
-SEED_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)\.pt$")
+MANAGER_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)\.pt$")
 
 
-def parse_seed_name(name: str) -> tuple[str | None, int | None]:
+def parse_checkpoint_name(name: str) -> tuple[str | None, int | None]:
     """``checkpoint_{session_id}_{global_step}.pt`` -> (session_id, global_step), else (None, None)."""
-    m = SEED_NAME.match(name)
+    m = MANAGER_NAME.match(name)
     if not m:
         return None, None
     return m.group("session"), int(m.group("step"))

@@ -1,4 +1,5 @@
-"""What "newest" means: the one order of checkpoints by training progress (DESIGN.md §4).
+"""What "newest" means: the one order of checkpoints by training progress
+(docs/FORMAT.md, "Which checkpoint is newest").
 
 Every caller that picks or keeps "the newest" — ``pull --latest``, ``ls``, remote and local
 retention, ``status`` lag, recovery and ``check --repair`` — sorts with :func:`newest_first` (or
@@ -11,7 +12,7 @@ time, then the commit time:
   its metadata, its content or its name) is older than every checkpoint that has one: a weights
   file or a config pushed by hand after the run never outranks the run's own checkpoints.
 
-- **Sessions.** A session id in the seed's form ``YYYYMMDD_HHMMSS`` is the session's start time, so
+- **Sessions.** A session id of the form ``YYYYMMDD_HHMMSS`` (CheckpointManager's) is the session's start time, so
   sessions compare chronologically (a later run is newer whatever its steps). Any other id starts
   when its earliest checkpoint among the ones compared was made (source mtime, else commit time).
   Checkpoints without a session but with a step form one anonymous session; with neither, each is
@@ -32,7 +33,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-SEED_SESSION = re.compile(r"^(\d{8}_\d{6})$")
+STAMP_SESSION = re.compile(r"^(\d{8}_\d{6})$")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,8 @@ class Position:
 
 
 def session_time(session_id: str) -> float | None:
-    """The start time a seed-style session id (``YYYYMMDD_HHMMSS``, local time) encodes, else None."""
-    if not SEED_SESSION.match(session_id):
+    """The start time a time-stamp session id (``YYYYMMDD_HHMMSS``, local time) encodes, else None."""
+    if not STAMP_SESSION.match(session_id):
         return None
     try:
         return time.mktime(time.strptime(session_id, "%Y%m%d_%H%M%S"))

@@ -11,7 +11,7 @@ what retiring one takes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from ..errors import IntegrityError, NotFound, UsageError
 from .crypto import fingerprint
@@ -28,7 +28,7 @@ class KeyInfo:
     opens: int | None  # checkpoints (manifests) this key decrypts; None for a key you do not hold
 
     def to_json(self) -> dict[str, object]:
-        return {"fingerprint": self.fingerprint, "added": self.added, "held": self.held, "opens": self.opens}
+        return asdict(self)
 
 
 def _entries(repo: Repository) -> dict[str, float | None]:

@@ -7,7 +7,7 @@
 Each ``checkpoint-{step}/`` the Trainer saves is queued (durably, held against the Trainer's own
 ``save_total_limit`` rotation) as one folder checkpoint with its step, epoch, best metric and role;
 the upload never blocks training. Only the world process zero uploads. Importing this module needs
-``transformers`` (``pip install ckpt-sync[hf]``); ``import ckpt_sync`` does not.
+``transformers`` (the ``hf`` extra); ``import ckpt_sync`` does not.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import Cancelled, OperationFailed, StorageError, install_hint
+
 try:
     from transformers import TrainerCallback
 except ImportError as err:  # one clear line instead of a bare ModuleNotFoundError deep in a training script
-    raise ImportError(f"ckpt_sync.hf needs Hugging Face transformers: pip install 'ckpt-sync[hf]' ({err})") from err
+    raise ImportError(f"ckpt_sync.hf needs Hugging Face transformers: {install_hint('hf')} ({err})") from err
 
 from ..api import open_store
-from ..errors import Cancelled, OperationFailed, StorageError
 from ..format.manifest import RESUMABLE
 from ..format.selection import Selection
 from ..service import layouts

@@ -9,7 +9,7 @@ durable sync queue with its step and epoch; the upload never blocks the training
 keeps is decided by ckpt-sync's own retention (``keep``). Lightning calls ``save_checkpoint`` on
 global rank 0 only, so under DDP one rank uploads. Works with ``lightning.pytorch`` and
 ``pytorch_lightning`` (the class is a CheckpointIO of whichever of them is installed). Importing
-this module needs Lightning (``pip install ckpt-sync[lightning]``); ``import ckpt_sync`` does not.
+this module needs Lightning (the ``lightning`` extra); ``import ckpt_sync`` does not.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from ..api import open_repository, open_store
-from ..errors import Cancelled, OperationFailed, StorageError
+from ..errors import Cancelled, OperationFailed, StorageError, install_hint
 from ..format.manifest import RESUMABLE, Manifest
 from ..format.selection import ANY, Selection
 from ..fs.atomic import atomic_open
@@ -43,7 +43,7 @@ def _torch_io_bases() -> tuple[type, ...]:
         except ImportError:
             continue
     if not bases:
-        raise ImportError("ckpt_sync.lightning needs PyTorch Lightning: pip install 'ckpt-sync[lightning]'")
+        raise ImportError(f"ckpt_sync.lightning needs PyTorch Lightning: {install_hint('lightning')}")
     return tuple(bases)
 
 

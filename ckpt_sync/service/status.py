@@ -9,7 +9,7 @@ from typing import Any
 
 from ..defaults import DEFAULT_PATTERNS
 from ..format.manifest import RESUMABLE
-from ..format.names import parse_seed_name
+from ..format.names import parse_checkpoint_name
 from ..format.ordering import Position, newest_first
 from ..format.repository import Repository
 from ..format.selection import newest
@@ -82,7 +82,7 @@ def gather(queue: JobQueue, repo: Repository | None, repo_error: str | None = No
                 mtime = signature(u.path)[1] / 1e9
             except FileNotFoundError:
                 continue
-            local.append((u, mtime, Position(*parse_seed_name(u.path.name), mtime, mtime, u.path.name)))
+            local.append((u, mtime, Position(*parse_checkpoint_name(u.path.name), mtime, mtime, u.path.name)))
         if local:
             ordered = newest_first(local, lambda x: x[2])
             unit, mtime, position = next((x for x in ordered if x[2].global_step is not None), ordered[0])

@@ -16,7 +16,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..errors import UsageError
 from ..format.layout import chunk_key
@@ -41,13 +41,7 @@ class CopyReport:
     bytes_sent: int = 0
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "copied": self.copied,
-            "skipped": self.skipped,
-            "chunks_copied": self.chunks_copied,
-            "chunks_reencrypted": self.chunks_reencrypted,
-            "bytes_sent": self.bytes_sent,
-        }
+        return asdict(self)
 
 
 def choose(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -14,7 +14,7 @@ class TransferStats:
     bytes_read: int = 0  # plaintext bytes processed
     bytes_new: int = 0  # plaintext bytes of chunks the repository did not have
     bytes_sent: int = 0  # encrypted bytes uploaded (or downloaded, on pull)
-    files_skipped: int = 0  # pull: already at the destination, identical (size and SHA-256)
+    files_skipped: int = 0  # pull: already at the destination, identical (size, then hash or chunk ids)
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -27,13 +27,6 @@ class TransferStats:
         return self.bytes_read / self.seconds if self.seconds > 0 else 0.0
 
     def to_json(self) -> dict[str, float | int]:
-        return {
-            "files": self.files,
-            "chunks": self.chunks,
-            "chunks_new": self.chunks_new,
-            "bytes_read": self.bytes_read,
-            "bytes_new": self.bytes_new,
-            "bytes_sent": self.bytes_sent,
-            "files_skipped": self.files_skipped,
-            "seconds": round(self.seconds, 3),
-        }
+        fields = asdict(self)
+        del fields["started"]  # a monotonic clock reading: meaningless outside this process
+        return {**fields, "seconds": round(self.seconds, 3)}

@@ -14,7 +14,7 @@ authenticates blocks chunk GC only while the ring lacks one of the keys the repo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..defaults import DEFAULT_GRACE
 from ..errors import UsageError
@@ -53,24 +53,7 @@ class PruneReport:
     foreign_keys_removed: list[str] = field(default_factory=list)  # key entries the repository does not vouch for
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "kept": self.kept,
-            "removed": self.removed,
-            "removed_names": self.removed_names,
-            "chunks_removed": self.chunks_removed,
-            "bytes_freed": self.bytes_freed,
-            "temp_removed": self.temp_removed,
-            "gc_skipped": self.gc_skipped,
-            "dry_run": self.dry_run,
-            "chunks_in_grace": self.chunks_in_grace,
-            "bytes_in_grace": self.bytes_in_grace,
-            "grace_first_removable": self.grace_first_removable,
-            "grace_all_removable": self.grace_all_removable,
-            "sessions": self.sessions,
-            "damaged": self.damaged,
-            "damaged_removed": self.damaged_removed,
-            "foreign_keys_removed": self.foreign_keys_removed,
-        }
+        return asdict(self)
 
 
 def prune(

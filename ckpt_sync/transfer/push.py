@@ -28,7 +28,7 @@ from ..format.manifest import (
     Manifest,
     infer_role,
 )
-from ..format.names import parse_seed_name
+from ..format.names import parse_checkpoint_name
 from ..format.paths import component_problem, file_set_problem, path_problem
 from ..format.repository import Repository, hostname
 from ..fs.checkpoint_files import FileState, folder_files
@@ -161,7 +161,7 @@ def push_path(
     """Upload ``path`` and commit it as one checkpoint. The manifest is written last (the commit point).
 
     ``metadata`` may carry ``session_id``, ``global_step``, ``epoch``, ``loss`` (else read from what
-    the files hold, checkpoint_content.py, else parsed from the seed's file name) and anything else
+    the files hold, checkpoint_content.py, else parsed from a ``checkpoint_{session}_{step}.pt`` name) and anything else
     JSON-serialisable, kept under ``extra``. ``role`` (or ``metadata["role"]``) is resumable,
     model-only or best; by default a folder holding ``best_metadata.json`` or a checkpoint tagged
     ``best`` is best, a model-only save model-only, else what the files hold (optimizer state or a
@@ -182,8 +182,8 @@ def push_path(
         raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     meta.setdefault(ROLE_FROM, "user" if said else "content" if content.role == role else "inferred")
     name = name or p.name
-    # Training position: what the caller says, else what the files hold, else the seed's file name.
-    session_id, step = parse_seed_name(name)
+    # Training position: what the caller says, else what the files hold, else the file name.
+    session_id, step = parse_checkpoint_name(name)
     for key, value in content.metadata().items():
         meta.setdefault(key, value)
     workers = workers or default_workers()

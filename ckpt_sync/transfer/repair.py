@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import IntegrityError, NotFound
@@ -44,14 +44,8 @@ class RepairReport:
         return all(r.ok for r in self.results)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "checked": self.checked,
-            "healed": self.healed,
-            "bytes_sent": self.bytes_sent,
-            "unmatched": self.unmatched,
-            "checkpoints": [r.to_json() for r in self.results],
-            "sound": self.sound,
-        }
+        fields = {k: v for k, v in asdict(self).items() if k != "results"}
+        return {**fields, "checkpoints": [r.to_json() for r in self.results], "sound": self.sound}
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,8 @@ def restore(
     """Write the checkpoint under ``dest`` — a file as ``dest/<name>``, a folder as ``dest/<name>/...``
     — with its original modification time; on any failure leave nothing new behind.
 
-    A file already there with the same size and SHA-256 is left as it is (not downloaded); a
+    A file already there holding exactly the checkpoint's bytes (format/file_digest.py file_matches:
+    its size, then its whole-file hash or its chunk ids) is left as it is (not downloaded); a
     different one — or, for a folder, files the checkpoint does not have — is refused with
     UsageError (exit 2) naming it, unless ``overwrite``: then it is replaced, and the folder ends
     up holding exactly the checkpoint's files (no stale ones from an older copy). ``whole=False``

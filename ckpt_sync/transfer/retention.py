@@ -3,7 +3,8 @@
 A policy looks at candidates (checkpoints, in any order) and returns the keys it wants kept;
 ``AnyOf`` keeps what any member keeps. Whatever no policy keeps may be removed. "Newest" is always
 the one training order of ordering.py (session, step, source mtime, commit time), and the N of
-``KeepLatest`` counts resumable checkpoints only by default (DESIGN.md §4).
+``KeepLatest`` counts resumable checkpoints only by default: a weights export never pushes a
+resumable checkpoint out.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def build_policy(
 
 
 def fifo_with_tags(n: int, roles: tuple[str, ...] = (RESUMABLE,)) -> AnyOf:
-    """The seed's rotation: the ``n`` newest (counting ``roles``: resumable checkpoints by default),
+    """FIFO rotation: the ``n`` newest (counting ``roles``: resumable checkpoints by default),
     the newest ``best`` and ``model-only``, and everything ``pinned`` (``--keep N`` = ``--keep-last N``)."""
     return build_policy(keep_last=n, roles=roles)
 

@@ -1,6 +1,6 @@
 """Rollback detection: each host remembers the newest checkpoint it has seen per repository.
 
-The store is not trusted (DESIGN.md §8): deleting or withholding the newest manifests rolls a
+The store is not trusted (docs/FORMAT.md): deleting or withholding the newest manifests rolls a
 repository back to an older, perfectly authentic state that nothing else would notice. So every
 commit and every pull records, in this host's state folder
 (``$XDG_STATE_HOME/ckpt-sync/seen/<repository id>.json``), the newest checkpoint it saw; ``ls``,

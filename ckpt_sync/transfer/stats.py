@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..defaults import DEFAULT_GRACE
 from ..format.layout import CHUNKS, MANIFESTS
@@ -38,12 +38,7 @@ class CheckpointStats:
     unique_bytes: int  # stored bytes only this checkpoint references
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "logical_bytes": self.logical_bytes,
-            "unique_bytes": self.unique_bytes,
-        }
+        return asdict(self)
 
 
 @dataclass
@@ -72,23 +67,8 @@ class RepoStats:
         return self.logical_bytes / self.referenced_plain_bytes if self.referenced_plain_bytes else 1.0
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "checkpoints": self.checkpoints,
-            "logical_bytes": self.logical_bytes,
-            "referenced_plain_bytes": self.referenced_plain_bytes,
-            "stored_bytes": self.stored_bytes,
-            "checkpoints_stored_bytes": self.checkpoints_stored_bytes,
-            "chunk_objects": self.chunk_objects,
-            "referenced_chunk_objects": self.referenced_chunk_objects,
-            "referenced_chunk_bytes": self.referenced_chunk_bytes,
-            "manifest_bytes": self.manifest_bytes,
-            "dedup_ratio": round(self.dedup_ratio, 4),
-            "grace_bytes": self.grace_bytes,
-            "collectable_bytes": self.collectable_bytes,
-            "missing_chunks": self.missing_chunks,
-            "unreadable": self.unreadable,
-            "per_checkpoint": [c.to_json() for c in self.per_checkpoint],
-        }
+        derived = {"checkpoints_stored_bytes": self.checkpoints_stored_bytes, "dedup_ratio": round(self.dedup_ratio, 4)}
+        return {**asdict(self), **derived}
 
 
 def repository_stats(repo: Repository, *, grace: float = DEFAULT_GRACE, now: float | None = None) -> RepoStats:

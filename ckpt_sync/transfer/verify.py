@@ -13,7 +13,7 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from ..errors import ChunkDamaged, IntegrityError, MissingKeyError, NotFound, UsageError
 from ..format.lookup import find_manifest
@@ -38,13 +38,7 @@ class CheckResult:
         return not self.problems
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "ok": self.ok,
-            "problems": self.problems,
-            "missing_key": self.missing_key,
-        }
+        return {**asdict(self), "ok": self.ok}
 
 
 def parse_subset(text: str) -> float:

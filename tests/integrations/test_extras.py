@@ -41,9 +41,9 @@ def test_the_core_and_watch_import_without_torch_or_any_framework():
 
 def test_an_integration_without_its_framework_names_the_extra_to_install():
     lightning = _python("import ckpt_sync.lightning", {"lightning", "pytorch_lightning", "lightning_fabric"})
-    assert lightning.returncode == 1 and "pip install 'ckpt-sync[lightning]'" in lightning.stderr
+    assert lightning.returncode == 1 and "pip install lightning (or pip install -e '.[lightning]'" in lightning.stderr
     hf = _python("import ckpt_sync.hf", {"transformers"})
-    assert hf.returncode == 1 and "pip install 'ckpt-sync[hf]'" in hf.stderr
+    assert hf.returncode == 1 and "pip install transformers accelerate (or pip" in hf.stderr
 
 
 def test_the_extras_are_declared_and_the_test_extra_installs_them():
