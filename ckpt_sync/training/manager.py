@@ -179,44 +179,13 @@ class CheckpointManager:
         remote_sync: RemoteSync | None = None,
         emergency: Emergency | None = None,
     ) -> None:
-        # Each group from the caller's group, or from its loose keywords (checked as it is built).
-        self.async_writes = resolve(
-            AsyncWrites,
-            async_writes,
-            {"async_save": async_save, "reuse_snapshot_buffers": reuse_snapshot_buffers, "if_busy": if_busy},
-        )
-        self.emergency = resolve(
-            Emergency,
-            emergency,
-            {"handle_signals": handle_signals, "on_signal": on_signal, "exit_code": exit_code, "pid_file": pid_file},
-        )
-        self.local_retention = resolve(
-            LocalRetention,
-            local_retention,
-            {"max_keep": max_keep, "retention": retention, "rotation": rotation, "backup_dir": backup_dir},
-        )
-        self.triggers = resolve(
-            Triggers,
-            triggers,
-            {
-                "interval_s": interval_s,
-                "every_n_steps": every_n_steps,
-                "trigger": trigger,
-                "best_metric": best_metric,
-                "full_every": full_every,
-            },
-        )
-        self.remote_sync = resolve(
-            RemoteSync,
-            remote_sync,
-            {
-                "repo": repo,
-                "key_file": key_file,
-                "remote_keep": remote_keep,
-                "remote_retention": remote_retention,
-                "direct": direct,
-            },
-        )
+        # Each group: the caller's, or one built (and checked) from its loose keywords; UNSET: not given.
+        given = dict(locals())
+        self.async_writes = resolve(AsyncWrites, async_writes, given)
+        self.emergency = resolve(Emergency, emergency, given)
+        self.local_retention = resolve(LocalRetention, local_retention, given)
+        self.triggers = resolve(Triggers, triggers, given)
+        self.remote_sync = resolve(RemoteSync, remote_sync, given)
         sync, keep = self.remote_sync, self.local_retention
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -295,9 +264,9 @@ class CheckpointManager:
             load=self._apply,
         )
         self._signals: EmergencySignals | None = None
-        stops = self.emergency
-        if stops.handle_signals or stops.pid_file:
-            self._signals = EmergencySignals(() if not stops.handle_signals else None, pid_file=stops.pid_file)
+        handle, pid_file = self.emergency.handle_signals, self.emergency.pid_file
+        if handle or pid_file:
+            self._signals = EmergencySignals(() if not handle else None, pid_file=pid_file)
             self._signals.install()
 
     @classmethod

@@ -179,10 +179,10 @@ def group_of(keyword: str) -> str | None:
     return next((name for cls, name in GROUP_KEYWORDS.items() if keyword in cls.KEYWORDS), None)
 
 
-def resolve(cls: type[G], given: G | None, loose: dict[str, Any]) -> G:
-    """The group: ``given``, else one built from the loose keywords the caller gave (``UNSET`` ones
-    take the group's default). Both at once is a UsageError naming them."""
-    passed = {k: v for k, v in loose.items() if v is not UNSET}
+def resolve(cls: type[G], given: G | None, arguments: dict[str, Any]) -> G:
+    """The group: ``given``, else one built from its loose keywords in ``arguments`` (the manager's
+    arguments by name; ``UNSET`` ones take the group's default). Both at once is a UsageError."""
+    passed = {k: arguments[k] for k in cls.KEYWORDS if arguments[k] is not UNSET}
     if given is None:
         return cls(**{cls.KEYWORDS[k]: v for k, v in passed.items()})
     if not isinstance(given, cls):
