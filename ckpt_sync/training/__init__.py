@@ -8,9 +8,10 @@ from __future__ import annotations
 from .backup import backup_checkpoint
 from .config import CheckpointConfig, load_checkpoint_config
 from .errors import CheckpointCorruptWarning, CheckpointSaveError, HandoffError, RecoveryError, TrainingInterrupted
-from .handoff import BackgroundPush, SyncHandoff, make_handoff
+from .handoff import QueueHandoff, SyncHandoff, make_handoff
 from .loading import load_checkpoint
 from .manager import CheckpointManager
+from .options import AsyncWrites, Emergency, LocalRetention, RemoteSync, Triggers
 from .triggers import AnyTrigger, BestMetric, EveryNSeconds, EveryNSteps, Never, SaveContext, SaveTrigger
 from .verification import (
     CheckResult,
@@ -25,23 +26,28 @@ from .verification import (
 
 __all__ = [
     "AnyTrigger",
-    "BackgroundPush",
+    "AsyncWrites",
     "BestMetric",
     "CheckResult",
     "CheckpointConfig",
     "CheckpointCorruptWarning",
     "CheckpointManager",
     "CheckpointSaveError",
+    "Emergency",
     "EveryNSeconds",
     "EveryNSteps",
     "HandoffError",
+    "LocalRetention",
     "Never",
+    "QueueHandoff",
     "RecoveryError",
+    "RemoteSync",
     "RepairReport",
     "SaveContext",
     "SaveTrigger",
     "SyncHandoff",
     "TrainingInterrupted",
+    "Triggers",
     "backup_checkpoint",
     "check_checkpoint",
     "check_directory",

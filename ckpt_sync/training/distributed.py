@@ -13,6 +13,10 @@ The process group is the coordinator; ckpt-sync adds none of its own:
   under a temp name and renamed after a barrier, or with ``direct=True`` straight into the
   repository through ``ckpt_sync.dcp.Writer`` (the way to go on per-host disks).
 - **Recovery.** Rank 0 decides which checkpoint and step to resume from and broadcasts it.
+
+The code here sees its manager only through ``ManagerParts``: what is fixed when the manager is
+built, and one callable to load a checkpoint into the live objects. What changes over a run (the
+session id, the count of saves) stays with the manager and travels as arguments and return values.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -36,10 +40,40 @@ import torch.distributed as dist
 from ..format.ordering import Position, oldest_first
 from ..fs.atomic import fsync_dir
 
+if TYPE_CHECKING:
+    from ..transfer.retention import RetentionPolicy
+    from .handoff import SyncHandoff
+    from .options import RemoteSync
+
 log = logging.getLogger("ckpt_sync.training")
 
 DCP_SUFFIX = ".dcp"  # checkpoint_{session}_{step}.dcp/: a DCP folder checkpoint
 DCP_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)\.dcp$")
+
+
+class LoadCheckpoint(Protocol):
+    def __call__(self, ckpt: dict[str, Any], path: Path, *, weights_loaded: bool = False) -> dict[str, Any]:
+        """Load ``ckpt`` (read from ``path``) into the manager's live objects and return what
+        ``recover()`` returns; ``weights_loaded``: DCP already set the model and optimizer."""
+        ...
+
+
+@dataclass(frozen=True)
+class ManagerParts:
+    """What the rank-aware code uses of its ``CheckpointManager``, handed over once when it is built."""
+
+    directory: Path
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None
+    sync: RemoteSync  # repo, key_file, direct
+    retention: RetentionPolicy | None  # the folder's policy as the manager resolved it; None keeps all
+    handoff: SyncHandoff | None  # set on the one rank that uploads
+    load: LoadCheckpoint
+
+
+class ShardedResume(NamedTuple):
+    info: dict[str, Any]  # what recover() returns
+    from_repository: bool  # read straight from the repository (direct=True, or nothing local)
 
 
 class RankGroup:
@@ -134,7 +168,9 @@ def restore_rank_rng(ckpt: dict[str, Any], ranks: RankGroup) -> None:
         log.warning("[WARN] checkpoint holds RNG states of %s ranks, this group has %d: rank 0's used", n, ranks.world)
 
 
-def share_replicated_checkpoint(manager: Any, ranks: RankGroup, info: dict[str, Any] | None) -> dict[str, Any] | None:
+def share_replicated_checkpoint(
+    parts: ManagerParts, ranks: RankGroup, info: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """After rank 0 recovered (``info``, broadcast to all), give every rank the same checkpoint and step.
 
     A rank that sees the same file (shared folder) loads it itself; otherwise (per-host disks)
@@ -146,7 +182,7 @@ def share_replicated_checkpoint(manager: Any, ranks: RankGroup, info: dict[str, 
         return None
     path = Path(info["checkpoint"])
     name, size = path.name, ranks.broadcast(path.stat().st_size if ranks.is_coordinator else None)
-    local = Path(manager.directory) / name
+    local = parts.directory / name
     here = local.is_file() and local.stat().st_size == size
     everyone = all(ranks.all_gather(here))
     ckpt: dict[str, Any] | None = None
@@ -163,7 +199,7 @@ def share_replicated_checkpoint(manager: Any, ranks: RankGroup, info: dict[str, 
         result, ckpt = inspect_checkpoint(local)
         if not result.ok or ckpt is None:  # rank 0's copy verified; ours did not: take rank 0's
             raise RuntimeError(f"{local} is damaged on rank {ranks.rank} ({'; '.join(result.problems)})")
-    out = manager._apply(ckpt, local)
+    out = parts.load(ckpt, local)
     restore_rank_rng(ckpt, ranks)
     return out
 
@@ -200,16 +236,16 @@ def list_dcp_folders(directory: Path) -> list[DcpFolder]:
     return oldest_first(out, lambda f: f.position)
 
 
-def sharded_state(manager: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def sharded_state(parts: ManagerParts) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Model and optimizer state keyed by parameter name (DCP's ``get_state_dict``)."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
     from .best import unwrap
 
-    model = unwrap(manager.model)
-    if manager.optimizer is None:
+    model = unwrap(parts.model)
+    if parts.optimizer is None:
         return get_model_state_dict(model), None
-    return get_state_dict(model, manager.optimizer)
+    return get_state_dict(model, parts.optimizer)
 
 
 def _blob(obj: Any) -> bytes:
@@ -228,53 +264,47 @@ MODEL, OPTIM, MANAGER, RANK = "model", "optim", "manager_state", "rank_state"
 
 
 def save_sharded_checkpoint(
-    manager: Any,
+    parts: ManagerParts,
     ranks: RankGroup,
+    content: dict[str, Any],
+    *,
+    session_id: str,
     step: int,
     epoch: int,
     loss: float | None,
-    extra: dict[str, Any],
     kind: str,
-    checkpoint: bool,
-    signum: int | None,
-) -> Path | None:
-    """Every rank: the manager's checkpoint of this step as one DCP checkpoint, locally or in the repository."""
-    if not checkpoint:
-        if ranks.is_coordinator and not getattr(manager, "_warned_sharded_best", False):
-            manager._warned_sharded_best = True
-            log.warning("[WARN] best-model saves of sharded state are not supported yet; use the checkpoints")
-        return None
-    content = manager._content(step, epoch, kind, extra, signum)
-    msd, osd = sharded_state(manager)
+) -> Path:
+    """Every rank: the manager's checkpoint ``content`` of this step as one DCP checkpoint, locally
+    or in the repository (its model and optimizer state are taken again, keyed for DCP)."""
+    msd, osd = sharded_state(parts)
     content.pop("model_state_dict")
     content.pop("optimizer_state_dict", None)
     rng = content.pop("random_state")
     state: dict[str, Any] = {MODEL: msd, MANAGER: _blob(content), RANK: {str(ranks.rank): _blob(rng)}}
     if osd is not None and kind == "full":
         state[OPTIM] = osd
-    name = dcp_name(manager.session_id, step)
-    meta = {"session_id": manager.session_id, "global_step": step, "epoch": epoch, "checkpoint_kind": kind}
+    name = dcp_name(session_id, step)
+    meta = {"session_id": session_id, "global_step": step, "epoch": epoch, "checkpoint_kind": kind}
     if loss is not None and math.isfinite(float(loss)):
         meta["loss"] = float(loss)
-    path = save_sharded(manager, ranks, state, name, meta)
-    manager._count_save(True, step)
+    path = save_sharded(parts, ranks, state, name, meta)
     log.info("[SAVE] Checkpoint saved: %s", path)
     return path
 
 
-def save_sharded(manager: Any, ranks: RankGroup, state: dict[str, Any], name: str, meta: dict[str, Any]) -> Path:
+def save_sharded(parts: ManagerParts, ranks: RankGroup, state: dict[str, Any], name: str, meta: dict[str, Any]) -> Path:
     """Write ``state`` with DCP: into the repository (``direct``), else a local folder renamed into
     place after a barrier (by rank 0 on a shared folder; by each rank on its own disk)."""
     import torch.distributed.checkpoint as dcp
 
-    directory = Path(manager.directory)
-    if manager.direct:
+    directory, sync = parts.directory, parts.sync
+    if sync.direct:
         from ..integrations.dcp import Writer
 
-        writer = Writer(manager.repo, name=name, metadata=meta, key_file=manager.key_file)
+        writer = Writer(sync.repo, name=name, metadata=meta, key_file=sync.key_file)
         dcp.save(state, storage_writer=writer, process_group=ranks.group)
         if writer.manifest is not None:
-            log.info("[SYNC] %s committed to %s (%s)", name, manager.repo, writer.manifest.id)
+            log.info("[SYNC] %s committed to %s (%s)", name, sync.repo, writer.manifest.id)
         return directory / name
     final = directory / name
     token = ranks.broadcast(secrets.token_hex(4))
@@ -290,9 +320,9 @@ def save_sharded(manager: Any, ranks: RankGroup, state: dict[str, Any], name: st
         _rename(tmp, final)
         renamed = True
     if renamed:
-        rotate_dcp(manager, directory)
-    if ranks.is_coordinator and manager._handoff is not None and meta.get("checkpoint_kind") == "full":
-        manager._handoff.enqueue(final, meta, ())  # complete only on a shared folder: else use direct=True
+        rotate_dcp(parts.retention, directory)
+    if ranks.is_coordinator and parts.handoff is not None and meta.get("checkpoint_kind") == "full":
+        parts.handoff.enqueue(final, meta, ())  # complete only on a shared folder: else use direct=True
     return final
 
 
@@ -303,19 +333,19 @@ def _rename(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def rotate_dcp(manager: Any, directory: Path) -> None:
+def rotate_dcp(retention: RetentionPolicy | None, directory: Path) -> None:
     """FIFO over DCP folders with the manager's retention (the newest is never removed)."""
     from ..transfer.retention import Candidate, to_remove
 
-    if manager._retention is None:
+    if retention is None:
         return
     candidates = [Candidate(key=f.path, position=f.position) for f in list_dcp_folders(directory)]
-    for c in to_remove(manager._retention, candidates):
+    for c in to_remove(retention, candidates):
         shutil.rmtree(c.key, ignore_errors=True)
         log.info("[CLEAN] Removed old checkpoint: %s", c.key)
 
 
-def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
+def recover_sharded(parts: ManagerParts, ranks: RankGroup) -> ShardedResume | None:
     """Rank 0 picks the newest sharded checkpoint (local folder, else the repository's newest DCP
     checkpoint of this manager's naming), every rank loads its part of it, all resume at its step."""
     import torch.distributed.checkpoint as dcp
@@ -324,35 +354,36 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
 
     from .best import unwrap
 
+    sync = parts.sync
+
     def choose() -> tuple[str, str] | None:
-        folders = list_dcp_folders(Path(manager.directory))
-        if folders and not manager.direct:
+        folders = list_dcp_folders(parts.directory)
+        if folders and not sync.direct:
             return ("local", folders[-1].path.name)
-        return _newest_remote(manager) if manager.repo is not None else None
+        return _newest_remote(parts) if sync.repo is not None else None
 
     choice = ranks.decide(choose)
     if choice is None:
         log.info("[INFO] No previous session, starting fresh")
         return None
     where, ident = choice
-    msd, osd = sharded_state(manager)
+    msd, osd = sharded_state(parts)
     state: dict[str, Any] = {MODEL: msd, MANAGER: b"", RANK: {str(ranks.rank): b""}}
     if osd is not None:
         state[OPTIM] = osd
+    path = parts.directory / ident
     if where == "local":
-        path = Path(manager.directory) / ident
         reader: Any = dcp.FileSystemReader(str(path))
     else:
         from ..integrations.dcp import Reader
 
-        reader = Reader(manager.repo, checkpoint=ident, key_file=manager.key_file, process_group=ranks.group)
-        path = Path(manager.directory) / ident
+        reader = Reader(sync.repo, checkpoint=ident, key_file=sync.key_file, process_group=ranks.group)
     # Partial: a group of another size finds no RNG state of its own for some ranks.
     planner = DefaultLoadPlanner(allow_partial_load=True)
     dcp.load(state, storage_reader=reader, planner=planner, process_group=ranks.group)
-    model = unwrap(manager.model)
+    model = unwrap(parts.model)
     if osd is not None:
-        set_state_dict(model, manager.optimizer, model_state_dict=state[MODEL], optim_state_dict=state[OPTIM])
+        set_state_dict(model, parts.optimizer, model_state_dict=state[MODEL], optim_state_dict=state[OPTIM])
     else:
         set_model_state_dict(model, state[MODEL])
     ckpt = _unblob(state[MANAGER])
@@ -361,25 +392,24 @@ def recover_sharded(manager: Any, ranks: RankGroup) -> dict[str, Any] | None:
         ckpt["random_state"] = rng
     else:
         ckpt.pop("random_state", None)
-    info = manager._apply(ckpt, path, weights_loaded=True)
-    if where == "remote":
-        manager.session_id = info["session_id"] or manager.session_id
+    info = parts.load(ckpt, path, weights_loaded=True)
     log.info("[OK] Resumed from epoch %s, step %s (%s)", info["start_epoch"], info["start_step"], ident)
-    return info
+    return ShardedResume(info, from_repository=where == "remote")
 
 
-def _newest_remote(manager: Any) -> tuple[str, str] | None:
+def _newest_remote(parts: ManagerParts) -> tuple[str, str] | None:
     from .. import api
     from ..errors import Cancelled, MissingKeyError, OperationFailed, StorageError
     from ..format.lookup import latest
     from ..integrations.dcp import is_dcp_manifest
     from .errors import RecoveryError
 
+    sync = parts.sync
     try:
-        repo = api.open_repository(manager.repo, key_file=manager.key_file, create=True)
+        repo = api.open_repository(sync.repo, key_file=sync.key_file, create=True)
     except (StorageError, Cancelled) as err:  # the store does not answer: one line, on every rank
         raise RecoveryError(
-            f"no checkpoint to resume from in {manager.directory}, and the repository {manager.repo} cannot be "
+            f"no checkpoint to resume from in {parts.directory}, and the repository {sync.repo} cannot be "
             f"read ({err}): bring the store back, or pass repo=None to start fresh"
         ) from None
     try:  # the one rule of "latest" (lookup.py), among this manager's DCP saves

@@ -31,7 +31,6 @@ import torch
 from ..errors import (
     Cancelled,
     CkptSyncError,
-    ConfigError,
     IntegrityError,
     MissingKeyError,
     NotFound,
@@ -52,6 +51,7 @@ from .best import heal_best_dir, save_pretrained_takes_state_dict, unwrap, write
 from .compression import compress, resolve_codec
 from .config import CheckpointConfig, load_checkpoint_config
 from .distributed import (
+    ManagerParts,
     RankGroup,
     has_sharded_state,
     recover_sharded,
@@ -69,6 +69,7 @@ from .naming import (
     new_session_id,
     parse_checkpoint_path,
 )
+from .options import UNSET, AsyncWrites, Emergency, LocalRetention, RemoteSync, Triggers, group_of, resolve
 from .session import build_session, listed_path, load_or_rebuild, read_session, write_session
 from .state import (
     Snapshotter,
@@ -79,7 +80,7 @@ from .state import (
     system_metadata,
     tensor_bytes,
 )
-from .triggers import BestMetric, SaveContext, SaveTrigger, default_trigger
+from .triggers import BestMetric, SaveContext, SaveTrigger
 from .verification import inspect_checkpoint, leftover_temps, quarantine
 
 log = logging.getLogger("ckpt_sync.training")
@@ -92,27 +93,41 @@ _BUILTIN_STATS = ("loss_history", "learning_rates", "gpu_memory")
 class CheckpointManager:
     """Saves, rotates, syncs and recovers training checkpoints. Use as a context manager (or call ``close()``).
 
-    Arguments mirror the seed's ``checkpoint_config``: ``interval_s`` (time trigger, seconds; None turns
-    it off), ``every_n_steps`` (step trigger), ``max_keep`` (FIFO; None keeps all; ``retention``, a
-    policy from ckpt_sync.retention such as ``build_policy(keep_every_steps=1000, keep_last=3)``,
-    replaces it), ``compression``
-    (False, True = zstd when installed else zip, or a codec name) and ``async_save``. Others:
+    The options come in five groups (options.py), each with defaults that work; pass a group whole
+    (``triggers=Triggers(every_n_steps=100)``) or its fields as the loose keywords they have always
+    been (``every_n_steps=100``), not both. The seed's ``checkpoint_config`` maps onto them:
+    ``interval_s`` and ``every_n_steps`` (``Triggers``), ``max_keep`` and ``rotation``
+    (``LocalRetention``), ``async_save`` (``AsyncWrites``); ``compression`` (False, True = zstd when
+    installed else zip, or a codec name) stays a keyword of its own.
 
-    - ``reuse_snapshot_buffers``: with async saves, keep the host copy between saves and refill it in
-      place (faster snapshots, fewer page faults) instead of allocating a new one each time.
-    - ``if_busy``: with async saves, what a trigger does while the previous write is still running —
-      ``"wait"`` for it, or ``"skip"`` this save. Best-model and emergency saves always wait.
-    - ``full_every=K``: only every K-th save holds optimizer/scheduler state, the rest are model-only
-      (smaller and faster); recovery uses the newest full one, rotation always keeps it, and only
-      full checkpoints are handed to sync.
-    - ``repo``: a repository URL; each finished checkpoint is handed to sync in the background, the
-      best model tagged ``best``; ``recover()`` pulls from it when the folder has no valid checkpoint.
-      ``remote_keep`` prunes the repository to that many newest checkpoints (plus ``best``) after each
-      upload; default ``max_keep`` (as ``ckpt-sync watch --keep``), 0 never prunes. ``remote_retention``
-      (a policy, e.g. ``build_policy(keep_last=3, keep_every_steps=10000)``) replaces that count.
-    - ``on_signal``: after the emergency checkpoint, ``"raise"`` TrainingInterrupted or ``"exit"``
-      (``exit_code``, default 128 + signal number). ``handle_signals=False`` leaves signals alone.
-    - ``pid_file``: written at start, removed at close, for external power-event hooks.
+    - ``triggers=Triggers(...)``: ``interval_s`` (time trigger, seconds; None turns it off, default
+      180), ``every_n_steps`` (step trigger), ``trigger`` (any policy object, replaces both),
+      ``best_metric``, and ``full_every=K``: only every K-th save holds optimizer/scheduler state, the
+      rest are model-only (smaller and faster); recovery uses the newest full one, rotation always
+      keeps it, and only full checkpoints are handed to sync.
+    - ``local_retention=LocalRetention(...)``: ``max_keep`` (FIFO, default 5; None keeps all),
+      ``retention`` (field ``policy``: a policy from ckpt_sync.retention such as
+      ``build_policy(keep_every_steps=1000, keep_last=3)``, replaces it), ``rotation`` (only
+      ``"FIFO"``), ``backup_dir`` (the seed's local backup, rotated the same way).
+    - ``async_writes=AsyncWrites(...)``: ``async_save`` (field ``enabled``), ``reuse_snapshot_buffers``
+      (keep the host copy between saves and refill it in place: faster snapshots, fewer page faults),
+      ``if_busy`` (a trigger while the previous write is still running: ``"wait"`` for it, or
+      ``"skip"`` this save; best-model and emergency saves always wait).
+    - ``remote_sync=RemoteSync(...)``: ``repo``, a repository URL: each finished checkpoint is handed to
+      sync in the background, the best model tagged ``best``; ``recover()`` pulls from it when the
+      folder has no valid checkpoint. ``key_file``. ``remote_keep`` prunes the repository to that
+      many newest checkpoints (plus ``best``) after each upload; default ``max_keep`` (as
+      ``ckpt-sync watch --keep``), 0 never prunes. ``remote_retention`` (a policy, e.g.
+      ``build_policy(keep_last=3, keep_every_steps=10000)``) replaces that count. ``direct`` (below).
+    - ``emergency=Emergency(...)``: ``on_signal``: after the emergency checkpoint, ``"raise"``
+      TrainingInterrupted or ``"exit"`` (``exit_code``, default 128 + signal number).
+      ``handle_signals=False`` leaves signals alone. ``pid_file``: written at start, removed at
+      close, for external power-event hooks.
+
+    Keywords of no group: the live objects (``model``, ``optimizer``, ``scheduler``, ``swa_model``,
+    ``tokenizer``), ``session_id``, ``total_steps``, ``best_dir``, ``compression``; ``handoff`` (any
+    ``SyncHandoff``, instead of the one ``repo`` makes), ``clock`` (for tests), and:
+
     - ``process_group``: in a ``torch.distributed`` group (default: the initialised default group)
       the manager is rank-aware (see ``distributed.py``): replicated state is saved by rank 0 only,
       sharded state (DTensor, FSDP2) by every rank through DCP (``direct=True``: straight into
@@ -128,47 +143,50 @@ class CheckpointManager:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer | None = None,
         scheduler: Any = None,
-        interval_s: float | None = 180,
-        every_n_steps: int | None = None,
-        max_keep: int | None = 5,
-        async_save: bool = True,
-        reuse_snapshot_buffers: bool = True,
+        interval_s: float | None = UNSET,
+        every_n_steps: int | None = UNSET,
+        max_keep: int | None = UNSET,
+        async_save: bool = UNSET,
+        reuse_snapshot_buffers: bool = UNSET,
         session_id: str | None = None,
-        repo: str | None = None,
-        key_file: str | os.PathLike[str] | None = None,
-        remote_keep: int | None = None,
-        if_busy: Literal["wait", "skip"] = "wait",
-        full_every: int | None = None,
+        repo: str | None = UNSET,
+        key_file: str | os.PathLike[str] | None = UNSET,
+        remote_keep: int | None = UNSET,
+        if_busy: Literal["wait", "skip"] = UNSET,
+        full_every: int | None = UNSET,
         compression: bool | str = False,
-        rotation: str = "FIFO",
+        rotation: str = UNSET,
         total_steps: int | None = None,
         swa_model: torch.nn.Module | None = None,
         tokenizer: Any = None,
         best_dir: str | os.PathLike[str] | None = None,
-        best_metric: BestMetric | None = None,
-        backup_dir: str | os.PathLike[str] | None = None,
-        handle_signals: bool = True,
-        on_signal: Literal["raise", "exit"] = "raise",
-        exit_code: int | None = None,
-        pid_file: str | os.PathLike[str] | None = None,
-        trigger: SaveTrigger | None = None,
+        best_metric: BestMetric | None = UNSET,
+        backup_dir: str | os.PathLike[str] | None = UNSET,
+        handle_signals: bool = UNSET,
+        on_signal: Literal["raise", "exit"] = UNSET,
+        exit_code: int | None = UNSET,
+        pid_file: str | os.PathLike[str] | None = UNSET,
+        trigger: SaveTrigger | None = UNSET,
         handoff: SyncHandoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         process_group: Any = None,
-        direct: bool = False,
-        retention: RetentionPolicy | None = None,
-        remote_retention: RetentionPolicy | None = None,
+        direct: bool = UNSET,
+        retention: RetentionPolicy | None = UNSET,
+        remote_retention: RetentionPolicy | None = UNSET,
+        triggers: Triggers | None = None,
+        local_retention: LocalRetention | None = None,
+        async_writes: AsyncWrites | None = None,
+        remote_sync: RemoteSync | None = None,
+        emergency: Emergency | None = None,
     ) -> None:
-        if if_busy not in ("wait", "skip"):
-            raise UsageError(f"if_busy must be 'wait' or 'skip', not {if_busy!r}")
-        if on_signal not in ("raise", "exit"):
-            raise UsageError(f"on_signal must be 'raise' or 'exit', not {on_signal!r}")
-        if str(rotation).upper() != "FIFO":
-            raise ConfigError(f"rotation {rotation!r} is not supported (only FIFO)")
-        if max_keep is not None and max_keep < 1:
-            raise UsageError("max_keep must be at least 1 (or None to keep every checkpoint)")
-        if full_every is not None and full_every < 1:
-            raise UsageError("full_every must be at least 1")
+        # Each group: the caller's, or one built (and checked) from its loose keywords; UNSET: not given.
+        given = dict(locals())
+        self.async_writes = resolve(AsyncWrites, async_writes, given)
+        self.emergency = resolve(Emergency, emergency, given)
+        self.local_retention = resolve(LocalRetention, local_retention, given)
+        self.triggers = resolve(Triggers, triggers, given)
+        self.remote_sync = resolve(RemoteSync, remote_sync, given)
+        sync, keep = self.remote_sync, self.local_retention
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.model = model
@@ -176,41 +194,34 @@ class CheckpointManager:
         self.scheduler = scheduler
         self.swa_model = swa_model
         self.tokenizer = tokenizer
-        self.repo = repo
-        self.key_file = key_file
         self.total_steps = total_steps
-        self.if_busy = if_busy
-        self.full_every = full_every
-        self.on_signal = on_signal
-        self.exit_code = exit_code
         self.best_dir = Path(best_dir) if best_dir is not None else self.directory / BEST_DIR
-        self.backup_dir = Path(backup_dir) if backup_dir is not None else None
-        self.best_metric = best_metric or BestMetric()
-        self.best_loss: float = self.best_metric.initial
+        self._backup_dir = Path(keep.backup_dir) if keep.backup_dir is not None else None
+        self.best_loss: float = self.triggers.best_metric.initial
         self.training_stats: dict[str, list[Any]] = {k: [] for k in _BUILTIN_STATS}
         self._explicit_session = session_id is not None
         self.session_id = check_session_id(session_id) if session_id else new_session_id()
         self._start_time = time.time()
         self._codec = resolve_codec(compression)
         # Local FIFO counts every checkpoint file (model-only ones too); the newest full one is pinned.
-        # ``retention`` (retention.py's objects, the same ones `ckpt-sync prune` composes) replaces it.
-        if retention is None and max_keep:
-            retention = fifo_with_tags(max_keep, (RESUMABLE, MODEL_ONLY_ROLE))
-        self._retention = retention
-        self._trigger = trigger or default_trigger(interval_s, every_n_steps)
+        # A retention policy (retention.py's objects, the same ones `ckpt-sync prune` composes) replaces it.
+        self._retention = keep.policy
+        if self._retention is None and keep.max_keep:
+            self._retention = fifo_with_tags(keep.max_keep, (RESUMABLE, MODEL_ONLY_ROLE))
+        self._trigger = self.triggers.save_trigger()
         self._clock = clock
         self._last_save_step: int | None = None
         self._last_save_time = clock()
         self._saves = 0
         self._lock = threading.RLock()
         self._metadata = system_metadata()
-        self._writer = BackgroundWriter() if async_save else None
-        self._snapshot = Snapshotter(reuse=reuse_snapshot_buffers)
+        self._writer = BackgroundWriter() if self.async_writes.enabled else None
+        self._snapshot = Snapshotter(reuse=self.async_writes.reuse_snapshot_buffers)
         self._closed = False
+        self._warned_sharded_best = False
         self._ranks = RankGroup.resolve(process_group)
         self._sharded = self._ranks is not None and has_sharded_state(unwrap(model))
-        self.direct = direct
-        if direct and (repo is None or not self._sharded):
+        if sync.direct and (sync.repo is None or not self._sharded):
             raise UsageError("direct=True writes sharded (DTensor/FSDP) state straight into repo=: give both")
         if self._ranks is not None:
             self.session_id = self._ranks.broadcast(self.session_id)  # one name per checkpoint, all ranks
@@ -233,15 +244,29 @@ class CheckpointManager:
                 self.directory,
             )
         coordinator = self._ranks is None or self._ranks.is_coordinator  # the one rank that uploads
-        if handoff is None and repo is not None and coordinator and not direct:
-            keep = max_keep if remote_keep is None else remote_keep
+        if handoff is None and sync.repo is not None and coordinator and not sync.direct:
             handoff = make_handoff(
-                repo, directory=self.directory, key_file=key_file, remote_keep=keep, remote_retention=remote_retention
+                sync.repo,
+                directory=self.directory,
+                key_file=sync.key_file,
+                remote_keep=keep.max_keep if sync.remote_keep is None else sync.remote_keep,
+                remote_retention=sync.remote_retention,
             )
         self._handoff = handoff
+        # All the rank-aware code (distributed.py) sees of this manager.
+        self._parts = ManagerParts(
+            directory=self.directory,
+            model=model,
+            optimizer=optimizer,
+            sync=sync,
+            retention=self._retention,
+            handoff=handoff,
+            load=self._apply,
+        )
         self._signals: EmergencySignals | None = None
-        if handle_signals or pid_file:
-            self._signals = EmergencySignals(() if not handle_signals else None, pid_file=pid_file)
+        handle, pid_file = self.emergency.handle_signals, self.emergency.pid_file
+        if handle or pid_file:
+            self._signals = EmergencySignals(() if not handle else None, pid_file=pid_file)
             self._signals.install()
 
     @classmethod
@@ -250,7 +275,9 @@ class CheckpointManager:
     ) -> CheckpointManager:
         """A manager whose ``checkpoint_config`` comes from a YAML/TOML file; ``kwargs`` win over the file."""
         cfg = config if isinstance(config, CheckpointConfig) else load_checkpoint_config(config)
-        return cls(directory, **{**cfg.manager_kwargs(), **kwargs})
+        # A group given whole wins over the file's settings of that group, as any keyword does.
+        from_file = {k: v for k, v in cfg.manager_kwargs().items() if group_of(k) not in kwargs}
+        return cls(directory, **{**from_file, **kwargs})
 
     # --- saving ----------------------------------------------------------------------------------
 
@@ -270,7 +297,7 @@ class CheckpointManager:
             self.training_stats["loss_history"].append(float(loss))
             if self.optimizer is not None:
                 self.training_stats["learning_rates"].append([float(g["lr"]) for g in self.optimizer.param_groups])
-        best = val_loss is not None and self.best_metric.is_better(float(val_loss), self.best_loss)
+        best = val_loss is not None and self.triggers.best_metric.is_better(float(val_loss), self.best_loss)
         ctx = SaveContext(global_step, self._clock(), self._last_save_step, self._last_save_time)
         due = self._trigger.should_save(ctx)
         if self._ranks is None:
@@ -336,8 +363,8 @@ class CheckpointManager:
 
             name = _signal.Signals(signum).name
         msg = f"{name} received: emergency checkpoint {path} written at step {global_step} (epoch {epoch})"
-        if self.on_signal == "exit" or signals.again is not None:  # one line says it all: [EXIT] below
-            code = 128 + signum if self.exit_code is None else self.exit_code
+        if self.emergency.on_signal == "exit" or signals.again is not None:  # one line says it all: [EXIT] below
+            code = 128 + signum if self.emergency.exit_code is None else self.emergency.exit_code
             try:
                 self.close()
             finally:
@@ -365,18 +392,19 @@ class CheckpointManager:
     ) -> Path | None:
         check_loadable(extra, "extra")
         if self._writer is not None and self._writer.busy():
-            if checkpoint and not best and not force and self.if_busy == "skip":
+            if checkpoint and not best and not force and self.async_writes.if_busy == "skip":
                 log.info("[ASYNC] previous checkpoint still being written; skipping step %d", step)
                 return None
             self._writer.wait()
         kind = FULL
-        if checkpoint and self.full_every and signum is None:
-            kind = FULL if self._saves % self.full_every == 0 else MODEL_ONLY
+        full_every = self.triggers.full_every
+        if checkpoint and full_every and signum is None:
+            kind = FULL if self._saves % full_every == 0 else MODEL_ONLY
         path = self.directory / checkpoint_name(self.session_id, step, self._codec)
         rank_rng = None
         if self._ranks is not None:
             if self._sharded:
-                return save_sharded_checkpoint(self, self._ranks, step, epoch, loss, extra, kind, checkpoint, signum)
+                return self._save_sharded(step, epoch, loss, extra, kind, checkpoint, signum)
             rank_rng = self._ranks.gather(capture_rng_state()) if checkpoint else None
             if not self._writes:  # replicated state: rank 0 writes it
                 self._count_save(checkpoint, step)
@@ -416,6 +444,30 @@ class CheckpointManager:
         else:
             job()
         return path if checkpoint else None
+
+    def _save_sharded(
+        self,
+        step: int,
+        epoch: int,
+        loss: float | None,
+        extra: dict[str, Any],
+        kind: str,
+        checkpoint: bool,
+        signum: int | None,
+    ) -> Path | None:
+        """Every rank: this step's checkpoint through DCP (distributed.py)."""
+        assert self._ranks is not None
+        if not checkpoint:
+            if self._ranks.is_coordinator and not self._warned_sharded_best:
+                self._warned_sharded_best = True
+                log.warning("[WARN] best-model saves of sharded state are not supported yet; use the checkpoints")
+            return None
+        content = self._content(step, epoch, kind, extra, signum)
+        path = save_sharded_checkpoint(
+            self._parts, self._ranks, content, session_id=self.session_id, step=step, epoch=epoch, loss=loss, kind=kind
+        )
+        self._count_save(True, step)
+        return path
 
     def _count_save(self, checkpoint: bool, step: int) -> None:
         if checkpoint:
@@ -493,9 +545,9 @@ class CheckpointManager:
             # stay local: they cannot resume training, and remote FIFO must not push out the full ones.
             if self._handoff is not None and kind == FULL:
                 self._handoff.enqueue(path, {**sync_meta, "checkpoint_kind": kind}, ())
-            if self.backup_dir is not None:
-                backup_checkpoint(path, self.backup_dir)
-                self._rotate(self.backup_dir)
+            if self._backup_dir is not None:
+                backup_checkpoint(path, self._backup_dir)
+                self._rotate(self._backup_dir)
             self._rotate(self.directory)
             self._write_session(step, epoch)
 
@@ -510,18 +562,18 @@ class CheckpointManager:
                 self._handoff.enqueue(self.best_dir, meta_out, ("best",))
 
     def _rotate(self, directory: Path) -> None:
-        """FIFO through the shared retention policies; the newest full checkpoint and held files are pinned."""
+        """FIFO through the shared retention policies; the newest full checkpoint is pinned (one being
+        uploaded needs no pin: the hand-off holds its own copy from ``enqueue`` on)."""
         if self._retention is None:
             return
         files = list_checkpoints(directory)
-        held = self._held()
         newest_full = next((f.path for f in reversed(files) if f.path.name not in self._model_only), None)
         candidates = [
             Candidate(
                 key=f.path,
                 position=f.position,
                 role=MODEL_ONLY_ROLE if f.path.name in self._model_only else RESUMABLE,
-                tags=frozenset({"pinned"}) if f.path == newest_full or f.path.resolve() in held else frozenset(),
+                tags=frozenset({"pinned"}) if f.path == newest_full else frozenset(),
             )
             for f in files
         ]
@@ -533,10 +585,6 @@ class CheckpointManager:
                 log.info("[CLEAN] Removed old checkpoint: %s", c.key)
         if removed:
             fsync_dir(directory)
-
-    def _held(self) -> set[Path]:
-        held = getattr(self._handoff, "held_paths", None)
-        return held() if callable(held) else set()
 
     def _write_session(self, step: int | None, epoch: int | None) -> None:
         session = build_session(
@@ -566,8 +614,13 @@ class CheckpointManager:
         self._check_open()
         if self._ranks is not None:
             if self._sharded:
-                return recover_sharded(self, self._ranks)
-            return share_replicated_checkpoint(self, self._ranks, self._ranks.decide(self._recover_here))
+                resumed = recover_sharded(self._parts, self._ranks)
+                if resumed is None:
+                    return None
+                if resumed.from_repository:  # a run resumed from the repository continues its session's names
+                    self.session_id = resumed.info["session_id"] or self.session_id
+                return resumed.info
+            return share_replicated_checkpoint(self._parts, self._ranks, self._ranks.decide(self._recover_here))
         return self._recover_here()
 
     def _recover_here(self) -> dict[str, Any] | None:
@@ -575,8 +628,9 @@ class CheckpointManager:
             self._writer.wait()
         tried: set[tuple[str, int, int]] = set()
         result = self._recover_local(tried, "local")
-        if result is None and self.repo is not None and self._pull_from_repo():
-            result = self._recover_local(tried, f"pulled from {self.repo}")
+        repo = self.remote_sync.repo
+        if result is None and repo is not None and self._pull_from_repo(repo):
+            result = self._recover_local(tried, f"pulled from {repo}")
         if result is None:
             log.info("[INFO] No previous session, starting fresh")
         return result
@@ -648,7 +702,7 @@ class CheckpointManager:
         if "random_state" in ckpt:
             restore_rng_state(ckpt["random_state"])
         best = ckpt.get("best_loss")
-        self.best_loss = float(best) if isinstance(best, int | float) else self.best_metric.initial
+        self.best_loss = float(best) if isinstance(best, int | float) else self.triggers.best_metric.initial
         stats = ckpt.get("training_stats") or {}
         self.training_stats = {k: list(stats.get(k, [])) for k in _BUILTIN_STATS}
         self.training_stats.update({k: list(v) for k, v in stats.items() if k not in _BUILTIN_STATS})
@@ -674,15 +728,15 @@ class CheckpointManager:
             "extra": extra,
         }
 
-    def _pull_from_repo(self) -> bool:
+    def _pull_from_repo(self, url: str) -> bool:
         """Fresh host: restore the newest committed full checkpoint that verifies (and the best model)."""
         from .. import api
 
         try:  # created when new, as the sync client does: a first run starts fresh
-            repo = api.open_repository(self.repo, key_file=self.key_file, create=True)
+            repo = api.open_repository(url, key_file=self.remote_sync.key_file, create=True)
         except (StorageError, Cancelled) as err:  # the store does not answer: say so in one line
             raise RecoveryError(
-                f"no checkpoint to resume from in {self.directory}, and the repository {self.repo} cannot be "
+                f"no checkpoint to resume from in {self.directory}, and the repository {url} cannot be "
                 f"read ({err}): bring the store back, or pass repo=None to start fresh"
             ) from None
         pulled = False

@@ -20,8 +20,7 @@ SESSION_FILE = "training_session.json"
 BEST_DIR = "best_model"
 BEST_METADATA = BEST_MARKER
 QUARANTINE_DIR = "quarantine"
-STAGING_DIR = ".ckpt-sync-staging"  # BackgroundPush: held links + metadata
-SYNC_STATE_DIR = ".ckpt-sync"  # SyncClient: its durable queue and held links
+SYNC_STATE_DIR = ".ckpt-sync"  # SyncClient: its durable queue and held copies
 
 # Suffix by codec: "" is a plain torch.save file; the seed's zip fallback replaces ".pt" by ".zip".
 SUFFIXES = {"": ".pt", "zstd": ".pt.zst", "zip": ".zip"}

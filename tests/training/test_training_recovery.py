@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,11 @@ import pytest
 import torch
 from training_helpers import train
 
-from ckpt_sync import api
+from ckpt_sync import SyncClient, api
 from ckpt_sync.training import (
-    BackgroundPush,
     CheckpointCorruptWarning,
     CheckpointManager,
+    QueueHandoff,
     check_directory,
     repair,
     validate_checkpoint_integrity,
@@ -162,41 +163,38 @@ def test_fresh_host_recover_pulls_the_newest_committed_checkpoint(
     assert json.loads((fresh / "best_model" / "best_metadata.json").read_text())["step"] == 3
 
 
-@pytest.mark.parametrize("hold", ["hard-link", "no-links-here"])
+@pytest.mark.parametrize("hold", ["hard-link", "copy"])
 def test_rotation_never_loses_a_checkpoint_that_is_still_uploading(
     tmp_path: Path, tiny: Callable[..., tuple], key: str, repo_url: str, monkeypatch: pytest.MonkeyPatch, hold: str
 ) -> None:
-    if hold == "no-links-here":  # a filesystem without hard links: rotation must skip held files instead
-
-        def no_link(src: Any, dst: Any) -> None:
-            raise PermissionError(1, "Operation not permitted")
-
-        monkeypatch.setattr("ckpt_sync.training.handoff._link_tree", no_link)
-    gate = threading.Event()
-
-    def slow_push(path: Path, **kw: Any) -> str:
-        gate.wait(timeout=300)
-        return api.push(path, **kw)
-
     directory = tmp_path / "ckpt"
-    handoff = BackgroundPush(repo_url, staging_dir=directory / ".ckpt-sync-staging", push=slow_push)
+    state = directory / ".ckpt-sync"
+    # No uploader yet (worker=False): every upload stays queued while rotation runs.
+    client = SyncClient(repo_url, state_dir=state, worker=False)
     model, opt, sched = tiny()
     digests = {}
     with CheckpointManager(
         directory, model=model, optimizer=opt, scheduler=sched, interval_s=None, every_n_steps=1, max_keep=2,
-        async_save=False, handoff=handoff, handle_signals=False,
+        async_save=False, handoff=QueueHandoff(client), handle_signals=False,
     ) as mgr:  # fmt: skip
-        for step in range(1, 6):
-            train(model, opt, sched)
-            path = mgr.maybe_save(step, 0)
-            assert path is not None
-            digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-        # rotation ran while every upload was blocked: originals go (links hold them) or stay (held in place)
-        assert len(list(directory.glob("checkpoint_*.pt"))) == (2 if hold == "hard-link" else 5)
-        assert handoff.pending() == 5
-        gate.set()
-    assert handoff.pending() == 0
-    assert not any((directory / ".ckpt-sync-staging").iterdir())  # links dropped once committed
+        with monkeypatch.context() as patched:
+            if hold == "copy":  # a filesystem without hard links (nor reflinks): the queue holds a copy
+
+                def no_link(src: Any, dst: Any, *a: Any, **kw: Any) -> None:
+                    raise PermissionError(errno.EPERM, "Operation not permitted")
+
+                patched.setattr(os, "link", no_link)
+            for step in range(1, 6):
+                train(model, opt, sched)
+                path = mgr.maybe_save(step, 0)
+                assert path is not None
+                digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+        # rotation ran while no upload could happen: the originals are gone, the queue holds all five
+        assert len(list(directory.glob("checkpoint_*.pt"))) == 2
+        assert client.queue.unfinished() == 5
+        uploader = SyncClient(repo_url, state_dir=state)  # an uploader shows up; leaving the block waits for it
+    uploader.close()
+    assert not any((state / "staging").iterdir())  # held copies dropped once committed
 
     repo = api.open_repository(repo_url)
     restored = tmp_path / "restored"
@@ -206,26 +204,40 @@ def test_rotation_never_loses_a_checkpoint_that_is_still_uploading(
     assert digests == {}
 
 
-def test_uploads_that_failed_are_retried_by_the_next_run(tmp_path: Path, key: str, repo_url: str) -> None:
-    from ckpt_sync.training import HandoffError
+def test_uploads_a_crashed_run_left_queued_are_committed_by_the_next_run(
+    tmp_path: Path, tiny: Callable[..., tuple], key: str, repo_url: str
+) -> None:
+    directory = tmp_path / "ckpt"
+    model, opt, sched = tiny()
+    crashed = SyncClient(repo_url, state_dir=directory / ".ckpt-sync", worker=False)  # dies before uploading
+    mgr = CheckpointManager(
+        directory, model=model, optimizer=opt, scheduler=sched, interval_s=None, every_n_steps=1, max_keep=1,
+        async_save=False, handoff=QueueHandoff(crashed), handle_signals=False,
+    )  # fmt: skip
+    digests = {}
+    for step in (1, 2):
+        train(model, opt, sched)
+        path = mgr.maybe_save(step, 0)
+        assert path is not None
+        digests[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    crashed.queue.close()  # the process is gone here: the manager never closed, nothing was uploaded
+    assert [p.name[-5:] for p in directory.glob("checkpoint_*.pt")] == ["_2.pt"]  # step 1 rotated away locally
 
-    ckpt = tmp_path / "checkpoint_s_1.pt"
-    torch.save({"w": torch.ones(3)}, ckpt)
-    staging = tmp_path / ".ckpt-sync-staging"
+    with CheckpointManager(
+        directory, model=model, optimizer=opt, scheduler=sched, interval_s=None, every_n_steps=1, max_keep=1,
+        async_save=False, repo=repo_url, remote_keep=0, handle_signals=False,
+    ) as again:  # fmt: skip
+        assert again.recover()["start_step"] == 2  # type: ignore[index]
+        train(model, opt, sched)
+        again.maybe_save(3, 0)  # leaving the block waits for this upload, queued after the two left over
 
-    def offline(path: Path, **kw: Any) -> str:
-        raise OSError("network unreachable")
-
-    first = BackgroundPush(repo_url, staging_dir=staging, push=offline)
-    first.enqueue(ckpt, {"global_step": 1, "epoch": 0}, ())
-    with pytest.raises(HandoffError, match="network unreachable"):
-        first.close()
-    ckpt.unlink()  # rotated away locally meanwhile: the staged link still has it
-
-    second = BackgroundPush(repo_url, staging_dir=staging)  # the next run on this folder
-    second.close()
-    [mid] = api.open_repository(repo_url).manifest_ids()
-    m = api.pull(to=tmp_path / "out", repo=repo_url, checkpoint=mid)
-    assert (m.name, m.global_step) == ("checkpoint_s_1.pt", 1)
-    assert torch.equal(torch.load(tmp_path / "out" / m.name, weights_only=True)["w"], torch.ones(3))
-    assert not any(staging.iterdir())
+    repo = api.open_repository(repo_url)
+    restored = tmp_path / "restored"
+    steps = []
+    for mid in repo.manifest_ids():
+        m = api.pull(to=restored, repo=repo, checkpoint=mid)
+        steps.append(m.global_step)
+        if m.name in digests:
+            assert hashlib.sha256((restored / m.name).read_bytes()).hexdigest() == digests.pop(m.name)
+    assert sorted(steps) == [1, 2, 3] and digests == {}
+    assert not any((directory / ".ckpt-sync" / "staging").iterdir())
