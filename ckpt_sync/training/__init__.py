@@ -1,4 +1,4 @@
-"""Training side of ckpt-sync (needs torch): the seed's checkpoint strategy as ``CheckpointManager``.
+"""Training side of ckpt-sync (needs torch): checkpointing inside a PyTorch training loop, as ``CheckpointManager``.
 
 Import cost: this package imports torch; ``import ckpt_sync`` alone does not.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .backup import backup_checkpoint
 from .config import CheckpointConfig, load_checkpoint_config
-from .errors import CheckpointCorruptWarning, CheckpointSaveError, HandoffError, RecoveryError, TrainingInterrupted
+from .errors import CheckpointCorruptWarning, CheckpointSaveError, RecoveryError, TrainingInterrupted
 from .handoff import QueueHandoff, SyncHandoff, make_handoff
 from .loading import load_checkpoint
 from .manager import CheckpointManager
@@ -36,7 +36,6 @@ __all__ = [
     "Emergency",
     "EveryNSeconds",
     "EveryNSteps",
-    "HandoffError",
     "LocalRetention",
     "Never",
     "QueueHandoff",

@@ -1,4 +1,4 @@
-"""The seed's local backup: copy each finished checkpoint into a second folder (another disk), atomically."""
+"""Local backup: copy each finished checkpoint into a second folder (another disk), atomically."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The best model: ``best_model/`` with ``best_metadata.json`` (the seed's ``save_if_best``).
+"""The best model: ``best_model/`` with ``best_metadata.json`` (``save_if_best``).
 
 Written as a whole directory into a hidden temp folder, then swapped in, so ``best_model/`` is
 always one complete best model. A crash in the middle of the swap leaves the previous one under a

@@ -1,4 +1,5 @@
-"""Optional compressed checkpoints (the seed's performance section): zstd when installed, else stdlib zip.
+"""Optional compressed checkpoints (off by default: speed first): zstd, else stdlib zip where
+zstandard (a ckpt-sync dependency) is missing.
 
 Compression runs after a normal ``torch.save`` into a temp file, streaming, so memory does not double;
 loading decompresses to a temp file first so ``mmap=True`` still applies. A compressed checkpoint is a
@@ -15,7 +16,8 @@ from typing import IO, Any
 from ..errors import ConfigError
 
 ZSTD_LEVEL = 3
-DEFLATE_LEVEL = 1  # the seed turns compression off "for speed"; when on, favour speed too
+MISSING_ZSTD = "the zstandard package, a ckpt-sync dependency, is missing: reinstall ckpt-sync (scripts/quickstart.sh)"
+DEFLATE_LEVEL = 1  # compression is off by default for speed; when on, favour speed too
 
 
 def _zstd() -> Any | None:
@@ -34,14 +36,14 @@ def _zstd() -> Any | None:
 
 
 def resolve_codec(setting: bool | str | None) -> str:
-    """The seed's ``compression`` setting as a codec: "" (off), "zstd" or "zip"."""
+    """The ``compression`` setting as a codec: "" (off), "zstd" or "zip"."""
     if setting in (None, False, "", "false", "none", "off"):
         return ""
     if setting is True or setting in ("true", "on", "auto"):
         return "zstd" if _zstd() is not None else "zip"
     if setting == "zstd":
         if _zstd() is None:
-            raise ConfigError("compression 'zstd' needs the zstandard package: pip install zstandard")
+            raise ConfigError(f"compression 'zstd': {MISSING_ZSTD}")
         return "zstd"
     if setting in ("zip", "deflate"):
         return "zip"
@@ -56,7 +58,7 @@ def compress(src: Path, dst: IO[bytes], codec: str, member: str) -> None:
         return
     z = _zstd()
     if z is None:
-        raise ConfigError("this checkpoint needs the zstandard package: pip install zstandard")
+        raise ConfigError(f"this checkpoint is zstd-compressed: {MISSING_ZSTD}")
     with open(src, "rb") as f:
         if hasattr(z, "ZstdCompressor") and hasattr(z.ZstdCompressor, "copy_stream"):
             z.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(f, dst)
@@ -77,7 +79,7 @@ def decompress(src: Path, dst: IO[bytes], codec: str) -> None:
         return
     z = _zstd()
     if z is None:
-        raise ConfigError(f"{src.name} is zstd-compressed: pip install zstandard to read it")
+        raise ConfigError(f"{src.name} is zstd-compressed: {MISSING_ZSTD}")
     with open(src, "rb") as f:
         if hasattr(z, "ZstdDecompressor") and hasattr(z.ZstdDecompressor, "copy_stream"):
             z.ZstdDecompressor().copy_stream(f, dst)

@@ -1,6 +1,6 @@
-"""The seed's ``checkpoint_config`` (interval, max_keep, rotation, compression, async_save) from YAML or TOML.
+"""A ``checkpoint_config`` (interval, max_keep, rotation, compression, async_save) from YAML or TOML.
 
-The keys may sit under a top-level ``checkpoint_config`` table (as in the seed) or at the top level.
+The keys may sit under a top-level ``checkpoint_config`` table (as docs/TRAINING.md shows) or at the top level.
 Unknown keys are an error: a typo such as ``max_kept`` would otherwise silently keep the default.
 """
 

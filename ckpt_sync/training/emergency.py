@@ -1,6 +1,6 @@
 """Emergency save on SIGINT/SIGTERM/SIGBREAK: the handler only raises a flag.
 
-The seed saved from inside the handler. A Python signal handler runs between two bytecodes of the
+Saving from inside the handler would be unsafe. A Python signal handler runs between two bytecodes of the
 main thread — possibly between ``loss.backward()`` and ``optimizer.step()``, or half-way through
 the optimizer's per-parameter loop — so a state dict taken there can pair weights from step N with
 optimizer moments from step N+1. Here the handler records the signal; the manager's next
@@ -10,7 +10,7 @@ A second signal while one is pending (before the safe point) restores the previo
 re-delivers it, so a user pressing Ctrl-C twice still gets out, and ``kill -TERM`` twice still
 terminates. Once the emergency checkpoint is being written, a further signal says it is finishing
 and the process exits cleanly right after the save (``finishing``): no traceback, no half save.
-A pid file (the seed's ``logs/training.pid``) lets external power-event hooks find the process.
+A pid file (``logs/training.pid`` by default) lets external power-event hooks find the process.
 """
 
 from __future__ import annotations

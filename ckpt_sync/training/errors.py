@@ -14,10 +14,6 @@ class RecoveryError(OperationFailed):
     could not be read (the message says why and what to do)."""
 
 
-class HandoffError(OperationFailed):
-    """One or more finished checkpoints could not be handed to sync; they stay staged locally."""
-
-
 class TrainingInterrupted(CkptSyncError):
     """SIGINT/SIGTERM arrived; an emergency checkpoint was written at a consistent step before raising.
 

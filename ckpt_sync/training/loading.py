@@ -1,7 +1,7 @@
 """Safe loading of checkpoints: ``weights_only=True`` always, ``mmap=True`` by default, any codec.
 
-A pickle can run code, so nothing here ever unpickles arbitrary objects (the seed's bare
-``torch.load`` did); a checkpoint that needs that is reported as not loadable, not trusted.
+A pickle can run code, so nothing here ever unpickles arbitrary objects (a bare
+``torch.load`` would); a checkpoint that needs that is reported as not loadable, not trusted.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = True) -> dict[
     """``torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)``, decompressing first if needed.
 
     With ``mmap=True`` tensors are mapped copy-on-write from the file, so loading a large checkpoint
-    costs little memory and time until values are used (the seed's load-time optimisation).
+    costs little memory and time until values are used (a load-time optimisation).
     """
     # Windows cannot remove a mapped file, so compressed checkpoints load fully there.
     with plain_file(path) as plain:

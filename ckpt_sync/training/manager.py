@@ -1,4 +1,4 @@
-"""``CheckpointManager``: the seed's checkpoint strategy for a PyTorch training loop.
+"""``CheckpointManager``: checkpointing for a PyTorch training loop (docs/TRAINING.md).
 
 Call ``maybe_save(step, epoch, val_loss=...)`` once per step (after ``optimizer.step()``): it saves
 when the time or step trigger fires, saves the best model when ``val_loss`` improves, and is the
@@ -95,7 +95,7 @@ class CheckpointManager:
 
     The options come in five groups (options.py), each with defaults that work; pass a group whole
     (``triggers=Triggers(every_n_steps=100)``) or its fields as the loose keywords they have always
-    been (``every_n_steps=100``), not both. The seed's ``checkpoint_config`` maps onto them:
+    been (``every_n_steps=100``), not both. A YAML or TOML ``checkpoint_config`` maps onto them:
     ``interval_s`` and ``every_n_steps`` (``Triggers``), ``max_keep`` and ``rotation``
     (``LocalRetention``), ``async_save`` (``AsyncWrites``); ``compression`` (False, True = zstd when
     installed else zip, or a codec name) stays a keyword of its own.
@@ -108,7 +108,7 @@ class CheckpointManager:
     - ``local_retention=LocalRetention(...)``: ``max_keep`` (FIFO, default 5; None keeps all),
       ``retention`` (field ``policy``: a policy from ckpt_sync.retention such as
       ``build_policy(keep_every_steps=1000, keep_last=3)``, replaces it), ``rotation`` (only
-      ``"FIFO"``), ``backup_dir`` (the seed's local backup, rotated the same way).
+      ``"FIFO"``), ``backup_dir`` (a local backup folder, rotated the same way).
     - ``async_writes=AsyncWrites(...)``: ``async_save`` (field ``enabled``), ``reuse_snapshot_buffers``
       (keep the host copy between saves and refill it in place: faster snapshots, fewer page faults),
       ``if_busy`` (a trigger while the previous write is still running: ``"wait"`` for it, or
@@ -476,7 +476,8 @@ class CheckpointManager:
             self._last_save_time = self._clock()
 
     def _content(self, step: int, epoch: int, kind: str, extra: dict[str, Any], signum: int | None) -> dict[str, Any]:
-        """The seed's checkpoint dict (live references; the caller snapshots it for background writes)."""
+        """The checkpoint dict (docs/TRAINING.md, "What ends up on disk"): live references; the caller
+        snapshots it for background writes."""
         mem = gpu_memory()
         if mem is not None:
             self.training_stats["gpu_memory"].append(mem)
@@ -603,7 +604,8 @@ class CheckpointManager:
     # --- recovery --------------------------------------------------------------------------------
 
     def recover(self) -> dict[str, Any] | None:
-        """The seed's recovery protocol; returns ``start_epoch``, ``start_step``, ``best_loss`` and the saved extras.
+        """Recovery: the session file, the newest checkpoint, load the states; returns ``start_epoch``,
+        ``start_step``, ``best_loss`` and the saved extras.
 
         Loads model, optimizer, scheduler, SWA and RNG states from the newest checkpoint that verifies
         (CRC, ``weights_only=True`` load, required keys); a damaged one is skipped with a
@@ -746,7 +748,7 @@ class CheckpointManager:
                     lambda mid, err: log.warning("[WARN] skipping unreadable remote checkpoint %s: %s", mid, err)
                 )
             )
-            try:  # the one rule of "latest" (lookup.py); only seed-named files resume here
+            try:  # the one rule of "latest" (lookup.py); only files named as this manager names them resume here
                 candidates = latest_candidates(
                     repo,
                     Selection(),

@@ -1,4 +1,4 @@
-"""The seed's file naming: ``checkpoint_{session_id}_{global_step}.pt`` (``.pt.zst`` / ``.zip`` when compressed).
+"""The manager's file naming: ``checkpoint_{session_id}_{global_step}.pt`` (``.pt.zst`` / ``.zip`` when compressed).
 
 One home for the pattern, so rotation, the session file, verification and recovery agree on which
 files are checkpoints and in what order they were made.
@@ -22,14 +22,14 @@ BEST_METADATA = BEST_MARKER
 QUARANTINE_DIR = "quarantine"
 SYNC_STATE_DIR = ".ckpt-sync"  # SyncClient: its durable queue and held copies
 
-# Suffix by codec: "" is a plain torch.save file; the seed's zip fallback replaces ".pt" by ".zip".
+# Suffix by codec: "" is a plain torch.save file; the zip fallback replaces ".pt" by ".zip".
 SUFFIXES = {"": ".pt", "zstd": ".pt.zst", "zip": ".zip"}
 CHECKPOINT_NAME = re.compile(r"^checkpoint_(?P<session>.+)_(?P<step>\d+)(?P<suffix>\.pt\.zst|\.pt|\.zip)$")
 SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def new_session_id(now: datetime | None = None) -> str:
-    """The seed's session id: local time as ``YYYYMMDD_HHMMSS``."""
+    """A session id: local time as ``YYYYMMDD_HHMMSS``."""
     return (now or datetime.now()).strftime("%Y%m%d_%H%M%S")
 
 
@@ -58,7 +58,7 @@ class CheckpointFile:
 
 
 def parse_checkpoint_path(path: str | os.PathLike[str]) -> tuple[str, int, str] | None:
-    """(session_id, global_step, codec) for a seed-named checkpoint, else None."""
+    """(session_id, global_step, codec) for a checkpoint named this way, else None."""
     m = CHECKPOINT_NAME.match(Path(path).name)
     if not m:
         return None
@@ -67,7 +67,7 @@ def parse_checkpoint_path(path: str | os.PathLike[str]) -> tuple[str, int, str] 
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointFile]:
-    """Seed-named checkpoint files directly in ``directory``, oldest first by training position
+    """Checkpoint files named this way directly in ``directory``, oldest first by training position
     (session, step, then mtime: ordering.py), never by mtime alone (temp files never match)."""
     out: list[CheckpointFile] = []
     try:

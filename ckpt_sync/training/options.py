@@ -80,8 +80,8 @@ class LocalRetention:
 
     max_keep: int | None = 5
     policy: RetentionPolicy | None = None
-    rotation: str = "FIFO"  # the seed's setting; FIFO is the only one
-    backup_dir: str | os.PathLike[str] | None = None  # the seed's local backup, rotated the same way
+    rotation: str = "FIFO"  # FIFO is the only rotation
+    backup_dir: str | os.PathLike[str] | None = None  # a second folder (another disk), rotated the same way
 
     def __post_init__(self) -> None:
         if str(self.rotation).upper() != "FIFO":

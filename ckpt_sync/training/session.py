@@ -1,4 +1,4 @@
-"""The session file ``training_session.json``, in the seed's shape, always written atomically.
+"""The session file ``training_session.json`` (its keys: SESSION_KEYS), always written atomically.
 
 It is derived data: the checkpoint files in the folder are the truth. When the file is missing,
 unreadable, or disagrees with the folder (a crash between a save and its update, a repair, a
@@ -19,7 +19,7 @@ from .naming import SESSION_FILE, CheckpointFile, list_checkpoints
 
 log = logging.getLogger("ckpt_sync.training")
 
-SEED_KEYS = (
+SESSION_KEYS = (
     "session_id",
     "start_time",
     "current_epoch",
@@ -38,7 +38,7 @@ def session_path(directory: str | os.PathLike[str]) -> Path:
 def listed_path(directory: str | os.PathLike[str], entry: str) -> Path:
     """Where a listed checkpoint is now: always in ``directory``, whatever prefix was recorded.
 
-    The seed records paths like ``checkpoints/training/checkpoint_….pt`` relative to the working
+    Runs record paths like ``checkpoints/training/checkpoint_….pt`` relative to the working
     directory of the run; a resumed run may start elsewhere, or on another host.
     """
     return Path(directory) / Path(entry.replace("\\", "/")).name

@@ -31,7 +31,7 @@ _CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The seed's ``random_state``: python, numpy (when installed), torch, CUDA (all devices, when available)."""
+    """``random_state``: python, numpy (when installed), torch, CUDA (all devices, when available)."""
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if np is not None:
         name, key, pos, has_gauss, cached = np.random.get_state(legacy=True)
@@ -67,7 +67,7 @@ def _as_python_state(s: Any) -> tuple[Any, ...]:
 
 
 def system_metadata() -> dict[str, Any]:
-    """The seed's ``metadata``: host, GPU, CUDA and torch versions (computed once per manager)."""
+    """``metadata``: host, GPU, CUDA and torch versions (computed once per manager)."""
     cuda = torch.cuda.is_available()
     return {
         "hostname": os.environ.get("COMPUTERNAME") or socket.gethostname(),
@@ -92,7 +92,7 @@ class Snapshotter:
     With ``reuse=True`` the host buffers of the previous snapshot are kept and filled in place next
     time (same place in the structure, same shape and dtype). Copying into memory that is already
     mapped avoids the page faults of fresh allocations, which dominate a large snapshot; the price
-    is that the seed's "2x memory while saving" stays allocated between saves. The caller must only
+    is that the "2x memory while saving" stays allocated between saves. The caller must only
     take a new snapshot once the previous one has been written (the manager waits for that).
     """
 

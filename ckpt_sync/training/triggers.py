@@ -25,7 +25,7 @@ class SaveTrigger(Protocol):
 
 @dataclass(frozen=True)
 class EveryNSeconds:
-    """The seed's default: ``time.time() - last_checkpoint_time >= checkpoint_interval`` (180 s)."""
+    """The default: ``time.time() - last_checkpoint_time >= checkpoint_interval`` (180 s)."""
 
     seconds: float
 
@@ -39,7 +39,7 @@ class EveryNSeconds:
 
 @dataclass(frozen=True)
 class EveryNSteps:
-    """The seed's alternative: ``global_step % checkpoint_steps == 0`` (once per step, however often asked)."""
+    """The alternative: ``global_step % checkpoint_steps == 0`` (once per step, however often asked)."""
 
     n: int
 
@@ -71,7 +71,7 @@ class Never:
 
 @dataclass(frozen=True)
 class BestMetric:
-    """The seed's ``if val_loss < best_loss``; ``mode="max"`` for accuracy-like metrics."""
+    """``if val_loss < best_loss``; ``mode="max"`` for accuracy-like metrics."""
 
     mode: Literal["min", "max"] = "min"
     min_delta: float = 0.0

@@ -1,6 +1,6 @@
-"""Checking checkpoints (the seed's ``verify_checkpoint`` / ``validate_checkpoint_integrity``) and repair.
+"""Checking checkpoints (``verify_checkpoint`` / ``validate_checkpoint_integrity``) and repair.
 
-Differences from the seed, on purpose:
+Differences from a plain ``torch.load`` check, on purpose:
 - loads use ``weights_only=True`` (a checkpoint is a pickle; a pickle can run code) and ``mmap=True``;
 - the zip container's CRC-32s are checked too: ``torch.load`` with mmap never reads tensor bytes, so
   without this a flipped byte in the weights would pass;
@@ -138,7 +138,7 @@ def check_checkpoint(path: str | os.PathLike[str], *, crc: bool = True) -> Check
 
 
 def verify_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """The seed's check: loads (safely), has the required keys and a valid model state dict."""
+    """The quick check: loads (safely), has the required keys and a valid model state dict."""
     result = check_checkpoint(path)
     if result.ok:
         log.info("[OK] Checkpoint verified: %s", path)
@@ -148,13 +148,13 @@ def verify_checkpoint(path: str | os.PathLike[str]) -> bool:
 
 
 def validate_checkpoint_integrity(path: str | os.PathLike[str]) -> dict[str, bool]:
-    """The seed's integrity report: file_exists, loadable, has_model, has_optimizer, state_dict_valid
+    """The integrity report: file_exists, loadable, has_model, has_optimizer, state_dict_valid
     (plus checksums_valid: the archive's CRC-32s match)."""
     return dict(check_checkpoint(path).checks)
 
 
 def check_directory(directory: str | os.PathLike[str]) -> list[CheckResult]:
-    """Check every seed-named checkpoint in ``directory``, oldest first; UsageError if it is not a folder."""
+    """Check every manager-named checkpoint in ``directory``, oldest first; UsageError if it is not a folder."""
     if not Path(directory).is_dir():
         raise UsageError(f"{directory} is not a folder")
     return [check_checkpoint(c.path) for c in list_checkpoints(directory)]
@@ -215,7 +215,7 @@ def repair(directory: str | os.PathLike[str], *, temp_grace_s: float = 300.0) ->
 def recovery_drill(
     directory: str | os.PathLike[str], make_model: Callable[[], torch.nn.Module], sample_input: Any
 ) -> bool:
-    """The seed's weekly recovery test: load the newest checkpoint into a fresh model and run a forward pass."""
+    """The weekly recovery test: load the newest checkpoint into a fresh model and run a forward pass."""
     files = list_checkpoints(directory)
     if not files:
         log.error("[ERROR] No checkpoints found in %s", directory)
