@@ -1,6 +1,6 @@
-"""Default values that the settings (config.py) and the library share, in a module that imports nothing.
+"""Default values that the settings (service/settings.py) and the library share, in a module that imports nothing.
 
-config.py names every setting's default and is read at every start-up: importing the watcher, the
+service/settings.py names every setting's default and is read at every start-up: importing the watcher, the
 daemon or prune just to read a number would make every verb pay for what only `watch` and `prune`
 run. Their one home is here; those modules take them from here.
 """
