@@ -38,7 +38,8 @@ from urllib3.util.retry import Retry
 
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, TransientStorageError
 
-from ._cloud import (
+from .base import ObjectInfo
+from .object_store import (
     CONNECT_TIMEOUT,
     LIST_PAGE_SIZE,
     POOL_CONNECTIONS,
@@ -48,7 +49,6 @@ from ._cloud import (
     one_line,
     parse_url,
 )
-from .base import ObjectInfo
 
 try:  # the adapter azure-core itself mounts (larger socket blocks); fall back to the plain one
     from azure.core.pipeline.transport._requests_basic import BiggerBlockSizeHTTPAdapter as _Adapter
@@ -161,7 +161,7 @@ class AzureBlobProvider(ObjectStoreProvider):
 
     # --- error classification --------------------------------------------------------------------
 
-    def _classify(self, err: Exception, op: str, key: str = "") -> StorageError:
+    def classify(self, err: Exception, op: str, key: str = "") -> StorageError:
         """Map an azure-core exception to NotFound / Permanent / Transient, one line, no secrets."""
         what = self.where(key)
         if isinstance(err, ResourceNotFoundError):
@@ -207,7 +207,7 @@ class AzureBlobProvider(ObjectStoreProvider):
         try:
             self._upload(name, data, overwrite=True)
         except Exception as err:
-            raise self._classify(err, "put", key) from err
+            raise self.classify(err, "put", key) from err
 
     def _create_only(self, name: str, data: bytes | bytearray | memoryview, key: str) -> bool:
         try:
@@ -216,7 +216,7 @@ class AzureBlobProvider(ObjectStoreProvider):
         except (ResourceExistsError, ResourceModifiedError):  # 409 BlobAlreadyExists / 412 ConditionNotMet
             return False
         except Exception as err:
-            raise self._classify(err, "put_if_absent", key) from err
+            raise self.classify(err, "put_if_absent", key) from err
 
     def _get(self, name: str, start: int, length: int | None, key: str) -> bytes:
         try:
@@ -226,15 +226,15 @@ class AzureBlobProvider(ObjectStoreProvider):
         except HttpResponseError as err:
             if err.status_code == 416:
                 return b""  # start at or past the end
-            raise self._classify(err, "get", key) from err
+            raise self.classify(err, "get", key) from err
         except Exception as err:
-            raise self._classify(err, "get", key) from err
+            raise self.classify(err, "get", key) from err
 
     def size(self, key: str) -> int | None:
         try:
             return int(self._container.get_blob_client(self._name(key)).get_blob_properties(**self._per_call()).size)
         except Exception as err:
-            classified = self._classify(err, "size", key)
+            classified = self.classify(err, "size", key)
             if isinstance(classified, NotFound):
                 return None
             raise classified from err
@@ -247,13 +247,13 @@ class AzureBlobProvider(ObjectStoreProvider):
             for blob in pages:
                 yield ObjectInfo(blob.name, int(blob.size), blob.last_modified.timestamp())
         except Exception as err:
-            raise self._classify(err, "list", full_prefix[len(self._base) :]) from err
+            raise self.classify(err, "list", full_prefix[len(self._base) :]) from err
 
     def _delete(self, name: str, key: str) -> None:
         try:
             self._container.delete_blob(name, **self._per_call())
         except Exception as err:
-            classified = self._classify(err, "delete", key)
+            classified = self.classify(err, "delete", key)
             if not isinstance(classified, NotFound):
                 raise classified from err
 
@@ -263,7 +263,7 @@ class AzureBlobProvider(ObjectStoreProvider):
             listing = self._container.list_blobs(name_starts_with=self._base, results_per_page=1, **self._per_call())
             next(iter(listing.by_page()), None)
         except Exception as err:
-            raise self._classify(err, "check") from err
+            raise self.classify(err, "check") from err
 
     def create_container(self) -> bool:
         """Create the container unless it exists; True when this call made it."""
@@ -272,7 +272,7 @@ class AzureBlobProvider(ObjectStoreProvider):
         except ResourceExistsError:
             return False
         except Exception as err:
-            raise self._classify(err, "create container") from err
+            raise self.classify(err, "create container") from err
         return True
 
     def close(self) -> None:

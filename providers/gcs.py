@@ -28,7 +28,8 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, TransientStorageError
 
-from ._cloud import (
+from .base import ObjectInfo
+from .object_store import (
     CONNECT_TIMEOUT,
     LIST_PAGE_SIZE,
     POOL_CONNECTIONS,
@@ -38,7 +39,6 @@ from ._cloud import (
     one_line,
     parse_url,
 )
-from .base import ObjectInfo
 
 _CREDENTIAL_HINT = (
     "set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run "
@@ -112,7 +112,7 @@ class GCSProvider(ObjectStoreProvider):
 
     # --- error classification --------------------------------------------------------------------
 
-    def _classify(self, err: Exception, op: str, key: str = "") -> StorageError:
+    def classify(self, err: Exception, op: str, key: str = "") -> StorageError:
         """Map google-api-core / google-auth / requests exceptions to NotFound / Permanent / Transient."""
         what = self.where(key)
         if isinstance(err, gx.NotFound):
@@ -155,7 +155,7 @@ class GCSProvider(ObjectStoreProvider):
             except gx.NotFound:
                 return PermanentStorageError(self._missing_container())
             except Exception as err:
-                return self._classify(err, "check")
+                return self.classify(err, "check")
             self._bucket_seen = True
         return NotFound(f"{self.where(key)} does not exist")
 
@@ -174,7 +174,7 @@ class GCSProvider(ObjectStoreProvider):
         try:
             self._upload(name, data, None)
         except Exception as err:
-            raise self._classify(err, "put", key) from err
+            raise self.classify(err, "put", key) from err
 
     def _create_only(self, name: str, data: bytes | bytearray | memoryview, key: str) -> bool:
         try:
@@ -183,7 +183,7 @@ class GCSProvider(ObjectStoreProvider):
         except gx.PreconditionFailed:
             return False
         except Exception as err:
-            raise self._classify(err, "put_if_absent", key) from err
+            raise self.classify(err, "put_if_absent", key) from err
 
     def _get(self, name: str, start: int, length: int | None, key: str) -> bytes:
         end = start + length - 1 if length is not None else None
@@ -194,13 +194,13 @@ class GCSProvider(ObjectStoreProvider):
         except gx.RequestRangeNotSatisfiable:
             return b""  # start at or past the end
         except Exception as err:
-            raise self._classify(err, "get", key) from err
+            raise self.classify(err, "get", key) from err
 
     def size(self, key: str) -> int | None:
         try:
             blob = self._bucket.get_blob(self._name(key), retry=None, timeout=self._t())
         except Exception as err:
-            raise self._classify(err, "size", key) from err
+            raise self.classify(err, "size", key) from err
         return None if blob is None else int(blob.size)
 
     def _list(self, full_prefix: str) -> Iterator[ObjectInfo]:
@@ -212,7 +212,7 @@ class GCSProvider(ObjectStoreProvider):
         except gx.NotFound:
             raise PermanentStorageError(self._missing_container()) from None
         except Exception as err:
-            raise self._classify(err, "list", full_prefix[len(self._base) :]) from err
+            raise self.classify(err, "list", full_prefix[len(self._base) :]) from err
 
     def _delete(self, name: str, key: str) -> None:
         try:
@@ -220,7 +220,7 @@ class GCSProvider(ObjectStoreProvider):
         except gx.NotFound:
             pass
         except Exception as err:
-            raise self._classify(err, "delete", key) from err
+            raise self.classify(err, "delete", key) from err
 
     def check(self) -> None:
         """One listing call: fails on a missing bucket, rejected credentials or no list permission."""
@@ -229,7 +229,7 @@ class GCSProvider(ObjectStoreProvider):
         except gx.NotFound:
             raise PermanentStorageError(self._missing_container()) from None
         except Exception as err:
-            raise self._classify(err, "check") from err
+            raise self.classify(err, "check") from err
         self._bucket_seen = True
 
     def create_container(self) -> bool:
@@ -239,7 +239,7 @@ class GCSProvider(ObjectStoreProvider):
         except gx.Conflict:
             return False
         except Exception as err:
-            raise self._classify(err, "create bucket") from err
+            raise self.classify(err, "create bucket") from err
         self._bucket_seen = True
         return True
 

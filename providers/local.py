@@ -86,7 +86,9 @@ class LocalProvider:
             return PermanentStorageError(f"permission denied for {what}: check access to {self.root}")
         return StorageError(f"{what}: {err.strerror or err}")
 
-    def _write_temp(self, path: Path, data: bytes | bytearray | memoryview, *, sync: bool = True) -> Path:
+    def write_temp(self, path: Path, data: bytes | bytearray | memoryview, *, sync: bool = True) -> Path:
+        """The first half of every write: ``data`` in a temp file beside ``path``, named for this
+        writer (fs/atomic.py); ``put`` and ``put_if_absent`` then link or rename it into place."""
         if not self._swept:
             self._swept = True
             self.remove_abandoned()
@@ -143,7 +145,7 @@ class LocalProvider:
         """
         path = self._path(key)
         for attempt in (1, 2):
-            tmp = self._write_temp(path, data, sync=commit)
+            tmp = self.write_temp(path, data, sync=commit)
             try:
                 if commit:
                     os.link(tmp, path)

@@ -25,7 +25,8 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, TransientStorageError
 
-from ._cloud import (
+from .base import ObjectInfo
+from .object_store import (
     CONNECT_TIMEOUT,
     LIST_PAGE_SIZE,
     POOL_CONNECTIONS,
@@ -36,7 +37,6 @@ from ._cloud import (
     one_line,
     parse_url,
 )
-from .base import ObjectInfo
 
 _TRANSIENT_CODES = {
     "SlowDown",
@@ -163,7 +163,7 @@ class S3Provider(ObjectStoreProvider):
 
     # --- error classification --------------------------------------------------------------------
 
-    def _classify(self, err: Exception, op: str, key: str = "") -> StorageError:
+    def classify(self, err: Exception, op: str, key: str = "") -> StorageError:
         """Map a boto/botocore/urllib3 exception to NotFound / Permanent / Transient, one line, no secrets."""
         what = self.where(key)
         if isinstance(err, bx.ClientError):
@@ -218,13 +218,13 @@ class S3Provider(ObjectStoreProvider):
 
     def _put(self, name: str, data: bytes | bytearray | memoryview, key: str) -> None:
         try:
-            self._c.put_object(Bucket=self.container, Key=name, Body=_body(data))
+            self._c.put_object(Bucket=self.container, Key=name, Body=request_body(data))
         except Exception as err:
-            raise self._classify(err, "put", key) from err
+            raise self.classify(err, "put", key) from err
 
     def _create_only(self, name: str, data: bytes | bytearray | memoryview, key: str) -> bool:
         try:
-            self._c.put_object(Bucket=self.container, Key=name, Body=_body(data), IfNoneMatch="*")
+            self._c.put_object(Bucket=self.container, Key=name, Body=request_body(data), IfNoneMatch="*")
             return True
         except bx.ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")
@@ -233,9 +233,9 @@ class S3Provider(ObjectStoreProvider):
                 return False
             if code == "NotImplemented" or status == 501:
                 raise ConditionalWriteUnsupported from err
-            raise self._classify(err, "put_if_absent", key) from err
+            raise self.classify(err, "put_if_absent", key) from err
         except Exception as err:
-            raise self._classify(err, "put_if_absent", key) from err
+            raise self.classify(err, "put_if_absent", key) from err
 
     def _get(self, name: str, start: int, length: int | None, key: str) -> bytes:
         kw: dict[str, str] = {}
@@ -249,15 +249,15 @@ class S3Provider(ObjectStoreProvider):
         except bx.ClientError as err:
             if err.response.get("Error", {}).get("Code") == "InvalidRange":
                 return b""  # start at or past the end
-            raise self._classify(err, "get", key) from err
+            raise self.classify(err, "get", key) from err
         except Exception as err:
-            raise self._classify(err, "get", key) from err
+            raise self.classify(err, "get", key) from err
 
     def size(self, key: str) -> int | None:
         try:
             return int(self._c.head_object(Bucket=self.container, Key=self._name(key))["ContentLength"])
         except Exception as err:
-            classified = self._classify(err, "size", key)
+            classified = self.classify(err, "size", key)
             if isinstance(classified, NotFound):
                 return None
             raise classified from err
@@ -271,13 +271,13 @@ class S3Provider(ObjectStoreProvider):
                 for obj in page.get("Contents", ()):
                     yield ObjectInfo(obj["Key"], int(obj["Size"]), obj["LastModified"].timestamp())
         except Exception as err:
-            raise self._classify(err, "list", full_prefix[len(self._base) :]) from err
+            raise self.classify(err, "list", full_prefix[len(self._base) :]) from err
 
     def _delete(self, name: str, key: str) -> None:
         try:
             self._c.delete_object(Bucket=self.container, Key=name)  # S3 deletes of missing keys succeed
         except Exception as err:
-            classified = self._classify(err, "delete", key)
+            classified = self.classify(err, "delete", key)
             if not isinstance(classified, NotFound):
                 raise classified from err
 
@@ -286,7 +286,7 @@ class S3Provider(ObjectStoreProvider):
         try:
             self._c.list_objects_v2(Bucket=self.container, Prefix=self._base, MaxKeys=1)
         except Exception as err:
-            raise self._classify(err, "check") from err
+            raise self.classify(err, "check") from err
 
     def create_container(self) -> bool:
         """Create the bucket (in the client's region) unless it exists; True when this call made it."""
@@ -303,9 +303,9 @@ class S3Provider(ObjectStoreProvider):
         except bx.ClientError as err:
             if err.response.get("Error", {}).get("Code") == "BucketAlreadyOwnedByYou":
                 return False
-            raise self._classify(err, "create bucket") from err
+            raise self.classify(err, "create bucket") from err
         except Exception as err:
-            raise self._classify(err, "create bucket") from err
+            raise self.classify(err, "create bucket") from err
         return True
 
     def close(self) -> None:
@@ -314,7 +314,7 @@ class S3Provider(ObjectStoreProvider):
             client.close()
 
 
-def _body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
+def request_body(data: bytes | bytearray | memoryview) -> bytes | bytearray:
     """botocore takes bytes, bytearray or files. A view of a whole buffer (a full-size chunk's token
     in its reusable buffer) is sent as that buffer; any other view is copied once."""
     if not isinstance(data, memoryview):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ckpt_sync.providers import _cloud, local
+from ckpt_sync.providers import local, object_store
 
 DELAY = float(os.environ.get("CKPT_TEST_PUT_DELAY", "0"))
 GET_DELAY = float(os.environ.get("CKPT_TEST_GET_DELAY", "0"))
@@ -62,7 +62,7 @@ if DELAY:
 if GET_DELAY:
     local.LocalProvider.get = _slow_get  # type: ignore[method-assign]
 if HOLD:
-    for cls in (local.LocalProvider, _cloud.ObjectStoreProvider):
+    for cls in (local.LocalProvider, object_store.ObjectStoreProvider):
         cls.put_if_absent = _held(cls.put_if_absent)  # type: ignore[method-assign]
 
 if __name__ == "__main__":

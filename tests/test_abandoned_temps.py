@@ -26,13 +26,13 @@ PAUSED_WRITER = """
 import sys
 from ckpt_sync.providers.local import LocalProvider
 p = LocalProvider(sys.argv[1])
-real = p._write_temp
+real = p.write_temp
 def paused(path, data, **kw):
     tmp = real(path, data, **kw)
     print(tmp, flush=True)
     sys.stdin.readline()
     return tmp
-p._write_temp = paused
+p.write_temp = paused
 print("linked" if p.put_if_absent("probe/live-writer", b"written while a prune ran") else "exists", flush=True)
 """
 
@@ -41,7 +41,7 @@ import os, sys
 from pathlib import Path
 from ckpt_sync.providers.local import LocalProvider
 p = LocalProvider(sys.argv[1])
-print(p._write_temp(Path(sys.argv[1]) / "probe" / "dead-writer", b"half an object"), flush=True)
+print(p.write_temp(Path(sys.argv[1]) / "probe" / "dead-writer", b"half an object"), flush=True)
 os.kill(os.getpid(), 9)
 """
 
@@ -143,8 +143,8 @@ class _VanishingTemps(LocalProvider):
         super().__init__(root)
         self.vanish = vanish
 
-    def _write_temp(self, path, data, **kw):
-        tmp = super()._write_temp(path, data, **kw)
+    def write_temp(self, path, data, **kw):
+        tmp = super().write_temp(path, data, **kw)
         if self.vanish:
             self.vanish -= 1
             tmp.unlink()

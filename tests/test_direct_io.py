@@ -12,7 +12,7 @@ import random
 import pytest
 
 from ckpt_sync.fs import direct_io
-from ckpt_sync.fs.direct_io import ALIGN, DIRECT_MIN, SequentialWriter, _aligned, aligned_buffer, read_file_into
+from ckpt_sync.fs.direct_io import ALIGN, DIRECT_MIN, SequentialWriter, aligned_buffer, is_aligned, read_file_into
 
 
 def _cached(path) -> bool:
@@ -178,12 +178,15 @@ def test_leaving_early_waits_for_every_background_write(tmp_path, monkeypatch):
 
     real, running = os.pwrite, threading.Event()
     finished: list[int] = []
+    in_flight = [0]
 
     def slow_pwrite(fd, data, offset):
+        in_flight[0] += 1
         running.set()
         time.sleep(0.2)
         n = real(fd, data, offset)
         finished.append(offset)
+        in_flight[0] -= 1
         return n
 
     monkeypatch.setattr(os, "pwrite", slow_pwrite)
@@ -194,11 +197,10 @@ def test_leaving_early_waits_for_every_background_write(tmp_path, monkeypatch):
             writer.write(bytes(2 << 20))
             running.wait(5)
             raise RuntimeError("the caller failed")
-        handed = len(finished)
-        time.sleep(0.5)
+        handed, still_running = len(finished), in_flight[0]
     finally:
         os.close(fd)
-    assert handed == len(finished) == 2  # both writes were done when the writer let go, none after
+    assert handed == 2 and still_running == 0  # both writes were done when the writer let go: none can follow
 
 
 @pytest.mark.parametrize("state", ["cached", "on disk", "half cached"])
@@ -270,7 +272,7 @@ def test_push_and_pull_leave_big_files_out_of_the_page_cache(tmp_path, key, repo
 
 def test_token_buffers_suit_the_store(tmp_path, key):
     """Aligned for the local provider, behind its wrappers (O_DIRECT from the buffer); exact
-    bytearrays for the cloud stores, which the S3 SDK sends without a copy (providers/s3.py ``_body``)."""
+    bytearrays for the cloud stores, which the S3 SDK sends without a copy (providers/s3.py ``request_body``)."""
     from ckpt_sync.providers import azure, gcs, s3
 
     from ckpt_sync.api import open_repository
@@ -278,13 +280,13 @@ def test_token_buffers_suit_the_store(tmp_path, key):
     repo = open_repository(str(tmp_path / "repo"), create=True)
     chunk = 8 << 20
     buf = repo.token_buffers(1, chunk).acquire()
-    assert _aligned(memoryview(buf)) and len(buf) >= repo.format.max_token_size(chunk)
+    assert is_aligned(memoryview(buf)) and len(buf) >= repo.format.max_token_size(chunk)
     clouds = (s3.S3Provider, azure.AzureBlobProvider, gcs.GCSProvider)
     assert not any(getattr(cls, "aligned_buffers", False) for cls in clouds)
     repo.provider.aligned_buffers = False  # as the wrapper around a cloud store says
     buf = repo.token_buffers(1, chunk).acquire()
     assert isinstance(buf, bytearray) and len(buf) == repo.format.max_token_size(chunk)
-    assert s3._body(memoryview(buf)[: len(buf)]) is buf  # a full-size token is sent as it is
+    assert s3.request_body(memoryview(buf)[: len(buf)]) is buf  # a full-size token is sent as it is
 
 
 @pytest.mark.parametrize("background", [False, True])

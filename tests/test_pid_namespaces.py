@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from ckpt_sync.providers.local import LocalProvider
 p = LocalProvider(sys.argv[1])
-print(p._write_temp(Path(sys.argv[1]) / "probe" / "in-flight", b"a write from the other container"), flush=True)
+print(p.write_temp(Path(sys.argv[1]) / "probe" / "in-flight", b"a write from the other container"), flush=True)
 sys.stdin.readline()
 """
 

@@ -154,9 +154,11 @@ def test_a_push_waits_while_a_prune_is_running(tmp_path, key, repo_url, repo_dir
     lock.write_text(json.dumps({"created": time.time(), "expires": time.time() + 600}))
     second = torch_checkpoint(tmp_path / "second.pt", seed=2)
     chunks_before = len(chunk_files(repo_dir))
-    proc = start_cli("push", "--repo", repo_url, str(second))
+    said = tmp_path / "push.err"
+    proc = start_cli("push", "--repo", repo_url, str(second), log_file=said)
     try:
-        time.sleep(1.5)  # a push that ignored the lock would long be done with a file this small
+        # The push has seen the prune's lock and is waiting: not one chunk may have been stored.
+        wait_until(lambda: "waiting for a prune" in said.read_text(), "the push to wait for the prune")
         assert proc.poll() is None and len(chunk_files(repo_dir)) == chunks_before
         lock.unlink()
         wait_until(lambda: proc.poll() is not None, "the push to finish after the prune lock is gone")

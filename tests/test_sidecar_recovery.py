@@ -183,7 +183,7 @@ import os, sys
 from pathlib import Path
 from ckpt_sync.providers.local import LocalProvider
 p = LocalProvider(sys.argv[1])
-p._write_temp(Path(sys.argv[1]) / "chunks" / "ab" / ("ab" + "0" * 62), b"half a chunk", sync=False)
+p.write_temp(Path(sys.argv[1]) / "chunks" / "ab" / ("ab" + "0" * 62), b"half a chunk", sync=False)
 os.kill(os.getpid(), 9)
 """
 

@@ -197,9 +197,15 @@ def test_sigterm_with_a_fifo_in_the_folder_exits_0(tmp_path, key, repo_url):
     ckdir.mkdir()
     os.mkfifo(ckdir / "checkpoint_f_3.pt")
     log = tmp_path / "watch.log"
-    proc = start_cli("watch", str(ckdir), "--to", repo_url, "--settle", "0.1", "--rescan", "0.3", log_file=log)
+    proc = start_cli(
+        "watch", str(ckdir), "--to", repo_url, "--settle", "0.1", "--rescan", "0.3", "--debug", log_file=log
+    )
     wait_until(lambda: "not a regular file" in log.read_text(), "the warning")
-    time.sleep(1.0)  # a few rescans: the FIFO must not be queued on any of them
+
+    def rescans_since_the_warning() -> int:
+        return log.read_text().partition("not a regular file")[2].count("rescanned ")
+
+    wait_until(lambda: rescans_since_the_warning() >= 3, "three rescans after the warning")
     assert _stop(proc) == 0, log.read_text()
     assert log.read_text().count("not a regular file") == 1
 

@@ -160,12 +160,16 @@ def test_a_slow_writer_is_uploaded_once_and_complete(tmp_path, key, repo_url, re
         target = ckdir / "checkpoint_slow_1.pt"
         subprocess.run([sys.executable, "-c", SLOW_WRITER, str(target)], check=True)
         wait_until(lambda: json_events(log, "committed"), "the slow file to be committed")
-        time.sleep(1.0)  # anything that would upload it a second time has had its chance
+        # A later file committed means every event about the slow one has been handled: a second
+        # upload of it would have been queued, and committed, before this one.
+        marker = ckdir / "checkpoint_later_1.pt"
+        marker.write_bytes(os.urandom(4096))
+        wait_until(lambda: len(json_events(log, "committed")) >= 2, "a later checkpoint to be committed")
     finally:
         assert _stop(proc) == 0
-    events = json_events(log, "committed")
+    events = [e for e in json_events(log, "committed") if e["checkpoint"] != marker.name]
     assert len(events) == 1 and events[0]["size"] == 12 * 256 * 1024
-    cli("pull", "--latest", "--repo", repo_url, "--to", str(tmp_path / "out"), check=True)
+    cli("pull", target.name, "--repo", repo_url, "--to", str(tmp_path / "out"), check=True)
     assert (tmp_path / "out" / target.name).read_bytes() == target.read_bytes()
 
 

@@ -262,7 +262,8 @@ def acquire_push_lock(
         if time.monotonic() > deadline:
             lock.release()
             raise OperationFailed(f"{provider.url} is being pruned by another process; try again later")
-        log.info("waiting for a prune of %s to finish", provider.url)
+        # Once as a warning (a verb that blocks for minutes says why), then quietly.
+        log.log(logging.WARNING if delay == 0.2 else logging.DEBUG, "waiting for a prune of %s to finish", provider.url)
         if (cancel or threading.Event()).wait(delay):
             lock.release()
             raise Cancelled("stopped while waiting for a prune to finish; nothing was committed")
@@ -309,7 +310,8 @@ def acquire_manifests_lock(
             return lock
         if time.monotonic() > deadline:
             raise OperationFailed(f"another tag or forget is changing {provider.url}; try again later")
-        log.info("waiting for another tag or forget on %s to finish", provider.url)
+        level = logging.WARNING if delay == 0.1 else logging.DEBUG  # once as a warning, then quietly
+        log.log(level, "waiting for another tag or forget on %s to finish", provider.url)
         if (cancel or threading.Event()).wait(delay):
             raise Cancelled("stopped while waiting for another tag or forget; nothing was changed")
         delay = min(delay * 2, 2.0)

@@ -64,7 +64,7 @@ def read_file_into(fd: int, size: int, out: bytearray | mmap.mmap) -> memoryview
     cache is not read from the disk again."""
     view = memoryview(out).cast("B")
     padded = -(-size // ALIGN) * ALIGN
-    if size < DIRECT_MIN or len(view) < padded or not _aligned(view):
+    if size < DIRECT_MIN or len(view) < padded or not is_aligned(view):
         return view[: _read_at(fd, view[:size], 0)]
     done = _read_cached(fd, view[:size])
     if done < size and _set_direct(fd, True):
@@ -128,7 +128,7 @@ def _after_both(fn: Callable[[], object]) -> Callable[[], None]:
     return arrive
 
 
-def _aligned(view: memoryview) -> bool:
+def is_aligned(view: memoryview) -> bool:
     """Whether ``view`` starts on a block boundary in memory (read-only views are never used directly)."""
     return not view.readonly and ctypes.addressof(ctypes.c_char.from_buffer(view)) % ALIGN == 0
 
@@ -183,7 +183,7 @@ class SequentialWriter:
             done = self._stage_bytes(view[: ALIGN - self._staged % ALIGN])
         whole = (len(view) - done) // ALIGN * ALIGN
         direct_ok = self._pool is None or release is not None
-        if whole and direct_ok and self._staged % ALIGN == 0 and _aligned(view[done:]):
+        if whole and direct_ok and self._staged % ALIGN == 0 and is_aligned(view[done:]):
             if self._staged:
                 self._hand_over(self._staged)  # whole blocks, and they come first in the file
             if release is not None:

@@ -290,4 +290,5 @@ class FolderWatcher:
         units = self.finder.scan()
         for unit in units:
             self.tracker.rescanned(unit)
+        log.debug("rescanned %s: %d checkpoint(s)", self.finder.root, len(units))
         return units

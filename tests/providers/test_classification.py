@@ -92,7 +92,7 @@ S3_CASES: list[tuple[str, Callable[[], Exception], type[StorageError]]] = [
 
 @pytest.mark.parametrize(("name", "make", "expected"), S3_CASES, ids=[c[0] for c in S3_CASES])
 def test_s3_errors_are_classified(s3: S3Provider, name: str, make: Callable[[], Exception], expected: type) -> None:
-    check(s3._classify(make(), "get", "chunks/ab/abc"), expected, s3.url)
+    check(s3.classify(make(), "get", "chunks/ab/abc"), expected, s3.url)
 
 
 AZURE_CASES: list[tuple[str, Callable[[], Exception], type[StorageError]]] = [
@@ -127,7 +127,7 @@ AZURE_CASES: list[tuple[str, Callable[[], Exception], type[StorageError]]] = [
 def test_azure_errors_are_classified(
     azure: AzureBlobProvider, name: str, make: Callable[[], Exception], expected: type
 ) -> None:
-    check(azure._classify(make(), "get", "chunks/ab/abc"), expected, azure.url)
+    check(azure.classify(make(), "get", "chunks/ab/abc"), expected, azure.url)
 
 
 GCS_CASES: list[tuple[str, Callable[[], Exception], type[StorageError]]] = [
@@ -147,7 +147,7 @@ GCS_CASES: list[tuple[str, Callable[[], Exception], type[StorageError]]] = [
 
 @pytest.mark.parametrize(("name", "make", "expected"), GCS_CASES, ids=[c[0] for c in GCS_CASES])
 def test_gcs_errors_are_classified(gcs: GCSProvider, name: str, make: Callable[[], Exception], expected: type) -> None:
-    check(gcs._classify(make(), "get", "chunks/ab/abc"), expected, gcs.url)
+    check(gcs.classify(make(), "get", "chunks/ab/abc"), expected, gcs.url)
 
 
 def check(err: StorageError, expected: type, url: str) -> None:

@@ -8,7 +8,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 
 from helpers import wait_until
 
@@ -111,17 +110,20 @@ def test_tag_waits_for_a_running_prune_and_survives_prunes(any_repo_url, cli, ke
     lock = try_acquire_prune_lock(repo.provider)  # a prune is running
     assert lock is not None
     before = _manifest_objects(any_repo_url)
-    tagging = subprocess.Popen(
-        [sys.executable, "-m", "ckpt_sync.cli", "tag", ids[0], "--add", "pinned", "--from", any_repo_url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(2)  # not a speed check: the tag must simply not have touched anything while the prune runs
+    said = tmp_path / "tag.err"
+    with said.open("w") as err:
+        tagging = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_sync.cli", "tag", ids[0], "--add", "pinned", "--from", any_repo_url],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    # The tag has seen the prune's lock and is waiting: it must not have touched anything.
+    wait_until(lambda: "waiting for a prune" in said.read_text(), "the tag to wait for the prune")
     assert tagging.poll() is None and _manifest_objects(any_repo_url) == before
     lock.release()
     wait_until(lambda: tagging.poll() is not None, "the tag to finish once the prune is done")
-    assert tagging.returncode == 0, tagging.stderr.read()
+    assert tagging.returncode == 0, said.read_text()
+    assert said.read_text().count("\n") == 1  # the one line saying why it waited
     # Real prunes (collecting every unreferenced chunk at once) run while the tag flips back and forth.
     pruning = subprocess.Popen(
         [sys.executable, "-c", PRUNE_LOOP, any_repo_url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -175,17 +177,19 @@ def test_forget_waits_for_a_tag_change_in_flight(any_repo_url, cli, key, tmp_pat
     repo = open_repository(any_repo_url)
     change = acquire_manifests_lock(repo.provider)  # a tag change is in flight
     before = _manifest_objects(any_repo_url)
-    forgetting = subprocess.Popen(
-        [sys.executable, "-m", "ckpt_sync.cli", "forget", ids[0], "--from", any_repo_url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    time.sleep(2)  # not a speed check: the forget must simply not have touched anything meanwhile
+    said = tmp_path / "forget.err"
+    with said.open("w") as err:
+        forgetting = subprocess.Popen(
+            [sys.executable, "-m", "ckpt_sync.cli", "forget", ids[0], "--from", any_repo_url],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    # The forget has seen the change's lock and is waiting: it must not have touched anything.
+    wait_until(lambda: "waiting for another tag or forget" in said.read_text(), "the forget to wait")
     assert forgetting.poll() is None and _manifest_objects(any_repo_url) == before
     change.release()
     wait_until(lambda: forgetting.poll() is not None, "the forget to finish once the change is done")
-    assert forgetting.returncode == 0, forgetting.stderr.read()
+    assert forgetting.returncode == 0, said.read_text()
     assert sorted(m.name for m in repo.manifests()) == ["checkpoint_s1_200.pt", "checkpoint_s1_300.pt"]
 
 
