@@ -135,3 +135,27 @@ def skewed(command: list[str], offset: str, env: dict[str, str] | None = None) -
     base = {**os.environ, **(env or {})}
     path = os.pathsep.join(p for p in (str(FAKETIME_SHIM), base.get("PYTHONPATH", "")) if p)
     return ["faketime", "-f", offset, *command], {**base, "FAKETIME_DONT_FAKE_MONOTONIC": "1", "PYTHONPATH": path}
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> str:
+    """The process failed with ``code`` and one ``ckpt-sync: error:`` line holding every needle."""
+    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("ckpt-sync: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+# ``python -c MEASURE_CLI ARGS...``: the CLI, then its peak RSS (``MAXRSS_KIB n``). A child measured
+# from this small launcher, not forked from the large test process, whose high-water mark it inherits.
+MEASURE_CLI = """
+import sys
+from ckpt_sync.cli import main
+rc = main(sys.argv[1:])
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+print("MAXRSS_KIB", hwm)
+sys.exit(rc)
+"""

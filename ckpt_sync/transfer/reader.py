@@ -4,7 +4,7 @@
 when a read needs it, so ``torch.load(ckpt_sync.open(...), weights_only=True, map_location="cpu")``
 works on a host with no room for a local copy. Memory is bounded by ``cache_bytes``: decrypted
 chunks kept for the next reads plus the chunks being fetched, whatever the file's size (see
-``CheckpointFile.__init__``; tests/test_memory.py measures it).
+``CheckpointFile.__init__``; tests/transfer/test_memory.py measures it).
 
 The whole-file hash is checked as soon as every chunk has been seen in file order (a sequential read
 to the end, or torch.load's nearly sequential one: small chunks it skipped or read early are fetched

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import chunk_files, manifest_ids, start_cli, wait_until
-from test_bad_input import _one_line
+from helpers import one_error_line as _one_line
 
 
 def _watch(ckdir: Path, repo_url: str, *extra: str, put_delay: float = 0.0, log_file: Path | None = None):
@@ -297,7 +297,7 @@ def test_a_pulled_file_and_folder_keep_their_mtimes_so_watch_commits_nothing(tmp
 
 def test_readme_and_deploy_readme_agree_about_restored_mtimes():
     for doc in ("README.md", "deploy/README.md"):
-        text = " ".join((Path(__file__).resolve().parent.parent / doc).read_text().split())
+        text = " ".join((Path(__file__).resolve().parents[2] / doc).read_text().split())
         assert "keeps its original modification time" in text or "original modification times" in text, doc
         assert "a restored file gets a new modification time" not in text, doc
         assert "does not commit it again" in text or "does not upload it again" in text, doc

@@ -10,8 +10,8 @@ import shutil
 import subprocess
 import sys
 
+from helpers import MEASURE_CLI
 from store_objects import manifest_names, newer_id, read_manifest, sparse_file, write_manifest
-from test_memory import MEASURE
 
 
 def _files(tmp_path, *names, size=200_000):
@@ -149,7 +149,7 @@ def test_names_of_231_to_255_bytes_round_trip(tmp_path, key, repo_url, cli):
 
 def _peak(*args: str) -> tuple[float, subprocess.CompletedProcess[str]]:
     """Peak RSS (MiB) of one CLI run in a fresh process (VmHWM: exec starts a new address space)."""
-    proc = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", MEASURE_CLI, *args], capture_output=True, text=True)
     return int(proc.stdout.split("MAXRSS_KIB")[1].split()[0]) / 1024, proc
 
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "bench_s3.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "bench_s3.py"
 
 
 def test_bench_s3_prints_ours_and_every_plain_row_for_each_round_order(tmp_path):

@@ -8,20 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from helpers import MEASURE_CLI
 
 # VmHWM is this address space's peak RSS; ru_maxrss would carry the parent's peak across exec.
-MEASURE = """
-import sys
-from ckpt_sync.cli import main
-rc = main(sys.argv[1:])
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-print("MAXRSS_KIB", hwm)
-sys.exit(rc)
-"""
 
 
 def _peak_mib(*args: str) -> float:
-    out = subprocess.run([sys.executable, "-c", MEASURE, *args], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", MEASURE_CLI, *args], capture_output=True, text=True, check=True).stdout
     return int(out.split("MAXRSS_KIB")[1].split()[0]) / 1024
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
-DATA = Path(__file__).with_name("data") / "legacy-0.1"
+DATA = Path(__file__).resolve().parents[1] / "data" / "legacy-0.1"
 
 
 def _fingerprint(raw: bytes) -> str:

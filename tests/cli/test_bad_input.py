@@ -7,17 +7,7 @@ import subprocess
 
 import pytest
 from cryptography.fernet import Fernet
-
-
-def _one_line(proc, code: int, *needles: str) -> str:
-    assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("ckpt-sync: error: "), lines[0]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    assert "Traceback" not in proc.stderr
-    return lines[0]
+from helpers import one_error_line as _one_line
 
 
 def _snapshot(folder):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ("quickstart.sh", "test.sh")
 _REAL_HOME = Path(os.path.expanduser("~"))  # before the autouse fixture points HOME elsewhere
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import make_torch_checkpoint
-from test_bad_input import _one_line
+from helpers import one_error_line as _one_line
 
 
 def _run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
