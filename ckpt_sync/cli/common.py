@@ -100,9 +100,10 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 def store_of(args: argparse.Namespace) -> StoreAccess:
     """The store the verb's resolved settings name (settings.store_access, as a library call
-    resolves it); a verb may have pointed ``args.repo``/``args.key_file`` elsewhere since (copy's
-    destination, the endpoint a watch recorded)."""
-    return replace(store_access(args.settings), url=args.repo or default_repo_url(), key_file=args.key_file)
+    resolves it); a verb may have pointed ``args.repo``, ``args.key_file`` or ``args.endpoint_url``
+    elsewhere since (copy's destination; the repository and endpoint a watch recorded)."""
+    redirected = {"url": args.repo or default_repo_url(), "key_file": args.key_file, "endpoint_url": args.endpoint_url}
+    return replace(store_access(args.settings), **redirected)
 
 
 def open_repository(args: argparse.Namespace, *, create: bool = False, cancel: threading.Event | None = None) -> Any:
