@@ -7,12 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .api import cat, checkpoint, init_repository, open_repository, pull, push
+from . import api
+from .api import *  # noqa: F403 - the library surface: push, pull, open, ... (api.__all__)
 from .errors import CkptSyncError
 from .format.repo_config import RepositorySettings
 
 if TYPE_CHECKING:
-    from .api import open  # ckpt_sync.open(...) mirrors the builtin on purpose
     from .service.sync_client import SyncClient
     from .training import CheckpointManager
     from .transfer.reader import CheckpointFile
@@ -25,13 +25,7 @@ __all__ = [
     "RepositorySettings",
     "SyncClient",
     "__version__",
-    "cat",
-    "checkpoint",
-    "init_repository",
-    "open",
-    "open_repository",
-    "pull",
-    "push",
+    *api.__all__,
 ]
 
 
@@ -41,7 +35,6 @@ _LAZY = {
     "CheckpointManager": ("training", "CheckpointManager"),
     "SyncClient": ("service.sync_client", "SyncClient"),
     "CheckpointFile": ("transfer.reader", "CheckpointFile"),
-    "open": ("api", "open"),
 }
 
 

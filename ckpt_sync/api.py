@@ -23,7 +23,6 @@ from .format.repository import Repository
 from .format.selection import Selection
 from .providers import RetryPolicy
 from .service.settings import StoreAccess, resolve_store
-from .transfer.counters import TransferStats
 from .transfer.opening import Initialised, init_at, open_at, repair_config_at
 from .transfer.push import push_path
 from .transfer.restore import pull as _pull
@@ -41,7 +40,6 @@ __all__ = [
     "open_repository",
     "pull",
     "push",
-    "push_with_stats",
     "repair_config",
 ]
 
@@ -139,32 +137,16 @@ def push(
 ) -> str:
     """Commit ``path`` (a file, or a directory as one checkpoint) and return the checkpoint's id.
 
-    ``role``: resumable, model-only or best (default: inferred, see ``push_path``). Pushing a
-    version that is already committed returns the existing checkpoint's id."""
-    return push_with_stats(
-        path, repo, tags=tags, key_file=key_file, metadata=metadata, chunk_size=chunk_size, workers=workers, role=role
-    )[0].id
-
-
-def push_with_stats(
-    path: str | os.PathLike[str],
-    repo: str | Repository | None = None,
-    *,
-    tags: tuple[str, ...] | list[str] = (),
-    key_file: str | os.PathLike[str] | None = None,
-    metadata: dict[str, Any] | None = None,
-    chunk_size: int | None = None,
-    workers: int | None = None,
-    progress: Any = None,
-    role: str | None = None,
-) -> tuple[Manifest, TransferStats]:
+    ``role``: resumable, model-only or best (default: inferred, see transfer/push.py ``push_path``,
+    which also returns the transfer's counters). Pushing a version that is already committed returns
+    the existing checkpoint's id."""
     access = resolve_store(None if isinstance(repo, Repository) else repo, key_file=key_file)
     r = repo if isinstance(repo, Repository) else open_store(access, create=True)
     policy = ChunkPolicy.of_size(chunk_size or access.chunk_size)
-    workers = workers or access.workers
-    return push_path(
-        r, path, tags=tags, metadata=metadata, role=role, policy=policy, workers=workers, progress=progress
+    manifest, _ = push_path(
+        r, path, tags=tags, metadata=metadata, role=role, policy=policy, workers=workers or access.workers
     )
+    return manifest.id
 
 
 def pull(

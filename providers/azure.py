@@ -40,14 +40,12 @@ from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, Tran
 
 from .base import ObjectInfo
 from .object_store import (
-    CONNECT_TIMEOUT,
+    DEFAULT_CONNECTION,
     LIST_PAGE_SIZE,
-    POOL_CONNECTIONS,
-    READ_TIMEOUT,
+    Connection,
     ObjectStoreProvider,
     attempt_timeouts,
     one_line,
-    parse_url,
 )
 
 try:  # the adapter azure-core itself mounts (larger socket blocks); fall back to the plain one
@@ -82,21 +80,22 @@ class AzureBlobProvider(ObjectStoreProvider):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
-        pool_connections: int = POOL_CONNECTIONS,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        read_timeout: float = READ_TIMEOUT,
+        connection: Connection = DEFAULT_CONNECTION,
     ) -> None:
         self.url = f"az://{container}/{prefix}" if prefix else f"az://{container}"  # for messages below
         session = requests.Session()
         adapter = _Adapter(
-            pool_connections=pool_connections,
-            pool_maxsize=pool_connections,
+            pool_connections=connection.pool_connections,
+            pool_maxsize=connection.pool_connections,
             max_retries=Retry(total=False, redirect=False, raise_on_status=False),
         )
         session.mount("http://", adapter)
         session.mount("https://", adapter)
         transport = RequestsTransport(
-            session=session, session_owner=True, connection_timeout=connect_timeout, read_timeout=read_timeout
+            session=session,
+            session_owner=True,
+            connection_timeout=connection.connect_timeout,
+            read_timeout=connection.read_timeout,
         )
         client_kw: dict[str, Any] = {"transport": transport, "retry_total": 0}
         try:
@@ -110,7 +109,7 @@ class AzureBlobProvider(ObjectStoreProvider):
         custom = None if ".blob.core." in host else self._service.url
         super().__init__(container, prefix, custom)
         self._container: ContainerClient = self._service.get_container_client(container)
-        self._timeouts = (connect_timeout, read_timeout)
+        self._timeouts = (connection.connect_timeout, connection.read_timeout)
 
     def _per_call(self) -> dict[str, float]:
         """This attempt's transport timeouts (capped by what is left of its retry budget)."""
@@ -151,13 +150,6 @@ class AzureBlobProvider(ObjectStoreProvider):
                 raise PermanentStorageError(f"no Azure credentials for {self.url}: {_CREDENTIAL_HINT}") from None
             credential = DefaultAzureCredential()
         return BlobServiceClient(account_url, credential=credential, **kw)
-
-    @classmethod
-    def from_url(cls, url: str, *, endpoint_url: str | None = None, **options: Any) -> AzureBlobProvider:
-        """Build from ``az://container/prefix``; options this store does not know are ignored."""
-        container, prefix = parse_url(url, "az", "container")
-        known = {k: options[k] for k in ("pool_connections", "connect_timeout", "read_timeout") if k in options}
-        return cls(container, prefix, endpoint_url=endpoint_url, **known)
 
     # --- error classification --------------------------------------------------------------------
 

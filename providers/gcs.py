@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import requests
 from google.api_core import exceptions as gx
@@ -30,14 +29,12 @@ from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, Tran
 
 from .base import ObjectInfo
 from .object_store import (
-    CONNECT_TIMEOUT,
+    DEFAULT_CONNECTION,
     LIST_PAGE_SIZE,
-    POOL_CONNECTIONS,
-    READ_TIMEOUT,
+    Connection,
     ObjectStoreProvider,
     attempt_timeouts,
     one_line,
-    parse_url,
 )
 
 _CREDENTIAL_HINT = (
@@ -68,9 +65,7 @@ class GCSProvider(ObjectStoreProvider):
         prefix: str = "",
         *,
         endpoint_url: str | None = None,
-        pool_connections: int = POOL_CONNECTIONS,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        read_timeout: float = READ_TIMEOUT,
+        connection: Connection = DEFAULT_CONNECTION,
     ) -> None:
         emulator = os.environ.get("STORAGE_EMULATOR_HOST")
         endpoint = endpoint_url or emulator
@@ -90,25 +85,20 @@ class GCSProvider(ObjectStoreProvider):
                 f"no usable Google credentials for {self.url} ({one_line(err)}): {_CREDENTIAL_HINT}"
             ) from None
         session = AuthorizedSession(credentials)
-        adapter = requests.adapters.HTTPAdapter(pool_connections=pool_connections, pool_maxsize=pool_connections)
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=connection.pool_connections, pool_maxsize=connection.pool_connections
+        )
         session.mount("https://", adapter)
         session.mount("http://", adapter)
         options = {"api_endpoint": self.endpoint} if self.endpoint else None
         self._client = storage.Client(project=project, credentials=credentials, _http=session, client_options=options)
         self._bucket = self._client.bucket(bucket)
-        self._timeout = (connect_timeout, read_timeout)
+        self._timeout = (connection.connect_timeout, connection.read_timeout)
         self._bucket_seen = False  # set once the bucket is known to exist (see _not_found)
 
     def _t(self) -> tuple[float, float]:
         """This attempt's (connect, read) timeouts, capped by what is left of its retry budget."""
         return attempt_timeouts(*self._timeout)
-
-    @classmethod
-    def from_url(cls, url: str, *, endpoint_url: str | None = None, **options: Any) -> GCSProvider:
-        """Build from ``gs://bucket/prefix``; options this store does not know are ignored."""
-        bucket, prefix = parse_url(url, "gs", "bucket")
-        known = {k: options[k] for k in ("pool_connections", "connect_timeout", "read_timeout") if k in options}
-        return cls(bucket, prefix, endpoint_url=endpoint_url, **known)
 
     # --- error classification --------------------------------------------------------------------
 

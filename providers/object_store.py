@@ -12,6 +12,8 @@ import re
 import secrets
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from ckpt_sync.errors import NotFound, StorageError, UsageError
@@ -28,6 +30,25 @@ POOL_CONNECTIONS = 32
 LIST_PAGE_SIZE = 1000
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Connection:
+    """How a cloud provider talks to its endpoint: the connection pool and the per-attempt timeouts."""
+
+    pool_connections: int = POOL_CONNECTIONS
+    connect_timeout: float = CONNECT_TIMEOUT
+    read_timeout: float = READ_TIMEOUT
+
+    @classmethod
+    def of(cls, options: dict[str, Any]) -> Connection:
+        """The connection settings among ``open_provider``'s options (the others are not ours)."""
+        return cls(**{k: options[k] for k in ("pool_connections", "connect_timeout", "read_timeout") if k in options})
+
+
+DEFAULT_CONNECTION = Connection()
+
+
 PROBE_PREFIX = ".ckpt-sync-probe/"
 # An attempt's timeouts are cut to what is left of its retry budget, rounded up to one of these
 # steps (S3 needs a client per distinct timeout; a few steps keep that to a few clients).
@@ -85,6 +106,12 @@ class ObjectStoreProvider:
         self._base = f"{prefix}/" if prefix else ""
         self._probe_lock = threading.Lock()
         self._use_endpoint(custom_endpoint)
+
+    @classmethod
+    def from_url(cls, url: str, *, endpoint_url: str | None = None, **options: Any) -> Any:
+        """Build from ``scheme://container/prefix``; options this store does not know are ignored."""
+        container, prefix = parse_url(url, cls.scheme, cls.noun)
+        return cls(container, prefix, endpoint_url=endpoint_url, connection=Connection.of(options))  # type: ignore[call-arg]
 
     def _use_endpoint(self, custom_endpoint: str | None) -> None:
         self.endpoint = custom_endpoint.rstrip("/") if custom_endpoint else None

@@ -27,11 +27,10 @@ from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, Tran
 
 from .base import ObjectInfo
 from .object_store import (
-    CONNECT_TIMEOUT,
+    DEFAULT_CONNECTION,
     LIST_PAGE_SIZE,
-    POOL_CONNECTIONS,
-    READ_TIMEOUT,
     ConditionalWriteUnsupported,
+    Connection,
     ObjectStoreProvider,
     attempt_timeouts,
     one_line,
@@ -87,15 +86,13 @@ class S3Provider(ObjectStoreProvider):
         endpoint_url: str | None = None,
         region: str | None = None,
         profile: str | None = None,
-        pool_connections: int = POOL_CONNECTIONS,
-        connect_timeout: float = CONNECT_TIMEOUT,
-        read_timeout: float = READ_TIMEOUT,
+        connection: Connection = DEFAULT_CONNECTION,
     ) -> None:
         super().__init__(bucket, prefix, None)
         config = Config(
-            max_pool_connections=pool_connections,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+            max_pool_connections=connection.pool_connections,
+            connect_timeout=connection.connect_timeout,
+            read_timeout=connection.read_timeout,
             retries={"total_max_attempts": 1},  # one try per call: tenacity owns retries
             tcp_keepalive=True,
             # No CRC32 of every body on top of ours (botocore >= 1.36 computes one per PutObject and
@@ -117,7 +114,7 @@ class S3Provider(ObjectStoreProvider):
                 config = config.merge(Config(s3={"payload_signing_enabled": False}))
                 self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
             self._session, self._endpoint_url, self._config = session, endpoint_url or None, config
-            self._timeouts = (connect_timeout, read_timeout)
+            self._timeouts = (connection.connect_timeout, connection.read_timeout)
             self._short: dict[tuple[float, float], Any] = {}  # clients with shorter timeouts, by (connect, read)
             self._short_lock = threading.Lock()
         except (bx.ProfileNotFound, bx.PartialCredentialsError, bx.InvalidConfigError) as err:
@@ -158,8 +155,9 @@ class S3Provider(ObjectStoreProvider):
     ) -> S3Provider:
         """Build from ``s3://bucket/prefix``; options this store does not know are ignored."""
         bucket, prefix = parse_url(url, "s3", "bucket")
-        known = {k: options[k] for k in ("pool_connections", "connect_timeout", "read_timeout") if k in options}
-        return cls(bucket, prefix, endpoint_url=endpoint_url, region=region, profile=profile, **known)
+        return cls(
+            bucket, prefix, endpoint_url=endpoint_url, region=region, profile=profile, connection=Connection.of(options)
+        )
 
     # --- error classification --------------------------------------------------------------------
 

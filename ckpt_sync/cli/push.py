@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from ..api import push_with_stats
 from ..errors import EXIT_OK, UsageError
+from ..format.chunking import ChunkPolicy
 from ..format.manifest import ROLES
-from ..transfer.push import collect_files, total_size
+from ..transfer.push import collect_files, push_path, total_size
 from ..units import format_bytes, parse_size
 from .common import (
     add_json_option,
@@ -62,15 +62,15 @@ def run(args: argparse.Namespace) -> int:
     if args.epoch is not None:
         position["epoch"] = int(args.epoch) if args.epoch.is_integer() else args.epoch
     repo = open_repository(args, create=True)
-    chunk_size = parse_size(args.chunk_size) if args.chunk_size else None
+    policy = ChunkPolicy.of_size(parse_size(args.chunk_size) if args.chunk_size else None)
     results = []
     for path in args.paths:
         with progress_bar(total_size(path), f"push {Path(path).name}", not args.json) as bar:
-            m, stats = push_with_stats(
-                path,
+            m, stats = push_path(
                 repo,
+                path,
                 tags=args.tag,
-                chunk_size=chunk_size,
+                policy=policy,
                 workers=args.workers,
                 progress=bar,
                 role=args.role,

@@ -35,6 +35,13 @@ def _zstd() -> Any | None:
         return None
 
 
+def _zstd_or_stop(what: str) -> Any:
+    z = _zstd()
+    if z is None:
+        raise ConfigError(f"{what}: {MISSING_ZSTD}")
+    return z
+
+
 def resolve_codec(setting: bool | str | None) -> str:
     """The ``compression`` setting as a codec: "" (off), "zstd" or "zip"."""
     if setting in (None, False, "", "false", "none", "off"):
@@ -42,8 +49,7 @@ def resolve_codec(setting: bool | str | None) -> str:
     if setting is True or setting in ("true", "on", "auto"):
         return "zstd" if _zstd() is not None else "zip"
     if setting == "zstd":
-        if _zstd() is None:
-            raise ConfigError(f"compression 'zstd': {MISSING_ZSTD}")
+        _zstd_or_stop("compression 'zstd'")
         return "zstd"
     if setting in ("zip", "deflate"):
         return "zip"
@@ -56,9 +62,7 @@ def compress(src: Path, dst: IO[bytes], codec: str, member: str) -> None:
         with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) as zf:
             zf.write(src, arcname=member)
         return
-    z = _zstd()
-    if z is None:
-        raise ConfigError(f"this checkpoint is zstd-compressed: {MISSING_ZSTD}")
+    z = _zstd_or_stop("compressing with zstd")
     with open(src, "rb") as f:
         if hasattr(z, "ZstdCompressor") and hasattr(z.ZstdCompressor, "copy_stream"):
             z.ZstdCompressor(level=ZSTD_LEVEL).copy_stream(f, dst)
@@ -77,9 +81,7 @@ def decompress(src: Path, dst: IO[bytes], codec: str) -> None:
             with zf.open(members[0]) as f:
                 shutil.copyfileobj(f, dst, 1 << 20)
         return
-    z = _zstd()
-    if z is None:
-        raise ConfigError(f"{src.name} is zstd-compressed: {MISSING_ZSTD}")
+    z = _zstd_or_stop(f"{src.name} is zstd-compressed")
     with open(src, "rb") as f:
         if hasattr(z, "ZstdDecompressor") and hasattr(z.ZstdDecompressor, "copy_stream"):
             z.ZstdDecompressor().copy_stream(f, dst)

@@ -18,9 +18,11 @@ from ckpt_sync.providers.faults import FaultyProvider
 from ckpt_sync.providers.local import LocalProvider
 from faultproxy import FAULTS, FaultProxy
 
-from ckpt_sync.api import open_repository, push_with_stats
+from ckpt_sync.api import open_repository
+from ckpt_sync.format.chunking import ChunkPolicy
 from ckpt_sync.format.keys import load_keyring
 from ckpt_sync.format.repository import Repository
+from ckpt_sync.transfer.push import push_path
 from ckpt_sync.transfer.restore import pull
 
 if TYPE_CHECKING:
@@ -80,7 +82,7 @@ def test_requests_that_hang_forever_are_cut_by_the_read_timeout_and_retried(
             endpoint_url=proxy.url,
             read_timeout=0.5,  # only for this test: the default (60 s) suits real links
         )
-        manifest, _ = push_with_stats(ckpt, repo, chunk_size=65536)
+        manifest, _ = push_path(repo, ckpt, policy=ChunkPolicy.of_size(65536))
         pull(repo, tmp_path / "restored")
         repo.provider.close()
     assert (tmp_path / "restored" / ckpt.name).read_bytes() == ckpt.read_bytes()
@@ -124,7 +126,7 @@ def test_a_lost_answer_to_the_manifest_write_still_commits_exactly_once(
     repo = _repo_over(faulty)
     faulty.fail_next("put_if_absent", "after")  # the manifest lands, the answer does not
     ckpt = torch_checkpoint(tmp_path / "ckpt" / "model.pt")
-    manifest, _ = push_with_stats(ckpt, repo, chunk_size=65536)
+    manifest, _ = push_path(repo, ckpt, policy=ChunkPolicy.of_size(65536))
     assert faulty.counts["fault:after"] == 1
     assert [i.key for i in store.list("manifests/")] == [f"manifests/{manifest.id}"]
     m, _ = pull(repo, tmp_path / "restored")
@@ -139,7 +141,7 @@ def test_a_provider_failing_a_fifth_of_all_calls_still_gives_one_commit_and_iden
     faulty = FaultyProvider(store, rate=0.2, modes=("before", "after", "stall"), stall_seconds=0.01, seed=11)
     repo = _repo_over(faulty)
     ckpt = torch_checkpoint(tmp_path / "ckpt" / "model.pt")
-    push_with_stats(ckpt, repo, chunk_size=65536)
+    push_path(repo, ckpt, policy=ChunkPolicy.of_size(65536))
     pull(repo, tmp_path / "restored")
     assert len(list(store.list("manifests/"))) == 1
     assert (tmp_path / "restored" / ckpt.name).read_bytes() == ckpt.read_bytes()

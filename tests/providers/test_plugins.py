@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from ckpt_sync.providers import RetryingProvider, open_provider
 
-from ckpt_sync.api import open_repository, push_with_stats
+from ckpt_sync.api import open_repository
 from ckpt_sync.errors import UsageError
+from ckpt_sync.format.chunking import ChunkPolicy
+from ckpt_sync.transfer.push import push_path
 from ckpt_sync.transfer.restore import pull
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROVIDERS.md"
@@ -52,7 +54,7 @@ def test_the_documented_example_provider_carries_a_push_and_pull(
 ) -> None:
     ckpt = torch_checkpoint(tmp_path / "ckpt" / "model.pt")
     repo = open_repository("mem://demo", create=True)
-    manifest, _ = push_with_stats(ckpt, repo, chunk_size=65536)
+    manifest, _ = push_path(repo, ckpt, policy=ChunkPolicy.of_size(65536))
     restored, _ = pull(repo, tmp_path / "restored")
     assert restored.id == manifest.id
     assert (tmp_path / "restored" / ckpt.name).read_bytes() == ckpt.read_bytes()
