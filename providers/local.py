@@ -265,8 +265,10 @@ class LocalProvider:
         removed = 0
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
+                if not name.startswith("."):  # not a temp: most of a repository, skipped cheaply
+                    continue
                 path = Path(dirpath) / name
-                if name.startswith(".") and abandoned(path, limit, now):
+                if abandoned(path, limit, now):
                     with suppress(FileNotFoundError):
                         os.unlink(path)
                         removed += 1

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -39,7 +39,7 @@ from ..errors import (
     UsageError,
 )
 from ..format.lookup import latest_candidates
-from ..format.manifest import BEST, RESUMABLE
+from ..format.manifest import BEST, RESUMABLE, Manifest
 from ..format.manifest import MODEL_ONLY as MODEL_ONLY_ROLE
 from ..format.selection import Selection, select
 from ..fs.atomic import atomic_open, fsync_dir, temp_path_for, write_keeping_errors
@@ -760,7 +760,7 @@ class CheckpointManager:
             except OperationFailed as err:
                 log.info("[SYNC] nothing to resume from in %s (%s)", repo.url, err)
                 candidates = []
-            for m in candidates:
+            for m in _until_exhausted(candidates, repo.url):
                 local = self.directory / m.name
                 if local.exists():  # a damaged local copy: keep it for inspection, take the committed one
                     quarantine(local, self.directory, f"replaced by the committed copy {m.id} from {repo.url}")
@@ -852,3 +852,12 @@ class CheckpointManager:
 
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _until_exhausted(candidates: Iterable[Manifest], url: str) -> Iterator[Manifest]:
+    """The candidates ``latest_candidates`` yields; the end of them (every one damaged) is logged,
+    not raised: recovery then starts fresh as it would from an empty repository."""
+    try:
+        yield from candidates
+    except OperationFailed as err:
+        log.info("[SYNC] nothing to resume from in %s (%s)", url, err)

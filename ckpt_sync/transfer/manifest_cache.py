@@ -64,7 +64,10 @@ class ManifestCache:
             names = os.listdir(self.folder)
         except OSError:
             return
+        current = {self._name(mid, info) for mid, info in listed.items()}
         for name in names:
+            if name in current:
+                continue
             path = self.folder / name
             if is_temp_name(name):  # another process's write in progress, unless abandoned
                 if abandoned(path, 600.0):

@@ -252,11 +252,11 @@ def commit_checked(
     )
     with acquire_push_lock(repo.provider, cancel=cancel):
         refs = [c for f in committed.files for c in f.chunks]
-        missing = repo.missing_chunks(refs)
+        missing = repo.missing_chunks(refs, fresh=True)
         if missing and reupload is not None:
             log.warning("%s: %d chunk(s) were removed meanwhile; uploading them again", committed.name, len(missing))
             reupload()
-            missing = repo.missing_chunks(refs)
+            missing = repo.missing_chunks(refs, fresh=True)
         if missing:
             raise OperationFailed(
                 f"checkpoint {committed.name} ({committed.id}) lost {len(missing)} chunk(s) to a prune that ran "

@@ -479,7 +479,9 @@ def pull(
     candidates = latest_candidates(
         repo, selection, accept=accept, allow_older=allow_older, any_role_if_none=any_role_if_none, warn=warn
     )
+    tried = 0
     for m in candidates:
+        tried += 1
         try:
             m = select_files(m, include, exclude)
             if on_start:
@@ -493,9 +495,7 @@ def pull(
         except CkptSyncError as err:  # anything about this one checkpoint: damaged, missing, unrestorable
             if warn:
                 warn(f"checkpoint {m.name} ({m.id}) is damaged ({err}); falling back to the previous one")
-    raise OperationFailed(
-        f"no valid checkpoint in {repo.url}: all {len(candidates)} {selection.describe()}(s) are damaged"
-    )
+    raise OperationFailed(f"no valid checkpoint in {repo.url}: all {tried} {selection.describe()}(s) tried are damaged")
 
 
 def _pulled(repo: Repository, m: Manifest, stats: TransferStats) -> TransferStats:
