@@ -104,10 +104,6 @@ class SummaryIndex(Protocol):
 
     def save(self) -> None: ...
 
-    def chunk_ids(self) -> set[str] | None:
-        """Every chunk id the summaries name (None: the index holds nothing yet)."""
-        ...
-
 
 class Repository:
     """Chunks and manifests in one store. It touches only the store: what this host keeps (copies of
@@ -397,15 +393,14 @@ class Repository:
             return self._known
 
     def _reusable(self, ref: ChunkRef) -> bool:
-        """Whether a stored object can stand for this chunk: a manifest names it (this host's index
-        says so, or the manifests do), this host has not found it damaged, and the store has an
+        """Whether a stored object can stand for this chunk: a listed manifest names it (as the
+        summaries say, summaries()), this host has not found it damaged, and the store has an
         object of a size its token can have now. That last check is what decides (one request per
         chunk reused, never a listing of the whole repository); no prune removes the object after it
         while we hold the push lock, and ``commit_checked`` looks again if the lock was broken."""
         with self._summarising:
             if self._referenced is None:
-                known = self._index.chunk_ids() if self._index is not None else None
-                self._referenced = known if known is not None else {c for s in self.summaries() for c in s.chunk_ids()}
+                self._referenced = {c for s in self.summaries() for c in s.chunk_ids()}  # also the agreement check
             referenced = self._referenced
         if ref.id not in referenced or ref.id in self._distrusted:
             return False

@@ -90,14 +90,6 @@ class ManifestIndex:
                 return None
         return summary
 
-    def chunk_ids(self) -> set[str] | None:
-        """Every chunk id an entry names, listed or not (what a push may try to reuse; each is
-        checked in the store before it is), or None when the index is empty."""
-        entries = self._load()
-        if not entries:
-            return None
-        return {cid for e in entries.values() for cid, _ in e[2]["chunks"]}
-
     def put(self, manifest_id: str, info: ObjectInfo, summary: Summary) -> None:
         """Keep the summary of the authenticated manifest read from the listed object ``info``."""
         self._load()[manifest_id] = [info.size, info.modified, summary.to_json()]
