@@ -121,7 +121,6 @@ class Repository:
         # ``forget_known_chunks``, or (``known_chunks``) a whole listing.
         self._known: dict[str, int] = {}
         self._listed_chunks = False
-        self._referenced: set[str] | None = None  # chunk ids the listed manifests name (reuse hints)
         self._distrusted: set[str] = set()
         self._lock = threading.Lock()
         self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
@@ -369,7 +368,6 @@ class Repository:
         with self._lock:
             self._known = {}
             self._listed_chunks = False
-            self._referenced = None
             self._distrusted = set()
 
     def distrust(self, chunk_ids: Iterable[str]) -> None:
@@ -382,7 +380,7 @@ class Repository:
 
     def known_chunks(self) -> dict[str, int]:
         """Stored chunk ids and object sizes: one listing per Repository (after ``forget_known_chunks``),
-        extended as we store more. A push does not list: ``store_chunk`` checks each chunk it reuses."""
+        extended as we store more. A push does not list: ``store_chunk`` asks about each chunk."""
         with self._lock:
             if not self._listed_chunks:
                 listed = self.list_chunks()
@@ -393,22 +391,19 @@ class Repository:
             return self._known
 
     def _reusable(self, ref: ChunkRef) -> bool:
-        """Whether a stored object can stand for this chunk: a listed manifest names it (as the
-        summaries say, summaries()), this host has not found it damaged, and the store has an
-        object of a size its token can have now. That last check is what decides (one request per
-        chunk reused, never a listing of the whole repository); no prune removes the object after it
-        while we hold the push lock, and ``commit_checked`` looks again if the lock was broken."""
-        with self._summarising:
-            if self._referenced is None:
-                self._referenced = {c for s in self.summaries() for c in s.chunk_ids()}  # also the agreement check
-            referenced = self._referenced
-        if ref.id not in referenced or ref.id in self._distrusted:
+        """Whether the store already holds this chunk: an object of a size its token can have, that
+        this host has not found damaged. Asked of the store chunk by chunk (one request each; after a
+        whole listing, ``known_chunks``, the listing answers), so a push costs what its checkpoint
+        holds, never a listing of the repository, and still reuses what an interrupted push or
+        another rank stored. No prune removes the object while we hold the push lock, and
+        ``commit_checked`` looks again if the lock was broken."""
+        if ref.id in self._distrusted or self._listed_chunks:
             return False
         size = self.provider.size(chunk_key(ref.id))
-        if not self.format.size_ok(ref.size, size):
+        if size is None or not self.format.size_ok(ref.size, size):
             return False
         with self._lock:
-            self._known[ref.id] = size  # type: ignore[assignment]
+            self._known[ref.id] = size
         return True
 
     def token_buffers(self, count: int, plain_size: int) -> BufferPool:
