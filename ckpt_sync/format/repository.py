@@ -527,6 +527,10 @@ class Repository:
             self._index.keep_only(listed)
         return sorted(listed, reverse=True)
 
+    def listed_ids(self) -> list[str]:
+        """The manifest ids of this object's latest listing, newest first (listing now if it has none)."""
+        return sorted(self._listed, reverse=True) if self._listed else self.manifest_ids()
+
     def read_manifests_from_store(self) -> None:
         """Stop using the host's manifest cache (``verify`` judges the store itself, object by object)."""
         self._cache = None
