@@ -221,8 +221,15 @@ class CheckpointManager:
         self._warned_sharded_best = False
         self._ranks = RankGroup.resolve(process_group)
         self._sharded = self._ranks is not None and has_sharded_state(unwrap(model))
-        if sync.direct and (sync.repo is None or not self._sharded):
-            raise UsageError("direct=True writes sharded (DTensor/FSDP) state straight into repo=: give both")
+        if sync.direct and sync.repo is None:
+            raise UsageError("direct=True saves checkpoints straight into repo=: give it")
+        # Single-process (or replicated) state saved straight into the repository: no local copy of
+        # full checkpoints (direct_save.py); sharded state goes through DCP's Writer instead.
+        self._direct = sync.direct and not self._sharded
+        if self._direct and self._codec:
+            raise UsageError("direct=True saves torch.save bytes straight into the repository: leave compression off")
+        self._direct_repo: Any = None
+        self._direct_ids: set[str] = set()
         if self._ranks is not None:
             self.session_id = self._ranks.broadcast(self.session_id)  # one name per checkpoint, all ranks
             if self._sharded and self._writer is not None:
@@ -244,7 +251,8 @@ class CheckpointManager:
                 self.directory,
             )
         coordinator = self._ranks is None or self._ranks.is_coordinator  # the one rank that uploads
-        if handoff is None and sync.repo is not None and coordinator and not sync.direct:
+        # With direct=True the hand-off still takes the best model, and any save the store refused.
+        if handoff is None and sync.repo is not None and coordinator and not (sync.direct and self._sharded):
             handoff = make_handoff(
                 sync.repo,
                 directory=self.directory,
@@ -511,6 +519,9 @@ class CheckpointManager:
     def _write_checkpoint(
         self, content: dict[str, Any], path: Path, kind: str, step: int, epoch: int, sync_meta: dict[str, Any]
     ) -> None:
+        if self._direct and kind == FULL and "emergency" not in content and self._save_direct(content, path, sync_meta):
+            return
+
         def save(f: IO[bytes]) -> None:
             write_keeping_errors(f, lambda out: torch.save(content, out))
 
@@ -551,6 +562,54 @@ class CheckpointManager:
                 self._rotate(self._backup_dir)
             self._rotate(self.directory)
             self._write_session(step, epoch)
+
+    def _save_direct(self, content: dict[str, Any], path: Path, sync_meta: dict[str, Any]) -> bool:
+        """Save a full checkpoint straight into the repository (no local file), then apply remote
+        retention to this run's checkpoints. False when the store could not take it: the caller then
+        saves it locally, and the hand-off uploads it once the store is back (an emergency save is
+        always written locally first: it must not wait on a network)."""
+        from ..api import open_repository
+        from ..transfer.direct_save import CheckpointWriter
+
+        sync = self.remote_sync
+        try:
+            if self._direct_repo is None:
+                self._direct_repo = open_repository(sync.repo, key_file=sync.key_file, create=True)
+            meta = {**sync_meta, "checkpoint_kind": FULL}
+            with CheckpointWriter(self._direct_repo, path.name, metadata=meta) as stream:
+                write_keeping_errors(stream, lambda out: torch.save(content, out))
+        except (CkptSyncError, OSError) as err:
+            log.warning(
+                "[SYNC] cannot save %s straight into %s (%s); saving it locally and queueing it",
+                path.name,
+                sync.repo,
+                err,
+            )
+            return False
+        assert stream.manifest is not None
+        log.info("[SAVE] Checkpoint saved into %s: %s (%s)", sync.repo, path.name, stream.manifest.id)
+        self._direct_ids.add(stream.manifest.id)
+        self._prune_direct()
+        with self._lock:
+            self._write_session(int(sync_meta["global_step"]), int(sync_meta["epoch"]))
+        return True
+
+    def _prune_direct(self) -> None:
+        """Remote retention over this run's direct saves, as a watch applies ``--keep`` to its run."""
+        from ..transfer.prune import prune
+        from ..transfer.retention import RunScope, fifo_with_tags
+
+        sync = self.remote_sync
+        keep = self.local_retention.max_keep if sync.remote_keep is None else sync.remote_keep
+        policy = sync.remote_retention or (fifo_with_tags(keep) if keep else None)
+        if policy is None:
+            return
+        try:
+            report = prune(self._direct_repo, policy, scope=RunScope(frozenset(self._direct_ids)))
+        except CkptSyncError as err:
+            log.warning("[SYNC] remote retention in %s skipped: %s", sync.repo, err)
+            return
+        self._direct_ids -= set(report.removed)
 
     def _write_best(self, state_dict: dict[str, Any] | None, meta: dict[str, Any], sync_meta: dict[str, Any]) -> None:
         model = unwrap(self.model)
