@@ -4,7 +4,8 @@ A ``CheckpointWriter`` is a write-only binary stream. The bytes written to it ar
 they arrive (``chunking.StreamCuts``: the cuts a push of the same bytes from disk would make, so
 each tensor still deduplicates on its own), hashed in order, and handed to a pool of workers that
 id, encrypt and upload them (``Repository.store_chunk``) while the caller goes on producing bytes.
-Memory stays at a few chunks: a write blocks while that many are in flight.
+Memory stays at a few chunks: the bytes go once into one of a fixed set of reusable buffers, and a
+write blocks while every buffer is in flight.
 
 Closing the writer commits one checkpoint (its manifest is written last, under the push lock, as a
 push commits). Until then nothing is visible: a writer that raises, is aborted or dies leaves only
@@ -24,6 +25,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from ..buffers import BufferPool
 from ..errors import UsageError
 from ..format.checkpoint_content import torch_stream_head
 from ..format.chunking import ChunkPolicy, StreamCuts
@@ -40,6 +42,7 @@ from .push import _default_role, _manifest, commit_checked
 log = logging.getLogger("ckpt_sync.direct")
 
 HEAD_BYTES = 8 << 20  # what is kept of the stream's start to read its role and position from
+PIECE = 1 << 20  # a write is taken this much at a time, so a chunk's buffer never holds much past its cut
 
 
 class CheckpointWriter(io.RawIOBase):
@@ -74,12 +77,13 @@ class CheckpointWriter(io.RawIOBase):
         self.stats = TransferStats()
         self.manifest: Manifest | None = None
         self._cuts = StreamCuts(policy)
-        self._held = bytearray()  # bytes written and not yet cut into a chunk
+        # The chunk being filled: stream bytes [self._first, self._cuts.pos) in self._buf[: self._fill].
+        # A cut may wait up to min_size past a chunk's size (StreamCuts), and a piece lands before it.
+        self._first, self._fill = 0, 0
         self._head = bytearray()
         self._tail = b""  # the last bytes written: a torch.save ends with its zip's end record
         self._hasher = repo.file_hasher()
         self._workers = workers or default_workers()
-        self._slots = threading.BoundedSemaphore(self._workers + 2)
         self._futures: list[Future[tuple[ChunkRef, int]]] = []
         self._failed = threading.Event()
         self._lock = acquire_push_lock(repo.provider)
@@ -88,6 +92,9 @@ class CheckpointWriter(io.RawIOBase):
             repo.forget_known_chunks()  # what is stored now, under this lock
             repo.distrust(self._suspect)
             self._tokens = repo.token_buffers(self._workers, policy.chunk_size)
+            # In flight at most: one per worker, two queued, the one being filled.
+            self._inputs = BufferPool(self._workers + 3, policy.chunk_size + policy.min_size + PIECE)
+            self._buf = self._inputs.acquire()
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="ckpt-save")
         except BaseException:
             self._lock.release()
@@ -103,9 +110,8 @@ class CheckpointWriter(io.RawIOBase):
         if self.closed:
             raise ValueError("write to a closed checkpoint writer")
         view = memoryview(data).cast("B")
-        step = self.policy.chunk_size
-        for start in range(0, len(view), step):  # a large write is taken a chunk at a time
-            self._take(view[start : start + step], continued=start > 0)
+        for start in range(0, len(view), PIECE):
+            self._take(view[start : start + PIECE], continued=start > 0)
         return len(view)
 
     def _take(self, piece: memoryview, *, continued: bool) -> None:
@@ -114,35 +120,33 @@ class CheckpointWriter(io.RawIOBase):
         if len(self._head) < HEAD_BYTES:
             self._head += piece[: HEAD_BYTES - len(self._head)]
         self._tail = (self._tail + bytes(piece[-64:]))[-64:]
-        first = self._cuts.pos - len(self._held)  # the stream offset of self._held[0]
         cuts = self._cuts.feed(piece, continued=continued)
-        self._held += piece
+        self._buf[self._fill : self._fill + len(piece)] = piece
+        self._fill += len(piece)
         for at in cuts:
-            self._send(at - first)
-            first = at
+            self._send(at)
 
-    def _send(self, length: int) -> None:
-        chunk = bytes(self._held[:length])
-        del self._held[:length]
+    def _send(self, at: int) -> None:
+        """Hand the bytes up to stream offset ``at`` to the workers; what follows moves to a fresh buffer
+        (acquiring it waits while every buffer is in flight: the writer keeps pace with the uploads)."""
+        length = at - self._first
+        full, rest = self._buf, self._fill - length
+        self._buf = self._inputs.acquire()
+        self._buf[:rest] = full[length : self._fill]
+        self._first, self._fill = at, rest
         self.stats.bytes_read += length
-        self._slots.acquire()  # at most workers + 2 chunks in flight: the writer waits for uploads
-        try:
-            future = self._pool.submit(self._store, chunk)
-        except BaseException:
-            self._slots.release()
-            raise
-        self._futures.append(future)
+        self._futures.append(self._pool.submit(self._store, full, length))
 
-    def _store(self, chunk: bytes) -> tuple[ChunkRef, int]:
+    def _store(self, buf: bytearray, length: int) -> tuple[ChunkRef, int]:
         scratch = self._tokens.acquire()
         try:
-            return self.repo.store_chunk(chunk, scratch=scratch)
+            return self.repo.store_chunk(memoryview(buf)[:length], scratch=scratch)
         except BaseException:
             self._failed.set()
             raise
         finally:
             self._tokens.release(scratch)
-            self._slots.release()
+            self._inputs.release(buf)
 
     def _raise_if_failed(self) -> None:
         if self._failed.is_set():
@@ -158,7 +162,7 @@ class CheckpointWriter(io.RawIOBase):
             return
         try:
             for at in self._cuts.finish():
-                self._send(at - (self._cuts.pos - len(self._held)))
+                self._send(at)
             self.manifest = self._commit()
         except BaseException:
             self._shut(cancel=True)
