@@ -235,7 +235,7 @@ class CompletionTracker:
 
 
 class _Events:
-    """What an event means for the tracker (made a watchdog handler by ``_event_handler``).
+    """What an event means for the tracker (made a watchdog handler by ``event_handler``).
 
     ``closes``: the observer reports a file closed after writing (inotify), so a write marks its
     file open until then; otherwise a write only restarts the settle period."""
@@ -271,7 +271,7 @@ class _Events:
             self.tracker.touched(unit)
 
 
-def _event_handler(finder: CheckpointFinder, tracker: CompletionTracker, closes: bool) -> _Events:
+def event_handler(finder: CheckpointFinder, tracker: CompletionTracker, closes: bool) -> _Events:
     from watchdog.events import FileSystemEventHandler
 
     class Handler(_Events, FileSystemEventHandler):
@@ -288,23 +288,23 @@ class FolderWatcher:
         self.finder = finder
         self.tracker = tracker
         observer, self.reports_close = platform.folder_observer()
-        self._observer = observer()
-        self._observer.schedule(_event_handler(finder, tracker, self.reports_close), str(finder.root), recursive=True)
+        self.observer = observer()
+        self.observer.schedule(event_handler(finder, tracker, self.reports_close), str(finder.root), recursive=True)
 
     def start(self) -> None:
         try:
-            self._observer.start()
+            self.observer.start()
         except OSError as err:  # the native observer cannot watch this folder (inotify's watch limit, say)
             log.warning("cannot watch %s for changes (%s): polling it instead", self.finder.root, err)
             self.reports_close = False
-            self._observer = platform.polling_observer()()
-            handler = _event_handler(self.finder, self.tracker, False)
-            self._observer.schedule(handler, str(self.finder.root), recursive=True)
-            self._observer.start()
+            self.observer = platform.polling_observer()()
+            handler = event_handler(self.finder, self.tracker, False)
+            self.observer.schedule(handler, str(self.finder.root), recursive=True)
+            self.observer.start()
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=10)
+        self.observer.stop()
+        self.observer.join(timeout=10)
 
     def rescan(self) -> list[Unit]:
         units = self.finder.scan()
