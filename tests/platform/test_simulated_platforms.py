@@ -228,3 +228,27 @@ def test_a_training_loop_saves_async_saves_on_sigint_and_recovers_exactly(profil
     assert sorted(first) == list(range(1, 9)) and sorted(second) == list(range(9, steps + 1))
     assert {**first, **second} == expected  # bit-exact: every loss as the uninterrupted run had it
     assert sorted(p.name for p in ckpt.glob("checkpoint_*.pt"))  # the async saves landed
+
+
+def test_on_windows_ctrl_break_asks_for_an_emergency_checkpoint_too(tmp_path):
+    """SIGBREAK is what the power-event hook sends (deploy/windows/); in the windows-like profile it
+    is this platform's SIGUSR2, whose default would end the process unsaved."""
+    ckpt = tmp_path / "ckpt"
+    report = tmp_path / "report.json"
+    args = ["script", str(TRAIN_SCRIPT), "--dir", str(ckpt), "--steps", "8", "--every", "100", "--pause-at", "3"]
+    proc = start_simulated("windows-like", *args, report=report)
+    try:
+        _stdout_until(proc, "paused 3")
+        proc.send_signal(signal.SIGUSR2)  # Ctrl-Break, as the hook's GenerateConsoleCtrlEvent delivers it
+        _stderr_until(proc, "[EMERGENCY] SIGBREAK received")
+        assert proc.stdin is not None
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        interrupted = _stdout_until(proc, "interrupted")
+        assert proc.wait(timeout=HANG_GUARD_S) == 3
+    finally:
+        proc.kill()
+        proc.wait()
+    step, emergency = interrupted.split()[1:3]
+    assert step == "4" and Path(emergency).is_file()
+    assert_absent("windows-like", report)
