@@ -28,6 +28,7 @@ from typing import IO, Any, Literal
 
 import torch
 
+from .. import platform
 from ..errors import (
     Cancelled,
     CkptSyncError,
@@ -365,11 +366,7 @@ class CheckpointManager:
             path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True, signum=signum)
             if self._ranks is not None:
                 self._ranks.barrier()  # no rank exits before the checkpoint is on disk
-        name = f"signal {signum}"
-        with contextlib.suppress(ValueError):
-            import signal as _signal
-
-            name = _signal.Signals(signum).name
+        name = platform.signal_name(signum)
         msg = f"{name} received: emergency checkpoint {path} written at step {global_step} (epoch {epoch})"
         if self.emergency.on_signal == "exit" or signals.again is not None:  # one line says it all: [EXIT] below
             code = 128 + signum if self.emergency.exit_code is None else self.emergency.exit_code
@@ -841,7 +838,7 @@ class CheckpointManager:
                     tmp = self.best_dir.parent / f".{self.best_dir.name}.{secrets.token_hex(4)}.tmp"
                     try:
                         api.pull(to=tmp, repo=repo, checkpoint=best.id)  # a folder lands as tmp/<name>/
-                        os.replace(tmp / best.name, self.best_dir)
+                        platform.replace(tmp / best.name, self.best_dir)
                     except CkptSyncError as err:
                         log.warning("[WARN] could not restore the best model from %s: %s", repo.url, err)
                     finally:

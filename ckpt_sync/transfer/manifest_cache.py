@@ -21,6 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from .. import platform
 from ..fs.atomic import abandoned, is_temp_name, temp_path
 from ..providers.base import ObjectInfo
 
@@ -50,7 +51,7 @@ class ManifestCache:
             final = self.folder / self._name(manifest_id, info)
             tmp = temp_path(final)  # no fsync: a copy lost in a crash is fetched again
             tmp.write_bytes(token)
-            os.replace(tmp, final)
+            platform.replace(tmp, final)
         except OSError:
             return
 
