@@ -40,6 +40,7 @@ import mmap
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -276,9 +277,13 @@ def hard_link(src: Path, dst: Path) -> bool:
 def place_new(tmp: Path, final: Path) -> None:
     """Give the new name ``final`` the content of the complete file ``tmp``, atomically, only if
     ``final`` does not exist yet (FileExistsError then). ``tmp`` may stay behind: the caller
-    removes it. Where hard links are refused, the name is claimed by an exclusive create and
-    ``tmp`` renamed over the claim: a reader may see an empty file there for an instant."""
+    removes it. Where hard links are refused: on Windows a plain rename, which never replaces an
+    existing file (atomic); elsewhere the name is claimed by an exclusive create and ``tmp`` renamed
+    over the claim, so a reader may see an empty file there for an instant."""
     if hard_link(tmp, final):
+        return
+    if sys.platform == "win32":  # a semantic of the platform's rename, not a capability to probe
+        os.rename(tmp, final)
         return
     os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL | BINARY, 0o600))
     try:

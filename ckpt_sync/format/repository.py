@@ -24,9 +24,9 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.fernet import InvalidToken
 
@@ -76,6 +76,7 @@ from .summary import Summary, summarize, version_key
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 _CHUNK_ID = re.compile(rb"[0-9a-f]{64}")
+T = TypeVar("T", Manifest, Summary)
 PROBE_LIMIT = 1000  # chunks asked of the store one by one at most: a listing page's worth
 
 
@@ -559,13 +560,21 @@ class Repository:
                     on_unreadable(mid, err)
                 continue
             (foreign if self._is_foreign(m) else loaded).append(m)
-        self._check_agreement(loaded, foreign)
+        yield from self._visible(loaded, foreign, on_unreadable)
+
+    def _visible(
+        self, own: list[T], foreign: list[T], on_unreadable: Callable[[str, IntegrityError], None] | None
+    ) -> list[T]:
+        """``own`` (this repository's manifests or their summaries) less those another supersedes,
+        once the config is checked against them and ``foreign`` (``_check_agreement``); each foreign
+        one is reported to ``on_unreadable``."""
+        self._check_agreement(own, foreign)
         self._agreed = True
         for m in foreign:
             if on_unreadable is not None:
                 on_unreadable(m.id, _foreign_error(m.id))
-        hidden = {m.supersedes for m in loaded if m.supersedes}
-        yield from (m for m in loaded if m.id not in hidden)
+        hidden = {m.supersedes for m in own if m.supersedes}
+        return [m for m in own if m.id not in hidden]
 
     def summaries(self, on_unreadable: Callable[[str, IntegrityError], None] | None = None) -> list[Summary]:
         """What ``manifests`` yields, as summaries (summary.py), newest first: from a listing of the
@@ -580,13 +589,7 @@ class Repository:
                     (foreign if self._is_foreign(s) else own).append(s)
             if self._index is not None:
                 self._index.save()
-        self._check_agreement(own, foreign)
-        self._agreed = True
-        for s in foreign:
-            if on_unreadable is not None:
-                on_unreadable(s.id, _foreign_error(s.id))
-        hidden = {s.supersedes for s in own if s.supersedes}
-        return [s for s in own if s.id not in hidden]
+        return self._visible(own, foreign, on_unreadable)
 
     def _summary(self, mid: str, on_unreadable: Callable[[str, IntegrityError], None] | None) -> Summary | None:
         """The summary of a listed manifest, from the index or read (None: gone, or unreadable)."""
@@ -652,7 +655,7 @@ class Repository:
             if not self._agreed:
                 self.summaries()
 
-    def _check_agreement(self, own: list[Manifest] | list[Summary], foreign: list[Manifest] | list[Summary]) -> None:
+    def _check_agreement(self, own: Sequence[Manifest | Summary], foreign: Sequence[Manifest | Summary]) -> None:
         """The config must be the one the readable manifests were committed under: this
         repository's id (unless another repository's manifests outnumber its own: then it is the
         config that was replaced), the settings each recorded, and a MAC when they were committed

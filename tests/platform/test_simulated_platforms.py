@@ -202,20 +202,7 @@ def test_a_training_loop_saves_async_saves_on_sigint_and_recovers_exactly(profil
     report = tmp_path / "report.json"
     first_run = [*common, "--async-save", "--pause-at", "7", "--losses", str(tmp_path / "a")]
     proc = start_simulated(profile, *first_run, report=report)
-    try:
-        _stdout_until(proc, "paused 7")
-        assert int((ckpt / "training.pid").read_text()) == proc.pid  # what a power-event hook finds
-        proc.send_signal(signal.SIGINT)
-        _stderr_until(proc, "[EMERGENCY] SIGINT received")
-        assert proc.stdin is not None
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        interrupted = _stdout_until(proc, "interrupted")
-        assert proc.wait(timeout=HANG_GUARD_S) == 3
-    finally:
-        proc.kill()
-        proc.wait()
-    step, emergency = interrupted.split()[1:3]
+    step, emergency = _interrupt(proc, 7, signal.SIGINT, "SIGINT", pid_file=ckpt / "training.pid")
     assert step == "8" and Path(emergency).is_file()
     assert_absent(profile, report)
 
@@ -237,10 +224,21 @@ def test_on_windows_ctrl_break_asks_for_an_emergency_checkpoint_too(tmp_path):
     report = tmp_path / "report.json"
     args = ["script", str(TRAIN_SCRIPT), "--dir", str(ckpt), "--steps", "8", "--every", "100", "--pause-at", "3"]
     proc = start_simulated("windows-like", *args, report=report)
+    # SIGUSR2 stands for Ctrl-Break here, as the hook's GenerateConsoleCtrlEvent delivers it.
+    step, emergency = _interrupt(proc, 3, signal.SIGUSR2, "SIGBREAK")
+    assert step == "4" and Path(emergency).is_file()
+    assert_absent("windows-like", report)
+
+
+def _interrupt(proc, paused_at: int, signum: int, name: str, *, pid_file: Path | None = None) -> list[str]:
+    """Signal the training script once it paused at ``paused_at``, let it go on, and return the step
+    and the emergency checkpoint it reports (it exits 3 after an emergency save)."""
     try:
-        _stdout_until(proc, "paused 3")
-        proc.send_signal(signal.SIGUSR2)  # Ctrl-Break, as the hook's GenerateConsoleCtrlEvent delivers it
-        _stderr_until(proc, "[EMERGENCY] SIGBREAK received")
+        _stdout_until(proc, f"paused {paused_at}")
+        if pid_file is not None:
+            assert int(pid_file.read_text()) == proc.pid  # what a power-event hook finds
+        proc.send_signal(signum)
+        _stderr_until(proc, f"[EMERGENCY] {name} received")
         assert proc.stdin is not None
         proc.stdin.write("\n")
         proc.stdin.flush()
@@ -249,6 +247,4 @@ def test_on_windows_ctrl_break_asks_for_an_emergency_checkpoint_too(tmp_path):
     finally:
         proc.kill()
         proc.wait()
-    step, emergency = interrupted.split()[1:3]
-    assert step == "4" and Path(emergency).is_file()
-    assert_absent("windows-like", report)
+    return interrupted.split()[1:3]
