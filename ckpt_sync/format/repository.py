@@ -97,7 +97,7 @@ class SummaryIndex(Protocol):
     """This host's summaries of manifests it has read (transfer/manifest_index.py), under the same
     rule as ``ManifestCopies``: used only for an object the latest listing shows unchanged."""
 
-    def get(self, manifest_id: str, info: ObjectInfo) -> Summary | None: ...
+    def get_many(self, listed: dict[str, ObjectInfo]) -> dict[str, Summary]: ...
 
     def put(self, manifest_id: str, info: ObjectInfo, summary: Summary) -> None: ...
 
@@ -116,6 +116,7 @@ class Repository:
         self.url = provider.url
         self.config = config
         self._id_key = id_key
+        self._public_id = repository_id(id_key)
         self.settings = RepositorySettings.of_config(config)  # fixed at creation
         self.format = self.settings.chunk_format(id_key)
         # Chunks known to be stored, and their object sizes: put or checked by this object since
@@ -153,7 +154,7 @@ class Repository:
     @property
     def id(self) -> str:
         """A public name for this repository (one-way from its secret id key; stable, never stored)."""
-        return repository_id(self._id_key)
+        return self._public_id
 
     @property
     def authenticated(self) -> bool:
@@ -583,8 +584,10 @@ class Repository:
         own: list[Summary] = []
         foreign: list[Summary] = []
         with self._summarising:
-            for mid in self.manifest_ids():
-                s = self._summary(mid, on_unreadable)
+            ids = self.manifest_ids()
+            known = self._index.get_many(self._listed) if self._index is not None else {}
+            for mid in ids:
+                s = known.get(mid) or self._summary(mid, on_unreadable)
                 if s is not None:
                     (foreign if self._is_foreign(s) else own).append(s)
             if self._index is not None:
@@ -594,7 +597,7 @@ class Repository:
     def _summary(self, mid: str, on_unreadable: Callable[[str, IntegrityError], None] | None) -> Summary | None:
         """The summary of a listed manifest, from the index or read (None: gone, or unreadable)."""
         info = self._listed.get(mid)
-        if self._index is not None and info is not None and (s := self._index.get(mid, info)) is not None:
+        if self._index is not None and info is not None and (s := self._index.get_many({mid: info}).get(mid)):
             return s
         try:
             s = summarize(self._open_manifest(mid))

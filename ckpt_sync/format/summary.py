@@ -66,14 +66,10 @@ class Summary:
         }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any], bindings: dict[tuple, RepositoryBinding] | None = None) -> Summary:
-        """A summary this host wrote (its index is authenticated as a whole before any entry is
-        read: manifest_index.py), so it is rebuilt without the manifest's strict checks.
-        ``bindings`` memoises the repository bindings (every summary of a repository has the same)."""
-        binding = d["repository"]
-        if binding is not None and bindings is not None:
-            memo = tuple(sorted(binding.items()))
-            binding = bindings.get(memo) or bindings.setdefault(memo, RepositoryBinding.from_json(binding))
+    def from_json(cls, d: dict[str, Any], repository: RepositoryBinding | None) -> Summary:
+        """A summary this host wrote (its index is authenticated before any entry is read:
+        manifest_index.py), so it is rebuilt without the manifest's strict checks; the index keeps
+        the repository binding, which every summary of a repository shares, once."""
         return cls(
             d["id"],
             d["name"],
@@ -90,8 +86,8 @@ class Summary:
             Position(*d["position"]),
             tuple(d["paths"]),
             d["version"],
-            binding if not isinstance(binding, dict) else RepositoryBinding.from_json(binding),
-            tuple((cid, size) for cid, size in d["chunks"]),
+            repository,
+            tuple(map(tuple, d["chunks"])),
         )
 
 

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import IntegrityError
 from ..format.crypto import KeyRing
 from ..format.manifest import RepositoryBinding
 from ..format.summary import Summary
@@ -34,7 +35,7 @@ from ..providers.base import ObjectInfo
 
 log = logging.getLogger("ckpt_sync.index")
 
-MAGIC = b"ckpt-sync manifest index 1 "
+MAGIC = b"ckpt-sync manifest index 2 "
 
 
 def index_name(keys: KeyRing) -> str:
@@ -45,20 +46,27 @@ def index_name(keys: KeyRing) -> str:
 
 
 class ManifestIndex:
+    """The index file: a MAC line; a line of the repository bindings the summaries name (each
+    summary names one by its place there); then one line per manifest, ``id<TAB>size<TAB>mtime<TAB>
+    summary JSON``. Lines are kept as read, so saving after one new commit writes the others
+    unchanged instead of encoding every summary again, and all the summaries a listing asks for
+    are parsed in one go."""
+
     def __init__(self, path: Path, key: bytes) -> None:
         self.path = path
         self._key = key
-        self._entries: dict[str, list[Any]] | None = None  # id -> [size, modified, summary JSON]
+        self._lines: dict[str, str] | None = None  # id -> its line, as stored
+        self._bindings: list[dict[str, Any] | None] = []  # as stored; a summary's "repository" is a place here
+        self._resolved: list[RepositoryBinding | None] = []
         self._parsed: dict[str, Summary] = {}
-        self._bindings: dict[tuple, RepositoryBinding] = {}
         self._changed = False
 
-    def _load(self) -> dict[str, list[Any]]:
-        if self._entries is None:
-            self._entries = self._read()
-        return self._entries
+    def _load(self) -> dict[str, str]:
+        if self._lines is None:
+            self._lines = self._read()
+        return self._lines
 
-    def _read(self) -> dict[str, list[Any]]:
+    def _read(self) -> dict[str, str]:
         try:
             raw = self.path.read_bytes()
         except OSError:
@@ -66,53 +74,76 @@ class ManifestIndex:
         head, _, body = raw.partition(b"\n")
         mac = head[len(MAGIC) :] if head.startswith(MAGIC) else b""
         if not hmac.compare_digest(mac, self._mac(body).encode()):
-            log.warning("ignoring this host's checkpoint index %s: it fails authentication (altered?)", self.path)
+            if head.startswith(MAGIC):  # a file of an older release is simply rebuilt
+                log.warning("ignoring this host's checkpoint index %s: it fails authentication (altered?)", self.path)
             return {}
         try:
-            entries = json.loads(body)
-        except ValueError:
+            first, _, rest = body.decode().partition("\n")
+            bindings = json.loads(first.split("\t", 1)[1])
+            resolved = [None if b is None else RepositoryBinding.from_json(b) for b in bindings]
+        except (UnicodeDecodeError, ValueError, IndexError, IntegrityError):
             return {}
-        return entries if isinstance(entries, dict) else {}
+        self._bindings, self._resolved = bindings, resolved
+        return {line.split("\t", 1)[0]: line for line in rest.split("\n") if line}
 
     def _mac(self, body: bytes) -> str:
         return hmac.new(self._key, body, hashlib.sha256).hexdigest()
 
-    def get(self, manifest_id: str, info: ObjectInfo) -> Summary | None:
-        """The summary of the listed object ``info``, when this host read that very object."""
-        entry = self._load().get(manifest_id)
-        if entry is None or entry[0] != info.size or entry[1] != info.modified:
-            return None
-        summary = self._parsed.get(manifest_id)
-        if summary is None:
+    def get_many(self, listed: dict[str, ObjectInfo]) -> dict[str, Summary]:
+        """The summaries of the listed objects this host read, each only for that very object."""
+        lines = self._load()
+        wanted = [m for m, i in listed.items() if (line := lines.get(m)) is not None and _same_object(line, i)]
+        unparsed = [m for m in wanted if m not in self._parsed]
+        if unparsed:
             try:
-                summary = self._parsed[manifest_id] = Summary.from_json(entry[2], self._bindings)
-            except Exception:  # an entry this version cannot rebuild (written by another release)
-                return None
-        return summary
+                data = json.loads("[" + ",".join(lines[m].split("\t", 3)[3] for m in unparsed) + "]")
+                for mid, d in zip(unparsed, data, strict=True):
+                    ref = d["repository"]
+                    self._parsed[mid] = Summary.from_json(d, None if ref is None else self._resolved[ref])
+            except Exception:  # entries this version cannot rebuild: read those manifests again
+                return {m: self._parsed[m] for m in wanted if m in self._parsed}
+        return {m: self._parsed[m] for m in wanted}
 
     def put(self, manifest_id: str, info: ObjectInfo, summary: Summary) -> None:
         """Keep the summary of the authenticated manifest read from the listed object ``info``."""
-        self._load()[manifest_id] = [info.size, info.modified, summary.to_json()]
+        d = summary.to_json()
+        d["repository"] = self._binding_ref(d["repository"], summary.repository)
+        data = json.dumps(d, separators=(",", ":"))
+        self._load()[manifest_id] = f"{manifest_id}\t{info.size}\t{info.modified!r}\t{data}"
         self._parsed[manifest_id] = summary
         self._changed = True
 
+    def _binding_ref(self, stored: dict[str, Any] | None, binding: RepositoryBinding | None) -> int | None:
+        if stored is None:
+            return None
+        if stored not in self._bindings:
+            self._bindings.append(stored)
+            self._resolved.append(binding)
+        return self._bindings.index(stored)
+
     def keep_only(self, listed: dict[str, ObjectInfo]) -> None:
         """Drop entries for ids not in the listing (deleted since) or read from another object."""
-        entries = self._load()
-        stale = [m for m, e in entries.items() if (i := listed.get(m)) is None or i.size != e[0] or i.modified != e[1]]
+        lines = self._load()
+        stale = [m for m, line in lines.items() if (i := listed.get(m)) is None or not _same_object(line, i)]
         for mid in stale:
-            del entries[mid]
+            del lines[mid]
             self._parsed.pop(mid, None)
             self._changed = True
 
     def save(self) -> None:
         """Write the index when it changed (atomically; no fsync: an index lost in a crash is rebuilt)."""
-        if not self._changed or self._entries is None:
+        if not self._changed or self._lines is None:
             return
-        body = json.dumps(self._entries, separators=(",", ":")).encode()
+        bindings = "bindings\t" + json.dumps(self._bindings, separators=(",", ":"))
+        body = "\n".join([bindings, *self._lines.values()]).encode()
         with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = temp_path(self.path)
             tmp.write_bytes(MAGIC + self._mac(body).encode() + b"\n" + body)
             os.replace(tmp, self.path)
             self._changed = False
+
+
+def _same_object(line: str, info: ObjectInfo) -> bool:
+    _mid, size, modified, _ = line.split("\t", 3)
+    return size == str(info.size) and modified == repr(info.modified)
