@@ -41,9 +41,7 @@ def load_through_proxy(port: int, spec: dict, root: Path, **env: str) -> tuple[l
 
 
 @pytest.mark.s3
-def test_four_ranks_load_replicated_state_from_s3_for_about_one_copy_of_its_stored_bytes(
-    cloud_factory, key, tmp_path
-):
+def test_four_ranks_load_replicated_state_from_s3_for_about_one_copy_of_its_stored_bytes(cloud_factory, key, tmp_path):
     s3 = cloud_factory("s3")
     url = s3.url(s3.new_bucket())
     # ~48 MiB replicated (12 tensors of 4 MiB) plus a DTensor sharded over the ranks (256 KiB each).
