@@ -29,6 +29,7 @@ import io
 import logging
 import os
 import pickle
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -601,17 +602,19 @@ class Reader(StorageReader):
         stats = self.fan_out_stats
         stats.shared_chunks = len(shared)
 
+        counting = threading.Lock()  # fetches run on the exchange's threads
+
         def fetch(ref: ChunkRef) -> Any:
             plain = repo.load_chunk(ref)
-            self.stats.chunks += 1
-            self.stats.bytes_sent += repo.format.max_token_size(ref.size)
+            with counting:
+                self.stats.chunks += 1
+                self.stats.bytes_sent += repo.format.max_token_size(ref.size)
             return plain
 
         def matches(ref: ChunkRef, plain: Any) -> bool:
             return len(plain) == ref.size and repo.chunk_id(plain) == ref.id
 
         rank = dist.get_rank(self.process_group)
-        exchange = Exchange(self.process_group, rank, fetch, matches, workers=self.workers, stats=stats)
         have: dict[str, Any] = {}
         settled: set[str] = set()
         failure: BaseException | None = None
@@ -631,11 +634,16 @@ class Reader(StorageReader):
                         have.pop(cid, None)
                 nxt += 1
 
-        for chunks in schedule.rounds:
-            wanted = {c.ref.id for c in chunks if uses.get(c.ref.id)}
-            have.update(exchange.run(chunks, wanted))
-            settled.update(c.ref.id for c in chunks)
-            load_ready(everything=False)
+        rounds = schedule.rounds
+        with Exchange(self.process_group, rank, fetch, matches, workers=self.workers, stats=stats) as exchange:
+            share = exchange.start(rounds[0])
+            for k, chunks in enumerate(rounds):
+                following = exchange.start(rounds[k + 1]) if k + 1 < len(rounds) else {}  # overlaps this round
+                wanted = {c.ref.id for c in chunks if uses.get(c.ref.id)}
+                have.update(exchange.run(chunks, wanted, share))
+                share = following
+                settled.update(c.ref.id for c in chunks)
+                load_ready(everything=False)
         load_ready(everything=True)
         if failure is not None:
             raise failure

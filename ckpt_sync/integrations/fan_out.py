@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,7 +139,13 @@ def collective_device(group: Any) -> torch.device:
 
 class Exchange:
     """One rank's side of the rounds. ``fetch(ref)`` reads, authenticates and checks a chunk from
-    the store; ``matches(ref, plain)`` checks a plaintext against its id (the keyed hash)."""
+    the store; ``matches(ref, plain)`` checks a plaintext against its id (the keyed hash).
+
+    ``start(round)`` begins fetching this rank's share of a round in the background; ``run`` then
+    takes part in the round's broadcasts. Starting the next round's share before running this one
+    overlaps the store reads with the exchange (one extra share, about budget / ranks, held), and
+    within a round a rank's own fetches go on while it receives the owners before it. Use as a
+    context manager: leaving it stops the fetch threads."""
 
     def __init__(
         self,
@@ -158,24 +164,49 @@ class Exchange:
         self.workers = max(1, workers)
         self.stats = stats
         self.device = collective_device(group)
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ckpt-fanout-share")
 
-    def run(self, chunks: Iterable[SharedChunk], wanted: set[str]) -> dict[str, Any]:
-        """Take part in one round; returns the plaintexts of the round's chunks in ``wanted``, each
-        from its owner and checked against its id, or else read from the store here. Never raises
-        between collectives: a chunk this rank could not get at all is left out (the caller's read
-        of it from the store raises then, after the rounds)."""
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, chunks: Iterable[SharedChunk]) -> dict[str, Future[Any]]:
+        """Begin fetching this rank's share of a round (never raises: a failed fetch is None)."""
+        mine = [c for c in chunks if c.owner == self.rank]
+        self.stats.owned += len(mine)
+        return {c.ref.id: self._pool.submit(self._fetch_for_group, c.ref) for c in mine}
+
+    def _fetch_for_group(self, ref: ChunkRef) -> Any:
+        try:
+            return self.fetch(ref)
+        except Exception as err:  # the ranks that need it read it themselves
+            log.warning(
+                "[WARN] could not fetch chunk %s for the group (%s): each rank that needs it reads it itself",
+                ref.id[:16],
+                err,
+            )
+            return None
+
+    def run(self, chunks: Iterable[SharedChunk], wanted: set[str], share: Mapping[str, Future[Any]]) -> dict[str, Any]:
+        """Take part in one round (``share``: what ``start`` returned for it); returns the
+        plaintexts of the round's chunks in ``wanted``, each from its owner and checked against its
+        id, or else read from the store here. Never raises between collectives: a chunk this rank
+        could not get at all is left out (the caller's read of it from the store raises then, after
+        the rounds)."""
         chunks = tuple(chunks)
         self.stats.rounds += 1
-        mine = [c for c in chunks if c.owner == self.rank]
-        fetched = self._fetch_share(mine)
         got: dict[str, Any] = {}
-        owners = sorted({c.owner for c in chunks})
-        for owner in owners:
+        for owner in sorted({c.owner for c in chunks}):
             theirs = [c for c in chunks if c.owner == owner]
             size = len(theirs) + sum(c.ref.size for c in theirs)
             if owner == self.rank:
-                packed = self.pack(theirs, fetched)
+                results = {cid: fut.result() for cid, fut in share.items()}
+                fetched = {cid: plain for cid, plain in results.items() if plain is not None}
+                self.stats.owner_failed += len(results) - len(fetched)
                 self.stats.bytes_broadcast += sum(c.ref.size for c in theirs if c.ref.id in fetched)
+                packed = self.pack(theirs, fetched)
                 tensor = torch.frombuffer(packed, dtype=torch.uint8).to(self.device)
             else:
                 tensor = torch.empty(size, dtype=torch.uint8, device=self.device)
@@ -221,28 +252,6 @@ class Exchange:
                 out[pos : pos + c.ref.size] = plain
             pos += c.ref.size
         return out
-
-    def _fetch_share(self, mine: list[SharedChunk]) -> dict[str, Any]:
-        if not mine:
-            return {}
-        self.stats.owned += len(mine)
-
-        def one(c: SharedChunk) -> tuple[str, Any]:
-            try:
-                return c.ref.id, self.fetch(c.ref)
-            except Exception as err:  # the ranks that need it read it themselves
-                log.warning(
-                    "[WARN] could not fetch chunk %s for the group (%s): each rank that needs it reads it itself",
-                    c.ref.id[:16],
-                    err,
-                )
-                return c.ref.id, None
-
-        with ThreadPoolExecutor(min(self.workers, len(mine)), thread_name_prefix="ckpt-fanout-share") as pool:
-            results = dict(pool.map(one, mine))
-        fetched = {cid: plain for cid, plain in results.items() if plain is not None}
-        self.stats.owner_failed += len(mine) - len(fetched)
-        return fetched
 
     def _read_the_rest(self, chunks: tuple[SharedChunk, ...], wanted: set[str], got: dict[str, Any]) -> None:
         missing = [c.ref for c in chunks if c.ref.id in wanted and c.ref.id not in got]

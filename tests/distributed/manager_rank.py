@@ -30,12 +30,13 @@ from ckpt_sync.training import CheckpointManager
 
 
 def state_digest(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str:
-    """A hash of every tensor of the model's and the optimizer's state (the same on every rank of
-    replicated state)."""
+    """A hash of every tensor of the model's and the optimizer's state as this rank holds it (the
+    same on every rank of replicated state)."""
     h = hashlib.sha256()
 
     def add(obj) -> None:
         if isinstance(obj, torch.Tensor):
+            obj = obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
             h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
         elif isinstance(obj, dict):
             for k in sorted(obj, key=str):
