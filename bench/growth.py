@@ -1,14 +1,18 @@
-"""What the everyday verbs cost as a repository grows: provider requests at 30, 300 and 3,000 checkpoints.
+"""What the everyday verbs cost as a repository grows: provider requests and time at 100, 1,000
+and 2,000 checkpoints.
 
-    python bench/growth.py [--counts 30,300,3000] [--s3] [--dir PATH]
+    python bench/growth.py [--counts 100,1000,2000] [--s3] [--dir PATH]
 
 For each size a repository is filled with that many committed checkpoints (small ones: what grows is
-the number of objects, not their bytes), then each operation runs as a fresh process would (a new
-Repository) through a counting wrapper (providers/wrapper.py) that records every provider call:
+the number of objects, not their bytes), then:
 
-- ``ls`` (every manifest), ``pull --latest``, a ``watch`` commit with its retention pass (push one
-  new checkpoint, then prune to ``keep`` = the count, as the watch worker does), ``prune --dry-run``;
-- each twice: with an empty manifest cache (a new host), then again (the host has seen them).
+- each operation runs as a fresh process would (a new Repository) through a counting wrapper
+  (tests/helpers.py ``CountingProvider``) that records every provider call: ``ls`` (every
+  manifest), ``pull --latest``, a ``watch`` commit with its retention pass (push one new
+  checkpoint, then prune to ``keep`` = the count, as the watch worker does), ``prune --dry-run``;
+  each twice: with an empty host cache (a new host), then again (the host has seen them);
+- ``push`` and ``pull --latest`` run as whole CLI processes (a host that has listed the repository
+  once), medians of 3, wall seconds: the figure a sidecar or a restarted job meets.
 
 "requests" counts calls, a listing as its pages (1,000 objects each, as S3 pages them). The curve is
 flat when a verb's requests do not grow with the count beyond the listings' pages.
@@ -18,89 +22,26 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import os
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(1, str(HERE.parent / "tests"))
-from ckpt_sync.providers.wrapper import WrappingProvider  # noqa: E402
 from common import print_table  # noqa: E402
+from helpers import CountingProvider, fill_repository  # noqa: E402
 
 from ckpt_sync.format.crypto import KeyRing  # noqa: E402
-from ckpt_sync.format.manifest import ChunkRef, FileEntry, Manifest  # noqa: E402
 
-T = TypeVar("T")
-PAGE = 1000
-
-
-class CountingProvider(WrappingProvider):
-    """Counts every call by kind; a listing counts as its pages and the objects it returned."""
-
-    def __init__(self, inner) -> None:
-        super().__init__(inner)
-        self.calls: Counter[str] = Counter()
-
-    def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
-        result = fn()
-        if op == "list":
-            n = len(result)  # type: ignore[arg-type]
-            self.calls[f"list {key.split('/')[0] or '(all)'}"] += max(1, -(-n // PAGE))  # pages, by prefix
-            self.calls["objects listed"] += n
-        else:
-            self.calls[op] += 1
-        return result
-
-    def requests(self) -> int:
-        return sum(v for k, v in self.calls.items() if k != "objects listed")
-
-
-def fill(repo, count: int) -> None:
-    """``count`` committed checkpoints, one unique 4 KiB chunk each plus a shared one."""
-    from ckpt_sync.format.layout import manifest_key, new_manifest_id
-
-    shared = os.urandom(64 << 10)
-    shared_ref, _ = repo.store_chunk(shared)
-    t0 = time.time() - count - 10
-    for i in range(count):
-        unique = os.urandom(4096)
-        ref, _ = repo.store_chunk(unique)
-        data = shared + unique
-        mid = new_manifest_id(t0 + i)
-        m = Manifest(
-            id=mid,
-            name=f"checkpoint_growth_{i}.pt",
-            kind="file",
-            created=t0 + i,
-            host="bench",
-            files=(
-                FileEntry(
-                    f"checkpoint_growth_{i}.pt",
-                    len(data),
-                    hashlib.sha256(data).hexdigest(),
-                    (ChunkRef(shared_ref.id, len(shared)), ChunkRef(ref.id, len(unique))),
-                ),
-            ),
-            session_id="growth",
-            global_step=i,
-            epoch=None,
-            loss=None,
-            tags=(),
-            extra={},
-            repository=repo.binding(),  # as a push stamps it
-        )
-        import json
-
-        token = repo.keys.encrypt(json.dumps(m.to_json(), separators=(",", ":")).encode())
-        repo.provider.put_if_absent(manifest_key(mid), token)
+CLI = [sys.executable, "-P", "-m", "ckpt_sync.cli"]
 
 
 def measure(open_repo: Callable[[], tuple], count: int, work: Path) -> list[tuple[str, int, Counter, float]]:
@@ -126,6 +67,7 @@ def measure(open_repo: Callable[[], tuple], count: int, work: Path) -> list[tupl
             if cache == "cold":
                 shutil.rmtree(work / "cache", ignore_errors=True)
             repo, counter = open_repo()
+            counter.reset()
             start = time.perf_counter()
             op(repo)
             seconds = time.perf_counter() - start
@@ -134,9 +76,27 @@ def measure(open_repo: Callable[[], tuple], count: int, work: Path) -> list[tupl
     return rows
 
 
+def cli_medians(url: str, count: int, work: Path, env: dict[str, str]) -> dict[str, float]:
+    """Wall seconds of one more ``push`` and a ``pull --latest``, as whole CLI processes on a host
+    that has listed the repository once (medians of 3)."""
+    subprocess.run([*CLI, "ls", "--repo", url, "--json"], env=env, check=True, capture_output=True)
+    times: dict[str, list[float]] = {"push": [], "pull --latest": []}
+    for i in range(3):
+        src = work / f"cli-{count}-{i}" / f"checkpoint_growth_{count + i}.pt"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_bytes(os.urandom(4096))
+        push = [*CLI, "push", "--repo", url, str(src), "--step", str(count + i), "--session", "growth"]
+        pull = [*CLI, "pull", "--latest", "--repo", url, "--to", str(work / f"out-cli-{count}-{i}")]
+        for name, cmd in (("push", push), ("pull --latest", pull)):
+            start = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            times[name].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--counts", default="30,300,3000")
+    ap.add_argument("--counts", default="100,1000,2000")
     ap.add_argument("--s3", action="store_true", help="also against moto's S3 server (slow to fill)")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
@@ -144,12 +104,16 @@ def main() -> None:
     from cryptography.fernet import Fernet
 
     from ckpt_sync.format.repository import Repository
+    from ckpt_sync.transfer.opening import with_host_state
 
-    keys = KeyRing([base64.urlsafe_b64decode(Fernet.generate_key())])
+    key = Fernet.generate_key()
+    keys = KeyRing([base64.urlsafe_b64decode(key)])
     work = Path(tempfile.mkdtemp(prefix="ckpt-growth-", dir=args.dir))
     os.environ["XDG_CACHE_HOME"] = str(work / "cache")
+    os.environ["BACKUP_ENCRYPTION_KEY"] = key.decode()
     state = work / "servers"
     stores: list[tuple[str, Callable[[str], object]]] = [("local", lambda name: LocalProvider(work / name))]
+    urls = {"local": lambda name: (work / name).as_uri(), "s3": lambda name: f"s3://growth-bench/{name}"}
     try:
         if args.s3:
             import boto3
@@ -161,20 +125,31 @@ def main() -> None:
 
             stores.append(("s3", lambda name: S3Provider("growth-bench", name)))
         table = []
+        processes = []
         for store, make in stores:
             for count in [int(c) for c in args.counts.split(",")]:
                 name = f"repo-{count}"
-                fill(Repository.open(make(name), keys, create=True), count)
+                fill_repository(Repository.open(make(name), keys, create=True), count)
 
                 def open_repo(make=make, name=name) -> tuple:
                     counter = CountingProvider(make(name))
-                    return Repository.open(counter, keys), counter
+                    return with_host_state(Repository.open(counter, keys)), counter
 
                 for op, requests, calls, seconds in measure(open_repo, count, work):
                     detail = ", ".join(f"{k} {v}" for k, v in sorted(calls.items()))
                     table.append((store, str(count), op, str(requests), f"{seconds:.2f}", detail))
+                medians = cli_medians(urls[store](name), count, work, dict(os.environ))
+                processes.append((store, count, medians))
         print("## Growth: provider requests per operation by committed checkpoints (fresh process each)")
         print_table(table, ("store", "checkpoints", "operation", "requests", "seconds", "calls"))
+        print()
+        print("## Growth: whole CLI processes, wall seconds (median of 3), and the ratio to the smallest repository")
+        rows = []
+        for store, count, medians in processes:
+            base = next(m for s_, _c, m in processes if s_ == store)
+            for op, seconds in medians.items():
+                rows.append((store, str(count), op, f"{seconds:.3f}", f"{seconds / base[op]:.2f}x"))
+        print_table(rows, ("store", "checkpoints", "command", "seconds", "vs smallest"))
     finally:
         if args.s3:
             import servers

@@ -1,7 +1,7 @@
 """Every performance figure in one run, side by side on the same generated checkpoints.
 
     python bench/run.py [--size 1G] [--repeat 5] [--rss-sizes 1G,4G] [--dcp-size 1G] [--no-s3]
-                        [--s3-repeat 3] [--growth 30,300,3000] [--dir PATH] [--only SECTION,...]
+                        [--s3-repeat 3] [--growth 100,1000,2000] [--dir PATH] [--only SECTION,...]
 
 Sections, each measured in this run only (every child started by bench/common.py's small launcher:
 wall time, user/system CPU and peak RSS from its wait4):
@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--dcp-size", default="1G", help="sharded state for the DCP save ('' skips)")
     ap.add_argument("--no-s3", action="store_true", help="skip the S3 sections (throughput and growth)")
     ap.add_argument("--s3-repeat", type=int, default=3, help="interleaved rounds in the S3 section (default 3)")
-    ap.add_argument("--growth", default="30,300,3000", help="checkpoint counts for the growth curve ('' skips)")
+    ap.add_argument("--growth", default="100,1000,2000", help="checkpoint counts for the growth curve ('' skips)")
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temp folder)")
     ap.add_argument("--only", default=SECTIONS, help=f"comma-separated sections to run (default {SECTIONS})")
     args = ap.parse_args()

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from .errors import UsageError
 from .format.chunking import ChunkPolicy
 from .format.crypto import KeyRing
 from .format.lookup import find_manifest
@@ -30,6 +31,7 @@ from .transfer.restore import pull as _pull
 from .transfer.restore import stream_file
 
 if TYPE_CHECKING:
+    from .transfer.direct_save import CheckpointWriter
     from .transfer.reader import CheckpointFile
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "pull",
     "push",
     "repair_config",
+    "save",
 ]
 
 
@@ -231,12 +234,27 @@ def open(
     key_file: str | os.PathLike[str] | None = None,
     cache_bytes: int | None = None,
     workers: int = 4,
-) -> CheckpointFile:
+    name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    tags: Sequence[str] = (),
+    role: str | None = None,
+    chunk_size: int | None = None,
+) -> CheckpointFile | CheckpointWriter:
     """One file of a committed checkpoint as a seekable, read-only binary file object, its chunks
     fetched and authenticated as reads need them (transfer/reader.py). ``checkpoint``: an id, a
     unique id prefix, a name or ``latest``; ``path``: the file inside it (None for a one-file
     checkpoint); ``cache_bytes`` bounds the chunks it keeps (default 128 MiB). Use it as a context
-    manager, or close it, to release connections."""
+    manager, or close it, to release connections.
+
+    ``open(repo, "wb", name=...)`` instead returns a write-only stream that saves a new checkpoint
+    straight into the repository (``torch.save(state, stream)``; transfer/direct_save.py): it
+    commits when closed or when its ``with`` block ends normally, and commits nothing when the block
+    raises. ``metadata``, ``tags``, ``role`` and ``chunk_size`` are a push's. (A checkpoint named
+    ``wb`` is read by its id.)"""
+    if checkpoint == "wb":
+        if name is None:
+            raise UsageError('open(repo, "wb") writes a new checkpoint: give its name=')
+        return _writer(repo, name, key_file, metadata, tags, role, chunk_size, workers)
     from .transfer.reader import open_file  # the lazy reader (a thread pool, a cache) on first use
 
     owns = not isinstance(repo, Repository)
@@ -246,5 +264,61 @@ def open(
         return open_file(r, checkpoint, path, workers=workers, owns_repo=owns, **sized)
     except BaseException:
         if owns:
+            r.provider.close()
+        raise
+
+
+def save(
+    obj: Any,
+    repo: str | Repository | None = None,
+    *,
+    name: str,
+    metadata: dict[str, Any] | None = None,
+    tags: Sequence[str] = (),
+    role: str | None = None,
+    key_file: str | os.PathLike[str] | None = None,
+    chunk_size: int | None = None,
+    workers: int | None = None,
+) -> Manifest:
+    """``torch.save(obj)`` straight into the repository as the checkpoint ``name``, with no local
+    file: chunked, encrypted, deduplicated and uploaded as torch writes, committed when it is done
+    (nothing is committed if it fails). Returns the committed checkpoint. ``metadata`` (e.g.
+    ``global_step``, ``session_id``), ``tags`` and ``role`` are a push's; by default the role and
+    position are read from what was saved, as a push reads them from a file."""
+    import torch  # the sync core imports without torch; saving a torch object needs it
+
+    with _writer(repo, name, key_file, metadata, tags, role, chunk_size, workers) as stream:
+        torch.save(obj, stream)
+    assert stream.manifest is not None
+    return stream.manifest
+
+
+def _writer(
+    repo: str | Repository | None,
+    name: str,
+    key_file: str | os.PathLike[str] | None,
+    metadata: dict[str, Any] | None,
+    tags: Sequence[str],
+    role: str | None,
+    chunk_size: int | None,
+    workers: int | None,
+) -> CheckpointWriter:
+    from .transfer.direct_save import CheckpointWriter
+
+    access = resolve_store(None if isinstance(repo, Repository) else repo, key_file=key_file)
+    r = repo if isinstance(repo, Repository) else open_store(access, create=True)
+    try:
+        return CheckpointWriter(
+            r,
+            name,
+            metadata=metadata,
+            tags=tags,
+            role=role,
+            policy=ChunkPolicy.of_size(chunk_size or access.chunk_size),
+            workers=workers or access.workers,
+            owns_repo=not isinstance(repo, Repository),
+        )
+    except BaseException:
+        if not isinstance(repo, Repository):
             r.provider.close()
         raise

@@ -14,6 +14,8 @@ import os
 import socket
 from functools import cache
 
+from . import platform
+
 
 def _start_ticks(pid: int) -> int | None:
     try:
@@ -81,12 +83,11 @@ def owner_id(pid: int | None = None) -> str:
 
 def pid_dead(pid: int, start: int | None = None) -> bool:
     """True only when process ``pid`` (started at ``start`` ticks, when known) is certainly gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    gone = platform.process_gone(pid)
+    if gone:
         return True
-    except PermissionError:
-        pass
+    if gone is None:  # cannot be told here: alive, as far as anyone may act on it
+        return False
     if start:
         now = _start_ticks(pid)
         return now is not None and now != start  # the pid was reused by another process

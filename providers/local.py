@@ -2,7 +2,8 @@
 
 Objects are files below the root; writes go to a hidden temp file in the same folder, are fsynced,
 then renamed, so a reader (or a crash) never sees a partial object. ``put_if_absent`` uses
-``link()``, which fails atomically when the name exists.
+``link()``, which fails atomically when the name exists (platform.place_new: where links are
+refused, an exclusive create of the name and a rename over it).
 
 Durability: a plain ``put`` (a chunk) returns without waiting for the disk; a background flusher
 fsyncs it meanwhile, and the next ``put_if_absent`` — the commit point — waits for those fsyncs and
@@ -29,6 +30,7 @@ from contextlib import suppress
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from ckpt_sync import platform
 from ckpt_sync.errors import NotFound, PermanentStorageError, StorageError, UsageError
 from ckpt_sync.fs.atomic import abandoned, fsync_file, temp_path
 from ckpt_sync.fs.direct_io import DIRECT_MIN, SequentialWriter, read_file_into
@@ -94,7 +96,7 @@ class LocalProvider:
             self.remove_abandoned()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.BINARY, 0o600)
         try:
             view = memoryview(data).cast("B")
             writer = SequentialWriter(fd, direct=len(view) >= DIRECT_MIN, staging=64 << 10)  # small: cached
@@ -148,9 +150,9 @@ class LocalProvider:
             tmp = self.write_temp(path, data, sync=commit)
             try:
                 if commit:
-                    os.link(tmp, path)
+                    platform.place_new(tmp, path)
                 else:
-                    os.replace(tmp, path)
+                    platform.replace(tmp, path)
                 return True
             except FileExistsError:
                 return False
@@ -198,7 +200,7 @@ class LocalProvider:
     def get_into(self, key: str, out: bytearray) -> memoryview | None:
         path = self._path(key)
         try:
-            fd = os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY | platform.BINARY)
             try:
                 size = os.fstat(fd).st_size
                 return None if size > len(out) else read_file_into(fd, size, out)
@@ -265,8 +267,10 @@ class LocalProvider:
         removed = 0
         for dirpath, _dirnames, filenames in os.walk(self.root):
             for name in filenames:
+                if not name.startswith("."):  # not a temp: most of a repository, skipped cheaply
+                    continue
                 path = Path(dirpath) / name
-                if name.startswith(".") and abandoned(path, limit, now):
+                if abandoned(path, limit, now):
                     with suppress(FileNotFoundError):
                         os.unlink(path)
                         removed += 1

@@ -6,9 +6,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+
+from ckpt_sync.providers.wrapper import WrappingProvider
 
 SLOW_CLI = str(Path(__file__).with_name("slow_cli.py"))
 
@@ -159,3 +163,74 @@ hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split(
 print("MAXRSS_KIB", hwm)
 sys.exit(rc)
 """
+
+
+PAGE = 1000  # objects per listing page, as S3, Azure and GCS page them
+
+
+class CountingProvider(WrappingProvider):
+    """Counts every provider call as ``"<op> <top folder>"`` (``get manifests``, ``size chunks``); a
+    listing counts as the pages a cloud store would return (``PAGE`` objects each), and the
+    objects it returned are summed under ``objects listed``."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.calls: Counter[str] = Counter()
+        self._counting = threading.Lock()
+
+    def _call(self, op, key, fn):
+        result = fn()
+        where = key.split("/", 1)[0] or "(all)"
+        with self._counting:
+            if op == "list":
+                n = len(result)
+                self.calls[f"list {where}"] += max(1, -(-n // PAGE))
+                self.calls["objects listed"] += n
+            else:
+                self.calls[f"{op} {where}"] += 1
+        return result
+
+    def requests(self, *, listings: bool = True) -> int:
+        """Requests made: every call, a listing as its pages (``listings`` False: leaves them out)."""
+        return sum(
+            v for k, v in self.calls.items() if k != "objects listed" and (listings or not k.startswith("list "))
+        )
+
+    def reset(self) -> Counter[str]:
+        with self._counting:
+            calls, self.calls = self.calls, Counter()
+        return calls
+
+
+def fill_repository(repo, count: int, *, session: str = "growth") -> None:
+    """``count`` committed checkpoints, fast: one unique 4 KiB chunk each plus one they all share,
+    positioned at steps 0..count-1 of ``session`` and stamped as a push stamps them. What grows is
+    the number of objects, not their bytes."""
+    import hashlib
+
+    from ckpt_sync.format.layout import manifest_key, new_manifest_id
+    from ckpt_sync.format.manifest import ChunkRef, FileEntry, Manifest
+
+    shared = os.urandom(64 << 10)
+    shared_ref, _ = repo.store_chunk(shared)
+    t0 = time.time() - count - 10
+    for i in range(count):
+        unique = os.urandom(4096)
+        ref, _ = repo.store_chunk(unique)
+        data = shared + unique
+        mid = new_manifest_id(t0 + i)
+        name = f"checkpoint_{session}_{i}.pt"
+        chunks = (ChunkRef(shared_ref.id, len(shared)), ChunkRef(ref.id, len(unique)))
+        m = Manifest(
+            id=mid,
+            name=name,
+            kind="file",
+            created=t0 + i,
+            host="filler",
+            files=(FileEntry(name, len(data), hashlib.sha256(data).hexdigest(), chunks),),
+            session_id=session,
+            global_step=i,
+            repository=repo.binding(),
+        )
+        token = repo.keys.encrypt(json.dumps(m.to_json(), separators=(",", ":")).encode())
+        repo.provider.put_if_absent(manifest_key(mid), token)

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "ckpt_sync.owners",
             "ckpt_sync.buffers",
             "ckpt_sync.pipeline",
+            "ckpt_sync.platform",
             "ckpt_sync.fs",
         ),
     ),

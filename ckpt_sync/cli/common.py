@@ -160,7 +160,7 @@ def repository_settings(args: argparse.Namespace) -> RepositorySettings | None:
 
 def warn_if_rolled_back(repo: Any) -> None:
     """One line when the repository's newest checkpoint is older than the newest this host saw."""
-    ids = repo.manifest_ids()
+    ids = repo.listed_ids()
     line = rollback_warning(repo.id, ids[0] if ids else None)
     if line:
         warn(line)

@@ -110,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
         if bar_ctx.get("fn"):
             bar_ctx["fn"](n)
 
-    if args.latest:
-        warn_if_rolled_back(repo)
     try:
         m, stats = pull(
             repo,
@@ -132,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if "cm" in bar_ctx:
             bar_ctx["cm"].__exit__(None, None, None)
+        if args.latest:
+            warn_if_rolled_back(repo)  # judged from the listing the choice was made on
     if args.json:
         paths = [f.path for f in m.files]
         out = {"restored": True, **manifest_row(m), "to": args.to, "paths": paths, "stats": stats.to_json()}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import platform
 from ..defaults import DEFAULT_PATTERNS
 from ..errors import Cancelled, UsageError
 from ..format.chunking import ChunkPolicy
@@ -112,10 +113,10 @@ def _watch(args: argparse.Namespace, root: Path, state_dir: Path, retention: Ret
     queue = JobQueue(state_dir)  # its worker records the repository and the endpoint for `status`
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s: finishing up (nothing half-done is committed)", signal.Signals(signum).name)
+        log.info("received %s: finishing up (nothing half-done is committed)", platform.signal_name(signum))
         stop.set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in platform.stop_signals():
         signal.signal(sig, on_signal)
     opts = WatchOptions(
         root=root,

@@ -7,30 +7,29 @@ on pull, the thread writing the file waited that long each time it wanted the GI
 releases the GIL around foreign calls, so calling libcrypto's EVP interface directly lets both run
 truly in parallel with the other threads.
 
-Used only where it is safe and proven: Linux, a versioned libcrypto (3 or 1.1), and a known-answer
-check against ``cryptography`` at load. Anything else — or ``CKPT_SYNC_AES=cryptography`` — falls
-back to ``cryptography``, as does a read-only input to decrypt (no address to hand to C).
+Used only where it is safe and proven: a versioned libcrypto (3 or 1.1) found by
+platform.load_libcrypto, and a known-answer check against ``cryptography`` at load. Anything else —
+no system libcrypto (Windows, most Macs), one that fails the check, or
+``CKPT_SYNC_AES=cryptography`` — falls back to ``cryptography``, never to an import error; so does a
+read-only input to decrypt (no address to hand to C). The fallback costs push workers their
+parallelism (the GIL), not correctness: the same bytes either way.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import sys
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-_LIBS = ("libcrypto.so.3", "libcrypto.so.1.1")
+from .. import platform
 
 
 def _load() -> ctypes.CDLL | None:
-    if sys.platform != "linux" or os.environ.get("CKPT_SYNC_AES", "").lower() == "cryptography":
+    if os.environ.get("CKPT_SYNC_AES", "").lower() == "cryptography":
         return None
-    for name in _LIBS:
-        try:
-            lib = ctypes.CDLL(name)
-        except OSError:
-            continue
+    lib = platform.load_libcrypto()
+    if lib is not None:
         try:
             lib.EVP_CIPHER_CTX_new.restype = ctypes.c_void_p
             lib.EVP_CIPHER_CTX_new.argtypes = []
@@ -53,9 +52,8 @@ def _load() -> ctypes.CDLL | None:
                     ctypes.c_int,
                 ]
         except AttributeError:
-            continue
-        return lib
-    return None
+            return None
+    return lib
 
 
 _lib = _load()

@@ -97,12 +97,31 @@ def torch_zip(path: Path) -> Content | None:
             data = z.read(names[0])
     except (OSError, zipfile.BadZipFile, KeyError, ValueError):
         return None
+    return pickle_content(data)
+
+
+def pickle_content(data: bytes) -> Content | None:
+    """The content a ``torch.save``'s ``data.pkl`` describes (None: not a pickle)."""
     facts = pickle_facts(data)
     if facts is None:
         return None
     optimizer, tensors, found = facts
     role = role_of(optimizer=optimizer, position="global_step" in found, tensors=tensors)
     return Content(role, found.get("global_step"), found.get("epoch") if "global_step" in found else None)
+
+
+def torch_stream_head(head: bytes | bytearray) -> Content | None:
+    """What a ``torch.save`` holds, from the first bytes it wrote (a checkpoint saved straight into a
+    repository is never read back): its first zip member is ``<archive>/data.pkl``, and walking the
+    pickle stops at its STOP opcode, so the bytes after it do not matter. None when ``head`` does not
+    open with that member or ends before its pickle does."""
+    if len(head) < 30 or head[:4] != b"PK\x03\x04":
+        return None
+    name_len, extra_len = struct.unpack_from("<HH", head, 26)
+    name = bytes(head[30 : 30 + name_len])
+    if not name.endswith(b"/data.pkl") or name.count(b"/") != 1:
+        return None
+    return pickle_content(bytes(head[30 + name_len + extra_len :]))
 
 
 def safetensors_file(path: Path) -> Content | None:

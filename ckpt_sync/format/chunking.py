@@ -136,3 +136,123 @@ def _pack(data_ranges: list[Span], size: int, policy: ChunkPolicy) -> list[Span]
         pos = off + length
     cut(pos, size)
     return spans
+
+
+_LOCAL_HEADER = b"PK\x03\x04"
+_DESCRIPTOR = b"PK\x07\x08"
+
+
+class StreamCuts:
+    """``plan_chunks`` for bytes that arrive in order and cannot be read back: a ``torch.save``
+    written straight into a repository. Fed each ``write`` call, it says where chunks end.
+
+    ``torch.save`` streams a zip whose local headers do not carry the sizes: each member's data is
+    followed by a data descriptor that does. So a member's data start is known from its header, and
+    its end from the descriptor, which torch writes as a call of its own (it is taken only when the
+    size it records matches the bytes seen, so tensor bytes that look like one are not). Whether a
+    member is large enough to stand alone is decided once ``min_size`` of its data has arrived, or
+    when it ends short of that; until then a cut the group rule would make inside it waits. The cuts
+    are the ones ``plan_chunks`` makes for the finished file, so a checkpoint saved straight into a
+    repository and the same bytes pushed from disk deduplicate against each other. Anything
+    unexpected leaves only the group rule (cuts every ``chunk_size`` from the last large tensor's
+    end): the cuts change how well chunks deduplicate, never what is stored.
+    """
+
+    def __init__(self, policy: ChunkPolicy = ChunkPolicy()) -> None:
+        self.policy = policy
+        self.pos = 0  # bytes fed
+        self._cut = 0  # the last cut made
+        self._group = 0  # where the bytes between large tensors began
+        self._state = "header"  # header: a member's local header is due; data: inside one; tail: no more
+        self._head = bytearray()  # a local header being read
+        self._data_start = 0
+        self._large: bool | None = None  # the current member: undecided (None), large or small
+
+    @property
+    def holding(self) -> int:
+        """Bytes fed and not yet cut into a chunk: what the writer must keep."""
+        return self.pos - self._cut
+
+    def feed(self, data: bytes | bytearray | memoryview, *, continued: bool = False) -> list[int]:
+        """Take one write call's bytes (``continued``: the next part of the same call); return the
+        positions where chunks now end, in order."""
+        view = memoryview(data).cast("B")
+        cuts: list[int] = []
+        if self._state == "data" and not continued and (skip := self._descriptor_length(view)):
+            self._member_ended(cuts)
+            self.pos += skip
+            view = view[skip:]
+        while len(view) and self._state == "header":
+            view = self._read_header(view)
+        self.pos += len(view)
+        self._step_cuts(cuts)
+        if self._state == "data" and self._large is None and self.pos - self._data_start >= self.policy.min_size:
+            self._large = True
+            self._emit(cuts, self._data_start)
+        self._step_cuts(cuts)
+        return cuts
+
+    def finish(self) -> list[int]:
+        """The last cuts, once every byte was fed."""
+        cuts: list[int] = []
+        if self._state == "data" and self._large is None:
+            self._state = "tail"  # the stream ended inside a short member: it rides in the group
+        self._step_cuts(cuts)
+        self._emit(cuts, self.pos)
+        return cuts
+
+    def _read_header(self, view: memoryview) -> memoryview:
+        need = 30
+        if len(self._head) >= 30:
+            name_len, extra_len = struct.unpack_from("<HH", self._head, 26)
+            need = 30 + name_len + extra_len
+        take = min(need - len(self._head), len(view))
+        self._head += view[:take]
+        self.pos += take
+        view = view[take:]
+        if len(self._head) >= 4 and self._head[:4] != _LOCAL_HEADER:
+            self._state = "tail"  # the central directory (or not a torch zip): groups to the end
+        elif len(self._head) == 30 and struct.unpack_from("<H", self._head, 26)[0] == 0:
+            self._state = "tail"  # a member without a name is not torch's
+        elif len(self._head) == need and need > 30:
+            self._state, self._head = "data", bytearray()
+            self._data_start, self._large = self.pos, None
+        return view
+
+    def _descriptor_length(self, view: memoryview) -> int:
+        """16 or 24 when ``view`` opens with the data descriptor of the member being read, else 0."""
+        if len(view) < 16 or bytes(view[:4]) != _DESCRIPTOR:
+            return 0
+        seen = self.pos - self._data_start
+        if len(view) >= 24 and struct.unpack_from("<Q", view, 8)[0] == seen:
+            return 24  # zip64
+        return 16 if struct.unpack_from("<I", view, 8)[0] == seen else 0
+
+    def _member_ended(self, cuts: list[int]) -> None:
+        self._step_cuts(cuts)
+        if self._large is None and self.pos - self._data_start >= self.policy.min_size:
+            self._large = True
+            self._emit(cuts, self._data_start)
+        if self._large:
+            self._step_cuts(cuts)
+            self._emit(cuts, self.pos)
+            self._group = self.pos
+        self._state, self._large = "header", None
+
+    def _step_cuts(self, cuts: list[int]) -> None:
+        """Cuts every ``chunk_size`` from where the current run began, as far as the bytes reach and
+        no undecided member is in the way."""
+        if self._state == "data" and self._large:
+            start, limit = self._data_start, self.pos
+        elif self._state == "data" and self._large is None:
+            start, limit = self._group, self._data_start  # a step inside an undecided member waits
+        else:
+            start, limit = self._group, self.pos
+        size = self.policy.chunk_size
+        while (step := start + ((self._cut - start) // size + 1) * size) <= limit:
+            self._emit(cuts, step)
+
+    def _emit(self, cuts: list[int], at: int) -> None:
+        if at > self._cut:
+            cuts.append(at)
+            self._cut = at

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet
 
+from .. import platform
 from ..errors import ConfigError, UsageError
 from ..locations import default_key_file
 from .crypto import KeyRing
@@ -110,7 +111,7 @@ def write_key_file(path: str | os.PathLike[str], key: str) -> Path:
     p = Path(path).expanduser()
     _private_parents(p.parent)
     try:
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.BINARY, 0o600)
     except FileExistsError:
         raise UsageError(f"{p} already exists; refusing to overwrite a key (choose another --out)") from None
     with os.fdopen(fd, "w") as f:

@@ -10,22 +10,28 @@ choice (never a silent rollback) unless an older one is explicitly allowed. ``pu
 ``ckptsync://latest``, Lightning's ``latest_path`` and Hugging Face's ``restore_latest`` all take
 their candidates from :func:`latest_candidates`; those that restore go on to the next candidate
 when one fails verification while it is read.
+
+The choice is made on summaries (summary.py: this host's index, kept current by a listing of the
+manifest names), and only the candidates actually tried are loaded whole and have their chunks
+checked, so finding "latest" costs the same in a repository of a hundred checkpoints as in one of
+thousands.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from ..errors import IntegrityError, MissingKeyError, OperationFailed, UsageError
+from ..errors import IntegrityError, MissingKeyError, NotFound, OperationFailed, UsageError
 from .manifest import Manifest
 from .repository import Repository
 from .selection import ANY, Selection, newest, select
+from .summary import Summary
 
 LATEST = "latest"
 WarnFn = Callable[[str], None]
-Accept = Callable[[Manifest], bool]
+Accept = Callable[[Manifest | Summary], bool]  # sees a summary: name, kind, role, tags, paths (not chunks)
 
 
 def latest_candidates(
@@ -37,9 +43,11 @@ def latest_candidates(
     any_role_if_none: bool = False,
     noun: str = "checkpoint",
     warn: WarnFn | None = None,
-) -> list[Manifest]:
+) -> Iterator[Manifest]:
     """The checkpoints ``selection`` (default: resumable) and ``accept`` match, newest first by
-    training position, whose chunks are all stored: what "latest" tries, in order.
+    training position, whose chunks are all stored: what "latest" tries, in order. Each is loaded
+    and checked only when the caller asks for it (a lazy iterator); when none turns out intact,
+    the iteration raises OperationFailed.
 
     ``any_role_if_none``: when the repository holds no checkpoint of the role asked for at all (a
     repository of exported weights), the same choice among every role, with a warning. Readers that
@@ -51,7 +59,7 @@ def latest_candidates(
     """
     selection = selection or Selection()
     unreadable: dict[str, IntegrityError] = {}
-    everything = list(repo.manifests(unreadable.__setitem__))
+    everything = repo.summaries(unreadable.__setitem__)
     if not everything and not unreadable:
         raise OperationFailed(f"no checkpoints in {repo.url}")
     locked = {mid: err for mid, err in unreadable.items() if isinstance(err, MissingKeyError)}
@@ -83,21 +91,30 @@ def latest_candidates(
                 f"restoring an older checkpoint ({candidates[0].name}): {what} are encrypted with a key this "
                 f"host does not have (fingerprint {', '.join(fps)})"
             )
-    stored = repo.list_chunks()
-    intact = []
-    for m in candidates:
-        problems = _chunk_problems(repo, m, stored)
+    return _intact(repo, candidates, selection.describe(noun), warn)
+
+
+def _intact(repo: Repository, candidates: list[Summary], what: str, warn: WarnFn | None) -> Iterator[Manifest]:
+    """Each candidate loaded whole, skipped with a warning when it cannot be read or a chunk it
+    names is not stored (asked of the store now, for this checkpoint's chunks only)."""
+    found = False
+    for s in candidates:
+        try:
+            m = repo.load_manifest(s.id)
+            problems = _chunk_problems(repo, m)
+        except NotFound:
+            problems = ["removed meanwhile"]
+        except IntegrityError as err:
+            problems = [str(err)]
         if problems:
             if warn:
                 more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-                warn(f"checkpoint {m.name} ({m.id}) is damaged ({problems[0]}{more}); falling back to the previous one")
+                warn(f"checkpoint {s.name} ({s.id}) is damaged ({problems[0]}{more}); falling back to the previous one")
             continue
-        intact.append(m)
-    if not intact:
-        raise OperationFailed(
-            f"no valid checkpoint in {repo.url}: all {len(candidates)} {selection.describe(noun)}(s) are damaged"
-        )
-    return intact
+        found = True
+        yield m
+    if not found:
+        raise OperationFailed(f"no valid checkpoint in {repo.url}: all {len(candidates)} {what}(s) are damaged")
 
 
 def latest(
@@ -111,7 +128,7 @@ def latest(
 ) -> Manifest:
     """The newest intact checkpoint ``selection`` and ``accept`` match (``latest_candidates``)."""
     found = latest_candidates(repo, selection, accept=accept, any_role_if_none=any_role_if_none, noun=noun, warn=warn)
-    return found[0]
+    return next(found)
 
 
 def find_manifest(repo: Repository, selector: str, *, warn: WarnFn | None = None) -> Manifest:
@@ -125,16 +142,16 @@ def find_manifest(repo: Repository, selector: str, *, warn: WarnFn | None = None
     if len(matches) > 1:
         raise UsageError(f"{selector!r} matches {len(matches)} checkpoints; give more of the id")
     unreadable: list[str] = []
-    everything = list(repo.manifests(lambda mid, _err: unreadable.append(mid)))
+    everything = repo.summaries(lambda mid, _err: unreadable.append(mid))
     replaced = {old: m for m in everything for old in (m.supersedes, m.checkpoint_id) if old and old != m.id}
     if len(matches) == 1:
-        return replaced.get(matches[0]) or repo.load_manifest(matches[0])
+        return repo.load_manifest(replaced[matches[0]].id if matches[0] in replaced else matches[0])
     named = [m for m in everything if m.name == selector]
     if named:
-        return newest(named)[0]
+        return repo.load_manifest(newest(named)[0].id)
     successors = {m.id: m for old, m in replaced.items() if old.startswith(selector)}
     if len(successors) == 1:
-        return next(iter(successors.values()))
+        return repo.load_manifest(next(iter(successors)))
     if selector == LATEST:
         return latest(repo, any_role_if_none=True, warn=warn)
     hint = (
@@ -145,8 +162,9 @@ def find_manifest(repo: Repository, selector: str, *, warn: WarnFn | None = None
     raise OperationFailed(f"no checkpoint with id or name {selector!r} in {repo.url}{hint}")
 
 
-def _chunk_problems(repo: Repository, m: Manifest, stored: dict[str, int]) -> list[str]:
+def _chunk_problems(repo: Repository, m: Manifest) -> list[str]:
     """What is wrong with the stored chunks ``m`` names (missing, or of a size its token cannot have)."""
+    stored = repo.stored_sizes(c.id for f in m.files for c in f.chunks)
     out = []
     for f in m.files:
         for r in f.chunks:
@@ -158,7 +176,7 @@ def _chunk_problems(repo: Repository, m: Manifest, stored: dict[str, int]) -> li
     return out
 
 
-def _none_matches(repo: Repository, selection: Selection, everything: list[Manifest], noun: str) -> str:
+def _none_matches(repo: Repository, selection: Selection, everything: list[Summary], noun: str) -> str:
     roles = Counter(m.role for m in everything)
     there = ", ".join(f"{n} {role}" for role, n in sorted(roles.items()))
     line = f"no {selection.describe(noun)} in {repo.url} ({len(everything)} checkpoint(s) in all: {there})"

@@ -228,6 +228,10 @@ class Manifest:
         return sum(f.size for f in self.files)
 
     @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(f.path for f in self.files)
+
+    @property
     def checkpoint_id(self) -> str:
         """The id users see and select this checkpoint by: the id it was first committed under. A tag
         change commits a new manifest (a new ``id``) that keeps the first in ``extra.checkpoint_id``

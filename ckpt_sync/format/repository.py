@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -22,8 +24,9 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol, TypeVar
 
 from cryptography.fernet import InvalidToken
 
@@ -69,9 +72,12 @@ from .repo_config import (
     repository_id,
     settings_of,
 )
+from .summary import Summary, summarize, version_key
 
 _FINGERPRINT = re.compile(r"^[0-9a-f]{32}$")
 _CHUNK_ID = re.compile(rb"[0-9a-f]{64}")
+T = TypeVar("T", Manifest, Summary)
+PROBE_LIMIT = 1000  # chunks asked of the store one by one at most: a listing page's worth
 
 
 class ManifestCopies(Protocol):
@@ -87,6 +93,19 @@ class ManifestCopies(Protocol):
     def keep_only(self, listed: dict[str, ObjectInfo]) -> None: ...
 
 
+class SummaryIndex(Protocol):
+    """This host's summaries of manifests it has read (transfer/manifest_index.py), under the same
+    rule as ``ManifestCopies``: used only for an object the latest listing shows unchanged."""
+
+    def get(self, manifest_id: str, info: ObjectInfo) -> Summary | None: ...
+
+    def put(self, manifest_id: str, info: ObjectInfo, summary: Summary) -> None: ...
+
+    def keep_only(self, listed: dict[str, ObjectInfo]) -> None: ...
+
+    def save(self) -> None: ...
+
+
 class Repository:
     """Chunks and manifests in one store. It touches only the store: what this host keeps (copies of
     manifests, the record of the newest checkpoint seen) is handed in (``use_host_state``)."""
@@ -99,21 +118,37 @@ class Repository:
         self._id_key = id_key
         self.settings = RepositorySettings.of_config(config)  # fixed at creation
         self.format = self.settings.chunk_format(id_key)
-        self._known: dict[str, int] | None = None
+        # Chunks known to be stored, and their object sizes: put or checked by this object since
+        # ``forget_known_chunks``, or (``known_chunks``) a whole listing.
+        self._known: dict[str, int] = {}
+        self._listed_chunks = False
+        self._distrusted: set[str] = set()
         self._lock = threading.Lock()
         self._listed: dict[str, ObjectInfo] = {}  # the latest manifest listing
         self._cache: ManifestCopies | None = None
+        self._index: SummaryIndex | None = None
         self._seen: Callable[[Manifest], None] | None = None
         self._agreed = False  # the config was checked against the checkpoints (_check_agreement)
         self._agreeing = threading.Lock()
+        self._summarising = threading.RLock()
 
     def use_host_state(
-        self, cache: ManifestCopies | None = None, seen: Callable[[Manifest], None] | None = None
+        self,
+        cache: ManifestCopies | None = None,
+        seen: Callable[[Manifest], None] | None = None,
+        index: SummaryIndex | None = None,
     ) -> None:
-        """This host's state: ``cache`` of manifest objects, and ``seen`` told of every commit this
-        repository makes or finds already made (rollback detection, transfer/seen.py)."""
+        """This host's state: ``cache`` of manifest objects, ``seen`` told of every commit this
+        repository makes or finds already made (rollback detection, transfer/seen.py), and an
+        ``index`` of manifest summaries (transfer/manifest_index.py)."""
         self._cache = cache
         self._seen = seen
+        self._index = index
+
+    def host_key(self, purpose: str) -> bytes:
+        """A secret for authenticating what this host keeps about the repository (its index), derived
+        from the id key: only holders of the repository's key can forge it."""
+        return hmac.new(self._id_key, b"ckpt-sync host state: " + purpose.encode(), hashlib.sha256).digest()
 
     @property
     def id(self) -> str:
@@ -330,24 +365,47 @@ class Repository:
         return out
 
     def forget_known_chunks(self) -> None:
-        """Drop the cached listing (call under a push lock: a prune may have removed chunks)."""
+        """Forget which chunks are stored (call under a push lock: a prune may have removed some)."""
         with self._lock:
-            self._known = None
+            self._known = {}
+            self._listed_chunks = False
+            self._distrusted = set()
 
     def distrust(self, chunk_ids: Iterable[str]) -> None:
         """Treat these chunks as not stored (this host found them damaged: damage_record.py), so the
         next ``store_chunk`` of one uploads it again, replacing the bad object, instead of reusing it."""
-        known = self.known_chunks()
         with self._lock:
             for cid in chunk_ids:
-                known.pop(cid, None)
+                self._known.pop(cid, None)
+                self._distrusted.add(cid)
 
     def known_chunks(self) -> dict[str, int]:
-        """Stored chunk ids and object sizes, listed once per Repository and extended as we store more."""
+        """Stored chunk ids and object sizes: one listing per Repository (after ``forget_known_chunks``),
+        extended as we store more. A push does not list: ``store_chunk`` asks about each chunk."""
         with self._lock:
-            if self._known is None:
-                self._known = self.list_chunks()
+            if not self._listed_chunks:
+                listed = self.list_chunks()
+                for cid in self._distrusted:
+                    listed.pop(cid, None)
+                self._known.update(listed)
+                self._listed_chunks = True
             return self._known
+
+    def _reusable(self, ref: ChunkRef) -> bool:
+        """Whether the store already holds this chunk: an object of a size its token can have, that
+        this host has not found damaged. Asked of the store chunk by chunk (one request each; after a
+        whole listing, ``known_chunks``, the listing answers), so a push costs what its checkpoint
+        holds, never a listing of the repository, and still reuses what an interrupted push or
+        another rank stored. No prune removes the object while we hold the push lock, and
+        ``commit_checked`` looks again if the lock was broken."""
+        if ref.id in self._distrusted or self._listed_chunks:
+            return False
+        size = self.provider.size(chunk_key(ref.id))
+        if size is None or not self.format.size_ok(ref.size, size):
+            return False
+        with self._lock:
+            self._known[ref.id] = size
+        return True
 
     def token_buffers(self, count: int, plain_size: int) -> BufferPool:
         """Reusable buffers for ``count`` tokens of chunks up to ``plain_size`` bytes, laid out the way
@@ -366,10 +424,12 @@ class Repository:
         """
         cid = self.chunk_id(plaintext)
         ref = ChunkRef(cid, len(plaintext))
-        known = self.known_chunks()
+        known = self._known
         with self._lock:
             if self.format.size_ok(ref.size, known.get(cid)):
                 return ref, 0
+        if self._reusable(ref):
+            return ref, 0
         self.check_agreement()  # nothing is written under a config its checkpoints disagree with
         with self._lock:
             if self.format.size_ok(ref.size, known.get(cid)):
@@ -426,10 +486,31 @@ class Repository:
             "missing from your key ring (an older key dropped after a rotation?)"
         )
 
-    def missing_chunks(self, refs: Iterable[ChunkRef]) -> list[str]:
-        """Ids among ``refs`` with no stored object of the right size (fresh listing)."""
-        stored = self.list_chunks()
-        return sorted({r.id for r in refs if not self.format.size_ok(r.size, stored.get(r.id))})
+    def missing_chunks(self, refs: Iterable[ChunkRef], *, fresh: bool = False) -> list[str]:
+        """Ids among ``refs`` with no stored object of the right size. Chunks this object stored or
+        checked since ``forget_known_chunks`` count as stored unless ``fresh``; the others are asked
+        of the store (``stored_sizes``)."""
+        wanted: dict[str, int] = {}
+        for r in refs:
+            wanted.setdefault(r.id, r.size)
+        if not fresh:
+            with self._lock:
+                wanted = {cid: n for cid, n in wanted.items() if not self.format.size_ok(n, self._known.get(cid))}
+        sizes = self.stored_sizes(wanted)
+        return sorted(cid for cid, n in wanted.items() if not self.format.size_ok(n, sizes[cid]))
+
+    def stored_sizes(self, chunk_ids: Iterable[str]) -> dict[str, int | None]:
+        """The stored object size of each chunk (None: not stored), asked now. Up to a listing page's
+        worth are asked one by one (in parallel), so the cost follows the checkpoint, not the
+        repository; more than that, one listing is fewer requests."""
+        ids = list(dict.fromkeys(chunk_ids))
+        if len(ids) > PROBE_LIMIT:
+            stored = self.list_chunks()
+            return {cid: stored.get(cid) for cid in ids}
+        if len(ids) <= 4:
+            return {cid: self.provider.size(chunk_key(cid)) for cid in ids}
+        with ThreadPoolExecutor(min(8, len(ids)), thread_name_prefix="ckpt-probe") as pool:
+            return dict(zip(ids, pool.map(lambda cid: self.provider.size(chunk_key(cid)), ids), strict=True))
 
     # --- manifests -------------------------------------------------------------------------------
 
@@ -443,7 +524,13 @@ class Repository:
         self._listed = listed
         if self._cache is not None:
             self._cache.keep_only(listed)
+        if self._index is not None:
+            self._index.keep_only(listed)
         return sorted(listed, reverse=True)
+
+    def listed_ids(self) -> list[str]:
+        """The manifest ids of this object's latest listing, newest first (listing now if it has none)."""
+        return sorted(self._listed, reverse=True) if self._listed else self.manifest_ids()
 
     def read_manifests_from_store(self) -> None:
         """Stop using the host's manifest cache (``verify`` judges the store itself, object by object)."""
@@ -473,13 +560,53 @@ class Repository:
                     on_unreadable(mid, err)
                 continue
             (foreign if self._is_foreign(m) else loaded).append(m)
-        self._check_agreement(loaded, foreign)
+        yield from self._visible(loaded, foreign, on_unreadable)
+
+    def _visible(
+        self, own: list[T], foreign: list[T], on_unreadable: Callable[[str, IntegrityError], None] | None
+    ) -> list[T]:
+        """``own`` (this repository's manifests or their summaries) less those another supersedes,
+        once the config is checked against them and ``foreign`` (``_check_agreement``); each foreign
+        one is reported to ``on_unreadable``."""
+        self._check_agreement(own, foreign)
         self._agreed = True
         for m in foreign:
             if on_unreadable is not None:
                 on_unreadable(m.id, _foreign_error(m.id))
-        hidden = {m.supersedes for m in loaded if m.supersedes}
-        yield from (m for m in loaded if m.id not in hidden)
+        hidden = {m.supersedes for m in own if m.supersedes}
+        return [m for m in own if m.id not in hidden]
+
+    def summaries(self, on_unreadable: Callable[[str, IntegrityError], None] | None = None) -> list[Summary]:
+        """What ``manifests`` yields, as summaries (summary.py), newest first: from a listing of the
+        manifest names and this host's index, reading only the manifests it has not read before
+        (each exactly as ``manifests`` would). Raises ConfigError as ``manifests`` does."""
+        own: list[Summary] = []
+        foreign: list[Summary] = []
+        with self._summarising:
+            for mid in self.manifest_ids():
+                s = self._summary(mid, on_unreadable)
+                if s is not None:
+                    (foreign if self._is_foreign(s) else own).append(s)
+            if self._index is not None:
+                self._index.save()
+        return self._visible(own, foreign, on_unreadable)
+
+    def _summary(self, mid: str, on_unreadable: Callable[[str, IntegrityError], None] | None) -> Summary | None:
+        """The summary of a listed manifest, from the index or read (None: gone, or unreadable)."""
+        info = self._listed.get(mid)
+        if self._index is not None and info is not None and (s := self._index.get(mid, info)) is not None:
+            return s
+        try:
+            s = summarize(self._open_manifest(mid))
+        except NotFound:
+            return None
+        except IntegrityError as err:
+            if on_unreadable is not None:
+                on_unreadable(mid, err)
+            return None
+        if self._index is not None and info is not None:
+            self._index.put(mid, info, s)
+        return s
 
     def referenced_chunks(
         self,
@@ -492,21 +619,22 @@ class Repository:
         never delete. A manifest no key opens is reported to ``on_unreadable``; the manifests
         ``leave_out`` names are not counted (what a dry run of retention would drop)."""
         refs: set[str] = set()
-        for mid in self.manifest_ids():
-            if mid in leave_out:
-                continue
-            try:
-                refs |= self._open_manifest(mid).chunk_ids()
-                continue
-            except NotFound:
-                continue
-            except IntegrityError as err:
-                plain = self._plaintext(mid)
-                if plain is None:
-                    if on_unreadable is not None:
-                        on_unreadable(mid, err)
+        errors: dict[str, IntegrityError] = {}
+        with self._summarising:
+            for mid in self.manifest_ids():
+                if mid in leave_out:
                     continue
-            refs |= {cid.decode("ascii") for cid in _CHUNK_ID.findall(plain)}
+                s = self._summary(mid, errors.__setitem__)
+                if s is not None:
+                    refs |= s.chunk_ids()
+                elif mid in errors:
+                    plain = self._plaintext(mid)
+                    if plain is not None:
+                        refs |= {cid.decode("ascii") for cid in _CHUNK_ID.findall(plain)}
+                    elif on_unreadable is not None:
+                        on_unreadable(mid, errors[mid])
+            if self._index is not None:
+                self._index.save()
         return refs
 
     def _plaintext(self, manifest_id: str) -> bytes | None:
@@ -517,7 +645,7 @@ class Repository:
         except (NotFound, IntegrityError):
             return None
 
-    def _is_foreign(self, m: Manifest) -> bool:
+    def _is_foreign(self, m: Manifest | Summary) -> bool:
         return m.repository is not None and m.repository.id != self.id
 
     def check_agreement(self) -> None:
@@ -525,10 +653,9 @@ class Repository:
         judged once per Repository (reading every manifest), before the first chunk is written."""
         with self._agreeing:
             if not self._agreed:
-                for _ in self.manifests():
-                    break
+                self.summaries()
 
-    def _check_agreement(self, own: list[Manifest], foreign: list[Manifest]) -> None:
+    def _check_agreement(self, own: Sequence[Manifest | Summary], foreign: Sequence[Manifest | Summary]) -> None:
         """The config must be the one the readable manifests were committed under: this
         repository's id (unless another repository's manifests outnumber its own: then it is the
         config that was replaced), the settings each recorded, and a MAC when they were committed
@@ -551,9 +678,13 @@ class Repository:
 
     def superseded_ids(self) -> list[str]:
         """Manifests left behind by a tag change that stopped before deleting them (hidden by readers)."""
-        loaded = list(self._readable())
-        ids = {m.id for m in loaded}
-        return sorted({m.supersedes for m in loaded if m.supersedes and m.supersedes in ids})
+        with self._summarising:
+            listed = [s for mid in self.manifest_ids() if (s := self._summary(mid, None)) is not None]
+            if self._index is not None:
+                self._index.save()
+        own = [s for s in listed if not self._is_foreign(s)]
+        ids = {s.id for s in own}
+        return sorted({s.supersedes for s in own if s.supersedes and s.supersedes in ids})
 
     def versions_of(self, manifest: Manifest) -> list[str]:
         """``manifest`` and every stored manifest it supersedes, directly or through others (a tag
@@ -651,10 +782,14 @@ class Repository:
         pushed again — nothing is written and the existing checkpoint is returned. Otherwise returns
         the manifest as committed (stamped with this repository's binding).
         """
-        for existing in self.manifests():
-            if existing.same_version(manifest):
-                self._remember(existing)
-                return existing
+        version = version_key(manifest)
+        for summary in self.summaries():
+            if summary.version == version:
+                with contextlib.suppress(NotFound, IntegrityError):
+                    existing = self.load_manifest(summary.id)
+                    if existing.same_version(manifest):
+                        self._remember(existing)
+                        return existing
         self.authenticate_state()  # a repository of the previous release gains its MACs on its first write
         manifest = dataclasses.replace(manifest, repository=self.binding())
         missing = self.missing_chunks(c for f in manifest.files for c in f.chunks)

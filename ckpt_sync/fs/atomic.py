@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from .. import platform
 from ..owners import WRITER_TAG, writer_alive, writer_tag
 
 TEMP_KINDS = ("tmp", "part", "old")
@@ -133,37 +134,11 @@ def hold_copy(src: Path, dst: Path) -> None:
     """``dst`` holds ``src``'s bytes until it is removed, whatever happens to ``src``: a reflink
     (copy-on-write clone: a rewrite of ``src`` in place cannot reach it) where the file system has
     one, else a hard link (instant, but sharing ``src``'s inode: a caller that needs the bytes to
-    stay checks them before use), else (across file systems, or where links are refused) a copy."""
-    if _clone(src, dst):
+    stay checks them before use), else (across file systems, or where links are refused) a copy,
+    which costs the file's size in time and space."""
+    if platform.reflink(src, dst) or platform.hard_link(src, dst):
         return
-    try:
-        os.link(src, dst)
-    except OSError as err:
-        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-            raise
-        shutil.copy2(src, dst)
-
-
-FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
-
-
-def _clone(src: Path, dst: Path) -> bool:
-    """A reflink of ``src`` at ``dst``; False where the file system cannot (nothing left behind)."""
-    try:
-        import fcntl
-    except ImportError:  # no ioctl here
-        return False
-    with open(src, "rb") as s:
-        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.ioctl(fd, FICLONE, s.fileno())
-        except OSError:
-            os.close(fd)
-            os.unlink(dst)
-            return False
-        shutil.copystat(src, dst)
-        os.close(fd)
-    return True
+    shutil.copy2(src, dst)
 
 
 @contextlib.contextmanager
@@ -181,7 +156,7 @@ def atomic_open(final: str | os.PathLike[str], *, durable: bool = True) -> Itera
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        os.replace(tmp, final)
+        platform.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()

@@ -13,22 +13,23 @@ buffer; the last block is padded with zeros and the file then truncated to its r
 ``read_file_into`` reads a chunk the same way, except what the page cache already holds. Where the
 file system refuses O_DIRECT (some FUSE or network mounts, old tmpfs), both go through the cache as
 before. The caller still fsyncs: that makes the size and the blocks' allocation durable and
-flushes the device's own cache.
+flushes the device's own cache. Where the platform has no O_DIRECT (platform.py: F_NOCACHE on
+macOS, nothing on Windows), writes and reads go through the cache the same way.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import mmap
 import os
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from .. import platform
+
 ALIGN = 4096  # a multiple of every logical block size Linux uses (512, 4096) and of the page size
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
 # Files and reads at least this big go around the cache; smaller ones (manifests, locks, the config)
 # through it, where O_DIRECT's padded block and device round trip would cost more than they save.
 DIRECT_MIN = 1 << 20
@@ -37,13 +38,11 @@ DIRECT_MIN = 1 << 20
 WRITE_SLICE = 256 << 10
 
 
-def aligned_buffer(size: int) -> mmap.mmap:
+def aligned_buffer(size: int) -> mmap.mmap | bytearray:
     """A writable, zero-filled buffer of at least ``size`` bytes starting on a page boundary (an
-    anonymous mapping), rounded up to whole blocks so the padded last block of a write fits."""
-    # Private (a shared anonymous mapping is shmem, slower to fault and to pin for O_DIRECT), and
-    # populated at once: one call instead of a page fault per 4 KiB on first use.
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
-    return mmap.mmap(-1, max(ALIGN, -(-size // ALIGN) * ALIGN), flags=flags)
+    anonymous mapping; a plain bytearray where the platform has none, used through the cache),
+    rounded up to whole blocks so the padded last block of a write fits."""
+    return platform.anonymous_memory(max(ALIGN, -(-size // ALIGN) * ALIGN))
 
 
 def write_all(fd: int, view: memoryview, offset: int | None = None) -> None:
@@ -51,7 +50,7 @@ def write_all(fd: int, view: memoryview, offset: int | None = None) -> None:
     done = 0
     while done < len(view):
         piece = view[done : done + WRITE_SLICE]
-        done += os.write(fd, piece) if offset is None else os.pwrite(fd, piece, offset + done)
+        done += os.write(fd, piece) if offset is None else platform.pwrite(fd, piece, offset + done)
 
 
 def read_file_into(fd: int, size: int, out: bytearray | mmap.mmap) -> memoryview:
@@ -80,40 +79,23 @@ def read_file_into(fd: int, size: int, out: bytearray | mmap.mmap) -> memoryview
 
 def _read_at(fd: int, view: memoryview, offset: int) -> int:
     done = 0
-    while done < len(view) and (n := os.preadv(fd, [view[done:]], offset + done)):
+    while done < len(view) and (n := platform.pread_into(fd, view[done:], offset + done)):
         done += n
     return done
 
 
 def _read_cached(fd: int, view: memoryview) -> int:
     """Read from offset 0 what the page cache holds, without waiting for the disk (RWF_NOWAIT)."""
-    nowait = getattr(os, "RWF_NOWAIT", 0)
     done = 0
-    while nowait and done < len(view):
-        try:
-            n = os.preadv(fd, [view[done:]], done, nowait)
-        except OSError as err:
-            if err.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
-                break
-            raise
-        if not n:
-            break
+    while done < len(view) and (n := platform.pread_cached(fd, view[done:], done)):
         done += n
     return done
 
 
 def _set_direct(fd: int, on: bool) -> bool:
-    """Turn O_DIRECT on or off for ``fd``; False when the file system refuses it."""
-    if not _O_DIRECT:
-        return False
-    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
-    except OSError as err:
-        if err.errno != errno.EINVAL:
-            raise
-        return False
-    return on
+    """Turn O_DIRECT (or the platform's equivalent) on or off for ``fd``; False when there is none
+    or the file system refuses it."""
+    return platform.set_uncached(fd, on)
 
 
 def _after_both(fn: Callable[[], object]) -> Callable[[], None]:
@@ -156,7 +138,7 @@ class SequentialWriter:
         self.direct = direct and _set_direct(fd, True)
         self._pool = ThreadPoolExecutor(2, thread_name_prefix="direct-write") if background and self.direct else None
         self._size, self._unmade = staging, self.IN_FLIGHT if self._pool else 0  # staging buffers made on need
-        self._free: list[mmap.mmap] = []
+        self._free: list[mmap.mmap | bytearray] = []
         self._pending: deque[tuple[Future[None], Callable[[], object]]] = deque()
         self._stage = aligned_buffer(staging) if self.direct else None
         self._staged = 0
@@ -245,7 +227,7 @@ class SequentialWriter:
         done = 0
         while done < len(view):
             try:
-                done += os.pwrite(self.fd, view[done:], pos + done)
+                done += platform.pwrite(self.fd, view[done:], pos + done)
             except OSError as err:
                 if err.errno != errno.EINVAL or not self.direct:
                     raise

@@ -67,6 +67,7 @@ from ..format.lookup import find_manifest, latest
 from ..format.manifest import RESUMABLE, ROLE_FROM, ChunkRef, FileEntry, Manifest, infer_role
 from ..format.repository import Repository
 from ..format.selection import Selection
+from ..format.summary import Summary
 from ..pipeline import default_workers
 from ..transfer.counters import TransferStats
 from ..transfer.push import _manifest, commit_checked
@@ -78,9 +79,9 @@ DATA_SUFFIX = ".distcp"
 LAYOUT = "torch.distributed.checkpoint"  # manifest.extra["layout"]: how readers recognise one
 
 
-def is_dcp_manifest(manifest: Manifest) -> bool:
+def is_dcp_manifest(manifest: Manifest | Summary) -> bool:
     """A folder checkpoint holding DCP metadata at its top (written by the Writer, or a pushed DCP folder)."""
-    return manifest.kind == "dir" and any(f.path == METADATA_FILE for f in manifest.files)
+    return manifest.kind == "dir" and METADATA_FILE in manifest.paths
 
 
 def _open(repo: str | Repository | None, key_file: str | os.PathLike[str] | None, *, create: bool) -> Repository:

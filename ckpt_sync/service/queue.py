@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from .. import platform
 from ..errors import OperationFailed, UsageError
 from ..fs.checkpoint_files import signature
 from ..owners import owner_alive, owner_id
@@ -144,7 +145,7 @@ class JobQueue:
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{db_path}{suffix}")
                 if src.exists():
-                    os.replace(src, f"{aside}{suffix}")
+                    platform.replace(src, f"{aside}{suffix}")
             log.warning(
                 "the queue %s could not be opened (%s): moved it aside to %s; rebuilding it from the held copies",
                 db_path,

@@ -4,7 +4,8 @@ A held copy lives in its own slot folder under the state folder's ``staging/``, 
 fs.atomic.hold_copy: a copy-on-write clone (reflink) where the filesystem has it, so a rewrite of
 the original in place cannot reach it; else hard links (instant, no extra space, but sharing the
 original's inode: the worker checks a held file did not change before committing,
-checkpoint_files.FileState); across filesystems a real copy. Each slot also records its job
+checkpoint_files.FileState); across filesystems, or where links are refused, a real copy (the
+file's size in time and disk space). Each slot also records its job
 (``.ckpt-sync-job.json``: the original's absolute path, its version and what was asked), so a queue
 that was deleted or damaged can be rebuilt from the slots alone. A failed hold (a full disk) leaves no slot behind.
 """
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import platform
 from ..fs.atomic import hold_copy
 from ..fs.checkpoint_files import file_states, folder_files
 
@@ -47,7 +49,7 @@ def hold(path: Path, staging_root: Path, record: dict[str, Any] | None = None) -
         # Taken after holding: a hard link itself moves the inode's ctime.
         states = {k: v.to_json() for k, v in file_states(target).items()}
         body = json.dumps({**(record or {}), "held": target.name, "states": states}).encode()
-        fd = os.open(slot / JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = os.open(slot / JOB_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.BINARY, 0o600)
         try:
             os.write(fd, body)
             os.fsync(fd)

@@ -10,9 +10,16 @@ checkpoint's name, is skipped with one warning naming it.
 A unit is complete when nothing is open for writing in it (inotify's close-after-write or a rename
 into place), its size and mtime have not changed for the settle period, and (a folder) its layout
 says it is complete; one that stays incomplete is reported once and waits. Events come from
-watchdog (inotify); the periodic rescan is a true fallback, whatever the events said: a unit it
-finds unchanged since its previous pass is no longer "open for writing" (a file moved in from
-another folder gets no close event; network filesystems drop events).
+watchdog's observer for this host (platform.folder_observer); the periodic rescan is a true
+fallback, whatever the events said: a unit it finds unchanged since its previous pass is no longer
+"open for writing" (a file moved in from another folder gets no close event; network filesystems
+drop events).
+
+Only inotify reports a file closed after writing. With any other observer (FSEvents on macOS,
+ReadDirectoryChangesW on Windows, polling) a write is a change like any other, and completion is
+the size and mtime unchanged for the settle period, checked on every pass of the main loop: a file
+still being written keeps changing and is never reported; a writer that stops writing for longer
+than the settle period without closing is indistinguishable from a finished one there.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import platform
 from ..defaults import DEFAULT_PATTERNS
 from ..fs.checkpoint_files import is_regular, is_temp, signature
 from . import layouts
@@ -227,11 +235,15 @@ class CompletionTracker:
 
 
 class _Events:
-    """What an inotify event means for the tracker (made a watchdog handler by ``_event_handler``)."""
+    """What an event means for the tracker (made a watchdog handler by ``event_handler``).
 
-    def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker) -> None:
+    ``closes``: the observer reports a file closed after writing (inotify), so a write marks its
+    file open until then; otherwise a write only restarts the settle period."""
+
+    def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker, closes: bool = True) -> None:
         self.finder = finder
         self.tracker = tracker
+        self.closes = closes
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         kind = event.event_type
@@ -251,7 +263,7 @@ class _Events:
             self.tracker.forget(unit.path)
         elif kind == "closed":
             self.tracker.touched(unit, closed=src)
-        elif kind == "modified" and not event.is_directory:
+        elif kind == "modified" and not event.is_directory and self.closes:
             self.tracker.touched(unit, writing=src)
         # "created" alone is not "open for writing": a file moved in from another folder arrives as
         # a create with no close to follow. A real writer's first write is a "modified" anyway.
@@ -259,32 +271,40 @@ class _Events:
             self.tracker.touched(unit)
 
 
-def _event_handler(finder: CheckpointFinder, tracker: CompletionTracker) -> _Events:
+def event_handler(finder: CheckpointFinder, tracker: CompletionTracker, closes: bool) -> _Events:
     from watchdog.events import FileSystemEventHandler
 
     class Handler(_Events, FileSystemEventHandler):
         pass
 
-    return Handler(finder, tracker)
+    return Handler(finder, tracker, closes)
 
 
 class FolderWatcher:
-    """inotify events (watchdog) feeding a CompletionTracker; call ``rescan`` periodically too."""
+    """Events (watchdog: the native observer of this host, else polling) feeding a
+    CompletionTracker; call ``rescan`` periodically too."""
 
     def __init__(self, finder: CheckpointFinder, tracker: CompletionTracker) -> None:
-        from watchdog.observers import Observer
-
         self.finder = finder
         self.tracker = tracker
-        self._observer = Observer()
-        self._observer.schedule(_event_handler(finder, tracker), str(finder.root), recursive=True)
+        observer, self.reports_close = platform.folder_observer()
+        self.observer = observer()
+        self.observer.schedule(event_handler(finder, tracker, self.reports_close), str(finder.root), recursive=True)
 
     def start(self) -> None:
-        self._observer.start()
+        try:
+            self.observer.start()
+        except OSError as err:  # the native observer cannot watch this folder (inotify's watch limit, say)
+            log.warning("cannot watch %s for changes (%s): polling it instead", self.finder.root, err)
+            self.reports_close = False
+            self.observer = platform.polling_observer()()
+            handler = event_handler(self.finder, self.tracker, False)
+            self.observer.schedule(handler, str(self.finder.root), recursive=True)
+            self.observer.start()
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=10)
+        self.observer.stop()
+        self.observer.join(timeout=10)
 
     def rescan(self) -> list[Unit]:
         units = self.finder.scan()

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from .. import platform
 from ..fs.atomic import atomic_write_json, fsync_dir
 from .naming import BEST_METADATA
 
@@ -101,8 +102,8 @@ def _swap_in(new: Path, final: Path) -> None:
     old = final.parent / f".{final.name}.{secrets.token_hex(4)}.old"
     had_old = final.exists()
     if had_old:
-        os.replace(final, old)
-    os.replace(new, final)
+        platform.replace(final, old)
+    platform.replace(new, final)
     fsync_dir(final.parent)
     if had_old:
         shutil.rmtree(old, ignore_errors=True)
@@ -115,7 +116,7 @@ def heal_best_dir(best_dir: Path) -> None:
         return
     olds = sorted(parent.glob(f".{best_dir.name}.*.old"), key=lambda p: p.stat().st_mtime_ns)
     if not best_dir.exists() and olds:
-        os.replace(olds[-1], best_dir)
+        platform.replace(olds[-1], best_dir)
         log.warning("[REPAIR] restored %s from an interrupted best-model swap", best_dir)
         olds = olds[:-1]
     for p in [*olds, *parent.glob(f".{best_dir.name}.*.tmp")]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 import torch
 import torch.distributed as dist
 
+from .. import platform
 from ..format.ordering import Position, oldest_first
 from ..fs.atomic import fsync_dir
 
@@ -329,7 +330,7 @@ def save_sharded(parts: ManagerParts, ranks: RankGroup, state: dict[str, Any], n
 def _rename(tmp: Path, final: Path) -> None:
     if final.exists():  # the same step saved again (a resumed run repeating it): the new one wins
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    platform.replace(tmp, final)
     fsync_dir(final.parent)
 
 

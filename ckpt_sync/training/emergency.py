@@ -25,20 +25,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from .. import platform
 from ..fs.atomic import atomic_write_bytes
 
 log = logging.getLogger("ckpt_sync.training")
 
 
-def default_signals() -> tuple[signal.Signals, ...]:
-    sigs = [signal.SIGINT, signal.SIGTERM]
-    if hasattr(signal, "SIGBREAK"):  # Windows console Ctrl-Break
-        sigs.append(signal.SIGBREAK)
-    return tuple(sigs)
+def default_signals() -> tuple[int, ...]:
+    """SIGINT, SIGTERM, and SIGBREAK (Windows console Ctrl-Break) where it exists."""
+    return platform.stop_signals()
 
 
 class EmergencySignals:
-    def __init__(self, signals: tuple[signal.Signals, ...] | None = None, *, pid_file: str | os.PathLike | None = None):
+    def __init__(self, signals: tuple[int, ...] | None = None, *, pid_file: str | os.PathLike | None = None):
         self.signals = default_signals() if signals is None else signals
         self.pid_file = Path(pid_file) if pid_file else None
         self.requested: int | None = None
@@ -62,10 +61,10 @@ class EmergencySignals:
         if self.requested is not None:
             # Second signal: the user means it. Give the signal back to whoever handled it before us.
             self.uninstall(keep_pid_file=True)
-            os.kill(os.getpid(), signum)
+            signal.raise_signal(signum)
             return
         self.requested = signum
-        name = signal.Signals(signum).name
+        name = platform.signal_name(signum)
         # os.write, not print: print from a handler can hit a reentrant-I/O error mid-print.
         os.write(2, f"\n[EMERGENCY] {name} received; saving a checkpoint at the next safe point\n".encode())
 
@@ -81,7 +80,7 @@ class EmergencySignals:
 
         def hold(signum: int, _frame: FrameType | None) -> None:
             if self.again is None:
-                name = signal.Signals(signum).name
+                name = platform.signal_name(signum)
                 os.write(2, f"[EMERGENCY] {name} again: finishing the emergency checkpoint, then exiting\n".encode())
             self.again = signum
 

@@ -21,13 +21,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
 
+from .. import platform
 from ..errors import (
     Cancelled,
     CkptSyncError,
@@ -39,7 +40,7 @@ from ..errors import (
     UsageError,
 )
 from ..format.lookup import latest_candidates
-from ..format.manifest import BEST, RESUMABLE
+from ..format.manifest import BEST, RESUMABLE, Manifest
 from ..format.manifest import MODEL_ONLY as MODEL_ONLY_ROLE
 from ..format.selection import Selection, select
 from ..fs.atomic import atomic_open, fsync_dir, temp_path_for, write_keeping_errors
@@ -221,8 +222,15 @@ class CheckpointManager:
         self._warned_sharded_best = False
         self._ranks = RankGroup.resolve(process_group)
         self._sharded = self._ranks is not None and has_sharded_state(unwrap(model))
-        if sync.direct and (sync.repo is None or not self._sharded):
-            raise UsageError("direct=True writes sharded (DTensor/FSDP) state straight into repo=: give both")
+        if sync.direct and sync.repo is None:
+            raise UsageError("direct=True saves checkpoints straight into repo=: give it")
+        # Single-process (or replicated) state saved straight into the repository: no local copy of
+        # full checkpoints (direct_save.py); sharded state goes through DCP's Writer instead.
+        self._direct = sync.direct and not self._sharded
+        if self._direct and self._codec:
+            raise UsageError("direct=True saves torch.save bytes straight into the repository: leave compression off")
+        self._direct_repo: Any = None
+        self._direct_ids: set[str] = set()
         if self._ranks is not None:
             self.session_id = self._ranks.broadcast(self.session_id)  # one name per checkpoint, all ranks
             if self._sharded and self._writer is not None:
@@ -244,7 +252,8 @@ class CheckpointManager:
                 self.directory,
             )
         coordinator = self._ranks is None or self._ranks.is_coordinator  # the one rank that uploads
-        if handoff is None and sync.repo is not None and coordinator and not sync.direct:
+        # With direct=True the hand-off still takes the best model, and any save the store refused.
+        if handoff is None and sync.repo is not None and coordinator and not (sync.direct and self._sharded):
             handoff = make_handoff(
                 sync.repo,
                 directory=self.directory,
@@ -357,11 +366,7 @@ class CheckpointManager:
             path = self._save(global_step, epoch, loss, extra, checkpoint=True, best=False, force=True, signum=signum)
             if self._ranks is not None:
                 self._ranks.barrier()  # no rank exits before the checkpoint is on disk
-        name = f"signal {signum}"
-        with contextlib.suppress(ValueError):
-            import signal as _signal
-
-            name = _signal.Signals(signum).name
+        name = platform.signal_name(signum)
         msg = f"{name} received: emergency checkpoint {path} written at step {global_step} (epoch {epoch})"
         if self.emergency.on_signal == "exit" or signals.again is not None:  # one line says it all: [EXIT] below
             code = 128 + signum if self.emergency.exit_code is None else self.emergency.exit_code
@@ -511,6 +516,9 @@ class CheckpointManager:
     def _write_checkpoint(
         self, content: dict[str, Any], path: Path, kind: str, step: int, epoch: int, sync_meta: dict[str, Any]
     ) -> None:
+        if self._direct and kind == FULL and "emergency" not in content and self._save_direct(content, path, sync_meta):
+            return
+
         def save(f: IO[bytes]) -> None:
             write_keeping_errors(f, lambda out: torch.save(content, out))
 
@@ -551,6 +559,54 @@ class CheckpointManager:
                 self._rotate(self._backup_dir)
             self._rotate(self.directory)
             self._write_session(step, epoch)
+
+    def _save_direct(self, content: dict[str, Any], path: Path, sync_meta: dict[str, Any]) -> bool:
+        """Save a full checkpoint straight into the repository (no local file), then apply remote
+        retention to this run's checkpoints. False when the store could not take it: the caller then
+        saves it locally, and the hand-off uploads it once the store is back (an emergency save is
+        always written locally first: it must not wait on a network)."""
+        from ..api import open_repository
+        from ..transfer.direct_save import CheckpointWriter
+
+        sync = self.remote_sync
+        try:
+            if self._direct_repo is None:
+                self._direct_repo = open_repository(sync.repo, key_file=sync.key_file, create=True)
+            meta = {**sync_meta, "checkpoint_kind": FULL}
+            with CheckpointWriter(self._direct_repo, path.name, metadata=meta) as stream:
+                write_keeping_errors(stream, lambda out: torch.save(content, out))
+        except (CkptSyncError, OSError) as err:
+            log.warning(
+                "[SYNC] cannot save %s straight into %s (%s); saving it locally and queueing it",
+                path.name,
+                sync.repo,
+                err,
+            )
+            return False
+        assert stream.manifest is not None
+        log.info("[SAVE] Checkpoint saved into %s: %s (%s)", sync.repo, path.name, stream.manifest.id)
+        self._direct_ids.add(stream.manifest.id)
+        self._prune_direct()
+        with self._lock:
+            self._write_session(int(sync_meta["global_step"]), int(sync_meta["epoch"]))
+        return True
+
+    def _prune_direct(self) -> None:
+        """Remote retention over this run's direct saves, as a watch applies ``--keep`` to its run."""
+        from ..transfer.prune import prune
+        from ..transfer.retention import RunScope, fifo_with_tags
+
+        sync = self.remote_sync
+        keep = self.local_retention.max_keep if sync.remote_keep is None else sync.remote_keep
+        policy = sync.remote_retention or (fifo_with_tags(keep) if keep else None)
+        if policy is None:
+            return
+        try:
+            report = prune(self._direct_repo, policy, scope=RunScope(frozenset(self._direct_ids)))
+        except CkptSyncError as err:
+            log.warning("[SYNC] remote retention in %s skipped: %s", sync.repo, err)
+            return
+        self._direct_ids -= set(report.removed)
 
     def _write_best(self, state_dict: dict[str, Any] | None, meta: dict[str, Any], sync_meta: dict[str, Any]) -> None:
         model = unwrap(self.model)
@@ -760,7 +816,7 @@ class CheckpointManager:
             except OperationFailed as err:
                 log.info("[SYNC] nothing to resume from in %s (%s)", repo.url, err)
                 candidates = []
-            for m in candidates:
+            for m in _until_exhausted(candidates, repo.url):
                 local = self.directory / m.name
                 if local.exists():  # a damaged local copy: keep it for inspection, take the committed one
                     quarantine(local, self.directory, f"replaced by the committed copy {m.id} from {repo.url}")
@@ -782,7 +838,7 @@ class CheckpointManager:
                     tmp = self.best_dir.parent / f".{self.best_dir.name}.{secrets.token_hex(4)}.tmp"
                     try:
                         api.pull(to=tmp, repo=repo, checkpoint=best.id)  # a folder lands as tmp/<name>/
-                        os.replace(tmp / best.name, self.best_dir)
+                        platform.replace(tmp / best.name, self.best_dir)
                     except CkptSyncError as err:
                         log.warning("[WARN] could not restore the best model from %s: %s", repo.url, err)
                     finally:
@@ -852,3 +908,12 @@ class CheckpointManager:
 
 def _finite(x: float | None) -> float | None:
     return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _until_exhausted(candidates: Iterable[Manifest], url: str) -> Iterator[Manifest]:
+    """The candidates ``latest_candidates`` yields; the end of them (every one damaged) is logged,
+    not raised: recovery then starts fresh as it would from an empty repository."""
+    try:
+        yield from candidates
+    except OperationFailed as err:
+        log.info("[SYNC] nothing to resume from in %s (%s)", url, err)

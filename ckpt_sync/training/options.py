@@ -117,7 +117,9 @@ class RemoteSync:
 
     ``remote_keep`` prunes the repository to that many newest checkpoints (plus ``best``) after each
     upload: None follows the local ``max_keep``, 0 never prunes; ``remote_retention`` replaces the
-    count. ``direct=True`` writes sharded (DTensor/FSDP) state straight into ``repo``.
+    count. ``direct=True`` saves full checkpoints straight into ``repo`` with no local copy (sharded
+    DTensor/FSDP state through DCP's Writer, other state through ``ckpt_sync.save``'s stream); a
+    save the store cannot take is written locally and queued instead.
     """
 
     KEYWORDS: ClassVar[dict[str, str]] = {

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import platform
 from ..errors import UsageError
 from ..fs.atomic import fsync_dir, is_temp_name
 from .loading import load_checkpoint, plain_file
@@ -169,7 +170,7 @@ def quarantine(path: Path, directory: str | os.PathLike[str], reason: str) -> Pa
     while dest.exists():
         dest = qdir / f"{path.name}.{n}"
         n += 1
-    os.replace(path, dest)
+    platform.replace(path, dest)
     (qdir / f"{dest.name}.reason.txt").write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {reason}\n")
     fsync_dir(qdir)
     fsync_dir(path.parent)

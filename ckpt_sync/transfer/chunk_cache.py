@@ -9,8 +9,8 @@ is read from the store about once (opt-in: ``pull --chunk-cache DIR``, ``chunk_c
   pull slower, never wrong.
 - **Concurrent processes.** Entries are written to a temp name and renamed into place
   (fs/atomic.py), so a reader sees a whole entry or none. A process about to fetch a chunk holds
-  that chunk's lock file (``flock``; where the platform has none, processes may fetch a chunk
-  twice, which costs only traffic); one that waited finds the entry there and reads it instead.
+  that chunk's lock file (``platform.try_lock``; where none can be taken, processes may fetch a
+  chunk twice, which costs only traffic); one that waited finds the entry there and reads it.
 - **Bounded.** After an entry is added, when the folder may have grown past ``max_bytes``, the
   least recently used entries (a use touches an entry's mtime) are removed until it holds at most
   90% of that, whatever repository they belong to; so are temp files and lock files that crashed
@@ -32,16 +32,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import IntegrityError, UsageError
+from .. import platform
+from ..errors import CkptSyncError, IntegrityError, UsageError
 from ..format.layout import chunk_key
 from ..format.manifest import ChunkRef
 from ..format.repository import Repository
 from ..fs.atomic import abandoned, atomic_write_bytes
-
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; concurrent processes may fetch a chunk twice
-    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("ckpt_sync.pull")
 
@@ -144,21 +140,25 @@ class ChunkCache:
 
     @contextlib.contextmanager
     def _fetching(self, path: Path) -> Iterator[None]:
-        """Hold this chunk's lock file while fetching it: the other processes wanting it wait, then
-        find it in the cache."""
-        if fcntl is None:
-            yield
-            return
+        """Hold this chunk's lock file while fetching it: the other processes (and threads) wanting
+        it wait, then find it in the cache. Without a lock (none can be made here) it goes on: two
+        may then fetch the same chunk, which costs only traffic."""
         lock = path.with_name(f".{path.name}.lock")
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | platform.BINARY, 0o600)
         except OSError as err:
             log.debug("chunk cache: no lock for %s: %s", path, err)
             yield
             return
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            wait = 0.002
+            while not platform.try_lock(fd):  # the holder is fetching this chunk: a store read's time
+                time.sleep(wait)
+                wait = min(2 * wait, 0.05)
+        except CkptSyncError as err:  # no file locks on this platform
+            log.debug("chunk cache: no lock for %s: %s", path, err)
+        try:
             yield
         finally:
             os.close(fd)  # releases the lock
@@ -169,7 +169,7 @@ class ChunkCache:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(path, token, durable=False)  # checked on every use: no fsync needed
-        except OSError as err:
+        except (OSError, CkptSyncError) as err:  # a full disk, a name held open elsewhere (Windows)
             log.debug("chunk cache: cannot add %s: %s", path, err)
             return
         with self._lock:

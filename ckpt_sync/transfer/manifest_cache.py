@@ -21,6 +21,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from .. import platform
 from ..fs.atomic import abandoned, is_temp_name, temp_path
 from ..providers.base import ObjectInfo
 
@@ -50,7 +51,7 @@ class ManifestCache:
             final = self.folder / self._name(manifest_id, info)
             tmp = temp_path(final)  # no fsync: a copy lost in a crash is fetched again
             tmp.write_bytes(token)
-            os.replace(tmp, final)
+            platform.replace(tmp, final)
         except OSError:
             return
 
@@ -64,7 +65,10 @@ class ManifestCache:
             names = os.listdir(self.folder)
         except OSError:
             return
+        current = {self._name(mid, info) for mid, info in listed.items()}
         for name in names:
+            if name in current:
+                continue
             path = self.folder / name
             if is_temp_name(name):  # another process's write in progress, unless abandoned
                 if abandoned(path, 600.0):

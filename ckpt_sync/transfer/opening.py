@@ -24,12 +24,17 @@ from ..locations import cache_home, default_key_file
 from ..providers import RetryPolicy, open_provider
 from . import seen
 from .manifest_cache import ManifestCache
+from .manifest_index import ManifestIndex, index_name
 
 
 def with_host_state(repo: Repository) -> Repository:
-    """``repo`` using this host's manifest copies and its record of the newest checkpoint seen."""
+    """``repo`` using this host's manifest copies, its index of them and its record of the newest
+    checkpoint seen."""
+    folder = cache_home() / repo.id
     repo.use_host_state(
-        ManifestCache(cache_home() / repo.id / "manifests"), lambda manifest: seen.remember(repo.id, manifest)
+        ManifestCache(folder / "manifests"),
+        lambda manifest: seen.remember(repo.id, manifest),
+        ManifestIndex(folder / index_name(repo.keys), repo.host_key("manifest index")),
     )
     return repo
 

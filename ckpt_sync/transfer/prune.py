@@ -132,7 +132,7 @@ def _drop_manifests(
             log.info("removed superseded manifest %s", mid)
     # An unreadable or foreign manifest is not this repository's checkpoint: it takes no slot and
     # is never deleted by retention (only by --remove-damaged).
-    manifests = {m.id: m for m in repo.manifests(lambda mid, _err: report.damaged.append(mid))}
+    manifests = {m.id: m for m in repo.summaries(lambda mid, _err: report.damaged.append(mid))}
     if not manifests:
         return
     counted = scope.members(manifests.values()) if scope is not None else set(manifests)
@@ -142,7 +142,7 @@ def _drop_manifests(
     stored = {cid: info.size for cid, info in chunks.items()}
     ordered = newest(manifests.values())
     for m in [m for m in ordered if m.role == RESUMABLE] or ordered:
-        if all(repo.format.size_ok(r.size, stored.get(r.id)) for f in m.files for r in f.chunks):
+        if all(repo.format.size_ok(size, stored.get(cid)) for cid, size in m.chunks):
             doomed.discard(m.id)
             break
     report.kept = [m.id for m in ordered if m.id not in doomed]

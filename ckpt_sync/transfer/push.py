@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .. import platform
 from ..buffers import BufferPool
 from ..errors import Cancelled, OperationFailed, UsageError
 from ..format.checkpoint_content import file_content, folder_content
@@ -103,7 +104,7 @@ def push_file(
                 raise Cancelled("push cancelled; nothing was committed")
             buf = inputs.acquire()
             view = memoryview(buf)[:length]
-            if os.preadv(fd, [view], off) != length:
+            if platform.pread_into(fd, view, off) != length:
                 raise OperationFailed(f"{path} shrank while it was being read")
             sha.update(view)  # sequential whole-file hash; hashlib releases the GIL
             stats.bytes_read += length
@@ -252,11 +253,11 @@ def commit_checked(
     )
     with acquire_push_lock(repo.provider, cancel=cancel):
         refs = [c for f in committed.files for c in f.chunks]
-        missing = repo.missing_chunks(refs)
+        missing = repo.missing_chunks(refs, fresh=True)
         if missing and reupload is not None:
             log.warning("%s: %d chunk(s) were removed meanwhile; uploading them again", committed.name, len(missing))
             reupload()
-            missing = repo.missing_chunks(refs)
+            missing = repo.missing_chunks(refs, fresh=True)
         if missing:
             raise OperationFailed(
                 f"checkpoint {committed.name} ({committed.id}) lost {len(missing)} chunk(s) to a prune that ran "

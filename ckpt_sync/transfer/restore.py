@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import platform
 from ..buffers import BufferPool
 from ..errors import (
     Cancelled,
@@ -41,7 +42,7 @@ from ..format.contents import file_entry, select_files
 from ..format.file_digest import FileHasher, file_matches
 from ..format.lookup import find_manifest, latest_candidates
 from ..format.manifest import ChunkRef, FileEntry, Manifest
-from ..format.paths import safe_relative_path
+from ..format.paths import case_collisions, safe_relative_path, windows_path_problem
 from ..format.repository import Repository
 from ..format.selection import Selection
 from ..fs.atomic import abandoned, fsync_dir, temp_path
@@ -190,6 +191,7 @@ def restore(
         safe_relative_path(f.path)
     if manifest.kind == "dir":
         safe_relative_path(manifest.name)
+    check_names_fit(dest, [f"{manifest.name}/{f.path}" if manifest.kind == "dir" else f.path for f in manifest.files])
     prepare_target(dest)
     root = dest / manifest.name if manifest.kind == "dir" else dest
     # The source's mtime, so a `watch` on this folder sees the version it already committed.
@@ -251,7 +253,7 @@ def restore(
         else:  # one file, or a partial restore of a folder: each file renamed into place
             finals_made = [(tmp, _destination(dest, rel)) for tmp, rel in written]
             for tmp, final in finals_made:
-                os.replace(tmp, final)
+                platform.replace(tmp, final)
             for parent in {final.parent for _, final in finals_made}:
                 fsync_dir(parent)
             if build != dest:
@@ -325,10 +327,10 @@ def _write_file(
 ) -> None:
     """Fetch, verify and write one file at ``tmp``: fsynced, with the source's mode bits (never
     wider; the umask applies where the manifest has none) and modification time."""
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.BINARY, 0o600)
     try:
         if entry.size:
-            os.posix_fallocate(fd, 0, entry.size)  # a full disk shows here, before any download
+            platform.preallocate(fd, entry.size)  # a full disk shows here, before any download
         direct = entry.size >= DIRECT_MIN  # a small file is cheaper through the cache
         with (
             SequentialWriter(fd, direct=direct, staging=min(1 << 20, entry.size), background=True) as writer,
@@ -341,13 +343,13 @@ def _write_file(
             )
             writer.finish()
         if entry.mode is not None:
-            os.fchmod(fd, entry.mode & 0o777)
+            platform.set_mode(fd, tmp, entry.mode & 0o777)
         else:
             umask = os.umask(0)
             os.umask(umask)
-            os.fchmod(fd, DEFAULT_MODE & ~umask)
+            platform.set_mode(fd, tmp, DEFAULT_MODE & ~umask)
         if mtime_ns is not None:
-            os.utime(fd, ns=(mtime_ns, mtime_ns))
+            platform.set_mtime(fd, tmp, mtime_ns)
         os.fsync(fd)  # what the flusher has not already pushed to the disk
     finally:
         os.close(fd)
@@ -386,12 +388,48 @@ def _replace_folder(build: Path, root: Path) -> None:
 
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
-        os.link(src, dst)
+        linked = platform.hard_link(src, dst)
     except OSError:
+        linked = False
+    if not linked:
         shutil.copy2(src, dst)
 
 
 _CANNOT_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR)
+
+
+def check_names_fit(dest: Path, paths: list[str]) -> None:
+    """Refuse, before anything is written (LocalTargetError, naming the file), paths that this host's
+    file system cannot hold as they are: names Windows reserves or refuses, when restoring on
+    Windows; two paths that differ only in case, where ``dest``'s file system folds case (Windows,
+    macOS by default) and one would silently overwrite the other."""
+    if platform.refuses_windows_names():
+        for path in paths:
+            problem = windows_path_problem(path)
+            if problem:
+                raise LocalTargetError(
+                    f"cannot restore {path!r} here: {problem}; pull it on another system, "
+                    "or rename it where it was saved and push it again"
+                )
+    pairs = case_collisions(paths)
+    if pairs and _folds_case(dest):
+        first, second = pairs[0]
+        raise LocalTargetError(
+            f"cannot restore {second!r} into {dest}: it differs from {first!r} only in case, and this file "
+            "system does not tell them apart (one would overwrite the other); pull to a case-sensitive folder"
+        )
+
+
+def _folds_case(dest: Path) -> bool:
+    """Whether the file system ``dest`` is (or will be) on folds case: probed in its nearest
+    existing folder, with a temp name (removed again)."""
+    folder = dest
+    while not folder.is_dir() and folder.parent != folder:
+        folder = folder.parent
+    try:
+        return platform.case_insensitive(temp_path(folder / "case-probe"))
+    except OSError:
+        return False  # cannot write there: the restore says so itself, in its own words
 
 
 def prepare_target(dest: Path) -> None:
@@ -404,7 +442,7 @@ def prepare_target(dest: Path) -> None:
         raise UsageError(f"cannot create the target folder {dest}: {err.strerror} (choose another --to)") from None
     probe = temp_path(dest / "probe")  # permission bits do not tell root (or RO mounts)
     try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | platform.BINARY, 0o600))
         probe.unlink()
     except OSError as err:
         raise UsageError(f"cannot write into {dest}: {err.strerror} (choose another --to)") from None
@@ -426,7 +464,7 @@ class _Flusher:
             self._since += n
             if self._since >= self.every and (not self._flushes or self._flushes[-1].done()):
                 self._since = 0
-                self._flushes.append(self._pool.submit(os.fdatasync, self.fd))
+                self._flushes.append(self._pool.submit(platform.datasync, self.fd))
             if progress:
                 progress(n)
 
@@ -507,7 +545,9 @@ def pull(
     candidates = latest_candidates(
         repo, selection, accept=accept, allow_older=allow_older, any_role_if_none=any_role_if_none, warn=warn
     )
+    tried = 0
     for m in candidates:
+        tried += 1
         try:
             m = select_files(m, include, exclude)
             if on_start:
@@ -530,9 +570,7 @@ def pull(
         except CkptSyncError as err:  # anything about this one checkpoint: damaged, missing, unrestorable
             if warn:
                 warn(f"checkpoint {m.name} ({m.id}) is damaged ({err}); falling back to the previous one")
-    raise OperationFailed(
-        f"no valid checkpoint in {repo.url}: all {len(candidates)} {selection.describe()}(s) are damaged"
-    )
+    raise OperationFailed(f"no valid checkpoint in {repo.url}: all {tried} {selection.describe()}(s) tried are damaged")
 
 
 def _pulled(repo: Repository, m: Manifest, stats: TransferStats) -> TransferStats:

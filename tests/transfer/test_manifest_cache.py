@@ -39,7 +39,8 @@ def _ls_ids(cli, repo_url: str) -> tuple[list[str], str]:
 
 
 def _cache_entries(home: Path) -> list[Path]:
-    return [p for p in (home / ".cache" / "ckpt-sync").rglob("*") if p.is_file()]
+    """The manifest copies (not the index of summaries beside them: test_manifest_index.py)."""
+    return [p for p in (home / ".cache" / "ckpt-sync").glob("*/manifests/*") if p.is_file()]
 
 
 def test_a_host_reads_each_manifest_from_the_store_once(tmp_path, key, repo_url, cli):
