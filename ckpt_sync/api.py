@@ -24,6 +24,7 @@ from .format.repository import Repository
 from .format.selection import Selection
 from .providers import RetryPolicy
 from .service.settings import StoreAccess, resolve_store
+from .transfer.chunk_cache import ChunkCache
 from .transfer.opening import Initialised, init_at, open_at, repair_config_at
 from .transfer.push import push_path
 from .transfer.restore import pull as _pull
@@ -170,6 +171,7 @@ def pull(
     before_step: int | None = None,
     allow_older: bool = False,
     overwrite: bool = False,
+    chunk_cache: str | os.PathLike[str] | ChunkCache | None = None,
 ) -> Manifest:
     """Restore ``checkpoint`` (id or name), or else the newest valid checkpoint by training position
     that the filters match (the CLI's ``pull --latest`` options: ``role`` resumable by default, or
@@ -179,6 +181,11 @@ def pull(
     UsageError unless ``overwrite``; identical ones are skipped.
 
     ``include``/``exclude`` globs (on paths inside the checkpoint) restore only part of it.
+
+    ``chunk_cache``: a folder (or a ``ChunkCache``, for another size bound than its default 16 GiB)
+    shared by the processes of this host that pull from the same repositories: each chunk is read
+    from the store once and kept there encrypted, checked again on every use
+    (transfer/chunk_cache.py).
     """
     selection = Selection(role or RESUMABLE, tag, session, host, name, step, before_step)
     access = resolve_store(None if isinstance(repo, Repository) else repo, key_file=key_file)
@@ -194,6 +201,7 @@ def pull(
         allow_older=allow_older,
         any_role_if_none=role is None,
         overwrite=overwrite,
+        chunk_cache=chunk_cache if isinstance(chunk_cache, ChunkCache | None) else ChunkCache(chunk_cache),
     )[0]
 
 

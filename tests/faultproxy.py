@@ -12,7 +12,9 @@ draws that request's fate:
   ``stall_seconds=None``, until the client gives up (its read timeout) or the proxy stops.
 
 ``down_after_bytes`` turns the store off for good once that many request bytes went through:
-every open and new connection is reset from then on. ``counts`` records what happened.
+every open and new connection is reset from then on. ``counts`` records what happened;
+``bytes_up`` and ``bytes_down`` count what went through to the server and back (with no faults,
+a byte meter of a client's traffic with the store).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class FaultProxy:
         self.down_after_bytes = down_after_bytes
         self.counts: Counter[str] = Counter()
         self.bytes_up = 0
+        self.bytes_down = 0
         self.down = False
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
@@ -175,5 +178,7 @@ class FaultProxy:
                             _reset(client, upstream)
                             return
                         answered = True
+                        with self._lock:
+                            self.bytes_down += len(data)
                         client.sendall(data)
             _reset(client, upstream)

@@ -9,8 +9,9 @@ from typing import Any
 from ..errors import EXIT_OK, UsageError
 from ..format.manifest import Manifest
 from ..format.selection import Selection
+from ..transfer.chunk_cache import DEFAULT_MAX_BYTES, ChunkCache
 from ..transfer.restore import pull
-from ..units import format_bytes
+from ..units import format_bytes, parse_size
 from .common import (
     add_json_option,
     add_repo_option,
@@ -58,6 +59,19 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="restore only files whose path inside the checkpoint matches (repeatable; `ls ID` shows the paths)",
     )
     p.add_argument("--exclude", action="append", default=[], metavar="GLOB", help="skip matching files (repeatable)")
+    p.add_argument(
+        "--chunk-cache",
+        metavar="DIR",
+        help="a chunk cache folder shared by the processes of this host that pull the same checkpoints: each "
+        "chunk is read from the store once, kept encrypted and checked again on every use",
+    )
+    p.add_argument(
+        "--chunk-cache-size",
+        type=parse_size,
+        default=DEFAULT_MAX_BYTES,
+        metavar="SIZE",
+        help="with --chunk-cache: the most it holds; the least recently used chunks go first (default 16GiB)",
+    )
     add_json_option(p, "print the restored checkpoint and transfer counts as JSON")
     add_repo_option(p, "--from")
     add_selection_options(p, None)
@@ -76,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     # With --allow-empty a first run (no repository, or one with no checkpoint yet) is not an error: the
     # repository is created as push/watch would. A wrong key, or checkpoints that exist but all fail to
     # verify, still fail: a job must not silently start from scratch over data it cannot read.
+    cache = ChunkCache(args.chunk_cache, args.chunk_cache_size) if args.chunk_cache else None
     repo = open_repository(args, create=args.allow_empty)
     if args.allow_empty and not repo.manifest_ids():
         if args.json:
@@ -110,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
             on_start=on_start,
             include=args.include,
             exclude=args.exclude,
+            chunk_cache=cache,
         )
     finally:
         if "cm" in bar_ctx:
@@ -119,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         paths = [f.path for f in m.files]
         out = {"restored": True, **manifest_row(m), "to": args.to, "paths": paths, "stats": stats.to_json()}
+        if cache is not None:
+            out["chunk_cache"] = cache.stats.to_json()
         print(json.dumps(out, indent=2))
         return EXIT_OK
     step = f", step {m.global_step}" if m.global_step is not None else ""

@@ -142,21 +142,27 @@ def hold_copy(src: Path, dst: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(final: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
-    """Yield a binary file; on clean exit it replaces ``final`` durably, on error it leaves no trace."""
+def atomic_open(final: str | os.PathLike[str], *, durable: bool = True) -> Iterator[IO[bytes]]:
+    """Yield a binary file; on clean exit it replaces ``final`` durably, on error it leaves no trace.
+
+    ``durable=False`` skips the fsyncs: readers still see the old file or the whole new one, but a
+    crash may leave either, or an empty or partial file under the final name. Only for what is
+    checked on every read anyway (a cache whose entries are authenticated on use)."""
     final = Path(final)
     tmp = temp_path(final)
     try:
         with open(tmp, "xb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         platform.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    fsync_dir(final.parent)
+    if durable:
+        fsync_dir(final.parent)
 
 
 class _KeepsWriteErrors:
@@ -213,8 +219,11 @@ def atomic_write(final: str | os.PathLike[str], write: Callable[[IO[bytes]], Any
     return Path(final)
 
 
-def atomic_write_bytes(final: str | os.PathLike[str], data: bytes) -> Path:
-    return atomic_write(final, lambda f: f.write(data))
+def atomic_write_bytes(final: str | os.PathLike[str], data: Any, *, durable: bool = True) -> Path:
+    """``data`` (bytes or any buffer) as ``final``'s whole content (``durable``: see ``atomic_open``)."""
+    with atomic_open(final, durable=durable) as f:
+        f.write(data)
+    return Path(final)
 
 
 def atomic_write_json(final: str | os.PathLike[str], obj: Any) -> Path:

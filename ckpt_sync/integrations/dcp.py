@@ -10,6 +10,9 @@ killed rank leaves nothing visible; the chunks already sent are reused by the ne
 
 ``dcp.load(state, storage_reader=Reader(repo))`` fetches only the chunks that hold the byte ranges
 the rank's load plan asks for (each authenticated and checked against its id, as every read is).
+In a process group the chunks several ranks need (replicated state) are fetched from the store once
+for the group and shared over it, each checked against its id by every rank that takes it
+(fan_out.py).
 
 The layout is exactly ``FileSystemWriter``'s (``.metadata`` plus ``__<rank>_0.distcp`` files of
 ``torch.save``d items), so ``ckpt-sync pull`` restores a folder that ``FileSystemReader`` loads,
@@ -26,6 +29,7 @@ import io
 import logging
 import os
 import pickle
+import threading
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -67,6 +71,7 @@ from ..format.summary import Summary
 from ..pipeline import default_workers
 from ..transfer.counters import TransferStats
 from ..transfer.push import _manifest, commit_checked
+from .fan_out import DEFAULT_BUDGET, Exchange, FanOutPlan, FanOutStats, RankStamp, plan_fan_out
 
 log = logging.getLogger("ckpt_sync.dcp")
 METADATA_FILE = ".metadata"  # DCP's name (FileSystemWriter), so a pulled folder loads with FileSystemReader
@@ -430,6 +435,15 @@ class Reader(StorageReader):
     In a process group the coordinator resolves ``"latest"`` and the others follow, so all ranks
     load the same checkpoint even while another one is being committed. ``stats`` counts what this
     rank fetched.
+
+    ``fan_out`` (on by default in a process group of more than one rank; ``False`` turns it off):
+    the chunks two or more ranks' load plans need are fetched from the store once for the group —
+    the ranks split them, each fetches its share, and they are exchanged over the process group in
+    rounds of at most ``fan_out_budget`` plaintext bytes. Every rank checks each chunk it receives
+    against its id, and reads from the store any that fails the check or that its owner could not
+    fetch (fan_out.py). ``fan_out_stats`` says what this rank did. The Reader's ``process_group``
+    must be the one ``dcp.load`` is given (both default to the default group); where they differ
+    every rank reads for itself.
     """
 
     def __init__(
@@ -441,6 +455,8 @@ class Reader(StorageReader):
         key_file: str | os.PathLike[str] | None = None,
         workers: int | None = None,
         process_group: Any = None,
+        fan_out: bool | None = None,
+        fan_out_budget: int = DEFAULT_BUDGET,
     ) -> None:
         super().__init__()
         self._repo_arg = repo
@@ -449,6 +465,11 @@ class Reader(StorageReader):
         self.selection = Selection(role)  # UsageError for an unknown role, before anything is read
         self.workers = workers or default_workers()
         self.process_group = process_group
+        if fan_out_budget <= 0:
+            raise UsageError(f"fan_out_budget must be a positive number of bytes, not {fan_out_budget}")
+        self.fan_out = fan_out
+        self.fan_out_budget = fan_out_budget
+        self.fan_out_stats = FanOutStats()
         self.repo: Repository | None = None
         self.manifest: Manifest | None = None
         self.storage_data: dict[MetadataIndex, _StorageInfo] = {}
@@ -464,6 +485,7 @@ class Reader(StorageReader):
         self.storage_data = {}
         self.load_id = str(uuid.uuid4())
         self.stats = TransferStats()
+        self.fan_out_stats = FanOutStats()
 
     def read_metadata(self, *args: Any) -> Metadata:
         if self.repo is None:
@@ -492,34 +514,140 @@ class Reader(StorageReader):
         self.storage_data = metadata.storage_data
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
-        return plan
+        # Who this rank is in the reader's group: the coordinator fans out only when every rank's
+        # stamp matches its place among DCP's plans.
+        grouped = self.fan_out is not False and dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank(self.process_group) if grouped else 0
+        world = dist.get_world_size(self.process_group) if grouped else 1
+        return dataclasses.replace(plan, storage_data=RankStamp(rank, world, grouped and world > 1))
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
-        return plans
+        schedule = self._fan_out_plan(plans)
+        return [dataclasses.replace(plan, storage_data=schedule) for plan in plans]
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
-        """Fetch only the chunks under the items of this rank's plan, in file order, each chunk once."""
+        """Fetch only the chunks under the items of this rank's plan, in file order, each chunk once;
+        with a fan-out schedule, the shared ones through the group's rounds."""
         reqs = sorted(plan.items, key=lambda r: self._where(r)[::-1])
-        for req in reqs:
-            info = self.storage_data[req.storage_index]
-            if info.transform_descriptors:
-                raise UsageError(f"DCP stream transforms {info.transform_descriptors} are not supported")
-            data = self._read_range(self._file(info.relative_path), info.offset, info.length)
-            if req.type == LoadItemType.BYTE_IO:
-                planner.load_bytes(req, io.BytesIO(data))
-                continue
-            tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-            del data
-            tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
-            target = planner.resolve_tensor(req).detach()
-            if target.size() != tensor.size():
-                raise IntegrityError(f"{req.storage_index}: size {tuple(tensor.size())} != {tuple(target.size())}")
-            target.copy_(tensor)
-            planner.commit_tensor(req, target)
+        if isinstance(plan.storage_data, FanOutPlan):
+            self._read_fanned_out(reqs, planner, plan.storage_data)
+        else:
+            for req in reqs:
+                self._load_item(req, planner)
         self.stats.finish()
         fut: Future[None] = Future()
         fut.set_result(None)
         return fut
+
+    def _load_item(self, req: ReadItem, planner: LoadPlanner, have: dict[str, Any] | None = None) -> None:
+        info = self.storage_data[req.storage_index]
+        if info.transform_descriptors:
+            raise UsageError(f"DCP stream transforms {info.transform_descriptors} are not supported")
+        data = self._read_range(self._file(info.relative_path), info.offset, info.length, have)
+        if req.type == LoadItemType.BYTE_IO:
+            planner.load_bytes(req, io.BytesIO(data))
+            return
+        tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        del data
+        tensor = narrow_tensor_by_index(tensor, req.storage_offsets, req.lengths)
+        target = planner.resolve_tensor(req).detach()
+        if target.size() != tensor.size():
+            raise IntegrityError(f"{req.storage_index}: size {tuple(tensor.size())} != {tuple(target.size())}")
+        target.copy_(tensor)
+        planner.commit_tensor(req, target)
+
+    def _chunks_of(self, req: ReadItem) -> dict[str, tuple[tuple[str, int], ChunkRef]]:
+        """The chunks an item reads: id -> ((file, index), ref). Empty where the metadata points
+        outside the file (the read itself raises then)."""
+        info = self.storage_data.get(req.storage_index)
+        f = self._files.get(info.relative_path) if info is not None else None
+        if info is None or f is None:
+            return {}
+        try:
+            covering = f.covering(info.offset, info.length)
+        except ValueError:
+            return {}
+        return {f.chunk(i).id: ((info.relative_path, i), f.chunk(i)) for i in covering}
+
+    def _fan_out_plan(self, plans: list[LoadPlan]) -> FanOutPlan | None:
+        """The coordinator's schedule, when every rank takes part and something is shared."""
+        world = len(plans)
+        stamps = [p.storage_data for p in plans]
+        if world < 2 or not all(
+            isinstance(s, RankStamp) and s.enabled and s.rank == i and s.world == world for i, s in enumerate(stamps)
+        ):
+            return None
+        needs: list[dict[str, tuple[tuple[str, int], ChunkRef]]] = []
+        for plan in plans:
+            wanted: dict[str, tuple[tuple[str, int], ChunkRef]] = {}
+            for req in plan.items:
+                for cid, (where, ref) in self._chunks_of(req).items():
+                    if cid not in wanted or where < wanted[cid][0]:
+                        wanted[cid] = (where, ref)
+            needs.append(wanted)
+        return plan_fan_out(needs, self.fan_out_budget)
+
+    def _read_fanned_out(self, reqs: list[ReadItem], planner: LoadPlanner, schedule: FanOutPlan) -> None:
+        """Walk every round of the schedule (all ranks do, in the same order), loading each item as
+        soon as the shared chunks it reads have been through their round; its other chunks come from
+        the store. A shared chunk is kept until the last item that reads it is loaded. An error in
+        loading an item is raised after the last round, so no peer waits on this rank."""
+        assert self.repo is not None
+        repo = self.repo
+        shared = schedule.shared_ids()
+        needs = [set(self._chunks_of(r)) & shared for r in reqs]
+        uses: dict[str, int] = {}
+        for ids in needs:
+            for cid in ids:
+                uses[cid] = uses.get(cid, 0) + 1
+        stats = self.fan_out_stats
+        stats.shared_chunks = len(shared)
+
+        counting = threading.Lock()  # fetches run on the exchange's threads
+
+        def fetch(ref: ChunkRef) -> Any:
+            plain = repo.load_chunk(ref)
+            with counting:
+                self.stats.chunks += 1
+                self.stats.bytes_sent += repo.format.max_token_size(ref.size)
+            return plain
+
+        def matches(ref: ChunkRef, plain: Any) -> bool:
+            return len(plain) == ref.size and repo.chunk_id(plain) == ref.id
+
+        rank = dist.get_rank(self.process_group)
+        have: dict[str, Any] = {}
+        settled: set[str] = set()
+        failure: BaseException | None = None
+        nxt = 0
+
+        def load_ready(everything: bool) -> None:
+            nonlocal nxt, failure
+            while nxt < len(reqs) and (everything or needs[nxt] <= settled):
+                if failure is None:
+                    try:
+                        self._load_item(reqs[nxt], planner, have)
+                    except Exception as err:
+                        failure = err
+                for cid in needs[nxt]:
+                    uses[cid] -= 1
+                    if not uses[cid]:
+                        have.pop(cid, None)
+                nxt += 1
+
+        rounds = schedule.rounds
+        with Exchange(self.process_group, rank, fetch, matches, workers=self.workers, stats=stats) as exchange:
+            share = exchange.start(rounds[0])
+            for k, chunks in enumerate(rounds):
+                following = exchange.start(rounds[k + 1]) if k + 1 < len(rounds) else {}  # overlaps this round
+                wanted = {c.ref.id for c in chunks if uses.get(c.ref.id)}
+                have.update(exchange.run(chunks, wanted, share))
+                share = following
+                settled.update(c.ref.id for c in chunks)
+                load_ready(everything=False)
+        load_ready(everything=True)
+        if failure is not None:
+            raise failure
 
     @property
     def checkpoint_id(self) -> str:
@@ -541,10 +669,11 @@ class Reader(StorageReader):
         except KeyError:
             raise IntegrityError(f"DCP metadata names {path!r}, which is not in the checkpoint") from None
 
-    def _read_range(self, f: ChunkMap, start: int, length: int) -> bytearray:
-        """The plaintext bytes [start, start + length) of the file, from the chunks covering them
-        (fetched in parallel; each authenticated and checked against its id). Requests come in file
-        order, so a chunk shared by several small items is kept for the next ones, not fetched again."""
+    def _read_range(self, f: ChunkMap, start: int, length: int, have: dict[str, Any] | None = None) -> bytearray:
+        """The plaintext bytes [start, start + length) of the file, from the chunks covering them:
+        those in ``have`` (already checked against their id), the others fetched in parallel (each
+        authenticated and checked against its id). Requests come in file order, so a chunk shared by
+        several small items is kept for the next ones, not fetched again."""
         out = bytearray(length)
         try:
             covering = f.covering(start, length)
@@ -562,7 +691,9 @@ class Reader(StorageReader):
 
         todo = []
         for i in covering:
-            if f.chunk(i).id in self._recent:
+            if have is not None and f.chunk(i).id in have:
+                f.copy_overlap(i, have[f.chunk(i).id], out, start)
+            elif f.chunk(i).id in self._recent:
                 f.copy_overlap(i, self._recent[f.chunk(i).id], out, start)
             else:
                 todo.append(i)

@@ -48,6 +48,7 @@ from ..format.selection import Selection
 from ..fs.atomic import abandoned, fsync_dir, temp_path
 from ..fs.direct_io import ALIGN, DIRECT_MIN, SequentialWriter
 from ..pipeline import default_workers, ordered_map
+from .chunk_cache import ChunkCache
 from .counters import TransferStats
 from .seen import remember
 
@@ -89,10 +90,11 @@ def read_verified(
     writer: SequentialWriter | None = None,
     progress: ProgressFn | None = None,
     sink: Callable[[memoryview], object] | None = None,
+    chunk_cache: ChunkCache | None = None,
 ) -> None:
-    """Fetch and verify every chunk of ``entry`` in parallel, writing each in file order to
-    ``writer`` when given, and handing each in file order to ``sink`` when given (a stream); the
-    whole-file hash is checked in order at the end.
+    """Fetch and verify every chunk of ``entry`` in parallel (through ``chunk_cache`` when given),
+    writing each in file order to ``writer`` when given, and handing each in file order to ``sink``
+    when given (a stream); the whole-file hash is checked in order at the end.
 
     Raises IntegrityError (or NotFound) for any chunk or hash mismatch.
     """
@@ -115,6 +117,8 @@ def read_verified(
         buf, scratch = plains.acquire(), tokens.acquire()
         try:
             out = memoryview(buf)[offset % ALIGN :]
+            if chunk_cache is not None:
+                return buf, memoryview(chunk_cache.load_chunk(repo, ref, out=out))
             return buf, memoryview(repo.load_chunk(ref, out=out, scratch=scratch))
         except BaseException:
             plains.release(buf)
@@ -170,6 +174,7 @@ def restore(
     progress: ProgressFn | None = None,
     overwrite: bool = False,
     whole: bool = True,
+    chunk_cache: ChunkCache | None = None,
 ) -> TransferStats:
     """Write the checkpoint under ``dest`` — a file as ``dest/<name>``, a folder as ``dest/<name>/...``
     — with its original modification time; on any failure leave nothing new behind.
@@ -179,7 +184,8 @@ def restore(
     different one — or, for a folder, files the checkpoint does not have — is refused with
     UsageError (exit 2) naming it, unless ``overwrite``: then it is replaced, and the folder ends
     up holding exactly the checkpoint's files (no stale ones from an older copy). ``whole=False``
-    (a partial restore: ``manifest`` is a selection of the files) leaves other files alone."""
+    (a partial restore: ``manifest`` is a selection of the files) leaves other files alone.
+    ``chunk_cache``: chunks come through this host's shared cache (chunk_cache.py)."""
     dest = Path(dest)
     for f in manifest.files:  # validate every path before writing anything
         safe_relative_path(f.path)
@@ -224,7 +230,16 @@ def restore(
                 tmp = _destination(build, entry.path) if build != dest else temp_path(finals[entry.path], "part")
                 written.append((tmp, rels[entry.path]))
                 file_mtime = entry.mtime_ns if entry.mtime_ns is not None else mtime_ns
-                _write_file(repo, pool, entry, tmp, workers=workers, mtime_ns=file_mtime, progress=progress)
+                _write_file(
+                    repo,
+                    pool,
+                    entry,
+                    tmp,
+                    workers=workers,
+                    mtime_ns=file_mtime,
+                    progress=progress,
+                    chunk_cache=chunk_cache,
+                )
                 stats.files += 1
                 stats.chunks += len(entry.chunks)
                 stats.bytes_read += entry.size
@@ -308,6 +323,7 @@ def _write_file(
     workers: int,
     mtime_ns: int | None,
     progress: ProgressFn | None,
+    chunk_cache: ChunkCache | None = None,
 ) -> None:
     """Fetch, verify and write one file at ``tmp``: fsynced, with the source's mode bits (never
     wider; the umask applies where the manifest has none) and modification time."""
@@ -322,7 +338,9 @@ def _write_file(
             contextlib.nullcontext() if writer.direct else _Flusher(fd) as flusher,
         ):
             on_bytes = progress if flusher is None else flusher.wrap(progress)
-            read_verified(repo, pool, entry, window=workers + 2, writer=writer, progress=on_bytes)
+            read_verified(
+                repo, pool, entry, window=workers + 2, writer=writer, progress=on_bytes, chunk_cache=chunk_cache
+            )
             writer.finish()
         if entry.mode is not None:
             platform.set_mode(fd, tmp, entry.mode & 0o777)
@@ -488,6 +506,7 @@ def pull(
     allow_older: bool = False,
     any_role_if_none: bool = False,
     overwrite: bool = False,
+    chunk_cache: ChunkCache | None = None,
 ) -> tuple[Manifest, TransferStats]:
     """Restore one checkpoint: ``selector`` names it; else the newest intact one ``selection`` (by
     default: resumable) and ``accept`` match — lookup.latest_candidates, the one rule of "latest" —
@@ -501,7 +520,7 @@ def pull(
     ``restore`` (``overwrite``).
 
     With ``include``/``exclude`` globs only the matching files are restored (contents.select_files);
-    the manifest returned is then that selection.
+    the manifest returned is then that selection. ``chunk_cache``: see ``restore``.
     """
     whole = not (include or exclude)
     if selector is not None:
@@ -509,7 +528,16 @@ def pull(
         if on_start:
             on_start(m)
         try:
-            stats = restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
+            stats = restore(
+                repo,
+                m,
+                dest,
+                workers=workers,
+                progress=progress,
+                overwrite=overwrite,
+                whole=whole,
+                chunk_cache=chunk_cache,
+            )
             return m, _pulled(repo, m, stats)
         except (IntegrityError, NotFound) as err:
             raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
@@ -524,7 +552,16 @@ def pull(
             m = select_files(m, include, exclude)
             if on_start:
                 on_start(m)
-            stats = restore(repo, m, dest, workers=workers, progress=progress, overwrite=overwrite, whole=whole)
+            stats = restore(
+                repo,
+                m,
+                dest,
+                workers=workers,
+                progress=progress,
+                overwrite=overwrite,
+                whole=whole,
+                chunk_cache=chunk_cache,
+            )
             return m, _pulled(repo, m, stats)
         except _FATAL:
             raise

@@ -7,11 +7,14 @@ between a run and its resumption) or ``fsdp`` (``fully_shard``: sharded state). 
 its own batches and dropout from its own seeded RNG, so a bit-exact resume needs every rank's RNG
 state as well as the weights.
 Each completed step appends ``step loss.hex()`` to ``losses.txt``; when the manager has seen a
-signal on this rank before ``maybe_save``, the step goes to ``signal_seen_at``.
+signal on this rank before ``maybe_save``, the step goes to ``signal_seen_at``. ``width`` sizes the
+hidden layer (a large one makes a large checkpoint). ``result.json`` holds the step the rank
+started at and a digest of its model and optimizer state at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -26,14 +29,39 @@ import torch.distributed as dist
 from ckpt_sync.training import CheckpointManager
 
 
+def state_digest(model: torch.nn.Module, opt: torch.optim.Optimizer) -> str:
+    """A hash of every tensor of the model's and the optimizer's state as this rank holds it (the
+    same on every rank of replicated state)."""
+    h = hashlib.sha256()
+
+    def add(obj) -> None:
+        if isinstance(obj, torch.Tensor):
+            obj = obj.to_local() if hasattr(obj, "to_local") else obj  # a DTensor: this rank's shard
+            h.update(obj.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, dict):
+            for k in sorted(obj, key=str):
+                h.update(str(k).encode())
+                add(obj[k])
+        elif isinstance(obj, list | tuple):
+            for x in obj:
+                add(x)
+        else:
+            h.update(repr(obj).encode())
+
+    add(model.state_dict())
+    add(opt.state_dict())
+    return h.hexdigest()
+
+
 def main() -> None:
     spec = json.loads(sys.argv[1])
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     rank = dist.get_rank()
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    width = spec.get("width", 32)
     model: torch.nn.Module = torch.nn.Sequential(
-        torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(32, 1)
+        torch.nn.Linear(8, width), torch.nn.ReLU(), torch.nn.Dropout(0.2), torch.nn.Linear(width, 1)
     )
     if spec["mode"] == "ddp":
         train_model: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(model)
@@ -90,7 +118,8 @@ def main() -> None:
                 Path("signal_seen_at").write_text(str(step))
             mgr.maybe_save(step, epoch=0, loss=loss)
             time.sleep(spec.get("sleep", 0))
-    Path("result.json").write_text(json.dumps({"rank": rank, "start": start}))
+    result = {"rank": rank, "start": start, "digest": state_digest(model, opt)}
+    Path("result.json").write_text(json.dumps(result))
     # No rank tears its process group down while another still has gloo work in flight: once in
     # CI, rank 1 of an FSDP run aborted in gloo's teardown ("terminate called without an active
     # exception") after rank 0 had destroyed its group and exited.
