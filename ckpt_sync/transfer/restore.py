@@ -523,22 +523,19 @@ def pull(
     the manifest returned is then that selection. ``chunk_cache``: see ``restore``.
     """
     whole = not (include or exclude)
-    if selector is not None:
-        m = select_files(find_manifest(repo, selector, warn=warn), include, exclude)
+
+    def restore_one(m: Manifest) -> tuple[Manifest, TransferStats]:
+        m = select_files(m, include, exclude)
         if on_start:
             on_start(m)
+        options = {"workers": workers, "progress": progress, "overwrite": overwrite, "whole": whole}
+        stats = restore(repo, m, dest, chunk_cache=chunk_cache, **options)
+        return m, _pulled(repo, m, stats)
+
+    if selector is not None:
+        m = find_manifest(repo, selector, warn=warn)
         try:
-            stats = restore(
-                repo,
-                m,
-                dest,
-                workers=workers,
-                progress=progress,
-                overwrite=overwrite,
-                whole=whole,
-                chunk_cache=chunk_cache,
-            )
-            return m, _pulled(repo, m, stats)
+            return restore_one(m)
         except (IntegrityError, NotFound) as err:
             raise IntegrityError(f"checkpoint {m.name} ({m.id}) is damaged: {err}") from None
     selection = selection or Selection()
@@ -549,20 +546,7 @@ def pull(
     for m in candidates:
         tried += 1
         try:
-            m = select_files(m, include, exclude)
-            if on_start:
-                on_start(m)
-            stats = restore(
-                repo,
-                m,
-                dest,
-                workers=workers,
-                progress=progress,
-                overwrite=overwrite,
-                whole=whole,
-                chunk_cache=chunk_cache,
-            )
-            return m, _pulled(repo, m, stats)
+            return restore_one(m)
         except _FATAL:
             raise
         except OSError as err:  # writing here failed: this host's problem, not the checkpoint's
