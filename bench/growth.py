@@ -82,15 +82,17 @@ def cli_medians(url: str, count: int, work: Path, env: dict[str, str]) -> dict[s
     subprocess.run([*CLI, "ls", "--repo", url, "--json"], env=env, check=True, capture_output=True)
     times: dict[str, list[float]] = {"push": [], "pull --latest": []}
     for i in range(3):
-        src = work / f"cli-{count}-{i}" / f"checkpoint_growth_{count + i}.pt"
-        src.parent.mkdir(parents=True, exist_ok=True)
+        here = Path(tempfile.mkdtemp(dir=work))
+        src = here / f"checkpoint_growth_{count + i}.pt"
         src.write_bytes(os.urandom(4096))
         push = [*CLI, "push", "--repo", url, str(src), "--step", str(count + i), "--session", "growth"]
-        pull = [*CLI, "pull", "--latest", "--repo", url, "--to", str(work / f"out-cli-{count}-{i}")]
+        pull = [*CLI, "pull", "--latest", "--repo", url, "--to", str(here / "out")]
         for name, cmd in (("push", push), ("pull --latest", pull)):
             start = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             times[name].append(time.perf_counter() - start)
+            if done.returncode:
+                raise SystemExit(f"{' '.join(cmd[3:])} failed: {done.stderr.strip()}")
     return {k: statistics.median(v) for k, v in times.items()}
 
 
