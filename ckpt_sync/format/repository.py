@@ -99,6 +99,8 @@ class SummaryIndex(Protocol):
 
     def get_many(self, listed: dict[str, ObjectInfo]) -> dict[str, Summary]: ...
 
+    def every(self) -> list[Summary]: ...
+
     def put(self, manifest_id: str, info: ObjectInfo, summary: Summary) -> None: ...
 
     def keep_only(self, listed: dict[str, ObjectInfo]) -> None: ...
@@ -653,10 +655,19 @@ class Repository:
 
     def check_agreement(self) -> None:
         """Raise ConfigError unless the config agrees with the checkpoints (``_check_agreement``);
-        judged once per Repository (reading every manifest), before the first chunk is written."""
+        judged once per Repository, before the first chunk is written: against every checkpoint
+        this host's index holds (authenticated summaries of manifests read before; no request),
+        else against every manifest (a listing). A commit judges it again against a fresh listing."""
         with self._agreeing:
-            if not self._agreed:
+            if self._agreed:
+                return
+            known = self._index.every() if self._index is not None else []
+            if not known:
                 self.summaries()
+                return
+            own = [s for s in known if not self._is_foreign(s)]
+            self._check_agreement(own, [s for s in known if self._is_foreign(s)])
+            self._agreed = True
 
     def _check_agreement(self, own: Sequence[Manifest | Summary], foreign: Sequence[Manifest | Summary]) -> None:
         """The config must be the one the readable manifests were committed under: this

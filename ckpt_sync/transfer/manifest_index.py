@@ -104,6 +104,11 @@ class ManifestIndex:
                 return {m: self._parsed[m] for m in wanted if m in self._parsed}
         return {m: self._parsed[m] for m in wanted}
 
+    def every(self) -> list[Summary]:
+        """Every summary the index holds, whatever the store holds now (what this host last saw)."""
+        lines = self._load()
+        return list(self.get_many({m: _info_of(line) for m, line in lines.items()}).values())
+
     def put(self, manifest_id: str, info: ObjectInfo, summary: Summary) -> None:
         """Keep the summary of the authenticated manifest read from the listed object ``info``."""
         d = summary.to_json()
@@ -147,3 +152,9 @@ class ManifestIndex:
 def _same_object(line: str, info: ObjectInfo) -> bool:
     _mid, size, modified, _ = line.split("\t", 3)
     return size == str(info.size) and modified == repr(info.modified)
+
+
+def _info_of(line: str) -> ObjectInfo:
+    """The listed object a line was read from."""
+    mid, size, modified, _ = line.split("\t", 3)
+    return ObjectInfo(mid, int(size), float(modified))
