@@ -74,6 +74,7 @@ class ChunkCache:
         self.stats = ChunkCacheStats()
         self._lock = threading.Lock()
         self._held: int | None = None  # what the folder held when last listed, plus what this process added
+        self._added = 0  # bytes this process has added, ever
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -173,18 +174,25 @@ class ChunkCache:
             log.debug("chunk cache: cannot add %s: %s", path, err)
             return
         with self._lock:
+            self._added += len(token)
             if self._held is not None:
                 self._held += len(token)
             over = self._held is None or self._held > self.max_bytes
-        if over:
-            self.trim()
+        for _ in range(3):  # an entry another thread added while a trim listed can leave it over
+            if not over:
+                break
+            over = self.trim() > self.max_bytes
+
 
     def trim(self) -> int:
         """List the folder; when it holds more than ``max_bytes``, remove least recently used
-        entries until it holds at most 90% of that. Returns the bytes it holds then."""
+        entries until it holds at most 90% of that. Returns the bytes it holds then (with what this
+        process added meanwhile)."""
         entries: list[tuple[float, int, Path]] = []
         total = 0
         now = time.time()
+        with self._lock:
+            added_before = self._added  # what this process adds while the folder is listed counts too
         for dirpath, _dirs, files in os.walk(self.folder):
             for name in files:
                 p = Path(dirpath) / name
@@ -221,5 +229,5 @@ class ChunkCache:
             with self._lock:
                 self.stats.evicted += evicted
         with self._lock:
-            self._held = total
-        return total
+            self._held = total + (self._added - added_before)  # at worst counted twice: never too low
+            return self._held
