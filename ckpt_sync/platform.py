@@ -144,6 +144,24 @@ def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
         return os.write(fd, data)
 
 
+def read_ahead(path: str | os.PathLike[str]) -> None:
+    """Ask the OS to start reading the file at ``path`` into its cache (``posix_fadvise``
+    WILLNEED) while the caller does other work; nothing where there is no such call."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | BINARY)
+    except OSError:
+        return
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def preallocate(fd: int, size: int) -> None:
     """Reserve ``size`` bytes for ``fd`` where the platform can (a full disk then shows here, before
     any download); elsewhere nothing (the caller compares free space beforehand)."""

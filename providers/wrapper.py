@@ -46,6 +46,12 @@ class WrappingProvider:
         # Materialised so a wrapper that repeats a call repeats the whole listing, not half of it.
         return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
 
+    def read_ahead(self, keys: list[str]) -> None:
+        """Passed on where the store reads ahead (a local folder); a hint, never counted or retried."""
+        inner = getattr(self.inner, "read_ahead", None)
+        if inner is not None:
+            inner(keys)
+
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))
 
