@@ -583,24 +583,28 @@ class Repository:
         """What ``manifests`` yields, as summaries (summary.py), newest first: from a listing of the
         manifest names and this host's index, reading only the manifests it has not read before
         (each exactly as ``manifests`` would). Raises ConfigError as ``manifests`` does."""
-        own: list[Summary] = []
-        foreign: list[Summary] = []
+        listed = self._listed_summaries(on_unreadable)
+        own = [s for s in listed if not self._is_foreign(s)]
+        return self._visible(own, [s for s in listed if self._is_foreign(s)], on_unreadable)
+
+    def _listed_summaries(
+        self, on_unreadable: Callable[[str, IntegrityError], None] | None, skip: Iterable[str] = ()
+    ) -> list[Summary]:
+        """A summary of every listed manifest a key opens (another repository's and superseded ones
+        too), newest first, but those in ``skip``: from this host's index where it holds that very
+        object, else read (``_read_summary``); one listing, one save of the index."""
         with self._summarising:
-            ids = self.manifest_ids()
+            ids = [mid for mid in self.manifest_ids() if mid not in skip]
             known = self._index.get_many(self._listed) if self._index is not None else {}
-            for mid in ids:
-                s = known.get(mid) or self._summary(mid, on_unreadable)
-                if s is not None:
-                    (foreign if self._is_foreign(s) else own).append(s)
+            out = [s for mid in ids if (s := known.get(mid) or self._read_summary(mid, on_unreadable)) is not None]
             if self._index is not None:
                 self._index.save()
-        return self._visible(own, foreign, on_unreadable)
+        return out
 
-    def _summary(self, mid: str, on_unreadable: Callable[[str, IntegrityError], None] | None) -> Summary | None:
-        """The summary of a listed manifest, from the index or read (None: gone, or unreadable)."""
+    def _read_summary(self, mid: str, on_unreadable: Callable[[str, IntegrityError], None] | None) -> Summary | None:
+        """The summary of a listed manifest read from its object, kept in the index (None: gone, or
+        unreadable)."""
         info = self._listed.get(mid)
-        if self._index is not None and info is not None and (s := self._index.get_many({mid: info}).get(mid)):
-            return s
         try:
             s = summarize(self._open_manifest(mid))
         except NotFound:
@@ -623,23 +627,14 @@ class Repository:
         or not, well formed or not (then every 64-hex string in it): what chunk collection must
         never delete. A manifest no key opens is reported to ``on_unreadable``; the manifests
         ``leave_out`` names are not counted (what a dry run of retention would drop)."""
-        refs: set[str] = set()
         errors: dict[str, IntegrityError] = {}
-        with self._summarising:
-            for mid in self.manifest_ids():
-                if mid in leave_out:
-                    continue
-                s = self._summary(mid, errors.__setitem__)
-                if s is not None:
-                    refs |= s.chunk_ids()
-                elif mid in errors:
-                    plain = self._plaintext(mid)
-                    if plain is not None:
-                        refs |= {cid.decode("ascii") for cid in _CHUNK_ID.findall(plain)}
-                    elif on_unreadable is not None:
-                        on_unreadable(mid, errors[mid])
-            if self._index is not None:
-                self._index.save()
+        refs = {cid for s in self._listed_summaries(errors.__setitem__, leave_out) for cid in s.chunk_ids()}
+        for mid, err in errors.items():
+            plain = self._plaintext(mid)
+            if plain is not None:
+                refs |= {cid.decode("ascii") for cid in _CHUNK_ID.findall(plain)}
+            elif on_unreadable is not None:
+                on_unreadable(mid, err)
         return refs
 
     def _plaintext(self, manifest_id: str) -> bytes | None:
@@ -692,11 +687,7 @@ class Repository:
 
     def superseded_ids(self) -> list[str]:
         """Manifests left behind by a tag change that stopped before deleting them (hidden by readers)."""
-        with self._summarising:
-            listed = [s for mid in self.manifest_ids() if (s := self._summary(mid, None)) is not None]
-            if self._index is not None:
-                self._index.save()
-        own = [s for s in listed if not self._is_foreign(s)]
+        own = [s for s in self._listed_summaries(None) if not self._is_foreign(s)]
         ids = {s.id for s in own}
         return sorted({s.supersedes for s in own if s.supersedes and s.supersedes in ids})
 

@@ -58,19 +58,19 @@ from torch.futures import Future
 
 from ..buffers import BufferPool
 from ..errors import IntegrityError, OperationFailed, UsageError
-from ..format.checkpoint_content import role_of
+from ..format.checkpoint_content import Content, role_of
 from ..format.chunking import ChunkPolicy
 from ..format.contents import ChunkMap
 from ..format.file_digest import FileHasher
 from ..format.locks import Lock, acquire_push_lock
 from ..format.lookup import find_manifest, latest
-from ..format.manifest import RESUMABLE, ROLE_FROM, ChunkRef, FileEntry, Manifest, infer_role
+from ..format.manifest import RESUMABLE, ChunkRef, FileEntry, Manifest
 from ..format.repository import Repository
 from ..format.selection import Selection
 from ..format.summary import Summary
 from ..pipeline import default_workers
 from ..transfer.counters import TransferStats
-from ..transfer.push import _manifest, commit_checked
+from ..transfer.push import commit_checked, describe, draft_manifest
 from .fan_out import DEFAULT_BUDGET, Exchange, FanOutPlan, FanOutStats, RankStamp, plan_fan_out
 
 log = logging.getLogger("ckpt_sync.dcp")
@@ -351,13 +351,11 @@ class Writer(StorageWriter):
             # What the save holds decides its role unless the caller said: optimizer state (its keys
             # under optim*/param_groups) or a step makes it resumable (checkpoint_content.role_of).
             optimizer = any(k.startswith("optim") or "param_groups" in k for k in metadata.state_dict_metadata)
-            content = role_of(optimizer=optimizer, position="global_step" in meta, tensors=True)
-            said = meta.pop("role", None)
-            role = said or infer_role(self.tags, meta, content)
-            meta.setdefault(ROLE_FROM, "user" if said else "content" if role == content else "inferred")
+            content = Content(role_of(optimizer=optimizer, position="global_step" in meta, tensors=True))
             name = self.name or f"dcp_{self.save_id[:8]}"
+            role, meta, _, _ = describe(name, "dir", [], self.tags, meta, None, content)
             entries = [files[p] for p in sorted(files)]
-            manifest = _manifest(name, "dir", entries, None, None, self.tags, meta, role)
+            manifest = draft_manifest(name, "dir", entries, None, None, self.tags, meta, role)
             # Verifies every chunk of every rank is stored, then the manifest (or finds this version
             # committed), then that no prune judged this save gone meanwhile (push.commit_checked).
             assert self._lock is not None

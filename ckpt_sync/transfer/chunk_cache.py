@@ -183,7 +183,6 @@ class ChunkCache:
                 break
             over = self.trim() > self.max_bytes
 
-
     def trim(self) -> int:
         """List the folder; when it holds more than ``max_bytes``, remove least recently used
         entries until it holds at most 90% of that. Returns the bytes it holds then (with what this

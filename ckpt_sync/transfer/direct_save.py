@@ -30,14 +30,13 @@ from ..errors import UsageError
 from ..format.checkpoint_content import torch_stream_head
 from ..format.chunking import ChunkPolicy, StreamCuts
 from ..format.locks import acquire_push_lock
-from ..format.manifest import ROLE_FROM, ROLES, ChunkRef, FileEntry, Manifest
-from ..format.names import parse_checkpoint_name
+from ..format.manifest import ROLES, ChunkRef, FileEntry, Manifest
 from ..format.paths import component_problem
 from ..format.repository import Repository
 from ..pipeline import default_workers
 from .counters import TransferStats
 from .damage_record import damaged_chunks, record_healed
-from .push import _default_role, _manifest, commit_checked
+from .push import commit_checked, describe, draft_manifest
 
 log = logging.getLogger("ckpt_sync.direct")
 
@@ -220,17 +219,10 @@ class CheckpointWriter(io.RawIOBase):
             mode=0o644,
             **self._hasher.entry_hashes(),
         )
-        meta = dict(self._meta)
-        said = self._role or meta.pop("role", None)
         content = torch_stream_head(self._head)
-        for key, value in (content.metadata() if content else {}).items():
-            meta.setdefault(key, value)
-        found = content.role if content else None
-        role = said or _default_role("file", [], self._tags, meta, found)
-        meta.setdefault(ROLE_FROM, "user" if said else "content" if found == role else "inferred")
+        role, meta, session_id, step = describe(self.name, "file", [], self._tags, self._meta, self._role, content)
         meta.setdefault("source_mtime_ns", self._started)
-        session_id, step = parse_checkpoint_name(self.name)
-        draft = _manifest(self.name, "file", [entry], session_id, step, self._tags, meta, role)
+        draft = draft_manifest(self.name, "file", [entry], session_id, step, self._tags, meta, role)
         committed = commit_checked(self.repo, self._lock, draft)
         self.stats.finish()
         return committed

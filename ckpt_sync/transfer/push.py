@@ -7,7 +7,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from .. import platform
 from ..buffers import BufferPool
 from ..errors import Cancelled, OperationFailed, UsageError
-from ..format.checkpoint_content import file_content, folder_content
+from ..format.checkpoint_content import Content, file_content, folder_content
 from ..format.chunking import ChunkPolicy, plan_chunks
 from ..format.layout import new_manifest_id
 from ..format.locks import Lock, acquire_push_lock
@@ -175,18 +175,10 @@ def push_path(
     """
     p = Path(path)
     kind, files = collect_files(p)
-    meta = dict(metadata or {})
-    said = role or meta.pop("role", None)
-    content = file_content(files[0][1]) if kind == "file" else folder_content(p, [rel for rel, _ in files])
-    role = said or _default_role(kind, files, tuple(tags), meta, content.role)
-    if role not in ROLES:
-        raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
-    meta.setdefault(ROLE_FROM, "user" if said else "content" if content.role == role else "inferred")
+    rels = [rel for rel, _ in files]
+    content = file_content(files[0][1]) if kind == "file" else folder_content(p, rels)
     name = name or p.name
-    # Training position: what the caller says, else what the files hold, else the file name.
-    session_id, step = parse_checkpoint_name(name)
-    for key, value in content.metadata().items():
-        meta.setdefault(key, value)
+    role, meta, session_id, step = describe(name, kind, rels, tags, metadata, role, content)
     workers = workers or default_workers()
     stats = TransferStats()
     suspect = damaged_chunks(repo.id)
@@ -218,7 +210,7 @@ def push_path(
             meta["source_mtime_ns"] = max(dir_mtime + [e.mtime_ns or 0 for e in entries])
         if before_commit is not None:
             before_commit()
-        draft = _manifest(name, kind, entries, session_id, step, tags, meta, role)
+        draft = draft_manifest(name, kind, entries, session_id, step, tags, meta, role)
         manifest = commit_checked(repo, lock, draft, reupload=lambda: upload(None), cancel=cancel)
     record_healed(repo.id, suspect & {c.id for e in entries for c in e.chunks})  # stored again above
     return manifest, stats.finish()
@@ -266,15 +258,38 @@ def commit_checked(
     return committed
 
 
-def _default_role(
-    kind: str, files: list[tuple[str, Path]], tags: tuple[str, ...], meta: dict[str, Any], content: str | None
-) -> str:
-    if kind == "dir" and any(rel == BEST_MARKER for rel, _ in files):
-        return BEST
-    return infer_role(tags, meta, content)
+def describe(
+    name: str,
+    kind: str,
+    rels: list[str],
+    tags: Iterable[str],
+    metadata: dict[str, Any] | None,
+    role: str | None,
+    content: Content | None,
+) -> tuple[str, dict[str, Any], str | None, int | None]:
+    """What every writer records of a new checkpoint the same way (a push, a direct save): its
+    role (said, else a best-model folder, else ``infer_role`` with what the files hold), its
+    metadata (with ``role_from`` and the files' position), and the position its name gives."""
+    meta = dict(metadata or {})
+    said = role or meta.pop("role", None)
+    found = content.role if content is not None else None
+    if said:
+        role = said
+    elif kind == "dir" and BEST_MARKER in rels:
+        role = BEST
+    else:
+        role = infer_role(tuple(tags), meta, found)
+    if role not in ROLES:
+        raise UsageError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    meta.setdefault(ROLE_FROM, "user" if said else "content" if found == role else "inferred")
+    # Training position: what the caller says, else what the files hold, else the file name.
+    for key, value in (content.metadata() if content is not None else {}).items():
+        meta.setdefault(key, value)
+    session_id, step = parse_checkpoint_name(name)
+    return role, meta, session_id, step
 
 
-def _manifest(
+def draft_manifest(
     name: str,
     kind: str,
     entries: list[FileEntry],
