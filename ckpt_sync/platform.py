@@ -33,6 +33,7 @@ The fallbacks, and what they cost:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import importlib
@@ -127,6 +128,11 @@ def pread_cached(fd: int, view: memoryview, offset: int) -> int | None:
     nowait = getattr(os, "RWF_NOWAIT", 0)
     if not nowait or not hasattr(os, "preadv"):
         return None
+    # A miss would start the kernel's read-ahead of this file, which the caller's O_DIRECT read of
+    # the same range then waits for: a cold restore ran ~20 % slower. Off for this descriptor.
+    if (advise := getattr(os, "posix_fadvise", None)) is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     try:
         return os.preadv(fd, [view], offset, nowait)
     except OSError as err:
@@ -142,24 +148,6 @@ def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:
     with _seek_lock(fd):
         os.lseek(fd, offset, os.SEEK_SET)
         return os.write(fd, data)
-
-
-def read_ahead(path: str | os.PathLike[str]) -> None:
-    """Ask the OS to start reading the file at ``path`` into its cache (``posix_fadvise``
-    WILLNEED) while the caller does other work; nothing where there is no such call."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY | BINARY)
-    except OSError:
-        return
-    try:
-        advise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def preallocate(fd: int, size: int) -> None:

@@ -59,6 +59,7 @@ def path_from_url(url: str) -> Path:
 
 class LocalProvider:
     aligned_buffers = True  # chunk tokens go to and from the disk with O_DIRECT, straight from the buffer
+    reads_locally = True  # a restore reads ahead with a few threads of its own (transfer/restore.py)
 
     def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.root = Path(root)
@@ -210,12 +211,6 @@ class LocalProvider:
             raise NotFound(f"{self.url}/{key} does not exist") from None
         except OSError as err:
             raise self._error(err, f"{self.url}/{key}") from err
-
-    def read_ahead(self, keys: list[str]) -> None:
-        """Start reading these objects into the page cache (a restore about to read them in turn:
-        a cold restore then reads ahead while it decrypts and writes)."""
-        for key in keys:
-            platform.read_ahead(self._path(key))
 
     def size(self, key: str) -> int | None:
         try:

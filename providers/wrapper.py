@@ -46,11 +46,10 @@ class WrappingProvider:
         # Materialised so a wrapper that repeats a call repeats the whole listing, not half of it.
         return iter(self._call("list", prefix, lambda: list(self.inner.list(prefix))))
 
-    def read_ahead(self, keys: list[str]) -> None:
-        """Passed on where the store reads ahead (a local folder); a hint, never counted or retried."""
-        inner = getattr(self.inner, "read_ahead", None)
-        if inner is not None:
-            inner(keys)
+    @property
+    def reads_locally(self) -> bool:
+        """Whether the wrapped store is a local disk (a restore then reads ahead with threads of its own)."""
+        return getattr(self.inner, "reads_locally", False)
 
     def delete(self, key: str) -> None:
         self._call("delete", key, lambda: self.inner.delete(key))

@@ -69,6 +69,86 @@ def _address(buf: bytes | bytearray | memoryview, offset: int) -> int:
     return base + offset
 
 
+class CbcStream:
+    """One AES-128-CBC pass over a token, fed in pieces: each ``update`` continues the chain where
+    the last one stopped, so a caller can decrypt (or encrypt) a piece while it is still in the CPU's
+    cache and hash it there, instead of streaming the whole chunk through memory once per step.
+
+    Whole blocks only, no padding added or removed. Through libcrypto (no GIL) when it was loaded
+    and proven and every input has an address (``openssl``); else ``cryptography``'s cipher."""
+
+    __slots__ = ("_ctx", "_out_len", "_soft", "_update")
+
+    def __init__(self, encrypt: bool, key: bytes, iv: bytes, *, openssl: bool = True) -> None:
+        self._ctx = None
+        self._soft = None
+        if _lib is not None and openssl:
+            ctx = _lib.EVP_CIPHER_CTX_new()
+            if not ctx:
+                raise MemoryError("EVP_CIPHER_CTX_new failed")
+            init = _lib.EVP_EncryptInit_ex if encrypt else _lib.EVP_DecryptInit_ex
+            if init(ctx, _lib.EVP_aes_128_cbc(), None, key, iv) != 1:
+                _lib.EVP_CIPHER_CTX_free(ctx)
+                raise RuntimeError("EVP_CipherInit_ex failed")
+            _lib.EVP_CIPHER_CTX_set_padding(ctx, 0)  # whole blocks in, whole blocks out, nothing held back
+            self._ctx = ctx
+            self._update = _lib.EVP_EncryptUpdate if encrypt else _lib.EVP_DecryptUpdate
+            self._out_len = ctypes.c_int()
+        else:
+            cipher = Cipher(algorithms.AES(key), modes.CBC(iv))
+            self._soft = cipher.encryptor() if encrypt else cipher.decryptor()
+
+    def update(
+        self,
+        src: bytes | bytearray | memoryview,
+        src_offset: int,
+        length: int,
+        dst: bytearray | memoryview,
+        dst_offset: int,
+    ) -> None:
+        """Process ``src[src_offset:src_offset + length]`` (whole blocks) into ``dst[dst_offset:]``."""
+        if length % 16 or src_offset + length > len(src) or dst_offset + length > len(dst):
+            raise ValueError("CBC input must be whole blocks and fit the output")
+        if self._soft is not None:
+            piece = memoryview(src)[src_offset : src_offset + length]
+            out = memoryview(dst)[dst_offset : dst_offset + length + 16]  # update_into wants a block spare
+            if len(out) >= length + 16:
+                assert self._soft.update_into(piece, out) == length
+            else:
+                memoryview(dst)[dst_offset : dst_offset + length] = self._soft.update(piece)
+            return
+        assert _lib is not None
+        done = 0
+        while done < length:
+            n = min(_MAX_CALL, length - done)
+            ok = self._update(
+                self._ctx,
+                _address(dst, dst_offset + done),
+                ctypes.byref(self._out_len),
+                _address(src, src_offset + done),
+                n,
+            )
+            if ok != 1 or self._out_len.value != n:
+                raise RuntimeError("EVP_CipherUpdate failed")
+            done += n
+
+    def close(self) -> None:
+        if self._ctx is not None:
+            _lib.EVP_CIPHER_CTX_free(self._ctx)  # type: ignore[union-attr]
+            self._ctx = None
+
+    def __enter__(self) -> CbcStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def addressable(buf: bytes | bytearray | memoryview) -> bool:
+    """Whether libcrypto can be handed ``buf`` (a read-only view has no address to give C)."""
+    return not (isinstance(buf, memoryview) and buf.readonly)
+
+
 def _crypt_openssl(
     encrypt: bool,
     key: bytes,
@@ -79,45 +159,16 @@ def _crypt_openssl(
     dst_offset: int,
     src_offset: int = 0,
 ) -> None:
-    assert _lib is not None
-    if length % 16 or src_offset + length > len(src) or dst_offset + length > len(dst):
-        raise ValueError("CBC input must be whole blocks and fit the output")
-    init, update = (
-        (_lib.EVP_EncryptInit_ex, _lib.EVP_EncryptUpdate)
-        if encrypt
-        else (_lib.EVP_DecryptInit_ex, _lib.EVP_DecryptUpdate)
-    )
-    ctx = _lib.EVP_CIPHER_CTX_new()
-    if not ctx:
-        raise MemoryError("EVP_CIPHER_CTX_new failed")
-    try:
-        if init(ctx, _lib.EVP_aes_128_cbc(), None, key, iv) != 1:
-            raise RuntimeError("EVP_CipherInit_ex failed")
-        _lib.EVP_CIPHER_CTX_set_padding(ctx, 0)  # whole blocks in, whole blocks out, nothing held back
-        done = 0
-        out_len = ctypes.c_int()
-        while done < length:
-            n = min(_MAX_CALL, length - done)
-            ok = update(
-                ctx, _address(dst, dst_offset + done), ctypes.byref(out_len), _address(src, src_offset + done), n
-            )
-            if ok != 1 or out_len.value != n:
-                raise RuntimeError("EVP_CipherUpdate failed")
-            done += n
-    finally:
-        _lib.EVP_CIPHER_CTX_free(ctx)
+    with CbcStream(encrypt, key, iv) as stream:
+        stream.update(src, src_offset, length, dst, dst_offset)
 
 
 def _encrypt_cryptography(
     key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
 ) -> None:
-    enc = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-    view = memoryview(dst)
-    pos = dst_offset
-    for start in range(0, length, 1 << 20):  # slices, so other threads get the GIL in between
-        piece = memoryview(src)[start : min(start + (1 << 20), length)]
-        pos += enc.update_into(piece, view[pos : pos + len(piece) + 16])
-    enc.finalize()
+    with CbcStream(True, key, iv, openssl=False) as stream:
+        for start in range(0, length, 1 << 20):  # slices, so other threads get the GIL in between
+            stream.update(src, start, min(1 << 20, length - start), dst, dst_offset + start)
 
 
 def _known_answer() -> bool:
@@ -157,10 +208,5 @@ def cbc_decrypt_into(
     """Decrypt ``src[offset:offset + length]`` (whole blocks) with AES-128-CBC into the start of
     ``dst``; the padding is left for the caller to check. (An offset, not a slice: a slice of a
     ``bytes`` token, as the cloud stores return them, would be a read-only view with no address.)"""
-    if _lib is not None and not (isinstance(src, memoryview) and src.readonly):
-        _crypt_openssl(False, key, iv, src, length, dst, 0, offset)
-        return
-    dec = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor()
-    n = dec.update_into(memoryview(src)[offset : offset + length], dst)
-    dec.finalize()
-    assert n == length
+    with CbcStream(False, key, iv, openssl=addressable(src)) as stream:
+        stream.update(src, offset, length, dst, 0)

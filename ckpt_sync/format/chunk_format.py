@@ -37,6 +37,25 @@ ZSTD_LEVEL = 1  # measured in bench/: level 1 keeps most of the gain at a fracti
 _IV_CONTEXT = b"ckpt-sync chunk iv v2"
 
 
+class _IdHasher:
+    """Feeds only the first ``limit`` bytes to the id hash (see ``ChunkFormat.id_hasher``)."""
+
+    __slots__ = ("_inner", "_left")
+
+    def __init__(self, inner: object, limit: int) -> None:
+        self._inner = inner
+        self._left = limit
+
+    def update(self, data: memoryview) -> None:
+        if self._left > 0:
+            take = data[: self._left]
+            self._inner.update(take)  # type: ignore[attr-defined]
+            self._left -= len(take)
+
+    def hexdigest(self) -> str:
+        return self._inner.hexdigest()  # type: ignore[attr-defined]
+
+
 class ChunkMismatch(IntegrityError):
     """A stored object that authenticates (or was never opened) but is not the chunk it should be."""
 
@@ -74,6 +93,12 @@ class ChunkFormat:
         if self.version == 1:
             return hmac.digest(self.id_key, plaintext, "sha256").hex()
         return blake3.blake3(plaintext, key=self.id_key).hexdigest()
+
+    def id_hasher(self, limit: int) -> _IdHasher:
+        """A hash of the first ``limit`` bytes fed to it whose ``hexdigest`` is their ``chunk_id``
+        (a reader feeds it the plaintext piece by piece as it decrypts, padding after ``limit`` ignored)."""
+        inner = hmac.new(self.id_key, digestmod="sha256") if self.version == 1 else blake3.blake3(key=self.id_key)
+        return _IdHasher(inner, limit)
 
     def iv(self, chunk_id: str) -> bytes | None:
         """The Fernet IV a chunk's token carries: derived from its id in v2, random (None) in v1."""
@@ -147,18 +172,22 @@ class ChunkFormat:
         caller says which chunk). ``out`` is a reusable buffer of at least the token's size."""
         if not self.size_ok(plain_size, len(token)):
             raise ChunkMismatch("has the wrong size (truncated or replaced)")
-        body = keys.decrypt(token, out=out)
+        target = self.padded(plain_size)
+        if len(token) == token_size(target):  # stored raw: its id is hashed as it is decrypted
+            body, hasher = keys.decrypt_and_check(token, lambda: self.id_hasher(plain_size), out=out)
+        else:
+            body, hasher = keys.decrypt(token, out=out), None
         iv = self.iv(chunk_id)
         if iv is not None and not hmac.compare_digest(bytes(memoryview(token)[9:HEADER]), iv):
             raise ChunkMismatch("is not the chunk it is named after (swapped or substituted object)")
-        target = self.padded(plain_size)
         if len(body) == target:
             plain = memoryview(body)[:plain_size] if target != plain_size else body
         elif self.compression == "zstd" and len(body) < target:
             plain = self._decompress(body, plain_size)
         else:
             raise ChunkMismatch("has the wrong size inside (damaged or written by a buggy writer)")
-        if not hmac.compare_digest(self.chunk_id(plain), chunk_id):
+        seen = hasher.hexdigest() if hasher is not None and len(body) == target else self.chunk_id(plain)
+        if not hmac.compare_digest(seen, chunk_id):
             raise ChunkMismatch("does not match its id (swapped or substituted object, or a buggy writer)")
         return plain
 

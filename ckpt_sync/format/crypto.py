@@ -16,17 +16,32 @@ import hmac
 import os
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 from cryptography.fernet import Fernet
 
 from ..errors import IntegrityError
-from .aes_openssl import cbc_decrypt_into, cbc_encrypt_into
+from .aes_openssl import CbcStream, addressable
 
 VERSION = 0x80
 HEADER = 1 + 8 + 16
 MAC = 32
 BLOCK = 16
+# Encryption, MAC and the reader's id hash each take a piece of this size in turn: small enough to
+# stay in a core's cache between the steps (a whole chunk does not: each step would read it from
+# memory again), large enough that the per-call overhead stays negligible. Measured on 1 GiB of 5 MiB
+# chunks (decrypt + MAC + BLAKE3): 1.26 CPU s whole-chunk, 0.94 at 128 KiB, 1.06 at 256 KiB.
+PIECE = 128 << 10
+
+
+class PlainCheck(Protocol):
+    """What a decryption feeds the plaintext to as it is produced (a hash of it, say)."""
+
+    def update(self, data: memoryview, /) -> object: ...
+
+
+C = TypeVar("C", bound=PlainCheck)
 
 
 def token_size(plain_size: int) -> int:
@@ -55,9 +70,10 @@ class FernetKey:
     ) -> bytearray | memoryview:
         """The binary token of ``plaintext`` followed by ``zeros`` zero bytes (padding, without a
         copy of the plaintext); written into ``out`` (a reusable buffer of at least ``token_size``)
-        when given, and then returned as a view of it."""
+        when given, and then returned as a view of it. The MAC is computed a piece at a time right
+        after each piece is encrypted, while it is still in the CPU's cache (see ``PIECE``)."""
         # bytes, bytearray and writable views are encrypted in place; a read-only view is copied once.
-        data = plaintext if not isinstance(plaintext, memoryview) or not plaintext.readonly else bytes(plaintext)
+        data = plaintext if addressable(plaintext) else bytes(plaintext)
         n = len(data) + zeros
         full = len(data) - len(data) % BLOCK
         total = token_size(n)
@@ -68,40 +84,59 @@ class FernetKey:
         buf[0] = VERSION
         struct.pack_into(">Q", buf, 1, int(time.time()))
         buf[9:HEADER] = iv
-        if full:  # the whole blocks straight from the caller's buffer, no copy
-            cbc_encrypt_into(self.encryption, iv, data, full, buf, HEADER)
-        # The rest (a partial block, the zeros, PKCS7) continues the CBC chain from the last ciphertext block.
-        chain = bytes(buf[HEADER + full - BLOCK : HEADER + full]) if full else iv
+        view = memoryview(buf)
+        mac = hmac.new(self.signing, view[:HEADER], "sha256")
+        # The rest (a partial block, the zeros, PKCS7) continues the CBC chain after the whole blocks.
         pad = BLOCK - n % BLOCK
         tail = bytes(data[full:]) + bytes(zeros) + bytes([pad]) * pad
-        cbc_encrypt_into(self.encryption, chain, tail, len(tail), buf, HEADER + full)
+        with CbcStream(True, self.encryption, iv) as cbc:
+            for start in range(0, full, PIECE):  # the whole blocks straight from the caller's buffer
+                size = min(PIECE, full - start)
+                cbc.update(data, start, size, buf, HEADER + start)
+                mac.update(view[HEADER + start : HEADER + start + size])
+            cbc.update(tail, 0, len(tail), buf, HEADER + full)
         pos = HEADER + full + len(tail)
-        buf[pos : pos + MAC] = hmac.digest(self.signing, memoryview(buf)[:pos], "sha256")
-        return buf if out is None else memoryview(buf)[:total]
+        mac.update(view[HEADER + full : pos])
+        buf[pos : pos + MAC] = mac.digest()
+        return buf if out is None else view[:total]
 
-    def decrypt(self, token: bytes | bytearray | memoryview, *, out: bytearray | None = None) -> bytearray | memoryview:
+    def decrypt(
+        self, token: bytes | bytearray | memoryview, *, out: bytearray | None = None, check: PlainCheck | None = None
+    ) -> bytearray | memoryview:
         """Authenticate and decrypt; raises IntegrityError on any mismatch. With ``out`` (a reusable
-        buffer at least the token's size) the plaintext is written there and a view of it returned."""
+        buffer at least the token's size) the plaintext is written there and a view of it returned.
+
+        One pass a piece at a time (see ``PIECE``): MAC the ciphertext, decrypt it, and feed the
+        plaintext to ``check`` (the caller's hash of it) while both are in the CPU's cache. Nothing
+        decrypted is returned, or trusted by ``check``'s caller, unless the MAC over the whole token
+        matched."""
         view = memoryview(token).cast("B")
         if len(view) < HEADER + BLOCK + MAC or view[0] != VERSION or (len(view) - HEADER - MAC) % BLOCK:
             raise IntegrityError("not a Fernet token (truncated or foreign object)")
-        mac = hmac.digest(self.signing, view[:-MAC], "sha256")
-        if not hmac.compare_digest(mac, view[-MAC:]):
-            raise IntegrityError("authentication failed (wrong key, or the object was altered)")
         n = len(view) - HEADER - MAC
         buf = bytearray(n + BLOCK) if out is None else out
         if len(buf) < n + BLOCK:
             raise ValueError("output buffer too small for the plaintext")
-        cbc_decrypt_into(
-            self.encryption, bytes(view[9:HEADER]), token if isinstance(token, bytes) else view, HEADER, n, buf
-        )
+        src = token if isinstance(token, bytes) else view  # a bytes token has an address; a slice of it not
+        plain = memoryview(buf)
+        mac = hmac.new(self.signing, view[:HEADER], "sha256")
+        with CbcStream(False, self.encryption, bytes(view[9:HEADER]), openssl=addressable(src)) as cbc:
+            for start in range(0, n, PIECE):
+                size = min(PIECE, n - start)
+                mac.update(view[HEADER + start : HEADER + start + size])
+                cbc.update(src, HEADER + start, size, buf, start)
+                if check is not None:
+                    check.update(plain[start : start + size])
+        if not hmac.compare_digest(mac.digest(), view[-MAC:]):
+            raise IntegrityError("authentication failed (wrong key, or the object was altered)")
         pad = buf[n - 1]
         if not 1 <= pad <= BLOCK or buf[n - pad : n] != bytes([pad]) * pad:
             raise IntegrityError("bad padding after authentication (corrupt token)")
         if out is None:
+            plain.release()  # a bytearray with a view of it cannot shrink
             del buf[n - pad :]
             return buf
-        return memoryview(buf)[: n - pad]
+        return plain[: n - pad]
 
 
 class KeyRing:
@@ -112,6 +147,7 @@ class KeyRing:
             raise ValueError("a key ring needs at least one key")
         self._raw = list(raw_keys)
         self._keys = [FernetKey(k) for k in raw_keys]
+        self._last_good = 0  # an index, read and written whole: safe to share between threads
 
     @property
     def primary(self) -> FernetKey:
@@ -126,12 +162,29 @@ class KeyRing:
         return self.primary.encrypt(plaintext, out=out)
 
     def decrypt(self, token: bytes | bytearray | memoryview, *, out: bytearray | None = None) -> bytearray | memoryview:
+        return self.decrypt_and_check(token, None, out=out)[0]
+
+    def decrypt_and_check(
+        self,
+        token: bytes | bytearray | memoryview,
+        new_check: Callable[[], C] | None,
+        *,
+        out: bytearray | None = None,
+    ) -> tuple[bytearray | memoryview, C | None]:
+        """Decrypt with whichever key authenticates the token, feeding the plaintext to a fresh
+        ``new_check()`` per attempt; returns the plaintext and the check that saw it. The key that
+        last succeeded is tried first, so after a rotation old chunks do not cost a failed attempt each."""
         last: IntegrityError | None = None
-        for key in self._keys:
+        first = self._last_good
+        for i in (first, *(j for j in range(len(self._keys)) if j != first)):
+            check = new_check() if new_check is not None else None
             try:
-                return key.decrypt(token, out=out)
+                plain = self._keys[i].decrypt(token, out=out, check=check)
             except IntegrityError as err:
                 last = err
+                continue
+            self._last_good = i
+            return plain, check
         assert last is not None
         raise last
 

@@ -458,11 +458,15 @@ class Repository:
 
         The read is bounded by the expected token size (the store is not trusted): an oversized
         object is refused without ever being held in memory."""
+        return self.open_token(ref, self.read_token(ref, scratch), out=out)
+
+    def read_token(self, ref: ChunkRef, scratch: bytearray | None = None) -> bytes | memoryview | None:
+        """A chunk's stored object as the store returns it, unchecked (into ``scratch`` when given),
+        read no further than the largest token the chunk can be (None: larger than ``scratch``)."""
         key = chunk_key(ref.id)
-        bound = self.format.max_token_size(ref.size)
-        bounded = self.provider.get(key, 0, bound + 1) if scratch is None else None
-        token = bounded if scratch is None else read_into(self.provider, key, scratch)
-        return self.open_token(ref, token, out=out)
+        if scratch is None:
+            return self.provider.get(key, 0, self.format.max_token_size(ref.size) + 1)
+        return read_into(self.provider, key, scratch)
 
     def open_token(
         self, ref: ChunkRef, token: bytes | bytearray | memoryview | None, *, out: bytearray | None = None

@@ -40,7 +40,6 @@ from ..errors import (
 )
 from ..format.contents import file_entry, select_files
 from ..format.file_digest import FileHasher, file_matches
-from ..format.layout import chunk_key
 from ..format.lookup import find_manifest, latest_candidates
 from ..format.manifest import ChunkRef, FileEntry, Manifest
 from ..format.paths import case_collisions, safe_relative_path, windows_path_problem
@@ -57,7 +56,8 @@ ProgressFn = Callable[[int], None]
 WarnFn = Callable[[str], None]
 
 ABANDONED_AFTER = 86400.0  # another host's temp this old is abandoned too
-READ_AHEAD = 256 << 20  # bytes of chunk objects a restore asks a local store to read ahead
+LOCAL_READERS = 2  # threads reading a local store's chunk objects (O_DIRECT: one read fills the disk's queue)
+LOCAL_READS_AHEAD = 4  # chunk objects read ahead of the workers from a local store
 DEFAULT_MODE = 0o644  # for manifests that did not record the source's bits (the umask applies)
 
 
@@ -112,7 +112,8 @@ def read_verified(
     plains = BufferPool(
         window + 1 + SequentialWriter.IN_FLIGHT, repo.format.max_token_size(largest) + ALIGN, aligned=True
     )
-    tokens = repo.token_buffers(window, largest)
+    local = getattr(repo.provider, "reads_locally", False) and chunk_cache is None
+    tokens = repo.token_buffers(window + (LOCAL_READS_AHEAD if local else 0), largest)
 
     def fetch(item: tuple[ChunkRef, int]) -> tuple[mmap.mmap, memoryview]:
         ref, offset = item
@@ -128,14 +129,54 @@ def read_verified(
         finally:
             tokens.release(scratch)
 
+    def read(item: tuple[ChunkRef, int]) -> tuple[ChunkRef, int, bytearray, bytes | memoryview | None]:
+        ref, offset = item
+        scratch = tokens.acquire()
+        try:
+            return ref, offset, scratch, repo.read_token(ref, scratch)
+        except BaseException:
+            tokens.release(scratch)
+            raise
+
+    def open_read(item: tuple[ChunkRef, int, bytearray, bytes | memoryview | None]) -> tuple[mmap.mmap, memoryview]:
+        ref, offset, scratch, token = item
+        buf = plains.acquire()
+        try:
+            return buf, memoryview(repo.open_token(ref, token, out=memoryview(buf)[offset % ALIGN :]))
+        except BaseException:
+            plains.release(buf)
+            raise
+        finally:
+            tokens.release(scratch)
+
     sha = FileHasher.checking(entry)  # often none: every chunk is checked against its id in fetch
     # One writer, in order (workers writing one file in parallel spin on its lock), hashing a whole
     # chunk per call: each call gives up the GIL, and taking it back from six busy workers can wait
     # a switch interval (5 ms), so per-slice calls left this thread waiting most of the time.
     placed = zip(entry.chunks, itertools.accumulate((c.size for c in entry.chunks), initial=0), strict=False)
-    if chunk_cache is None:
-        placed = _reading_ahead(repo, list(placed), largest)
-    for buf, plain in ordered_map(pool, fetch, placed, window):
+    with contextlib.ExitStack() as stack:
+        if local:
+            # A local disk: its own threads read the next LOCAL_READS_AHEAD tokens (with O_DIRECT, no copy
+            # through the page cache) while the workers decrypt and check the ones read before.
+            readers = stack.enter_context(ThreadPoolExecutor(LOCAL_READERS, thread_name_prefix="ckpt-read"))
+            verified = ordered_map(pool, open_read, ordered_map(readers, read, placed, LOCAL_READS_AHEAD), window)
+        else:
+            verified = ordered_map(pool, fetch, placed, window)
+        stack.callback(verified.close)  # the outer stage stops first, then the readers' pool
+        _write_in_order(verified, sha, sink, progress, writer, plains)
+    if not sha.matches(entry):
+        raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
+
+
+def _write_in_order(
+    verified: Iterator[tuple[mmap.mmap, memoryview]],
+    sha: FileHasher,
+    sink: Callable[[memoryview], object] | None,
+    progress: ProgressFn | None,
+    writer: SequentialWriter | None,
+    plains: BufferPool,
+) -> None:
+    for buf, plain in verified:
         sha.update(plain)
         if sink is not None:
             sink(plain)
@@ -145,8 +186,6 @@ def read_verified(
             writer.write(plain, release=lambda buf=buf: plains.release(buf))  # kept until written
         else:
             plains.release(buf)
-    if not sha.matches(entry):
-        raise IntegrityError(f"{entry.path}: whole-file hash mismatch")
 
 
 def _destination(dest: Path, rel: str, *, create: bool = True) -> Path:
@@ -167,21 +206,6 @@ def _destination(dest: Path, rel: str, *, create: bool = True) -> Path:
     if not final.parent.resolve().is_relative_to(real_dest):
         raise LocalTargetError(f"refusing to write {rel!r} outside {dest} (a symlink in the way?)")
     return final
-
-
-def _reading_ahead(repo: Repository, items: list[tuple[ChunkRef, int]], largest: int) -> Iterator[tuple[ChunkRef, int]]:
-    """``items``, telling a store that reads ahead (``read_ahead``: a local folder) about the next
-    READ_AHEAD bytes of chunks as they are taken: a cold restore's reads then overlap its decrypting
-    and writing instead of waiting on the disk chunk by chunk."""
-    hint = getattr(repo.provider, "read_ahead", None)
-    count = max(1, READ_AHEAD // max(largest, 1))
-    hinted = 0
-    for i, item in enumerate(items):
-        if hint is not None and hinted < len(items) and hinted - i <= count // 2:
-            upto = min(len(items), i + count)
-            hint([chunk_key(ref.id) for ref, _ in items[hinted:upto]])
-            hinted = upto
-        yield item
 
 
 def restore(
