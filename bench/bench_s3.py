@@ -19,6 +19,10 @@ In one run it measures, each in its own process:
   faster of them isolates our own overhead; get + fsync, as our pull fsyncs);
 - the same parallel put/get with botocore's default CRC32 request checksums and response checks
   switched off (``when_required``, as ckpt-sync's S3 provider does): what those cost;
+- s3torchconnector (AWS's CRT client for PyTorch checkpoints): the same file through
+  ``S3Checkpoint.writer`` and back through ``S3Checkpoint.reader`` + fsync, in parts of our chunk
+  size; where it cannot reach the server, one line says why. Its process imports torch (its
+  package does), shown beside it;
 - ``ckpt-sync push`` and ``ckpt-sync pull --latest`` of the same file with the same workers and
   chunk size (chunking, hashing, Fernet encryption and verification included), and with ``--base``
   the same with another source tree (before/after of a change), interleaved ``--repeat`` times.
@@ -27,8 +31,12 @@ Every run is measured alike: the order of the runs inside a round turns from rou
 run last in every round was slowed ~15% by the write-back of the runs before it), each starts after
 ``os.sync``, and each round starts with the buckets emptied.
 
+Ranged downloads (download_file, the reader) are distorted by moto, which re-reads the whole object
+for every ranged GET: they run every round up to 256 MiB, above that in the first round only.
+
 Prints throughput, each row's speed as a ratio of the faster plain parallel put/get (1.00 = as
-fast; issue 17's target for our push and pull is >= 0.9), client CPU and each process's peak RSS.
+fast; issue 17's target for our push and pull is >= 0.9), client CPU and each process's peak RSS;
+then our push as a ratio of upload_file's speed and client CPU (issue 30: >= 1.2 x and <= 1.2 x).
 Figures are ratios from one run on one machine: moto, the client and the encryption all share this machine's cores.
 """
 
@@ -101,7 +109,7 @@ elif op == "get_parts":
 """
 
 # s3torchconnector (AWS's CRT-based client for PyTorch checkpoints) on the same file's bytes, in its
-# own process like the rows above: the file copied in big blocks through ``S3Checkpoint.writer``
+# own process like the rows above: the file copied in blocks of the part size through ``S3Checkpoint.writer``
 # (what ``torch.save(state, writer)`` streams), and read back through ``S3Checkpoint.reader`` into a
 # file + fsync. Path-style addressing: moto on 127.0.0.1 has no per-bucket host names.
 CONNECTOR = r"""
@@ -114,14 +122,14 @@ checkpoint = S3Checkpoint(os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), os.
 if op == "writer":
     try:
         with open(path, "rb") as src, checkpoint.writer(url) as dst:
-            shutil.copyfileobj(src, dst, 64 << 20)
+            shutil.copyfileobj(src, dst, int(part))
     except S3Exception as e:  # see ETAG_NOTE: the upload completed; the caller checks the object
         if 'Header "ETag" not found' not in str(e):
             raise
         print("no-etag")
 elif op == "reader":
     with checkpoint.reader(url) as src, open(path, "wb") as dst:
-        shutil.copyfileobj(src, dst, 64 << 20)
+        shutil.copyfileobj(src, dst, int(part))
         dst.flush()
         os.fsync(dst.fileno())
 """
