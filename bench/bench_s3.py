@@ -19,6 +19,10 @@ In one run it measures, each in its own process:
   faster of them isolates our own overhead; get + fsync, as our pull fsyncs);
 - the same parallel put/get with botocore's default CRC32 request checksums and response checks
   switched off (``when_required``, as ckpt-sync's S3 provider does): what those cost;
+- s3torchconnector (AWS's CRT client for PyTorch checkpoints): the same file through
+  ``S3Checkpoint.writer`` and back through ``S3Checkpoint.reader`` + fsync, in parts of our chunk
+  size; where it cannot reach the server, one line says why. Its process imports torch (its
+  package does), shown beside it;
 - ``ckpt-sync push`` and ``ckpt-sync pull --latest`` of the same file with the same workers and
   chunk size (chunking, hashing, Fernet encryption and verification included), and with ``--base``
   the same with another source tree (before/after of a change), interleaved ``--repeat`` times.
@@ -27,8 +31,12 @@ Every run is measured alike: the order of the runs inside a round turns from rou
 run last in every round was slowed ~15% by the write-back of the runs before it), each starts after
 ``os.sync``, and each round starts with the buckets emptied.
 
+Ranged downloads (download_file, the reader) are distorted by moto, which re-reads the whole object
+for every ranged GET: they run every round up to 256 MiB, above that in the first round only.
+
 Prints throughput, each row's speed as a ratio of the faster plain parallel put/get (1.00 = as
-fast; issue 17's target for our push and pull is >= 0.9), client CPU and each process's peak RSS.
+fast; issue 17's target for our push and pull is >= 0.9), client CPU and each process's peak RSS;
+then our push as a ratio of upload_file's speed and client CPU (issue 30: >= 1.2 x and <= 1.2 x).
 Figures are ratios from one run on one machine: moto, the client and the encryption all share this machine's cores.
 """
 
@@ -36,8 +44,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
+import importlib.util
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from functools import partial
@@ -50,6 +61,7 @@ from common import (  # noqa: E402
     Measured,
     MiB,
     fmt_rate,
+    launcher,
     make_checkpoint,
     median_cpu,
     median_wall,
@@ -95,6 +107,48 @@ elif op == "get_parts":
         list(pool.map(get, keys))
     os.fsync(fd)
 """
+
+# s3torchconnector (AWS's CRT-based client for PyTorch checkpoints) on the same file's bytes, in its
+# own process like the rows above: the file copied in blocks of the part size through ``S3Checkpoint.writer``
+# (what ``torch.save(state, writer)`` streams), and read back through ``S3Checkpoint.reader`` into a
+# file + fsync. Path-style addressing: moto on 127.0.0.1 has no per-bucket host names.
+CONNECTOR = r"""
+import os, shutil, sys
+from s3torchconnector import S3Checkpoint, S3ClientConfig
+from s3torchconnectorclient import S3Exception
+op, path, url, part = sys.argv[1:5]
+config = S3ClientConfig(part_size=int(part), force_path_style=True)
+checkpoint = S3Checkpoint(os.environ.get("AWS_DEFAULT_REGION", "us-east-1"), os.environ["AWS_ENDPOINT_URL"], config)
+if op == "writer":
+    try:
+        with open(path, "rb") as src, checkpoint.writer(url) as dst:
+            shutil.copyfileobj(src, dst, int(part))
+    except S3Exception as e:  # see ETAG_NOTE: the upload completed; the caller checks the object
+        if 'Header "ETag" not found' not in str(e):
+            raise
+        print("no-etag")
+elif op == "reader":
+    with checkpoint.reader(url) as src, open(path, "wb") as dst:
+        shutil.copyfileobj(src, dst, int(part))
+        dst.flush()
+        os.fsync(dst.fileno())
+"""
+WRITER = "s3torchconnector S3Checkpoint.writer (CRT multipart)"
+READER = "s3torchconnector S3Checkpoint.reader (CRT ranged), + fsync *"
+UPLOAD = "plain boto3 upload_file (s3transfer multipart)"
+DOWNLOAD = "plain boto3 download_file (s3transfer ranged) *"
+RANGED_NOTE = (
+    "* moto re-reads the whole object for every ranged GET, which distorts those clients' downloads "
+    "(that row measures moto)"
+)
+ETAG_NOTE = (
+    "s3torchconnector writer: moto {moto} answers CompleteMultipartUpload with <CompleteMultipartUploadResponse>, "
+    "not S3's <CompleteMultipartUploadResult>, so the CRT fails ('Header \"ETag\" not found') after the upload "
+    "completed; the row times the whole upload, and each object is checked by HeadObject (size)"
+)
+# The ranged downloads (download_file, the reader) cost moto ~size^2 / part (see RANGED_NOTE): every
+# round up to this size, above it the first round only.
+RANGED_EVERY_ROUND_UP_TO = 256 * MiB
 
 
 def main() -> None:
@@ -157,9 +211,11 @@ def measure(
         raise SystemExit("--pin-server needs at least 2 CPUs")
     try:
         with contextlib.ExitStack() as stack:
-            if pin_server:  # the server inherits the first CPU; this process, and so every client, the rest
+            if pin_server:  # the server inherits the first CPU; this process and the launcher (every client) the rest
                 os.sched_setaffinity(0, cpus[:1])
                 stack.callback(os.sched_setaffinity, 0, cpus)
+                stack.callback(launcher().set_cpus, cpus)
+                launcher().set_cpus(cpus[1:])
             if endpoint_url:
                 os.environ["AWS_ENDPOINT_URL"] = endpoint_url
             elif tls:
@@ -181,6 +237,36 @@ def measure(
         os.environ.update(saved)
 
 
+def connector_env() -> dict[str, str]:
+    """The CRT reads no AWS_CA_BUNDLE: over TLS it trusts moto's certificate through SSL_CERT_FILE."""
+    bundle = os.environ.get("AWS_CA_BUNDLE")
+    return {"SSL_CERT_FILE": bundle} if bundle else {}
+
+
+def connector_problem(script: Path, work: Path, part: int) -> str | None:
+    """None where s3torchconnector writes a 1 MiB object here and reads it back, else one line saying
+    why not. Run with a time limit: its client retries what fails (a certificate it does not trust)."""
+    if importlib.util.find_spec("s3torchconnector") is None:
+        return "not installed (pip install -e '.[bench]')"
+    probe, back = work / "probe.bin", work / "probe-back.bin"
+    probe.write_bytes(os.urandom(MiB))
+    try:
+        for op, path in (("writer", probe), ("reader", back)):
+            cmd = [sys.executable, "-P", str(script), op, str(path), "s3://bench-plain/probe", str(part)]
+            try:
+                done = subprocess.run(
+                    cmd, env={**os.environ, **connector_env()}, capture_output=True, text=True, timeout=60
+                )
+            except subprocess.TimeoutExpired:
+                return f"cannot talk to the server: its {op} did not finish a 1 MiB object in 60 s"
+            if done.returncode != 0:
+                return f"cannot talk to the server: its {op} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+        return None if back.read_bytes() == probe.read_bytes() else "its reader returned other bytes than it wrote"
+    finally:
+        probe.unlink(missing_ok=True)
+        back.unlink(missing_ok=True)
+
+
 def run(
     work: Path, size: int, workers: int, chunk_arg: str, parts: list[int], base: str | None, repeat: int,
     cores: str,
@@ -197,17 +283,29 @@ def run(
     key_env = {"BACKUP_ENCRYPTION_KEY": Fernet.generate_key().decode()}
     ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
     nbytes = ckpt.stat().st_size
+    ranged_every_round = nbytes <= RANGED_EVERY_ROUND_UP_TO
+    once = f" (rows marked * in the first round only: over {RANGED_EVERY_ROUND_UP_TO // MiB} MiB)"
     print(
         f"checkpoint: {nbytes / MiB:.0f} MiB (torch.save of an MLP + Adam state); "
         f"S3 at {os.environ['AWS_ENDPOINT_URL']}; {workers} workers, our chunks {part // MiB} MiB; "
-        f"{cores}; median of {repeat} interleaved rounds"
+        f"{cores}; median of {repeat} interleaved rounds{'' if ranged_every_round or repeat == 1 else once}"
     )
     plain_script = work / "plain_boto3.py"
     plain_script.write_text(PLAIN)
+    connector_script = work / "s3torchconnector_rw.py"
+    connector_script.write_text(CONNECTOR)
+    no_connector = connector_problem(connector_script, work, part)
     runs: dict[str, list[Measured]] = {}
+    uploads: set[str] = set()  # the rows of the push side
 
     def plain(op: str, path: Path, key: str, size: int = part) -> Measured:
         return run_python(str(plain_script), op, str(path), "bench-plain", key, str(workers), str(size))
+
+    def connector(op: str, path: Path, key: str) -> Measured:
+        m = run_python(str(connector_script), op, str(path), f"s3://bench-plain/{key}", str(part), env=connector_env())
+        if op == "writer":  # its object is whole, even where moto's reply made it fail (ETAG_NOTE)
+            assert s3.head_object(Bucket="bench-plain", Key=key)["ContentLength"] == nbytes, "writer's object"
+        return m
 
     def note(name: str, m: Measured) -> None:
         runs.setdefault(name, []).append(m)
@@ -233,12 +331,11 @@ def run(
     # (os.sync: moto spools each body to a temporary file, and the kernel writing those out
     # would otherwise be charged to whichever run came next).
     for r in range(repeat):
-        # s3transfer's own transfers are context (not the ratios' reference) and its ranged download is
-        # slow against moto (each range reads the whole object): the first round only.
-        if r == 0:
-            os.sync()
-            note("plain boto3 upload_file (s3transfer multipart)", plain("upload_file", ckpt, "file"))
-        puts = [
+        ranged = r == 0 or ranged_every_round
+        puts = [(UPLOAD, partial(plain, "upload_file", ckpt, "file"))]
+        if no_connector is None:
+            puts.append((WRITER, partial(connector, "writer", ckpt, "conn")))
+        puts += [
             (n, partial(plain, "put_parts", ckpt, f"parts{p}-{r}", p)) for p, n in zip(parts, put_rows, strict=True)
         ]
         nocrc = f"plain put_object per {part // MiB} MiB part, no SDK checksums"
@@ -246,23 +343,28 @@ def run(
         puts += [
             (f"ckpt-sync push{label}", partial(ours, "push", i, t, r)) for i, (label, t) in enumerate(trees.items())
         ]
-        if r == 0:
-            os.sync()
-            note("plain boto3 download_file (s3transfer ranged)", plain("download_file", work / "p-file.pt", "file"))
-        gets = [(n, partial(plain, "get_parts", work / f"p-parts{p}.pt", f"parts{p}-{r}", p))
-                for p, n in zip(parts, get_rows, strict=True)]  # fmt: skip
+        outputs = ["p-nocrc.pt", *(f"p-parts{p}.pt" for p in parts)]
+        gets = []
+        if ranged:
+            gets.append((DOWNLOAD, partial(plain, "download_file", work / "p-file.pt", "file")))
+            outputs.append("p-file.pt")
+            if no_connector is None:
+                gets.append((READER, partial(connector, "reader", work / "p-conn.pt", "conn")))
+                outputs.append("p-conn.pt")
+        gets += [(n, partial(plain, "get_parts", work / f"p-parts{p}.pt", f"parts{p}-{r}", p))
+                 for p, n in zip(parts, get_rows, strict=True)]  # fmt: skip
         nocrc = f"plain get_object per {part // MiB} MiB part, no SDK checksums, + fsync"
         gets.append((nocrc, partial(plain, "get_parts_nocrc", work / "p-nocrc.pt", f"nocrc{r}")))
         gets += [(f"ckpt-sync pull --latest{label}", partial(ours, "pull", i, t, r))
                  for i, (label, t) in enumerate(trees.items())]  # fmt: skip
+        uploads.update(name for name, _ in puts)
         for side in (puts, gets):
             for name, measure_one in side[r % len(side) :] + side[: r % len(side)]:
                 os.sync()
                 note(name, measure_one())
-        for out in ("p-file.pt", "p-nocrc.pt", *(f"p-parts{p}.pt" for p in parts)):
-            if (work / out).exists() or r == 0:
-                assert (work / out).stat().st_size == nbytes, out
-                (work / out).unlink()
+        for out in outputs:
+            assert (work / out).stat().st_size == nbytes, out
+            (work / out).unlink()
         for bucket in buckets:  # a store as full at every round as at the first (moto holds every body)
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
                 if keys := [{"Key": obj["Key"]} for obj in page.get("Contents", ())]:
@@ -273,25 +375,62 @@ def run(
     rows = []
     for name in runs:
         m = median_wall(runs[name])
-        ref = up if any(w in name for w in ("push", "put", "upload")) else down
+        ref = up if name in uploads else down
         peak = max(x.peak_mib or 0 for x in runs[name])
         rows.append((name, fmt_rate(nbytes, m.seconds), f"{ref.seconds / m.seconds:.2f}",
                      median_cpu(runs[name]).cpu_per_gib(nbytes), f"{peak:.0f}"))  # fmt: skip
+    if no_connector is not None:
+        rows.append(("s3torchconnector writer and reader", "not measured (below)", "", "", ""))
     print_table(rows, ("operation", "throughput", "x faster plain parts", "client CPU s/GiB", "peak RSS MiB"))
-    ratios = {}
+    print(RANGED_NOTE)
+    print_connector_notes(no_connector, runs, nbytes)
+    return ratios(runs, trees, up, down)
+
+
+def print_connector_notes(no_connector: str | None, runs: dict[str, list[Measured]], nbytes: int) -> None:
+    """Why s3torchconnector has no rows, or what its rows carry that the others do not."""
+    if no_connector is not None:
+        print(f"s3torchconnector: not measured: {no_connector}")
+        return
+    if any("no-etag" in m.stdout for m in runs[WRITER]):
+        print(ETAG_NOTE.format(moto=importlib.metadata.version("moto")))
+    # Its package imports torch, which a training process has already paid for: shown, not subtracted.
+    alone = run_python("-c", "import s3torchconnector")
+    print(
+        f"s3torchconnector's rows include importing it, which imports torch: {alone.cpu:.2f} CPU s "
+        f"({alone.cpu / (nbytes / (1 << 30)):.2f} s/GiB of this checkpoint) and {alone.peak_mib:.0f} MiB peak RSS "
+        "in a process that does only that"
+    )
+
+
+def ratios(
+    runs: dict[str, list[Measured]], trees: dict[str, str | None], up: Measured, down: Measured
+) -> dict[str, float]:
+    """Print and return each ckpt-sync tree's push and pull against the plain clients (speed: how many
+    times as fast; CPU: how many times the CPU)."""
+    upload, download = median_wall(runs[UPLOAD]), median_wall(runs[DOWNLOAD])
+
+    def faster(name: str, m: Measured) -> str:  # "" where that row was not measured; * as the row has it
+        if name not in runs:
+            return ""
+        star = " *" if name.endswith("*") else ""
+        return f", {median_wall(runs[name]).seconds / m.seconds:.2f} x {name.split(' (')[0]}{star}"
+
+    out = {}
     for label in trees:
         push, pull = median_wall(runs[f"ckpt-sync push{label}"]), median_wall(runs[f"ckpt-sync pull --latest{label}"])
-        upload = median_wall(runs["plain boto3 upload_file (s3transfer multipart)"])
-        download = median_wall(runs["plain boto3 download_file (s3transfer ranged)"])
+        cpu = median_cpu(runs[f"ckpt-sync push{label}"]).cpu / median_cpu(runs[UPLOAD]).cpu
         print(
             f"ckpt-sync{label}: push {up.seconds / push.seconds:.2f} x the faster plain parallel put_object, "
-            f"{upload.seconds / push.seconds:.2f} x upload_file; "
+            f"{upload.seconds / push.seconds:.2f} x upload_file (client CPU {cpu:.2f} x its){faster(WRITER, push)}; "
             f"pull {down.seconds / pull.seconds:.2f} x the faster plain parallel get_object + fsync, "
-            f"{download.seconds / pull.seconds:.2f} x download_file"
+            f"{download.seconds / pull.seconds:.2f} x download_file *{faster(READER, pull)}"
         )
-        ratios[f"push{label} vs faster plain parallel put_object"] = up.seconds / push.seconds
-        ratios[f"pull{label} vs faster plain parallel get_object"] = down.seconds / pull.seconds
-    return ratios
+        out[f"push{label} vs faster plain parallel put_object"] = up.seconds / push.seconds
+        out[f"pull{label} vs faster plain parallel get_object"] = down.seconds / pull.seconds
+        out[f"push{label} vs upload_file"] = upload.seconds / push.seconds
+        out[f"push{label} client CPU vs upload_file"] = cpu
+    return out
 
 
 if __name__ == "__main__":

@@ -103,6 +103,10 @@ class Launcher:
             self._proc.stdin.flush()
             return json.loads(self._proc.stdout.readline())["peak_kib"] / 1024
 
+    def set_cpus(self, cpus: list[int]) -> None:
+        """Run this launcher, and so every child it starts from now on, on ``cpus`` only."""
+        os.sched_setaffinity(self._proc.pid, cpus)
+
     def close(self) -> None:
         if self._proc.poll() is None:
             self._proc.stdin.close()  # type: ignore[union-attr]
@@ -285,6 +289,18 @@ def read_into_cache(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             path.read_bytes()
+
+
+def drop_caches() -> bool:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches``: the next read of any file comes from the disk (a
+    cold restore, as after a reboot or on another machine). False where that is not allowed (not
+    root, a read-only /proc/sys): the caller says so rather than measure a warm read as cold."""
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError:
+        return False
+    return True
 
 
 def compile_tree(tree: Path) -> None:

