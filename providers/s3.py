@@ -13,7 +13,9 @@ check-then-put fallback described in docs/PROVIDERS.md.
 
 from __future__ import annotations
 
+import base64
 import threading
+import zlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlparse
@@ -96,24 +98,24 @@ class S3Provider(ObjectStoreProvider):
             retries={"total_max_attempts": 1},  # one try per call: tenacity owns retries
             parameter_validation=False,  # so a body can be a view of a reusable buffer (see request_body)
             tcp_keepalive=True,
-            # No CRC32 of every body on top of ours (botocore >= 1.36 computes one per PutObject and
-            # checks one per GetObject by default): every chunk is a Fernet token whose HMAC is checked
-            # on every read, sizes are checked at the commit, and TLS protects the bytes in flight.
+            # No CRC32 of every body on top of ours over TLS (botocore >= 1.36 computes one per PutObject
+            # and checks one per GetObject by default): every chunk is a Fernet token whose HMAC is
+            # checked on every read, sizes are checked at the commit, and TLS protects the bytes in
+            # flight. The signature leaves the body out (UNSIGNED-PAYLOAD, as botocore does for
+            # streamed uploads over TLS): a SHA-256 of every body would cost ~1 CPU s per GiB pushed.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            s3={"payload_signing_enabled": False},
         )
         try:
             session = boto3.session.Session(profile_name=profile, region_name=region)
             # endpoint_url=None lets botocore apply AWS_ENDPOINT_URL(_S3) and the profile's endpoint_url
             self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
-            if urlparse(self._s3.meta.endpoint_url).scheme == "https":
-                # Over TLS the signature leaves the body out (UNSIGNED-PAYLOAD, as botocore does for
-                # streamed uploads over TLS): TLS protects the bytes in flight and each chunk's HMAC is
-                # checked on every read, so a SHA-256 of every body for the signature would only cost
-                # a pass over every byte pushed. Over plain HTTP the signature still covers the body:
-                # nothing else protects it in flight.
-                config = config.merge(Config(s3={"payload_signing_enabled": False}))
-                self._s3 = session.client("s3", endpoint_url=endpoint_url or None, config=config)
+            # Over plain HTTP nothing else guards the bytes in flight: a CRC32 of each body
+            # (x-amz-checksum-crc32, which the store checks before it keeps the object) does, at half
+            # the cost of signing it: a body damaged on the way is refused and sent again, never
+            # stored to be found bad at the next read. (Computed here: botocore's own takes views for files.)
+            self._crc_bodies = urlparse(self._s3.meta.endpoint_url).scheme != "https"
             self._session, self._endpoint_url, self._config = session, endpoint_url or None, config
             self._timeouts = (connection.connect_timeout, connection.read_timeout)
             self._short: dict[tuple[float, float], Any] = {}  # clients with shorter timeouts, by (connect, read)
@@ -215,15 +217,22 @@ class S3Provider(ObjectStoreProvider):
 
     # --- Provider --------------------------------------------------------------------------------
 
+    def _body(self, data: bytes | bytearray | memoryview) -> dict[str, Any]:
+        body = request_body(data)
+        if not self._crc_bodies:
+            return {"Body": body}
+        crc = zlib.crc32(body).to_bytes(4, "big")
+        return {"Body": body, "ChecksumCRC32": base64.b64encode(crc).decode()}
+
     def _put(self, name: str, data: bytes | bytearray | memoryview, key: str) -> None:
         try:
-            self._c.put_object(Bucket=self.container, Key=name, Body=request_body(data))
+            self._c.put_object(Bucket=self.container, Key=name, **self._body(data))
         except Exception as err:
             raise self.classify(err, "put", key) from err
 
     def _create_only(self, name: str, data: bytes | bytearray | memoryview, key: str) -> bool:
         try:
-            self._c.put_object(Bucket=self.container, Key=name, Body=request_body(data), IfNoneMatch="*")
+            self._c.put_object(Bucket=self.container, Key=name, IfNoneMatch="*", **self._body(data))
             return True
         except bx.ClientError as err:
             code = err.response.get("Error", {}).get("Code", "")

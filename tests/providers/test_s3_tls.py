@@ -1,13 +1,15 @@
 """S3 over TLS, against moto's server with a self-signed certificate (trusted through AWS_CA_BUNDLE, as
-a user of a private endpoint would): the request signature leaves chunk bodies out there (TLS and
-each chunk's HMAC protect them, see providers/s3.py), and over plain HTTP it still covers them.
+a user of a private endpoint would): the request signature leaves chunk bodies out (TLS and each
+chunk's HMAC protect them, see providers/s3.py); over plain HTTP each body carries a CRC32 the store
+checks before it keeps the object, so a body damaged on the way is refused, not stored.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
 import os
 import subprocess
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,19 +23,23 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.s3
 
 
-def _signed_body_hashes(provider: S3Provider) -> list[str]:
-    """Every PutObject's X-Amz-Content-SHA256 header as sent (after signing), in order."""
-    seen: list[str] = []
+def _header(request: Any, name: str) -> str | None:
+    value = request.headers.get(name)
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _signed_body_hashes(provider: S3Provider) -> list[tuple[str | None, str | None]]:
+    """Every PutObject's X-Amz-Content-SHA256 and x-amz-checksum-crc32 headers as sent, in order."""
+    seen: list[tuple[str | None, str | None]] = []
 
     def capture(request: Any, **_: Any) -> None:
-        value = request.headers["X-Amz-Content-SHA256"]
-        seen.append(value.decode() if isinstance(value, bytes) else value)
+        seen.append((_header(request, "X-Amz-Content-SHA256"), _header(request, "x-amz-checksum-crc32")))
 
     provider._s3.meta.events.register("before-send.s3.PutObject", capture)
     return seen
 
 
-def _put_and_read_back(provider: S3Provider) -> tuple[bytes, list[str]]:
+def _put_and_read_back(provider: S3Provider) -> tuple[bytes, list[tuple[str | None, str | None]]]:
     provider.create_container()
     seen = _signed_body_hashes(provider)
     body = bytearray(os.urandom(3 << 20))
@@ -47,15 +53,21 @@ def _put_and_read_back(provider: S3Provider) -> tuple[bytes, list[str]]:
 def test_over_tls_bodies_are_left_out_of_the_signature(tls_env: str) -> None:
     provider = S3Provider("bench-tls-sig", "repo", endpoint_url=tls_env)
     _, seen = _put_and_read_back(provider)
-    assert seen == ["UNSIGNED-PAYLOAD", "UNSIGNED-PAYLOAD"]
+    assert seen == [("UNSIGNED-PAYLOAD", None), ("UNSIGNED-PAYLOAD", None)]
 
 
-def test_over_plain_http_the_signature_still_covers_each_body(cloud_factory: Callable[[str], Cloud]) -> None:
+def _crc(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+
+
+def test_over_plain_http_each_body_carries_its_crc32(cloud_factory: Callable[[str], Cloud]) -> None:
+    """Not the signature (a SHA-256 of every body, twice the CPU): a CRC32 the store checks."""
     cloud = cloud_factory("s3")
     provider = S3Provider(cloud.new_bucket(), "repo")
     assert provider._s3.meta.endpoint_url.startswith("http://")
     body, seen = _put_and_read_back(provider)
-    assert seen == [hashlib.sha256(body).hexdigest(), hashlib.sha256(body[5:]).hexdigest()]
+    assert seen == [("UNSIGNED-PAYLOAD", _crc(body)), ("UNSIGNED-PAYLOAD", _crc(body[5:]))]
+    assert _crc(body) != _crc(body[:-1] + bytes([body[-1] ^ 1]))  # one flipped bit changes it
 
 
 def test_push_and_pull_over_tls_with_a_private_ca(
