@@ -393,7 +393,7 @@ def main() -> None:
         if "rss" in only and args.rss_sizes:
             sizes = [parse_size(s) for s in args.rss_sizes.split(",")]
             for label, peak in section_rss(work, sizes, env, parse_size(args.rss_peers_up_to)).items():
-                summary.append((f"peak RSS push/pull/watch, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
+                summary.append((f"peak RSS push/pull/watch/direct save, {label}", f"{peak:.0f} MiB", "<= 300 MiB"))
         if "dcp" in only and args.dcp_size:
             for name, growth in section_dcp(work, args.dcp_size, env).items():
                 summary.append((f"DCP save per rank, {name}: peak RSS growth", f"{growth:.0f} MiB", "<= 300 MiB"))
