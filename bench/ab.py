@@ -4,9 +4,10 @@
 
 Each round runs, in turn, ``cp`` + ``sync FILE`` of the checkpoint (the disk's limit), then push and
 pull with the base tree (its ``ckpt_sync`` first on PYTHONPATH) and with this tree, each into a fresh
-repository and folder; each repository is read into the page cache before its pull, as ``cp``'s
-source is. Interleaving spreads the load of a shared machine over both sides alike; CPU seconds
-(user + system of the child) are far steadier than wall time on a busy machine.
+repository and folder; each repository is pulled twice: cold (the page cache dropped first, where
+that is allowed) and warm (read into the page cache first, as ``cp``'s source is). Interleaving
+spreads the load of a shared machine over both sides alike; CPU seconds (user + system of the
+child) are far steadier than wall time on a busy machine.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(HERE))
 from common import (  # noqa: E402
     Measured,
     MiB,
+    drop_caches,
     make_checkpoint,
     median_cpu,
     median_wall,
@@ -59,17 +61,19 @@ def main() -> None:
                 env = {**key, "PYTHONPATH": tree}
                 repo, out = work / f"repo-{label}", work / f"out-{label}"
                 push = run_python("-m", "ckpt_sync.cli", "push", "--repo", str(repo), str(ckpt), env=env)
-                read_into_cache(repo)  # whether or not that push wrote around the cache, as cp's source is
-                pull = run_python(
-                    "-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out), env=env
-                )
-                assert (out / ckpt.name).stat().st_size == nbytes
                 runs.setdefault(f"push {label}", []).append(push)
-                runs.setdefault(f"pull {label}", []).append(pull)
+                pull = ["-m", "ckpt_sync.cli", "pull", "--latest", "--repo", str(repo), "--to", str(out)]
+                if drop_caches():
+                    runs.setdefault(f"pull cold {label}", []).append(run_python(*pull, env=env))
+                    shutil.rmtree(out)
+                read_into_cache(repo)  # whether or not that push wrote around the cache, as cp's source is
+                runs.setdefault(f"pull {label}", []).append(run_python(*pull, env=env))
+                assert (out / ckpt.name).stat().st_size == nbytes
                 shutil.rmtree(repo)
                 shutil.rmtree(out)
         rows = []
-        for name in ("cp + sync", "push base", "push this", "pull base", "pull this"):
+        names = ("cp + sync", "push base", "push this", "pull base", "pull this", "pull cold base", "pull cold this")
+        for name in [n for n in names if n in runs]:
             m, c = median_wall(runs[name]), median_cpu(runs[name])
             each = " ".join(f"{nbytes / MiB / r.seconds:.0f}" for r in runs[name])
             rows.append(
@@ -83,7 +87,7 @@ def main() -> None:
             )
         print(f"{nbytes / MiB:.0f} MiB checkpoint, median of {args.repeat} interleaved rounds; base={trees['base']}")
         print_table(rows, ("run", "MiB/s", "CPU s/GiB", "peak RSS MiB", "each run MiB/s"))
-        for op in ("push", "pull"):
+        for op in [o for o in ("push", "pull", "pull cold") if f"{o} this" in runs]:
             b, t = median_wall(runs[f"{op} base"]), median_wall(runs[f"{op} this"])
             bc, tc = median_cpu(runs[f"{op} base"]), median_cpu(runs[f"{op} this"])
             cp = median_wall(runs["cp + sync"])

@@ -149,64 +149,28 @@ def addressable(buf: bytes | bytearray | memoryview) -> bool:
     return not (isinstance(buf, memoryview) and buf.readonly)
 
 
-def _crypt_openssl(
-    encrypt: bool,
-    key: bytes,
-    iv: bytes,
-    src: bytes | bytearray | memoryview,
-    length: int,
-    dst: bytearray | memoryview,
-    dst_offset: int,
-    src_offset: int = 0,
-) -> None:
-    with CbcStream(encrypt, key, iv) as stream:
-        stream.update(src, src_offset, length, dst, dst_offset)
-
-
-def _encrypt_cryptography(
-    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
-) -> None:
-    with CbcStream(True, key, iv, openssl=False) as stream:
-        for start in range(0, length, 1 << 20):  # slices, so other threads get the GIL in between
-            stream.update(src, start, min(1 << 20, length - start), dst, dst_offset + start)
-
-
 def _known_answer() -> bool:
+    """libcrypto through ctypes writes what ``cryptography`` writes, and reads it back."""
     key, iv = bytes(range(16)), bytes(range(16, 32))
     src = bytes(range(256)) * 64
-    a, b, c = bytearray(len(src) + 16), bytearray(len(src) + 16), bytearray(len(src))
-    _encrypt_cryptography(key, iv, src, len(src) - 16, a, 0)
+    n = len(src) - 16
+
+    def crypt(encrypt: bool, openssl: bool, data: bytes | bytearray) -> bytearray:
+        out = bytearray(n + 16)
+        with CbcStream(encrypt, key, iv, openssl=openssl) as stream:
+            stream.update(data, 0, n, out, 0)
+        return out
+
+    expected = crypt(True, False, src)
     try:
-        _crypt_openssl(True, key, iv, src, len(src) - 16, b, 0)
-        _crypt_openssl(False, key, iv, b, len(src) - 16, c, 0)
+        ours = crypt(True, True, src)
+        back = crypt(False, True, ours)
     except Exception:
         return False
-    n = len(src) - 16
-    return a[:n] == b[:n] and any(b) and c[:n] == src[:n]
+    return expected[:n] == ours[:n] and any(ours) and back[:n] == src[:n]
 
 
 if _lib is not None and not _known_answer():
     _lib = None
 
 BACKEND = "openssl-ctypes" if _lib is not None else "cryptography"
-
-
-def cbc_encrypt_into(
-    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, length: int, dst: bytearray, dst_offset: int
-) -> None:
-    """Encrypt the first ``length`` bytes of ``src`` (whole blocks) with AES-128-CBC into
-    ``dst[dst_offset:]``; no padding is added."""
-    if _lib is not None:
-        _crypt_openssl(True, key, iv, src, length, dst, dst_offset)
-    else:
-        _encrypt_cryptography(key, iv, src, length, dst, dst_offset)
-
-
-def cbc_decrypt_into(
-    key: bytes, iv: bytes, src: bytes | bytearray | memoryview, offset: int, length: int, dst: bytearray | memoryview
-) -> None:
-    """Decrypt ``src[offset:offset + length]`` (whole blocks) with AES-128-CBC into the start of
-    ``dst``; the padding is left for the caller to check. (An offset, not a slice: a slice of a
-    ``bytes`` token, as the cloud stores return them, would be a read-only view with no address.)"""
-    with CbcStream(False, key, iv, openssl=addressable(src)) as stream:
-        stream.update(src, offset, length, dst, 0)
