@@ -128,17 +128,19 @@ def pread_cached(fd: int, view: memoryview, offset: int) -> int | None:
     nowait = getattr(os, "RWF_NOWAIT", 0)
     if not nowait or not hasattr(os, "preadv"):
         return None
-    # A miss would start the kernel's read-ahead of this file, which the caller's O_DIRECT read of
-    # the same range then waits for: a cold restore ran ~20 % slower. Off for this descriptor.
-    if (advise := getattr(os, "posix_fadvise", None)) is not None:
-        with contextlib.suppress(OSError):
-            advise(fd, 0, 0, os.POSIX_FADV_RANDOM)
     try:
         return os.preadv(fd, [view], offset, nowait)
     except OSError as err:
         if err.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
             return None
         raise
+
+
+def no_read_ahead(fd: int) -> None:
+    """Ask the OS not to read ahead on ``fd`` (``POSIX_FADV_RANDOM``); nothing where there is no such call."""
+    if (advise := getattr(os, "posix_fadvise", None)) is not None:
+        with contextlib.suppress(OSError):
+            advise(fd, 0, 0, os.POSIX_FADV_RANDOM)
 
 
 def pwrite(fd: int, data: bytes | bytearray | memoryview, offset: int) -> int:

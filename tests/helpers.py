@@ -64,6 +64,15 @@ def json_events(log_file: Path, event: str) -> list[dict]:
     return out
 
 
+def run_together(commands: list[list[str]], env: dict[str, str]) -> list[dict]:
+    """Start every command at once (each a ``--json`` CLI run), wait for all, and return each one's
+    JSON report; fails with their stderr if any exits non-zero."""
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for cmd in commands]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), [e.decode()[-2000:] for _, e in outs]
+    return [json.loads(o) for o, _ in outs]
+
+
 def make_torch_checkpoint(
     path: Path, *, hidden: int = 256, layers: int = 3, seed: int = 0, step: int | None = None, history: int = 0
 ) -> Path:

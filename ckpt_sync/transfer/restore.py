@@ -115,20 +115,6 @@ def read_verified(
     local = getattr(repo.provider, "reads_locally", False) and chunk_cache is None
     tokens = repo.token_buffers(window + (LOCAL_READS_AHEAD if local else 0), largest)
 
-    def fetch(item: tuple[ChunkRef, int]) -> tuple[mmap.mmap, memoryview]:
-        ref, offset = item
-        buf, scratch = plains.acquire(), tokens.acquire()
-        try:
-            out = memoryview(buf)[offset % ALIGN :]
-            if chunk_cache is not None:
-                return buf, memoryview(chunk_cache.load_chunk(repo, ref, out=out))
-            return buf, memoryview(repo.load_chunk(ref, out=out, scratch=scratch))
-        except BaseException:
-            plains.release(buf)
-            raise
-        finally:
-            tokens.release(scratch)
-
     def read(item: tuple[ChunkRef, int]) -> tuple[ChunkRef, int, bytearray, bytes | memoryview | None]:
         ref, offset = item
         scratch = tokens.acquire()
@@ -148,6 +134,17 @@ def read_verified(
             raise
         finally:
             tokens.release(scratch)
+
+    def fetch(item: tuple[ChunkRef, int]) -> tuple[mmap.mmap, memoryview]:
+        if chunk_cache is None:
+            return open_read(read(item))
+        ref, offset = item
+        buf = plains.acquire()
+        try:
+            return buf, memoryview(chunk_cache.load_chunk(repo, ref, out=memoryview(buf)[offset % ALIGN :]))
+        except BaseException:
+            plains.release(buf)
+            raise
 
     sha = FileHasher.checking(entry)  # often none: every chunk is checked against its id in fetch
     # One writer, in order (workers writing one file in parallel spin on its lock), hashing a whole

@@ -4,13 +4,12 @@ store (without the cache: once each)."""
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 
 import pytest
 from faultproxy import FaultProxy
+from helpers import run_together
 
 from ckpt_sync import api
 from ckpt_sync.api import open_repository
@@ -20,30 +19,8 @@ MiB = 1 << 20
 
 def pull_four_at_once(url: str, proxy: FaultProxy, to, *extra: str) -> list[dict]:
     env = {**os.environ, "AWS_ENDPOINT_URL": proxy.url}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ckpt_sync.cli",
-                "pull",
-                "ckpt.pt",
-                "--repo",
-                url,
-                "--to",
-                str(to / f"p{i}"),
-                "--json",
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        for i in range(4)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [e.decode()[-2000:] for _, e in outs]
-    return [json.loads(o) for o, _ in outs]
+    pull = [sys.executable, "-m", "ckpt_sync.cli", "pull", "ckpt.pt", "--repo", url]
+    return run_together([[*pull, "--to", str(to / f"p{i}"), "--json", *extra] for i in range(4)], env)
 
 
 @pytest.mark.s3

@@ -4,14 +4,12 @@ damaged or planted one is removed and the store read instead); the folder stays 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import SLOW_CLI
+from helpers import SLOW_CLI, run_together
 
 from ckpt_sync import api
 from ckpt_sync.api import open_repository
@@ -89,32 +87,10 @@ def test_four_processes_pulling_one_checkpoint_at_once_fetch_each_chunk_once(tmp
     src, n = checkpoint
     # Every chunk read slowed (slow_cli.py), so the four pulls overlap and meet on the same chunks.
     env = {**os.environ, "CKPT_TEST_GET_DELAY": "0.5"}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                SLOW_CLI,
-                "pull",
-                "checkpoint_run_3.pt",
-                "--repo",
-                repo_url,
-                "--to",
-                str(tmp_path / f"p{i}"),
-                "--workers",
-                "2",
-                "--chunk-cache",
-                str(tmp_path / "cache"),
-                "--json",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-        )
-        for i in range(4)
-    ]
-    outs = [p.communicate(timeout=600) for p in procs]
-    assert [p.returncode for p in procs] == [0] * 4, [e.decode()[-2000:] for _, e in outs]
-    counts = [json.loads(o)["chunk_cache"] for o, _ in outs]
+    pull = [sys.executable, SLOW_CLI, "pull", "checkpoint_run_3.pt", "--repo", repo_url, "--workers", "2"]
+    cache = ["--chunk-cache", str(tmp_path / "cache"), "--json"]
+    reports = run_together([[*pull, "--to", str(tmp_path / f"p{i}"), *cache] for i in range(4)], env)
+    counts = [r["chunk_cache"] for r in reports]
     assert sum(c["fetched"] for c in counts) == n  # each chunk read from the store by one process
     assert sum(c["fetched"] + c["hits"] for c in counts) == 4 * n
     assert sum(c["waited"] for c in counts) > 0  # they did meet: some waited for another's fetch
